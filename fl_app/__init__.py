@@ -1,0 +1,1 @@
+"""Flower app: configuration, data, models, training, and the Client/Server apps."""

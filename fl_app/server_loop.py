@@ -1,0 +1,97 @@
+"""The server's round loop, recording one flat record per round for results and progress."""
+
+from __future__ import annotations
+
+import timeit
+from collections.abc import Callable, Sequence
+from logging import INFO
+from typing import Any
+
+from flwr.common import Scalar
+from flwr.common.logger import log
+from flwr.server import Server
+from flwr.server.client_manager import ClientManager
+from flwr.server.history import History
+from flwr.server.strategy import Strategy
+
+RoundRecord = dict[str, Any]
+RoundListener = Callable[[RoundRecord], None]
+
+
+class ExperimentServer(Server):
+    """Flower's ``Server`` whose ``fit`` also emits a :data:`RoundRecord` per round.
+
+    A record holds ``round``, ``seconds`` (wall time of the round), ``elapsed``,
+    ``central_loss`` / ``central_accuracy`` (server test set), ``federated_loss`` /
+    ``federated_accuracy`` (clients' validation splits), ``sampled``, and every fit
+    metric of the strategy (``results``, ``failures``, ``rejected``, ``weights``, the
+    clients' mean ``train_loss`` ...). Round 0 is the initial model's evaluation.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_manager: ClientManager,
+        strategy: Strategy,
+        listeners: Sequence[RoundListener] = (),
+    ) -> None:
+        super().__init__(client_manager=client_manager, strategy=strategy)
+        self.listeners = list(listeners)
+
+    def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
+        history = History()
+        start = timeit.default_timer()
+        self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
+        self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start, start)
+        for server_round in range(1, num_rounds + 1):
+            round_start = timeit.default_timer()
+            record: RoundRecord = {"round": server_round}
+            fitted = self.fit_round(server_round=server_round, timeout=timeout)
+            if fitted is not None:
+                parameters, fit_metrics, (results, failures) = fitted
+                if parameters is not None:
+                    self.parameters = parameters
+                history.add_metrics_distributed_fit(server_round=server_round, metrics=fit_metrics)
+                record |= {"sampled": len(results) + len(failures), **fit_metrics}
+            record |= self._evaluate_centrally(server_round, history)
+            evaluated = self.evaluate_round(server_round=server_round, timeout=timeout)
+            loss, metrics, _ = evaluated if evaluated is not None else (None, {}, None)
+            if loss is not None:
+                history.add_loss_distributed(server_round=server_round, loss=loss)
+                history.add_metrics_distributed(server_round=server_round, metrics=metrics)
+                record |= {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
+            self._emit(record, round_start, start)
+        return history, timeit.default_timer() - start
+
+    def _evaluate_centrally(self, server_round: int, history: History) -> dict[str, Scalar]:
+        evaluated = self.strategy.evaluate(server_round, parameters=self.parameters)
+        if evaluated is None:
+            return {}
+        loss, metrics = evaluated
+        history.add_loss_centralized(server_round=server_round, loss=loss)
+        history.add_metrics_centralized(server_round=server_round, metrics=metrics)
+        return {"central_loss": loss, **{f"central_{k}": v for k, v in metrics.items()}}
+
+    def _emit(self, record: RoundRecord, round_start: float, start: float) -> None:
+        now = timeit.default_timer()
+        record |= {"seconds": now - round_start, "elapsed": now - start}
+        log(INFO, "%s", format_round(record))
+        for listener in self.listeners:
+            listener(record)
+
+
+def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
+    """One human-readable line for a round."""
+    of = f"/{num_rounds}" if num_rounds else ""
+    parts = [f"round {record['round']:>3}{of}"]
+    if "central_accuracy" in record:
+        parts.append(f"accuracy {record['central_accuracy']:.4f}")
+    if "central_loss" in record:
+        parts.append(f"loss {record['central_loss']:.4f}")
+    if "sampled" in record:
+        parts.append(
+            f"clients {record.get('accepted', 0)}/{record['sampled']}"
+            f" ({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
+        )
+    parts.append(f"{record['seconds']:.2f} s")
+    return "  ".join(parts)

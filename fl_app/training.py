@@ -1,0 +1,111 @@
+"""Local training and evaluation loops, and model <-> numpy weights. Knows nothing of Flower."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fl_app.data import ArrayDataset
+
+Weights = list[NDArray[np.float32]]
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def get_weights(model: nn.Module) -> Weights:
+    """The model's state as numpy arrays, in ``state_dict`` order."""
+    return [t.detach().cpu().numpy() for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list[NDArray[np.float32]]) -> None:
+    """Load numpy arrays (in ``state_dict`` order) into the model."""
+    keys = model.state_dict().keys()
+    if len(weights) != len(keys):
+        raise ValueError(f"got {len(weights)} arrays for a model with {len(keys)} tensors")
+    state = OrderedDict(
+        (k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights, strict=True)
+    )
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def _batches(
+    data: ArrayDataset, batch_size: int, device: torch.device, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches on ``device``, shuffled when a ``generator`` is given."""
+    x = torch.from_numpy(data.x)
+    y = torch.from_numpy(data.y)
+    order = torch.randperm(len(data), generator=generator) if generator is not None else None
+    for start in range(0, len(data), batch_size):
+        rows = (
+            order[start : start + batch_size]
+            if order is not None
+            else slice(start, start + batch_size)
+        )
+        yield x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
+
+
+def train(
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    device: torch.device,
+    seed: int,
+) -> float:
+    """SGD on ``data`` for ``epochs``; returns the mean training loss of the last epoch."""
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    criterion = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    loss_sum, seen = 0.0, 0
+    for _ in range(epochs):
+        loss_sum, seen = 0.0, 0
+        for xb, yb in _batches(data, batch_size, device, generator):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(yb)
+            seen += len(yb)
+    return loss_sum / seen if seen else math.nan
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: ArrayDataset, *, device: torch.device, batch_size: int = 1024
+) -> EvalResult:
+    """Mean cross-entropy and accuracy on ``data`` (NaN for an empty set)."""
+    if len(data) == 0:
+        return EvalResult(math.nan, math.nan, 0)
+    model.to(device)
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, correct = 0.0, 0
+    for xb, yb in _batches(data, batch_size, device, generator=None):
+        logits = model(xb)
+        loss_sum += criterion(logits, yb).item()
+        correct += (logits.argmax(dim=1) == yb).sum().item()
+    return EvalResult(loss_sum / len(data), correct / len(data), len(data))

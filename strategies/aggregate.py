@@ -1,0 +1,198 @@
+"""Aggregation math: plain numpy, no Flower, no torch.
+
+A model is a list of numpy arrays (one per layer). Aggregation is a weighted sum
+``Σ c_i θ_i`` folded one client at a time into one preallocated accumulator, through a
+small fixed scratch buffer, so the extra memory is about one model whatever the number
+of clients (Flower's in-place FedAvg also allocates a decoded copy and a scaled copy of
+every update it folds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[Any]
+Model = list[Array]
+Weighting = Literal["softmax", "linear"]
+
+# Elements per fold step: 64 Ki float32 = 256 KiB, small enough to stay in L2 cache.
+CHUNK_ELEMENTS = 1 << 16
+
+
+def accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """Dtype to sum a layer in: floats keep theirs, integer layers are summed in float64."""
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def _flat(array: Array) -> Array:
+    """1-D view of ``array`` (a copy only when it is not C-contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+class _Scratch:
+    """One small reusable buffer per dtype for chunked in-place arithmetic."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[np.dtype[Any], Array] = {}
+
+    def get(self, dtype: np.dtype[Any], size: int) -> Array:
+        buf = self._buffers.get(dtype)
+        if buf is None:
+            buf = self._buffers[dtype] = np.empty(CHUNK_ELEMENTS, dtype=dtype)
+        return buf[:size]
+
+
+def weighted_sum(
+    updates: Iterable[tuple[Sequence[Array], float]], template: Sequence[Array]
+) -> Model:
+    """Return ``Σ c_i θ_i`` over ``(θ_i, c_i)`` pairs, folding one update at a time.
+
+    ``template`` gives the layer shapes and dtypes; integer layers are summed in float64
+    and rounded back at the end. Updates are read, never modified or copied whole.
+    """
+    acc = [np.zeros(t.shape, dtype=accumulator_dtype(t.dtype)) for t in template]
+    scratch = _Scratch()
+    for arrays, coefficient in updates:
+        for layer_acc, layer in zip(acc, arrays, strict=True):
+            flat_acc, flat_layer = layer_acc.reshape(-1), _flat(layer)
+            for start in range(0, flat_acc.size, CHUNK_ELEMENTS):
+                stop = min(start + CHUNK_ELEMENTS, flat_acc.size)
+                buf = scratch.get(flat_acc.dtype, stop - start)
+                np.multiply(flat_layer[start:stop], coefficient, out=buf, casting="unsafe")
+                flat_acc[start:stop] += buf
+    return [_cast_like(a, t.dtype) for a, t in zip(acc, template, strict=True)]
+
+
+def _cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
+    if array.dtype == dtype:
+        return array
+    return np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype)
+
+
+def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
+    """Euclidean norm ``‖θ − θ_ref‖`` over all layers, in float64, without a full-size temporary."""
+    scratch = _Scratch()
+    total = 0.0
+    for layer, ref in zip(arrays, reference, strict=True):
+        flat_layer, flat_ref = _flat(layer), _flat(ref)
+        for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
+            stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
+            buf = scratch.get(np.dtype(np.float64), stop - start)
+            np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, casting="unsafe")
+            total += float(np.dot(buf, buf))
+    return float(np.sqrt(total))
+
+
+def all_finite(arrays: Sequence[Array]) -> bool:
+    """True when no layer holds NaN or ±Inf (min/max propagate both; no temporary array)."""
+    for layer in arrays:
+        inexact = layer.size and np.issubdtype(layer.dtype, np.inexact)
+        if inexact and not (np.isfinite(layer.min()) and np.isfinite(layer.max())):
+            return False
+    return True
+
+
+def mismatch(arrays: Sequence[Array], template: Sequence[Array]) -> str | None:
+    """Describe the first layer whose shape or dtype differs from ``template``, or None."""
+    if len(arrays) != len(template):
+        return f"{len(arrays)} layers, expected {len(template)}"
+    for index, (layer, ref) in enumerate(zip(arrays, template, strict=True)):
+        if layer.shape != ref.shape:
+            return f"layer {index} has shape {layer.shape}, expected {ref.shape}"
+        if layer.dtype != ref.dtype:
+            return f"layer {index} has dtype {layer.dtype}, expected {ref.dtype}"
+    return None
+
+
+def uniform_weights(count: int) -> NDArray[np.float64]:
+    """``1/K`` for each of ``count`` clients."""
+    return np.full(count, 1.0 / count)
+
+
+def example_weights(num_examples: Sequence[int]) -> NDArray[np.float64]:
+    """``n_i / Σ n`` (FedAvg)."""
+    counts = np.asarray(num_examples, dtype=np.float64)
+    return np.asarray(counts / counts.sum())
+
+
+def quality_weights(
+    quality: Sequence[float],
+    *,
+    higher_is_better: bool,
+    weighting: Weighting,
+    temperature: float,
+    floor: float,
+) -> NDArray[np.float64] | None:
+    """Normalised weights ``g(q_i) / Σ g(q)``, or None when every weight is zero.
+
+    ``softmax``: ``g(q) = exp(s / τ)`` with ``s = q`` (higher is better) or ``−q``.
+    ``linear``: ``g(q) = max(q − floor, 0)`` (higher is better) or ``max(floor − q, 0)``
+    (lower is better: ``floor`` is then the worst accepted value, e.g. a loss ceiling).
+    """
+    q = np.asarray(quality, dtype=np.float64)
+    score = q if higher_is_better else -q
+    if weighting == "softmax":
+        raw = np.exp((score - score.max()) / temperature)
+    else:
+        raw = np.maximum(score - (floor if higher_is_better else -floor), 0.0)
+    total = raw.sum()
+    return raw / total if total > 0 else None
+
+
+def mix_weights(lam: float, first: Array, second: Array) -> NDArray[np.float64]:
+    """``λ · first + (1 − λ) · second``; exact ``first`` at λ=1 and exact ``second`` at λ=0."""
+    if lam == 1.0:
+        return np.asarray(first, dtype=np.float64)
+    if lam == 0.0:
+        return np.asarray(second, dtype=np.float64)
+    return lam * np.asarray(first, dtype=np.float64) + (1.0 - lam) * np.asarray(second)
+
+
+def mad_inliers(norms: Sequence[float], k: float) -> NDArray[np.bool_]:
+    """Mask of the norms kept by ``norm ≤ median + k · MAD`` (MAD: median absolute deviation)."""
+    values = np.asarray(norms, dtype=np.float64)
+    median = np.median(values)
+    mad = np.median(np.abs(values - median))
+    return np.asarray(values <= median + k * mad)
+
+
+def clip_factors(norms: Sequence[float], max_norm: float) -> NDArray[np.float64]:
+    """Factors ``min(1, c / ‖Δ_i‖)`` that scale each update to norm at most ``c``."""
+    values = np.asarray(norms, dtype=np.float64)
+    return np.asarray(np.minimum(1.0, max_norm / np.maximum(values, np.finfo(np.float64).tiny)))
+
+
+def server_step(
+    average: Model,
+    global_model: Sequence[Array],
+    velocity: Model | None,
+    *,
+    learning_rate: float,
+    momentum: float,
+) -> tuple[Model, Model | None]:
+    """FedAvgM server update, in place on ``average`` (and ``velocity``).
+
+    ``Δ = θ_avg − θ_g``; ``v ← β v + Δ``; ``θ_g ← θ_g + η v``. With η=1 and β=0 the
+    average is returned untouched, so plain FedAvg stays bit-exact. Returns the new global
+    model and the velocity to keep for the next round (None while β=0).
+    """
+    if learning_rate == 1.0 and momentum == 0.0:
+        return average, None
+    for delta, g in zip(average, global_model, strict=True):
+        np.subtract(delta, g, out=delta, casting="unsafe")
+    step = average
+    if momentum > 0.0:
+        if velocity is None:
+            velocity = [np.zeros_like(d) for d in average]
+        for v, delta in zip(velocity, average, strict=True):
+            v *= momentum
+            v += delta
+        step = velocity
+    for out, s, g in zip(average, step, global_model, strict=True):
+        np.multiply(s, learning_rate, out=out, casting="unsafe")
+        np.add(out, g, out=out, casting="unsafe")
+    return average, velocity
