@@ -82,7 +82,7 @@ def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
         for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
             buf = scratch.get(np.dtype(np.float64), stop - start)
-            np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, casting="unsafe")
+            np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, dtype=np.float64)
             total += float(np.dot(buf, buf))
     return float(np.sqrt(total))
 
@@ -182,17 +182,19 @@ def server_step(
     """
     if learning_rate == 1.0 and momentum == 0.0:
         return average, None
-    for delta, g in zip(average, global_model, strict=True):
-        np.subtract(delta, g, out=delta, casting="unsafe")
-    step = average
+    # Float layers are updated in place; integer layers in a float64 copy, rounded back.
+    work = [a if a.dtype == accumulator_dtype(a.dtype) else a.astype(np.float64) for a in average]
+    for delta, g in zip(work, global_model, strict=True):
+        np.subtract(delta, g, out=delta)
+    step = work
     if momentum > 0.0:
         if velocity is None:
-            velocity = [np.zeros_like(d) for d in average]
-        for v, delta in zip(velocity, average, strict=True):
+            velocity = [np.zeros_like(d) for d in work]
+        for v, delta in zip(velocity, work, strict=True):
             v *= momentum
             v += delta
         step = velocity
-    for out, s, g in zip(average, step, global_model, strict=True):
-        np.multiply(s, learning_rate, out=out, casting="unsafe")
-        np.add(out, g, out=out, casting="unsafe")
-    return average, velocity
+    for out, s, g in zip(work, step, global_model, strict=True):
+        np.multiply(s, learning_rate, out=out)
+        np.add(out, g, out=out)
+    return [_cast_like(w, a.dtype) for w, a in zip(work, average, strict=True)], velocity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from logging import WARNING
 from typing import Any, Literal
@@ -104,7 +105,7 @@ class QualityWeighted(AggregationStrategy):
         else:
             scores = update.metrics
         value = scores.get(self.quality_metric)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"quality metric {self.quality_metric!r} missing or not a number ({value!r})"
         if not math.isfinite(value):
             return f"quality metric {self.quality_metric!r} is not finite ({value!r})"

@@ -1,0 +1,879 @@
+"""Tests of the Flower-level strategies: rules, identities, server step, bad input, registry.
+
+Expected tensors are worked out by hand (in comments) or with an independent numpy
+formula, never copied from a run of the code under test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    FitRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.strategy import FedAvg as FlowerFedAvg
+
+import strategies
+from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage, linear_schedule
+from strategies.base import AggregationStrategy, decode_parameters
+
+OK = Status(code=Code.OK, message="")
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Stand-in for a ClientProxy: the strategies only read ``cid``."""
+
+    cid: str
+
+
+class NoClients:
+    """Client manager with nobody connected, enough for ``configure_fit`` to run."""
+
+    def num_available(self) -> int:
+        return 0
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):
+        return []
+
+
+def fit_res(arrays: Sequence[np.ndarray], num_examples: Any, **metrics: Any) -> FitRes:
+    return FitRes(
+        status=OK,
+        parameters=ndarrays_to_parameters(list(arrays)),
+        num_examples=num_examples,
+        metrics=dict(metrics),
+    )
+
+
+def results_of(
+    models: Sequence[Sequence[np.ndarray]],
+    counts: Sequence[int],
+    metrics: Sequence[dict[str, Any]] | None = None,
+    prefix: str = "c",
+) -> list[tuple[Proxy, FitRes]]:
+    metrics = metrics or [{} for _ in models]
+    return [
+        (Proxy(f"{prefix}{i}"), fit_res(m, n, **q))
+        for i, (m, n, q) in enumerate(zip(models, counts, metrics, strict=True))
+    ]
+
+
+def with_global(strategy: AggregationStrategy, global_model: Sequence[np.ndarray]):
+    """Hand the strategy the current global model, as the server does in configure_fit."""
+    strategy.configure_fit(1, ndarrays_to_parameters(list(global_model)), NoClients())
+    return strategy
+
+
+def make(cls: Callable[..., AggregationStrategy], global_model=None, **kwargs):
+    """Build a strategy; with ``global_model``, start from it via initial_parameters."""
+    if global_model is None:
+        return cls(**kwargs)
+    strategy = cls(initial_parameters=ndarrays_to_parameters(list(global_model)), **kwargs)
+    assert strategy.initialize_parameters(client_manager=None) is not None
+    return strategy
+
+
+def aggregate(strategy, results, failures=(), server_round=1):
+    parameters, metrics = strategy.aggregate_fit(server_round, list(results), list(failures))
+    arrays = None if parameters is None else parameters_to_ndarrays(parameters)
+    return arrays, metrics
+
+
+def reported_weights(metrics) -> dict[str, float]:
+    weights = json.loads(metrics["weights"])
+    assert isinstance(weights, dict)
+    return weights
+
+
+# Two clients, two layers, float64 so hand values are (nearly) exact.
+#   A = ([1, 2], [[0, 4]]), n = 1;  B = ([3, 6], [[4, 0]]), n = 3
+A = [np.array([1.0, 2.0]), np.array([[0.0, 4.0]])]
+B = [np.array([3.0, 6.0]), np.array([[4.0, 0.0]])]
+GLOBAL = [np.zeros(2), np.zeros((1, 2))]
+
+
+def assert_model(got, want, rtol=1e-12):
+    assert got is not None
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == np.shape(w)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-12)
+
+
+# ---- (a) hand-computed rules --------------------------------------------------------
+
+
+def test_simple_average_and_fedavg_by_hand_and_different():
+    results = results_of([A, B], [1, 3])
+    simple, simple_metrics = aggregate(make(SimpleAverage, GLOBAL), results)
+    fedavg, fedavg_metrics = aggregate(make(FedAvg, GLOBAL), results)
+    # simple: ([1, 2] + [3, 6]) / 2 = [2, 4];  ([[0, 4]] + [[4, 0]]) / 2 = [[2, 2]]
+    assert_model(simple, [[2.0, 4.0], [[2.0, 2.0]]])
+    # fedavg: (1·[1, 2] + 3·[3, 6]) / 4 = [10, 20] / 4 = [2.5, 5];  (1·[[0, 4]] + 3·[[4, 0]]) / 4
+    #         = [[3, 1]]
+    assert_model(fedavg, [[2.5, 5.0], [[3.0, 1.0]]])
+    assert not np.allclose(simple[0], fedavg[0])
+    assert reported_weights(simple_metrics) == pytest.approx({"c0": 0.5, "c1": 0.5})
+    assert reported_weights(fedavg_metrics) == pytest.approx({"c0": 0.25, "c1": 0.75})
+
+
+def test_quality_weighted_softmax_by_hand():
+    # q = [0, ln 3], τ = 0.5: exp(2q) = [1, 9] -> w = [0.1, 0.9]
+    # 0.1·[1, 2] + 0.9·[3, 6] = [2.8, 5.6];  0.1·[[0, 4]] + 0.9·[[4, 0]] = [[3.6, 0.4]]
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    strategy = make(QualityWeighted, GLOBAL, quality_temperature=0.5)
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[2.8, 5.6], [[3.6, 0.4]]])
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.1, "c1": 0.9})
+    assert metrics["quality_fallback"] == 0
+
+
+def test_quality_weighted_linear_by_hand():
+    # q = [0.6, 0.9], floor 0.5: q − 0.5 = [0.1, 0.4] -> w = [0.2, 0.8]
+    # 0.2·[1, 2] + 0.8·[3, 6] = [2.6, 5.2];  [[3.2, 0.8]]
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
+    strategy = make(QualityWeighted, GLOBAL, quality_weighting="linear", quality_floor=0.5)
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[2.6, 5.2], [[3.2, 0.8]]])
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.2, "c1": 0.8})
+
+
+def test_hybrid_by_hand():
+    # data weights [0.25, 0.75]; quality (τ = 0.5, q = [0, ln 3]) [0.1, 0.9];
+    # λ = 0.5: w = [0.175, 0.825]
+    # 0.175·[1, 2] + 0.825·[3, 6] = [2.65, 5.3];  0.825·[[4, 0]] + 0.175·[[0, 4]] = [[3.3, 0.7]]
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    strategy = make(Hybrid, GLOBAL, hybrid_lambda=0.5, quality_temperature=0.5)
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[2.65, 5.3], [[3.3, 0.7]]])
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.175, "c1": 0.825})
+    assert metrics["lambda"] == 0.5
+    assert metrics["filtered"] == 0
+    assert metrics["clipped"] == 0
+
+
+def test_strategies_work_without_a_known_global_model():
+    # With no initial parameters and no configure_fit the first result sets the layout.
+    out, metrics = aggregate(FedAvg(), results_of([A, B], [1, 3]))
+    assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
+    assert metrics["accepted"] == 2
+
+
+def test_aggregation_does_not_modify_the_global_model():
+    global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
+    strategy = make(FedAvg, global_model, server_learning_rate=0.5, server_momentum=0.5)
+    aggregate(strategy, results_of([A, B], [1, 3]))
+    np.testing.assert_array_equal(strategy.global_model[0], [1.0, 1.0])
+    np.testing.assert_array_equal(strategy.global_model[1], [[1.0, 1.0]])
+
+
+# ---- (b) same as Flower's FedAvg ----------------------------------------------------
+
+
+def _random_round(rng, clients: int, dtype=np.float32):
+    shapes = [(3, 4), (4,), (2, 2, 2), (1,)]
+    models = [[rng.normal(size=s).astype(dtype) for s in shapes] for _ in range(clients)]
+    counts = [int(n) for n in rng.integers(1, 500, size=clients)]
+    return models, counts
+
+
+@pytest.mark.parametrize("clients", [1, 2, 3, 7, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fedavg_matches_flower_fedavg(clients, dtype):
+    rng = np.random.default_rng(clients)
+    models, counts = _random_round(rng, clients, dtype)
+    results = results_of(models, counts)
+    ours, _ = aggregate(FedAvg(), results)
+    theirs_parameters, _ = FlowerFedAvg().aggregate_fit(1, results, [])
+    theirs = parameters_to_ndarrays(theirs_parameters)
+    assert ours is not None
+    assert len(ours) == len(theirs)
+    for o, t in zip(ours, theirs, strict=True):
+        assert o.dtype == t.dtype == dtype
+        np.testing.assert_allclose(o, t, rtol=1e-6, atol=1e-7)
+    # And both equal the textbook formula Σ n_i θ_i / Σ n.
+    for j, layer in enumerate(ours):
+        want = sum(n * m[j].astype(np.float64) for m, n in zip(models, counts, strict=True)) / sum(
+            counts
+        )
+        np.testing.assert_allclose(layer, want, rtol=1e-5, atol=1e-6)
+
+
+# ---- (c) Hybrid identities ----------------------------------------------------------
+
+
+def _quality_round(rng, clients=5):
+    models, counts = _random_round(rng, clients)
+    metrics = [{"val_accuracy": float(q), "val_loss": float(1 - q)} for q in rng.random(clients)]
+    return results_of(models, counts, metrics)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hybrid_lambda_one_is_fedavg_exactly(seed):
+    results = _quality_round(np.random.default_rng(seed))
+    fedavg, fedavg_metrics = aggregate(FedAvg(), results)
+    hybrid, hybrid_metrics = aggregate(Hybrid(hybrid_lambda=1.0), results)
+    assert hybrid is not None
+    assert fedavg is not None
+    for h, f in zip(hybrid, fedavg, strict=True):
+        np.testing.assert_array_equal(h, f)
+    assert hybrid_metrics["weights"] == fedavg_metrics["weights"]
+
+
+@pytest.mark.parametrize("weighting", ["softmax", "linear"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hybrid_lambda_zero_is_quality_weighted_exactly(seed, weighting):
+    results = _quality_round(np.random.default_rng(seed))
+    knobs = {"quality_weighting": weighting, "quality_temperature": 0.2, "quality_floor": 0.1}
+    quality, quality_metrics = aggregate(QualityWeighted(**knobs), results)
+    hybrid, hybrid_metrics = aggregate(Hybrid(hybrid_lambda=0.0, **knobs), results)
+    assert hybrid is not None
+    assert quality is not None
+    for h, q in zip(hybrid, quality, strict=True):
+        np.testing.assert_array_equal(h, q)
+    assert hybrid_metrics["weights"] == quality_metrics["weights"]
+    assert hybrid_metrics["quality_fallback"] == quality_metrics["quality_fallback"]
+
+
+def test_hybrid_needs_the_quality_metric_only_when_lambda_below_one():
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.5}, {}])  # B has no quality
+    out, metrics = aggregate(make(Hybrid, GLOBAL, hybrid_lambda=1.0), results)
+    assert metrics["rejected"] == 0
+    assert metrics["accepted"] == 2
+    assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])  # FedAvg of A and B
+
+    out, metrics = aggregate(make(Hybrid, GLOBAL, hybrid_lambda=0.5), results)
+    assert metrics["rejected"] == 1
+    assert metrics["accepted"] == 1
+    assert_model(out, A)  # only A is left
+    assert reported_weights(metrics) == pytest.approx({"c0": 1.0})
+
+
+# ---- (d) server learning rate and momentum ------------------------------------------
+
+
+def test_fedavg_server_momentum_two_rounds_by_hand():
+    # η = 0.5, β = 0.5, g0 = ([0, 0], [[0, 0]])
+    # round 1: clients ([1, 2], [[0, 4]]) and ([3, 6], [[4, 0]]), n = 1 and 3:
+    #   avg = ([2.5, 5], [[3, 1]]) = d1 = v1;  g1 = g0 + 0.5·v1 = ([1.25, 2.5], [[1.5, 0.5]])
+    # round 2: both clients send ([3.25, 4.5], [[2.5, 1.5]]):
+    #   d2 = avg − g1 = ([2, 2], [[1, 1]]);  v2 = 0.5·v1 + d2 = ([3.25, 4.5], [[2.5, 1.5]])
+    #   g2 = g1 + 0.5·v2 = ([2.875, 4.75], [[2.75, 1.25]])
+    strategy = make(FedAvg, GLOBAL, server_learning_rate=0.5, server_momentum=0.5)
+    g1, _ = aggregate(strategy, results_of([A, B], [1, 3]), server_round=1)
+    assert_model(g1, [[1.25, 2.5], [[1.5, 0.5]]])
+
+    assert g1 is not None
+    with_global(strategy, g1)  # the server hands the new global model over
+    second = [np.array([3.25, 4.5]), np.array([[2.5, 1.5]])]
+    g2, _ = aggregate(strategy, results_of([second, second], [2, 5]), server_round=2)
+    assert_model(g2, [[2.875, 4.75], [[2.75, 1.25]]])
+
+
+def test_fedavg_server_learning_rate_by_hand():
+    # g = ([1, 1], [[1, 1]]), avg = ([2.5, 5], [[3, 1]]), η = 0.5:
+    # g + 0.5·(avg − g) = ([1.75, 3], [[2, 1]])
+    global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
+    strategy = make(FedAvg, global_model, server_learning_rate=0.5)
+    out, _ = aggregate(strategy, results_of([A, B], [1, 3]))
+    assert_model(out, [[1.75, 3.0], [[2.0, 1.0]]])
+
+
+def test_server_step_needs_the_global_model():
+    with pytest.raises(RuntimeError, match="global model"):
+        aggregate(FedAvg(server_learning_rate=0.5), results_of([A, B], [1, 3]))
+
+
+def test_fedavg_server_momentum_with_an_integer_layer():
+    # Models may carry integer buffers (BatchNorm's num_batches_tracked is int64). With
+    # η = 1 the first momentum round gives v1 = d1 and g1 = avg: int layer avg of [4] and
+    # [8] with n = 1, 1 is [6]. The round must not crash.
+    global_model = [np.zeros(2), np.array([2], dtype=np.int64)]
+    clients = [
+        [np.array([1.0, 2.0]), np.array([4], dtype=np.int64)],
+        [np.array([3.0, 6.0]), np.array([8], dtype=np.int64)],
+    ]
+    strategy = make(FedAvg, global_model, server_momentum=0.9)
+    out, _ = aggregate(strategy, results_of(clients, [1, 1]))
+    assert_model(out, [[2.0, 4.0], [6]])
+    assert out is not None
+    assert out[1].dtype == np.int64
+
+
+# ---- (e) bad input ------------------------------------------------------------------
+
+# Valid clients A (n = 1, q = 0.6) and B (n = 3, q = 0.9), float32. Expected aggregates of
+# the two valid ones, by hand:
+#   simple:  ([2, 4], [[2, 2]])
+#   fedavg:  ([2.5, 5], [[3, 1]])
+#   quality, linear floor 0.5: w = [0.1, 0.4] / 0.5 = [0.2, 0.8] -> ([2.6, 5.2], [[3.2, 0.8]])
+#   hybrid λ = 0.5, same quality: w = 0.5·[0.25, 0.75] + 0.5·[0.2, 0.8] = [0.225, 0.775]
+#           -> ([0.225 + 2.325, 0.45 + 4.65], [[3.1, 0.9]]) = ([2.55, 5.1], [[3.1, 0.9]])
+A32 = [layer.astype(np.float32) for layer in A]
+B32 = [layer.astype(np.float32) for layer in B]
+GLOBAL32 = [layer.astype(np.float32) for layer in GLOBAL]
+LINEAR = {"quality_weighting": "linear", "quality_floor": 0.5}
+
+STRATEGY_CASES = {
+    "simple": (SimpleAverage, {}, [[2.0, 4.0], [[2.0, 2.0]]]),
+    "fedavg": (FedAvg, {}, [[2.5, 5.0], [[3.0, 1.0]]]),
+    "quality": (QualityWeighted, LINEAR, [[2.6, 5.2], [[3.2, 0.8]]]),
+    "hybrid": (Hybrid, {"hybrid_lambda": 0.5, **LINEAR}, [[2.55, 5.1], [[3.1, 0.9]]]),
+}
+QUALITY_STRATEGIES = ["quality", "hybrid"]
+
+
+def _valid_results():
+    return [
+        (Proxy("a"), fit_res(A32, 1, val_accuracy=0.6)),
+        (Proxy("b"), fit_res(B32, 3, val_accuracy=0.9)),
+    ]
+
+
+def _with_value(value: float) -> list[np.ndarray]:
+    return [np.array([1.0, value], np.float32), np.array([[0.0, 4.0]], np.float32)]
+
+
+def _raw(tensors: list[bytes]) -> FitRes:
+    return FitRes(
+        status=OK,
+        parameters=Parameters(tensors=tensors, tensor_type="numpy.ndarray"),
+        num_examples=5,
+        metrics={"val_accuracy": 0.99},
+    )
+
+
+def _truncated() -> FitRes:
+    tensors = ndarrays_to_parameters(A32).tensors
+    return _raw([tensors[0][:-4], tensors[1]])
+
+
+def _object_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([1, "x"], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _object_array() -> FitRes:
+    return _raw([_object_npy(), ndarrays_to_parameters(A32).tensors[1]])
+
+
+BAD_UPDATES: dict[str, Callable[[], FitRes]] = {
+    "nan": lambda: fit_res(_with_value(np.nan), 5, val_accuracy=0.99),
+    "+inf": lambda: fit_res(_with_value(np.inf), 5, val_accuracy=0.99),
+    "-inf": lambda: fit_res(_with_value(-np.inf), 5, val_accuracy=0.99),
+    "wrong shape": lambda: fit_res(
+        [np.zeros(3, np.float32), np.zeros((1, 2), np.float32)], 5, val_accuracy=0.99
+    ),
+    "transposed shape": lambda: fit_res(
+        [np.zeros(2, np.float32), np.zeros((2, 1), np.float32)], 5, val_accuracy=0.99
+    ),
+    "wrong dtype": lambda: fit_res([layer.astype(np.float64) for layer in A32], 5),
+    "too few layers": lambda: fit_res(A32[:1], 5, val_accuracy=0.99),
+    "too many layers": lambda: fit_res([*A32, np.zeros(1, np.float32)], 5, val_accuracy=0.99),
+    "num_examples 0": lambda: fit_res(A32, 0, val_accuracy=0.99),
+    "num_examples negative": lambda: fit_res(A32, -4, val_accuracy=0.99),
+    "num_examples 2.5": lambda: fit_res(A32, 2.5, val_accuracy=0.99),
+    "num_examples bool": lambda: fit_res(A32, True, val_accuracy=0.99),
+    "num_examples str": lambda: fit_res(A32, "3", val_accuracy=0.99),
+    "garbage bytes": lambda: _raw([b"garbage", b"more garbage"]),
+    "empty bytes": lambda: _raw([b"", b""]),
+    "truncated tensor": _truncated,
+    "object array": _object_array,
+}
+BAD_QUALITY: dict[str, Callable[[], FitRes]] = {
+    "missing quality": lambda: fit_res(A32, 5, val_loss=0.1),
+    "nan quality": lambda: fit_res(A32, 5, val_accuracy=math.nan),
+    "inf quality": lambda: fit_res(A32, 5, val_accuracy=math.inf),
+    "string quality": lambda: fit_res(A32, 5, val_accuracy="high"),
+    "bool quality": lambda: fit_res(A32, 5, val_accuracy=True),
+}
+
+
+def _check_round_with_one_bad(strategy_name: str, bad: FitRes) -> None:
+    cls, knobs, expected = STRATEGY_CASES[strategy_name]
+    valid = _valid_results()
+    results = [valid[0], (Proxy("bad"), bad), valid[1]]
+    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results)
+    assert metrics["results"] == 3
+    assert metrics["failures"] == 0
+    assert metrics["rejected"] == 1
+    assert metrics["accepted"] == 2
+    assert out is not None
+    assert all(np.all(np.isfinite(layer)) for layer in out)
+    assert [layer.dtype for layer in out] == [np.float32, np.float32]
+    assert_model(out, expected, rtol=1e-6)
+    weights = reported_weights(metrics)
+    assert set(weights) == {"a", "b"}
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
+@pytest.mark.parametrize("reason", list(BAD_UPDATES))
+def test_bad_update_is_rejected_and_the_rest_aggregated(strategy_name, reason):
+    _check_round_with_one_bad(strategy_name, BAD_UPDATES[reason]())
+
+
+@pytest.mark.parametrize("strategy_name", QUALITY_STRATEGIES)
+@pytest.mark.parametrize("reason", list(BAD_QUALITY))
+def test_bad_quality_is_rejected_and_the_rest_aggregated(strategy_name, reason):
+    _check_round_with_one_bad(strategy_name, BAD_QUALITY[reason]())
+
+
+@pytest.mark.parametrize("strategy_name", ["simple", "fedavg"])
+def test_missing_quality_is_fine_where_quality_is_not_used(strategy_name):
+    cls, knobs, _ = STRATEGY_CASES[strategy_name]
+    _, metrics = aggregate(
+        make(cls, GLOBAL32, **knobs), [(Proxy("x"), BAD_QUALITY["missing quality"]())]
+    )
+    assert metrics["rejected"] == 0
+    assert metrics["accepted"] == 1
+
+
+@pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
+def test_round_with_only_invalid_updates_returns_none(strategy_name):
+    cls, knobs, _ = STRATEGY_CASES[strategy_name]
+    bad = [
+        BAD_UPDATES["nan"](),
+        BAD_UPDATES["wrong shape"](),
+        BAD_UPDATES["garbage bytes"](),
+        BAD_UPDATES["num_examples 0"](),
+    ]
+    results = [(Proxy(f"bad{i}"), res) for i, res in enumerate(bad)]
+    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results)
+    assert out is None
+    assert metrics["rejected"] == len(bad)
+    assert metrics["accepted"] == 0
+    assert metrics["results"] == len(bad)
+
+
+def test_round_with_no_results_returns_none():
+    out, metrics = aggregate(make(FedAvg, GLOBAL32), [])
+    assert out is None
+    assert metrics["accepted"] == 0
+
+
+def test_failures_with_accept_failures_false_return_none():
+    strategy = make(FedAvg, GLOBAL32, accept_failures=False)
+    out, metrics = aggregate(strategy, _valid_results(), failures=[RuntimeError("timeout")])
+    assert out is None
+    assert metrics["failures"] == 1
+
+
+def test_failures_with_accept_failures_are_counted_and_skipped():
+    failed = (Proxy("f"), fit_res(A32, 1))
+    out, metrics = aggregate(
+        make(FedAvg, GLOBAL32), _valid_results(), failures=[TimeoutError("late"), failed]
+    )
+    assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]], rtol=1e-6)
+    assert metrics["failures"] == 2
+    assert metrics["results"] == 2
+    assert metrics["rejected"] == 0
+    assert metrics["accepted"] == 2
+
+
+@pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
+def test_round_metrics_are_complete(strategy_name):
+    cls, knobs, _ = STRATEGY_CASES[strategy_name]
+    rng = np.random.default_rng(7)
+    clients = 6
+    models = [
+        [rng.normal(size=layer.shape).astype(np.float32) for layer in A32] for _ in range(clients)
+    ]
+    counts = [int(n) for n in rng.integers(1, 100, size=clients)]
+    qualities = [{"val_accuracy": float(q)} for q in rng.uniform(0.55, 1.0, size=clients)]
+    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results_of(models, counts, qualities))
+    assert out is not None
+    for key in ("results", "failures", "rejected", "accepted", "weights"):
+        assert key in metrics
+    assert metrics["results"] == clients
+    assert metrics["accepted"] == clients
+    weights = reported_weights(metrics)
+    assert set(weights) == {f"c{i}" for i in range(clients)}
+    assert all(w >= 0 for w in weights.values())
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+    # The client metrics are aggregated too (example-weighted mean).
+    want = sum(n * q["val_accuracy"] for n, q in zip(counts, qualities, strict=True)) / sum(counts)
+    assert metrics["val_accuracy"] == pytest.approx(want, rel=1e-12)
+
+
+# ---- (f) quality details ------------------------------------------------------------
+
+
+def test_quality_linear_all_below_floor_falls_back_to_simple_average():
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.1}, {"val_accuracy": 0.2}])
+    strategy = make(QualityWeighted, GLOBAL, quality_weighting="linear", quality_floor=0.5)
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[2.0, 4.0], [[2.0, 2.0]]])  # simple average
+    assert metrics["quality_fallback"] == 1
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.5, "c1": 0.5})
+
+
+def test_quality_server_source_ignores_a_lying_client():
+    # Server score = first element / 10: A -> 0.1, B -> 0.3; linear floor 0 gives
+    # w = [0.25, 0.75] -> ([2.5, 5], [[3, 1]]). The clients claim the opposite (A 0.99,
+    # B 0.0), which would give all the weight to A.
+    scored: list[float] = []
+
+    def score_fn(arrays):
+        scored.append(float(arrays[0][0]))
+        return {"val_accuracy": float(arrays[0][0]) / 10}
+
+    results = results_of([A, B], [1, 1], [{"val_accuracy": 0.99}, {"val_accuracy": 0.0}])
+    strategy = make(
+        QualityWeighted,
+        GLOBAL,
+        quality_source="server",
+        score_fn=score_fn,
+        quality_weighting="linear",
+        quality_floor=0.0,
+    )
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.25, "c1": 0.75})
+    assert sorted(scored) == [1.0, 3.0]  # each client model scored once
+
+
+def test_quality_server_source_does_not_need_the_client_metric():
+    strategy = make(
+        QualityWeighted,
+        GLOBAL,
+        quality_source="server",
+        score_fn=lambda arrays: {"val_accuracy": 0.5},
+    )
+    out, metrics = aggregate(strategy, results_of([A, B], [1, 3]))
+    assert metrics["rejected"] == 0
+    assert_model(out, [[2.0, 4.0], [[2.0, 2.0]]])  # equal scores -> equal weights
+
+
+def test_quality_server_source_rejects_non_finite_server_scores():
+    def score_fn(arrays):
+        return {"val_accuracy": math.nan if arrays[0][0] == 3.0 else 0.5}
+
+    strategy = make(QualityWeighted, GLOBAL, quality_source="server", score_fn=score_fn)
+    out, metrics = aggregate(strategy, results_of([A, B], [1, 3]))
+    assert metrics["rejected"] == 1
+    assert_model(out, A)
+
+
+def test_quality_auto_direction_treats_loss_as_lower_is_better():
+    assert QualityWeighted(quality_metric="val_loss").higher_is_better is False
+    assert QualityWeighted(quality_metric="val_accuracy").higher_is_better is True
+    assert QualityWeighted(quality_metric="val_loss", quality_direction="max").higher_is_better
+
+    # softmax, τ = 1, losses [0, ln 3]: exp(−q) = [1, 1/3] -> w = [0.75, 0.25]
+    # 0.75·[1, 2] + 0.25·[3, 6] = [1.5, 3];  0.25·[[4, 0]] + 0.75·[[0, 4]] = [[1, 3]]
+    results = results_of([A, B], [1, 1], [{"val_loss": 0.0}, {"val_loss": math.log(3)}])
+    strategy = make(QualityWeighted, GLOBAL, quality_metric="val_loss", quality_temperature=1.0)
+    out, metrics = aggregate(strategy, results)
+    assert_model(out, [[1.5, 3.0], [[1.0, 3.0]]])
+    assert reported_weights(metrics) == pytest.approx({"c0": 0.75, "c1": 0.25})
+
+    # linear, loss ceiling 1.0, losses [0.2, 0.8]: 1 − q = [0.8, 0.2] -> w = [0.8, 0.2]
+    # 0.8·[1, 2] + 0.2·[3, 6] = [1.4, 2.8];  [[0.8, 3.2]]
+    results = results_of([A, B], [1, 1], [{"val_loss": 0.2}, {"val_loss": 0.8}])
+    strategy = make(
+        QualityWeighted,
+        GLOBAL,
+        quality_metric="val_loss",
+        quality_weighting="linear",
+        quality_floor=1.0,
+    )
+    out, _ = aggregate(strategy, results)
+    assert_model(out, [[1.4, 2.8], [[0.8, 3.2]]])
+
+
+def test_quality_min_direction_on_a_non_loss_metric():
+    # quality_direction="min": lower error is better. Errors [0, ln 3], τ = 1 -> [0.75, 0.25]
+    results = results_of([A, B], [1, 1], [{"error": 0.0}, {"error": math.log(3)}])
+    strategy = make(
+        QualityWeighted,
+        GLOBAL,
+        quality_metric="error",
+        quality_direction="min",
+        quality_temperature=1.0,
+    )
+    out, _ = aggregate(strategy, results)
+    assert_model(out, [[1.5, 3.0], [[1.0, 3.0]]])
+
+
+# ---- (g) Hybrid robust filter and schedule ------------------------------------------
+
+
+def _filter_round(rng, global_model):
+    """Five honest updates of norms about 1 and one of norm 1000.
+
+    Norms [1, 1.1, 0.9, 1.05, 0.95, 1000]: median 1.025, deviations
+    [0.025, 0.075, 0.125, 0.025, 0.075, 998.975] -> MAD 0.075; with k = 3 the threshold
+    is 1.025 + 0.225 = 1.25, so exactly the last update goes.
+    """
+    models = []
+    for norm in (1.0, 1.1, 0.9, 1.05, 0.95, 1000.0):
+        direction = [rng.normal(size=g.shape) for g in global_model]
+        length = np.sqrt(sum(np.sum(d**2) for d in direction))
+        models.append([g + norm * d / length for g, d in zip(global_model, direction, strict=True)])
+    return models, [10, 20, 30, 40, 50, 60]
+
+
+def test_hybrid_mad_filter_drops_a_scaled_update():
+    rng = np.random.default_rng(11)
+    global_model = [rng.normal(size=(3, 4)), rng.normal(size=4)]
+    models, counts = _filter_round(rng, global_model)
+    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="mad")
+    out, metrics = aggregate(strategy, results_of(models, counts))
+    assert metrics["filtered"] == 1
+    assert metrics["accepted"] == 6  # valid, but filtered out
+    # FedAvg over the five honest updates, by the textbook formula.
+    honest_counts = counts[:5]
+    want = [
+        sum(n * m[j] for m, n in zip(models[:5], honest_counts, strict=True)) / sum(honest_counts)
+        for j in range(2)
+    ]
+    assert_model(out, want)
+    weights = reported_weights(metrics)
+    assert weights["c5"] == 0.0
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+    # Without the filter the attacker drags the model far away.
+    unfiltered, _ = aggregate(
+        make(Hybrid, global_model, hybrid_lambda=1.0), results_of(models, counts)
+    )
+    assert unfiltered is not None
+    assert np.abs(unfiltered[0] - want[0]).max() > 10
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+@pytest.mark.parametrize("clip", [0.5, 3.0, 0.0])
+def test_hybrid_clip_filter_matches_numpy_reference(lam, clip):
+    rng = np.random.default_rng(5)
+    global_model = [rng.normal(size=(3, 4)), rng.normal(size=4)]
+    models = [[g + rng.normal(scale=s, size=g.shape) for g in global_model] for s in (0.1, 1, 5)]
+    counts = [10, 30, 60]
+    accuracies = [0.9, 0.5, 0.7]
+    metrics_in = [{"val_accuracy": q} for q in accuracies]
+    strategy = make(
+        Hybrid, global_model, hybrid_lambda=lam, robust_filter="clip", robust_clip_norm=clip
+    )
+    out, metrics = aggregate(strategy, results_of(models, counts, metrics_in))
+
+    deltas = [[m - g for m, g in zip(model, global_model, strict=True)] for model in models]
+    norms = np.array([np.sqrt(sum(np.sum(d**2) for d in delta)) for delta in deltas])
+    bound = clip if clip > 0 else np.median(norms)
+    factors = np.minimum(1.0, bound / norms)
+    data = np.array(counts) / sum(counts)
+    quality = np.exp(np.array(accuracies) / 0.1)  # default softmax, τ = 0.1
+    quality /= quality.sum()
+    weights = lam * data + (1 - lam) * quality
+    want = [
+        global_model[j]
+        + sum(w * f * d[j] for w, f, d in zip(weights, factors, deltas, strict=True))
+        for j in range(2)
+    ]
+    assert_model(out, want, rtol=1e-10)
+    assert metrics["clipped"] == int(np.sum(factors < 1.0))
+    assert metrics["clipped"] >= 1
+    assert metrics["filtered"] == 0
+    assert reported_weights(metrics) == pytest.approx(
+        {f"c{i}": float(w) for i, w in enumerate(weights)}, abs=1e-6
+    )
+
+
+def test_linear_schedule_first_middle_last():
+    schedule = linear_schedule(0.2, 1.0, 5)
+    # 0.2 + 0.8·(r − 1)/4
+    assert schedule(1) == pytest.approx(0.2)
+    assert schedule(2) == pytest.approx(0.4)
+    assert schedule(3) == pytest.approx(0.6)
+    assert schedule(5) == pytest.approx(1.0)
+    assert schedule(9) == pytest.approx(1.0)  # held after the last round
+    assert schedule(0) == pytest.approx(0.2)
+    assert linear_schedule(0.3, 0.9, 1)(4) == pytest.approx(0.3)
+    decreasing = linear_schedule(1.0, 0.0, 3)
+    assert [decreasing(r) for r in (1, 2, 3)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_hybrid_uses_the_scheduled_lambda_per_round():
+    # quality weights (τ = 0.5, q = [0, ln 3]) [0.1, 0.9], data weights [0.25, 0.75]
+    strategy = make(
+        Hybrid, GLOBAL, hybrid_lambda=linear_schedule(0.0, 1.0, 3), quality_temperature=0.5
+    )
+    assert [strategy.lambda_at(r) for r in (1, 2, 3)] == pytest.approx([0.0, 0.5, 1.0])
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    # round 2: λ = 0.5 -> w = [0.175, 0.825] -> ([2.65, 5.3], [[3.3, 0.7]])
+    out, metrics = aggregate(strategy, results, server_round=2)
+    assert metrics["lambda"] == pytest.approx(0.5)
+    assert_model(out, [[2.65, 5.3], [[3.3, 0.7]]])
+    # round 3: λ = 1 -> FedAvg, and quality is no longer required.
+    no_quality = results_of([A, B], [1, 3])
+    out, metrics = aggregate(strategy, no_quality, server_round=3)
+    assert metrics["lambda"] == pytest.approx(1.0)
+    assert metrics["rejected"] == 0
+    assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
+    # round 1: λ = 0 -> the same updates without quality are all rejected.
+    out, metrics = aggregate(strategy, no_quality, server_round=1)
+    assert out is None
+    assert metrics["rejected"] == 2
+
+
+# ---- (h) registry and constructor validation ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("simple", SimpleAverage),
+        ("fedavg", FedAvg),
+        ("quality", QualityWeighted),
+        ("hybrid", Hybrid),
+    ],
+)
+def test_registry_builds_each_strategy(name, cls):
+    strategy = strategies.get(name)
+    assert type(strategy) is cls
+    assert isinstance(strategy, FlowerFedAvg)
+    assert strategies.REGISTRY[name] is cls
+
+
+def test_registry_passes_keyword_arguments():
+    strategy = strategies.get("fedavg", server_learning_rate=0.5, fraction_fit=0.3)
+    assert strategy.server_learning_rate == 0.5
+    assert strategy.fraction_fit == 0.3
+
+
+def test_registry_unknown_name_lists_allowed_names():
+    with pytest.raises(ValueError, match="nope") as error:
+        strategies.get("nope")
+    for name in ("simple", "quality", "fedavg", "hybrid"):
+        assert name in str(error.value)
+
+
+def test_own_options_keeps_only_what_a_strategy_accepts():
+    options = {
+        "server_learning_rate": 0.5,
+        "server_momentum": 0.1,
+        "fraction_fit": 0.5,
+        "quality_metric": "val_loss",
+        "quality_temperature": 0.3,
+        "hybrid_lambda": 0.2,
+        "robust_filter": "mad",
+        "dataset": "digits",
+    }
+    simple = strategies.own_options("simple", options)
+    assert simple == {"server_learning_rate": 0.5, "server_momentum": 0.1, "fraction_fit": 0.5}
+    quality = strategies.own_options("quality", options)
+    assert set(quality) == {
+        "server_learning_rate",
+        "server_momentum",
+        "fraction_fit",
+        "quality_metric",
+        "quality_temperature",
+    }
+    hybrid = strategies.own_options("hybrid", options)
+    assert set(hybrid) == set(options) - {"dataset"}
+    # What own_options keeps, the constructor takes.
+    for name in strategies.REGISTRY:
+        strategies.get(name, **strategies.own_options(name, options))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "parameter"),
+    [
+        (FedAvg, {"server_momentum": 1.0}, "server_momentum"),
+        (FedAvg, {"server_momentum": -0.1}, "server_momentum"),
+        (FedAvg, {"server_learning_rate": 0.0}, "server_learning_rate"),
+        (FedAvg, {"server_learning_rate": -1.0}, "server_learning_rate"),
+        (FedAvg, {"server_learning_rate": math.nan}, "server_learning_rate"),
+        (SimpleAverage, {"server_momentum": 1.0}, "server_momentum"),
+        (QualityWeighted, {"quality_temperature": 0.0}, "quality_temperature"),
+        (QualityWeighted, {"quality_temperature": -1.0}, "quality_temperature"),
+        (QualityWeighted, {"quality_source": "oracle"}, "quality_source"),
+        (QualityWeighted, {"quality_source": "server"}, "score_fn"),
+        (QualityWeighted, {"quality_weighting": "cubic"}, "quality_weighting"),
+        (QualityWeighted, {"quality_direction": "sideways"}, "quality_direction"),
+        (Hybrid, {"hybrid_lambda": 1.5}, "hybrid_lambda"),
+        (Hybrid, {"hybrid_lambda": -0.1}, "hybrid_lambda"),
+        (Hybrid, {"hybrid_lambda": math.nan}, "hybrid_lambda"),
+        (Hybrid, {"robust_filter": "x"}, "robust_filter"),
+        (Hybrid, {"robust_mad_k": 0.0}, "robust_mad_k"),
+        (Hybrid, {"robust_clip_norm": -1.0}, "robust_clip_norm"),
+        (Hybrid, {"quality_temperature": 0.0}, "quality_temperature"),
+    ],
+)
+def test_bad_constructor_values_name_the_parameter(cls, kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        cls(**kwargs)
+
+
+def test_good_constructor_values_are_accepted():
+    Hybrid(hybrid_lambda=0.0, robust_filter="clip", robust_clip_norm=0.0)
+    Hybrid(hybrid_lambda=1.0, robust_filter="mad", server_momentum=0.99)
+    QualityWeighted(quality_source="server", score_fn=lambda arrays: {"val_accuracy": 1.0})
+
+
+# ---- (i) decode_parameters ----------------------------------------------------------
+
+
+def _shares_tensor_memory(array: np.ndarray, tensor: bytes) -> bool:
+    return np.shares_memory(array, np.frombuffer(tensor, dtype=np.uint8))
+
+
+def test_decode_parameters_equals_flower_and_is_zero_copy():
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.normal(size=(3, 4)).astype(np.float32),
+        np.asfortranarray(rng.normal(size=(2, 5))),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.array(2.5, dtype=np.float16),  # 0-d
+        np.zeros((0, 3), dtype=np.float32),  # empty
+        np.arange(4, dtype=">f4"),  # big-endian
+    ]
+    parameters = ndarrays_to_parameters(arrays)
+    decoded = decode_parameters(parameters)
+    reference = parameters_to_ndarrays(parameters)
+    assert len(decoded) == len(reference) == len(arrays)
+    for got, want, original, tensor in zip(
+        decoded, reference, arrays, parameters.tensors, strict=True
+    ):
+        assert got.shape == want.shape == original.shape
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, original)
+        assert not got.flags.writeable
+        if got.size:
+            assert _shares_tensor_memory(got, tensor)
+    assert decoded[1].flags.f_contiguous
+
+
+def test_decode_parameters_rejects_garbage_and_object_arrays():
+    with pytest.raises(ValueError, match="magic"):
+        decode_parameters(Parameters(tensors=[b"garbage"], tensor_type="numpy.ndarray"))
+    with pytest.raises(ValueError, match="object"):
+        decode_parameters(Parameters(tensors=[_object_npy()], tensor_type="numpy.ndarray"))
+
+
+def test_quality_client_source_ignores_a_score_fn():
+    # A score_fn may be configured while the source is "client": the client metric counts.
+    # Client q = [0.6, 0.9], linear floor 0.5 -> w = [0.2, 0.8] -> ([2.6, 5.2], [[3.2, 0.8]])
+    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
+    strategy = make(
+        QualityWeighted,
+        GLOBAL,
+        quality_source="client",
+        score_fn=lambda arrays: {"val_accuracy": 1.0 if arrays[0][0] == 1.0 else 0.0},
+        **LINEAR,
+    )
+    out, _ = aggregate(strategy, results)
+    assert_model(out, [[2.6, 5.2], [[3.2, 0.8]]])
