@@ -14,11 +14,10 @@ import dataclasses
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 # Before Flower and Ray are imported: no telemetry, no update check, quiet Ray.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -59,9 +58,11 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     for f in dataclasses.fields(RunConfig):
         key = key_of(f.name)
         default = defaults.get(key, f.default)
-        kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"], "dest": f.name}
+        help_text = f.metadata["help"]
         if f.metadata.get("choices") and key != "dataset":
-            kwargs["choices"] = f.metadata["choices"]
+            # Listed, not enforced by argparse: RunConfig refuses a bad value in one line.
+            help_text += f" (one of: {', '.join(f.metadata['choices'])})"
+        kwargs: dict[str, Any] = {"default": default, "help": help_text, "dest": f.name}
         if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

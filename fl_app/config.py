@@ -8,6 +8,7 @@ stops the run at start with one line naming the key, the value and what is allow
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,12 +153,15 @@ class RunConfig:
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
-            kwargs[fields[key].name] = _coerce(key, value, fields[key].type)
+            kwargs[fields[key].name] = value
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_field(key_of(f.name), getattr(self, f.name), f.metadata)
+            key = key_of(f.name)
+            value = _coerce(key, getattr(self, f.name), f.type)
+            object.__setattr__(self, f.name, value)  # frozen: ints become floats, "true" a bool
+            _check_field(key, value, f.metadata)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -233,6 +237,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(key, value, "a finite number")
     choices = meta.get("choices")
     if (
         choices is not None

@@ -175,6 +175,8 @@ def make_partitioner(cfg: RunConfig, num_partitions: int, pool_size: int) -> Any
         num_partitions=num_partitions,
         partition_by="label",
         num_classes_per_partition=cfg.classes_per_client,
+        # Client i gets classes i, i+1, ... (mod C): no class is left out, unlike "random".
+        class_assignment_mode="first-deterministic",
         seed=cfg.seed,
     )
 

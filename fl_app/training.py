@@ -25,8 +25,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def get_weights(model: nn.Module) -> Weights:
-    """The model's state as numpy arrays, in ``state_dict`` order."""
-    return [t.detach().cpu().numpy() for t in model.state_dict().values()]
+    """A copy of the model's state as numpy arrays, in ``state_dict`` order.
+
+    A copy, not a view: the model keeps training (one model serves every client of a
+    process) and must not change arrays already handed out.
+    """
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: list[NDArray[np.float32]]) -> None:

@@ -215,6 +215,7 @@ class AggregationStrategy(FlowerFedAvg):
         pairs: list[tuple[Sequence[Array], float]] = [
             (u.arrays, float(c)) for u, c in zip(updates, chosen.clients, strict=True) if c != 0.0
         ]
+        folded = len(pairs)
         if chosen.global_model != 0.0:
             pairs.append((self._require_global(), chosen.global_model))
         average = aggregate.weighted_sum(pairs, template=updates[0].arrays)
@@ -239,7 +240,7 @@ class AggregationStrategy(FlowerFedAvg):
             INFO,
             "round %d: aggregated %d of %d results (%d rejected, %d failures)",
             server_round,
-            len(pairs) - (chosen.global_model != 0.0),
+            folded,
             len(results),
             rejected,
             len(failures),

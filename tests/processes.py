@@ -1,0 +1,116 @@
+"""Run commands whose every descendant can be found and stopped by PID afterwards.
+
+Each command gets an environment variable with a unique tag; every process it starts
+(SuperLink, Ray's gcs_server and raylet, workers...) inherits it, even when detached in a
+new session, so scanning ``/proc/*/environ`` finds them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``tag``."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def leftovers(tag: str, wait_seconds: float = 15.0) -> list[str]:
+    """Command lines of tagged processes still alive after ``wait_seconds`` (shutdown is async)."""
+    deadline = time.monotonic() + wait_seconds
+    while _alive(tagged_pids(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    described = []
+    for pid in tagged_pids(tag):
+        try:
+            if _state(pid) != "Z":
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                described.append(f"{pid}: {cmdline.decode(errors='replace')[:200]}")
+        except OSError:
+            continue
+    return described
+
+
+def stop_tagged(tag: str, grace_seconds: float = 5.0) -> list[int]:
+    """SIGTERM every tagged process, then SIGKILL what is left; return the PIDs found."""
+    found = tagged_pids(tag)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in tagged_pids(tag):
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and _alive(tagged_pids(tag)):
+            time.sleep(0.1)
+    return found
+
+
+def _alive(pids: list[int]) -> bool:
+    """True if any of ``pids`` is a live (non-zombie) process."""
+    for pid in pids:
+        try:
+            if _state(pid) != "Z":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of ``pid`` ("Z": zombie, waiting for its parent to reap it)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@contextmanager
+def isolated_env() -> Iterator[dict[str, str]]:
+    """An environment for Flower/Ray subprocesses: private homes, no telemetry, a tag.
+
+    On exit every process started with it is stopped, also when the test failed.
+    """
+    tag = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="flwr") as home:
+        env = dict(os.environ)
+        env.update(
+            {
+                TAG_VARIABLE: tag,
+                "FLWR_HOME": str(Path(home) / "flwr"),
+                "RAY_TMPDIR": str(Path(home) / "ray"),
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        Path(env["RAY_TMPDIR"]).mkdir()
+        try:
+            yield env
+        finally:
+            stop_tagged(tag)

@@ -1,0 +1,554 @@
+"""RunConfig validation, its sync with pyproject.toml, and the run_simulation.py CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import run_simulation
+import strategies
+from fl_app.config import ConfigError, RunConfig, key_of
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+DEFAULTS = RunConfig()
+KEYS = [key_of(f.name) for f in dataclasses.fields(RunConfig)]
+
+
+def assert_one_line_error(err: ConfigError, key: str, value: Any) -> str:
+    """The message is one line that names the key, the bad value and what is allowed."""
+    message = str(err)
+    assert len(message.splitlines()) == 1, message
+    assert message.strip() == message, message
+    assert f"'{key}'" in message, message
+    assert repr(value) in message, message
+    return message
+
+
+# ---- choice fields ------------------------------------------------------------------
+
+CHOICE_FIELDS = {
+    "strategy": ("fedavg", "hybrid", "quality", "simple"),
+    "dataset": ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic"),
+    "partitioner": ("iid", "dirichlet", "shard", "pathological"),
+    "model": ("linear", "mlp", "cnn", "cifar-cnn"),
+    "device": ("auto", "cpu", "cuda"),
+    "quality-source": ("client", "server"),
+    "quality-direction": ("auto", "max", "min"),
+    "quality-weighting": ("softmax", "linear"),
+    "robust-filter": ("none", "mad", "clip"),
+}
+
+BAD_CHOICES = [
+    ("strategy", "fedprox"),
+    ("strategy", "FedAvg"),
+    ("strategy", ""),
+    ("dataset", "cifar100"),
+    ("dataset", "MNIST"),
+    ("dataset", "hf:"),
+    ("dataset", "hf"),
+    ("dataset", ""),
+    ("partitioner", "noniid"),
+    ("partitioner", "Dirichlet"),
+    ("model", "resnet18"),
+    ("model", "cifar_cnn"),
+    ("device", "gpu"),
+    ("device", "cuda:0"),
+    ("quality-source", "both"),
+    ("quality-direction", "up"),
+    ("quality-direction", "higher"),
+    ("quality-weighting", "exp"),
+    ("robust-filter", "krum"),
+    ("robust-filter", ""),
+]
+
+
+def test_choice_table_covers_every_choice_field() -> None:
+    with_choices = {key_of(f.name) for f in dataclasses.fields(RunConfig) if f.metadata["choices"]}
+    assert with_choices == set(CHOICE_FIELDS)
+    assert {key for key, _ in BAD_CHOICES} == set(CHOICE_FIELDS)
+
+
+def test_strategy_choices_are_the_registry() -> None:
+    assert set(CHOICE_FIELDS["strategy"]) == set(strategies.REGISTRY)
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_CHOICES)
+def test_bad_choice_is_refused_with_the_allowed_values(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: value})
+    message = assert_one_line_error(info.value, key, value)
+    for allowed in CHOICE_FIELDS[key]:
+        assert allowed in message
+    if key == "dataset":
+        assert "hf:<name>" in message
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_CHOICES)
+def test_bad_choice_is_refused_by_the_constructor_too(key: str, value: str) -> None:
+    field_name = key.replace("-", "_")
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**{field_name: value})
+    assert_one_line_error(info.value, key, value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, choice) for key, choices in CHOICE_FIELDS.items() for choice in choices],
+)
+def test_every_allowed_choice_is_accepted(key: str, value: str) -> None:
+    values: dict[str, Any] = {key: value}
+    if key == "dataset" and value == "synthetic":
+        values["model"] = "mlp"
+    if key == "model" and value in ("cnn", "cifar-cnn"):
+        values["dataset"] = "digits"
+    cfg = RunConfig.from_mapping(values)
+    assert cfg.run_config[key] == value
+
+
+@pytest.mark.parametrize("name", ["hf:ylecun/mnist", "hf:uoft-cs/cifar10", "hf:x"])
+def test_hugging_face_datasets_are_accepted(name: str) -> None:
+    assert RunConfig.from_mapping({"dataset": name}).dataset == name
+    assert RunConfig(dataset=name).dataset == name
+
+
+# ---- bounded numbers --------------------------------------------------------------
+
+# (key, value just past or at an exclusive bound, what the message says is allowed)
+OUT_OF_RANGE = [
+    ("num-server-rounds", 0, ">= 1"),
+    ("num-server-rounds", -3, ">= 1"),
+    ("fraction-fit", 0.0, "> 0"),
+    ("fraction-fit", -0.1, "> 0"),
+    ("fraction-fit", 1.0001, "<= 1"),
+    ("fraction-evaluate", -0.01, ">= 0"),
+    ("fraction-evaluate", 1.01, "<= 1"),
+    ("min-fit-clients", 0, ">= 1"),
+    ("min-evaluate-clients", -1, ">= 0"),
+    ("min-available-clients", 0, ">= 1"),
+    ("round-timeout", -0.5, ">= 0"),
+    ("local-epochs", 0, ">= 1"),
+    ("batch-size", 0, ">= 1"),
+    ("learning-rate", 0.0, "> 0"),
+    ("learning-rate", -0.001, "> 0"),
+    ("momentum", -0.1, ">= 0"),
+    ("momentum", 1.0, "< 1"),
+    ("dirichlet-alpha", 0.0, "> 0"),
+    ("dirichlet-alpha", -1.0, "> 0"),
+    ("shards-per-client", 0, ">= 1"),
+    ("classes-per-client", 0, ">= 1"),
+    ("synthetic-alpha", -0.1, ">= 0"),
+    ("synthetic-beta", -0.1, ">= 0"),
+    ("test-fraction", 0.0, "> 0"),
+    ("test-fraction", 1.0, "< 1"),
+    ("server-val-fraction", 0.0, "> 0"),
+    ("server-val-fraction", 1.0, "< 1"),
+    ("val-fraction", 0.0, "> 0"),
+    ("val-fraction", 1.0, "< 1"),
+    ("seed", -1, ">= 0"),
+    ("server-learning-rate", 0.0, "> 0"),
+    ("server-momentum", -0.1, ">= 0"),
+    ("server-momentum", 1.0, "< 1"),
+    ("quality-temperature", 0.0, "> 0"),
+    ("hybrid-lambda", -0.01, ">= 0"),
+    ("hybrid-lambda", 1.01, "<= 1"),
+    ("hybrid-lambda-end", -1.01, ">= -1"),
+    ("hybrid-lambda-end", 1.01, "<= 1"),
+    ("robust-mad-k", 0.0, "> 0"),
+    ("robust-clip-norm", -1.0, ">= 0"),
+    ("learning-rate", math.nan, "a finite number"),
+    ("hybrid-lambda", math.nan, "a finite number"),
+]
+
+
+def test_out_of_range_table_covers_every_bounded_field() -> None:
+    bounded = {
+        key_of(f.name)
+        for f in dataclasses.fields(RunConfig)
+        if any(f.metadata[b] is not None for b in ("at_least", "above", "at_most", "below"))
+    }
+    assert {key for key, _, _ in OUT_OF_RANGE} == bounded
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), OUT_OF_RANGE)
+def test_out_of_range_number_is_refused(key: str, value: float, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: value})
+    message = assert_one_line_error(info.value, key, value)
+    assert f"must be {allowed}" in message
+
+
+# Values exactly at an inclusive bound (or just inside an exclusive one) are fine.
+AT_THE_BOUND = [
+    ("num-server-rounds", 1),
+    ("fraction-fit", 1.0),
+    ("fraction-fit", 1e-9),
+    ("fraction-evaluate", 0.0),
+    ("fraction-evaluate", 1.0),
+    ("min-fit-clients", 1),
+    ("min-evaluate-clients", 0),
+    ("round-timeout", 0.0),
+    ("local-epochs", 1),
+    ("batch-size", 1),
+    ("learning-rate", 1e-9),
+    ("momentum", 0.0),
+    ("momentum", 0.999),
+    ("dirichlet-alpha", 1e-6),
+    ("shards-per-client", 1),
+    ("classes-per-client", 1),
+    ("synthetic-alpha", 0.0),
+    ("synthetic-beta", 0.0),
+    ("test-fraction", 0.01),
+    ("server-val-fraction", 0.01),
+    ("val-fraction", 0.01),
+    ("val-fraction", 0.99),
+    ("seed", 0),
+    ("server-momentum", 0.0),
+    ("server-momentum", 0.99),
+    ("hybrid-lambda", 0.0),
+    ("hybrid-lambda", 1.0),
+    ("hybrid-lambda-end", -1.0),
+    ("hybrid-lambda-end", 1.0),
+    ("robust-clip-norm", 0.0),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), AT_THE_BOUND)
+def test_value_at_the_bound_is_accepted(key: str, value: float) -> None:
+    assert RunConfig.from_mapping({key: value}).run_config[key] == value
+
+
+# ---- types --------------------------------------------------------------------------
+
+WRONG_TYPES = [
+    ("num-server-rounds", "5", "int"),
+    ("num-server-rounds", 2.5, "int"),
+    ("num-server-rounds", 3.0, "int"),
+    ("num-server-rounds", True, "int"),
+    ("batch-size", False, "int"),
+    ("seed", "42", "int"),
+    ("seed", None, "int"),
+    ("local-epochs", [1], "int"),
+    ("learning-rate", "0.1", "float"),
+    ("learning-rate", True, "float"),
+    ("fraction-fit", None, "float"),
+    ("download", "yes", "bool"),
+    ("download", "1", "bool"),
+    ("download", "", "bool"),
+    ("download", 1, "bool"),
+    ("download", 0.0, "bool"),
+    ("download", None, "bool"),
+    ("dataset", 5, "str"),
+    ("strategy", None, "str"),
+    ("data-dir", 1.5, "str"),
+    ("run-name", False, "str"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "type_name"), WRONG_TYPES)
+def test_wrong_type_is_refused(key: str, value: Any, type_name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: value})
+    message = assert_one_line_error(info.value, key, value)
+    assert type_name in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("learning-rate", 1), ("fraction-fit", 1), ("quality-floor", -2)]
+)
+def test_ints_are_accepted_for_floats(key: str, value: int) -> None:
+    got = RunConfig.from_mapping({key: value}).run_config[key]
+    assert got == value
+    assert type(got) is float
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("false", False), ("True", True), ("FALSE", False), (True, True)],
+)
+def test_bool_strings_are_accepted(text: str | bool, expected: bool) -> None:
+    assert RunConfig.from_mapping({"download": text}).download is expected
+
+
+@pytest.mark.parametrize(
+    "key", ["num-rounds", "num_server_rounds", "Strategy", "lr", "", "strategy "]
+)
+def test_unknown_key_is_refused_and_named(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: 1})
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(key) in message
+    assert "num-server-rounds" in message  # says which keys are known
+
+
+# ---- cross-field rules ------------------------------------------------------------
+
+COMBINATIONS = [
+    ({"min-fit-clients": 3}, "min-fit-clients", 3),
+    (
+        {"min-fit-clients": 5, "min-available-clients": 4, "min-evaluate-clients": 1},
+        "min-fit-clients",
+        5,
+    ),
+    ({"min-evaluate-clients": 3}, "min-evaluate-clients", 3),
+    ({"test-fraction": 0.5, "server-val-fraction": 0.4}, "server-val-fraction", 0.4),
+    ({"test-fraction": 0.85, "server-val-fraction": 0.3}, "server-val-fraction", 0.3),
+    ({"dataset": "synthetic", "partitioner": "dirichlet"}, "partitioner", "dirichlet"),
+    ({"dataset": "synthetic", "partitioner": "shard"}, "partitioner", "shard"),
+    ({"dataset": "synthetic", "partitioner": "pathological"}, "partitioner", "pathological"),
+    ({"dataset": "synthetic", "model": "cnn"}, "model", "cnn"),
+    ({"dataset": "synthetic", "model": "cifar-cnn"}, "model", "cifar-cnn"),
+    (
+        {"quality-weighting": "linear", "quality-metric": "val_loss"},
+        "quality-floor",
+        0.0,
+    ),
+    (
+        {"quality-weighting": "linear", "quality-metric": "val_loss", "quality-floor": -1.0},
+        "quality-floor",
+        -1.0,
+    ),
+    (
+        {"quality-weighting": "linear", "quality-direction": "min", "quality-floor": 0.0},
+        "quality-floor",
+        0.0,
+    ),
+    (
+        {"quality-weighting": "linear", "quality-metric": "Train_Loss"},
+        "quality-floor",
+        0.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "key", "value"), COMBINATIONS)
+def test_bad_combination_is_refused(values: dict[str, Any], key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping(values)
+    assert_one_line_error(info.value, key, value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"min-fit-clients": 4, "min-evaluate-clients": 4, "min-available-clients": 4},
+        {"min-fit-clients": 1, "min-evaluate-clients": 0, "min-available-clients": 1},
+        {"test-fraction": 0.5, "server-val-fraction": 0.3},
+        {"dataset": "synthetic", "partitioner": "iid", "model": "linear"},
+        {"quality-weighting": "linear", "quality-metric": "val_loss", "quality-floor": 2.0},
+        {"quality-weighting": "linear", "quality-metric": "val_accuracy", "quality-floor": 0.0},
+        {"quality-weighting": "linear", "quality-metric": "val_loss", "quality-direction": "max"},
+        {"quality-weighting": "softmax", "quality-metric": "val_loss", "quality-floor": 0.0},
+        {"dataset": "digits", "partitioner": "dirichlet", "model": "cnn"},
+    ],
+)
+def test_good_combination_is_accepted(values: dict[str, Any]) -> None:
+    cfg = RunConfig.from_mapping(values)
+    for key, value in values.items():
+        assert cfg.run_config[key] == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("learning-rate", math.inf),
+        ("server-learning-rate", math.inf),
+        ("quality-temperature", math.inf),
+        ("dirichlet-alpha", math.inf),
+        ("quality-floor", math.nan),
+        ("quality-floor", -math.inf),
+    ],
+)
+def test_non_finite_numbers_are_refused(key: str, value: float) -> None:
+    # TOML (`inf`, `nan`) and argparse (`--learning-rate inf`) both produce these.
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: value})
+    assert_one_line_error(info.value, key, value)
+
+
+# ---- pyproject.toml and run_config round trip ------------------------------------
+
+
+def pyproject_table() -> dict[str, Any]:
+    with PYPROJECT.open("rb") as f:
+        table: dict[str, Any] = tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+    return table
+
+
+def test_pyproject_has_exactly_the_runconfig_keys() -> None:
+    table = pyproject_table()
+    assert set(table) - set(KEYS) == set(), "keys RunConfig does not know"
+    assert set(KEYS) - set(table) == set(), "RunConfig keys missing from pyproject.toml"
+
+
+def test_pyproject_values_are_the_dataclass_defaults() -> None:
+    table = pyproject_table()
+    for f in dataclasses.fields(RunConfig):
+        value = table[key_of(f.name)]
+        assert value == f.default, key_of(f.name)
+        assert type(value) is type(f.default), key_of(f.name)
+        assert type(value).__name__ == f.type, key_of(f.name)
+
+
+def test_pyproject_table_builds_the_default_config() -> None:
+    assert RunConfig.from_mapping(pyproject_table()) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DEFAULTS,
+        RunConfig(
+            strategy="hybrid",
+            dataset="synthetic",
+            model="linear",
+            learning_rate=0.2,
+            download=True,
+            robust_filter="mad",
+            hybrid_lambda_end=0.25,
+            run_name="r1",
+        ),
+        RunConfig(dataset="hf:ylecun/mnist", partitioner="shard", seed=0),
+    ],
+)
+def test_run_config_round_trips(cfg: RunConfig) -> None:
+    assert RunConfig.from_mapping(cfg.run_config) == cfg
+    assert list(cfg.run_config) == KEYS
+
+
+def test_config_is_frozen_and_hashable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.seed = 1  # type: ignore[misc]
+    assert hash(RunConfig()) == hash(DEFAULTS)
+
+
+# ---- run_simulation.py CLI --------------------------------------------------------
+
+
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_simulation.parse(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for key in KEYS:
+        assert f"--{key}" in out, key
+    for flag in ("--num-clients", "--num-cpus", "--num-gpus", "--verbose", "--no-download"):
+        assert flag in out
+
+
+def test_parse_without_flags_gives_the_defaults() -> None:
+    cfg, args = run_simulation.parse([])
+    assert cfg == DEFAULTS
+    assert args.num_clients >= cfg.min_available_clients
+
+
+def test_flags_override_defaults() -> None:
+    cfg, args = run_simulation.parse(
+        [
+            "--strategy",
+            "hybrid",
+            "--num-server-rounds",
+            "3",
+            "--learning-rate",
+            "0.2",
+            "--download",
+            "--dataset",
+            "hf:ylecun/mnist",
+            "--partitioner",
+            "dirichlet",
+            "--dirichlet-alpha",
+            "0.3",
+            "--run-name",
+            "abc",
+            "--num-clients",
+            "4",
+        ]
+    )
+    assert cfg == dataclasses.replace(
+        DEFAULTS,
+        strategy="hybrid",
+        num_server_rounds=3,
+        learning_rate=0.2,
+        download=True,
+        dataset="hf:ylecun/mnist",
+        partitioner="dirichlet",
+        dirichlet_alpha=0.3,
+        run_name="abc",
+    )
+    assert args.num_clients == 4
+
+
+def test_no_download_flag() -> None:
+    cfg, _ = run_simulation.parse(["--no-download"])
+    assert cfg.download is False
+
+
+def test_main_refuses_bad_config_with_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_simulation.main(["--num-server-rounds", "0"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error:")
+    assert "num-server-rounds" in lines[0]
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--dataset", "imagenet"],
+        ["--quality-weighting", "linear", "--quality-metric", "val_loss"],
+        ["--min-fit-clients", "3"],
+    ],
+)
+def test_main_refuses_other_bad_configs(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_simulation.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: config ")
+
+
+def test_too_few_clients_for_min_available_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert DEFAULTS.min_available_clients == 2
+    with pytest.raises(ConfigError) as info:
+        run_simulation.parse(["--num-clients", "1"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "--num-clients 1" in message
+    assert run_simulation.main(["--num-clients", "1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error:")
+
+
+@pytest.mark.parametrize("num_clients", ["0", "-2"])
+def test_non_positive_num_clients_is_refused(num_clients: str) -> None:
+    with pytest.raises(ConfigError, match="--num-clients"):
+        run_simulation.parse(["--num-clients", num_clients])
+
+
+def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
+    cfg, args = run_simulation.parse(
+        [
+            "--num-clients",
+            "1",
+            "--min-available-clients",
+            "1",
+            "--min-fit-clients",
+            "1",
+            "--min-evaluate-clients",
+            "1",
+        ]
+    )
+    assert args.num_clients == 1
+    assert cfg.min_available_clients == 1

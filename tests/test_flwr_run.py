@@ -1,0 +1,51 @@
+"""`flwr run .` on the local simulation federation, as the README shows it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT, free_port, isolated_env, leftovers, stop_tagged, tagged_pids
+
+pytestmark = pytest.mark.slow
+
+FLWR = Path(sys.executable).with_name("flwr")
+
+
+def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(tmp_path: Path) -> None:
+    pyproject_before = (ROOT / "pyproject.toml").read_bytes()
+    with isolated_env() as env:
+        env["PATH"] = f"{FLWR.parent}:{env['PATH']}"  # flwr starts `flower-superlink` from PATH
+        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+        run_config = (
+            f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke'"
+        )
+        command = [
+            str(FLWR), "run", ".",
+            "--run-config", run_config,
+            "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+            "--stream",
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        tag = env["FL_TEMPLATE_TEST_TAG"]
+        # flwr started a detached local SuperLink that keeps running: stop it by PID.
+        assert tagged_pids(tag), "expected the auto-started SuperLink to be running"
+        stop_tagged(tag)
+        assert leftovers(tag, wait_seconds=0) == []
+
+    assert (ROOT / "pyproject.toml").read_bytes() == pyproject_before  # flwr did not rewrite it
+    history = json.loads((tmp_path / "smoke" / "history.json").read_text())
+    rounds = history["rounds"]
+    # flwr exits 0 even when every client failed: check that each round aggregated 3 results.
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["accepted"] for r in rounds[1:]] == [3, 3]
+    assert history["config"]["strategy"] == "hybrid"
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3

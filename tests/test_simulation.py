@@ -1,0 +1,96 @@
+"""End to end on Flower's simulation engine: run_simulation.py as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import ROOT, isolated_env, leftovers
+
+pytestmark = pytest.mark.slow
+
+NUM_CLIENTS = 10
+ROUNDS = 3
+
+
+def simulate(tmp_path: Path, *flags: str) -> dict[str, Any]:
+    """Run run_simulation.py; return its history.json. Asserts nothing is left running."""
+    with isolated_env() as env:
+        command = [
+            sys.executable,
+            "run_simulation.py",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "run",
+            *flags,
+        ]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # Ray and its workers must be gone when the command returns.
+        assert leftovers(env["FL_TEMPLATE_TEST_TAG"]) == []
+    history: dict[str, Any] = json.loads((tmp_path / "run" / "history.json").read_text())
+    history["stdout"] = done.stdout
+    return history
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "simple", "quality", "hybrid"])
+def test_each_strategy_trains_digits_well_above_chance(tmp_path: Path, strategy: str) -> None:
+    history = simulate(
+        tmp_path,
+        "--strategy",
+        strategy,
+        "--num-clients",
+        str(NUM_CLIENTS),
+        "--num-server-rounds",
+        str(ROUNDS),
+    )
+    rounds = history["rounds"]
+    assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
+    for record in rounds[1:]:
+        # fraction-fit = 1: every client trains, every update is valid and folded in.
+        assert record["results"] == NUM_CLIENTS
+        assert record["accepted"] == NUM_CLIENTS
+        assert record["rejected"] == 0
+        assert record["failures"] == 0
+        assert sum(json.loads(record["weights"]).values()) == pytest.approx(1.0, abs=1e-4)
+    initial, final = rounds[0]["central_accuracy"], rounds[-1]["central_accuracy"]
+    assert initial < 0.2  # 10 classes: an untrained model is near chance
+    assert final > 0.6, f"{strategy}: accuracy {initial:.3f} -> {final:.3f}"
+    assert history["summary"]["final_accuracy"] == final
+    assert history["config"]["strategy"] == strategy
+    # The user sees a line per round and a summary.
+    assert f"round   {ROUNDS}/{ROUNDS}" in history["stdout"]
+    assert "done: final accuracy" in history["stdout"]
+
+
+def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path) -> None:
+    history = simulate(
+        tmp_path,
+        "--strategy",
+        "hybrid",
+        "--robust-filter",
+        "mad",
+        "--server-momentum",
+        "0.5",
+        "--hybrid-lambda",
+        "1.0",
+        "--hybrid-lambda-end",
+        "0.0",
+        "--quality-source",
+        "server",
+        "--num-clients",
+        "4",
+        "--num-server-rounds",
+        "2",
+    )
+    rounds = history["rounds"]
+    assert [r["lambda"] for r in rounds[1:]] == [1.0, 0.0]  # the linear schedule
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.2
