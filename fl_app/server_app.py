@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from logging import INFO
 from typing import Any
 
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.common.logger import log
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig, SimpleClientManager
 
 import strategies
@@ -61,7 +63,9 @@ def server_components(
     cfg: RunConfig, listeners: Sequence[RoundListener] = ()
 ) -> ServerAppComponents:
     """Server, strategy and round config for ``cfg``; history goes to ``output-dir/<run-name>``."""
-    writer = HistoryWriter(cfg, run_directory(cfg))
+    directory = run_directory(cfg)
+    log(INFO, "results of this run: %s", directory)
+    writer = HistoryWriter(cfg, directory)
     server = ExperimentServer(
         client_manager=SimpleClientManager(),
         strategy=build_strategy(cfg),

@@ -1,0 +1,372 @@
+"""Start and stop a real Flower deployment on this machine: one SuperLink, N SuperNodes.
+
+    python scripts/local_deployment.py up --supernodes 3 [--tls] [--auth]
+    flwr run . local-deployment --stream
+    python scripts/local_deployment.py down
+
+``up`` starts ``flower-superlink`` and ``flower-supernode`` processes (each SuperNode with
+``--node-config "partition-id=i num-partitions=N"``), registers the SuperLink as the
+connection ``local-deployment`` in ``$FLWR_HOME/config.toml`` (default ``~/.flwr``), and
+records every PID in ``<dir>/deployment.json``; ``down`` stops them all by PID. With
+``--tls`` it makes a CA and server certificate (``scripts/generate_certs.sh``); with
+``--auth`` (implies TLS) each SuperNode gets an EC key pair and is registered with
+``flwr supernode register`` before it starts, and the SuperLink refuses unknown nodes.
+The SuperLink runs in ``<dir>``, so a relative ``output-dir`` of the app lands in
+``<dir>/<output-dir>/<run-name>/``. Logs: ``<dir>/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+SCRIPTS = Path(__file__).resolve().parent
+STATE_FILE = "deployment.json"
+CONNECTION = "local-deployment"
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr of this venv
+
+
+class DeploymentError(RuntimeError):
+    """A process of the deployment did not come up, or a run did not finish."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower processes: no runtime dependency install, no telemetry."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Otherwise the SuperLink runs `uv sync` for the app and downloads a CUDA torch.
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def flwr_home(env: dict[str, str]) -> Path:
+    return Path(env.get("FLWR_HOME", "~/.flwr")).expanduser()
+
+
+@dataclass
+class Deployment:
+    """What ``up`` started: enough for ``down`` (another process) to stop it by PID."""
+
+    directory: str
+    address: str
+    connection: str
+    tls: bool
+    auth: bool
+    superlink_pid: int = 0
+    supernode_pids: list[int] = field(default_factory=list)
+
+    @property
+    def certificates(self) -> Path:
+        return Path(self.directory) / "certificates"
+
+    def save(self) -> None:
+        (Path(self.directory) / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Deployment:
+        path = directory / STATE_FILE
+        if not path.is_file():
+            raise DeploymentError(f"no deployment recorded in {path}")
+        return cls(**json.loads(path.read_text()))
+
+
+def spawn(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, so stopping its group stops its app processes too."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+
+
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeploymentError(f"{log.stem} exited with code {process.returncode}; see {log}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeploymentError(f"nothing listens on port {port} after {timeout:.0f} s; see {log}")
+
+
+def register_connection(
+    env: dict[str, str], name: str, address: str, ca_certificate: Path | None
+) -> None:
+    """Add (or replace) ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml``."""
+    path = flwr_home(env) / "config.toml"
+    if not path.is_file():  # let flwr write its defaults (the `local` simulation connection)
+        subprocess.run(
+            [str(BIN / "flwr"), "config", "list"], env=env, capture_output=True, check=True
+        )
+    config: dict[str, Any] = tomllib.loads(path.read_text())
+    entry: dict[str, Any] = {"address": address}
+    if ca_certificate is None:
+        entry["insecure"] = True
+    else:
+        entry["root-certificates"] = str(ca_certificate)
+    config.setdefault("superlink", {})[name] = entry
+    path.write_text(tomli_w.dumps(config))
+
+
+def make_node_key(path: Path) -> Path:
+    """An EC P-384 key pair in OpenSSH format (what SuperNode authentication expects)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    public = path.with_suffix(".pub")
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return public
+
+
+def flwr(
+    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 120
+) -> dict[str, Any]:
+    """Run a ``flwr`` CLI command with ``--format json`` and return its JSON answer."""
+    done = subprocess.run(
+        [str(BIN / "flwr"), *args, "--format", "json"],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    try:
+        answer: dict[str, Any] = json.loads(done.stdout)
+    except json.JSONDecodeError as err:
+        raise DeploymentError(
+            f"flwr {' '.join(args)} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        ) from err
+    if not answer.get("success", False):
+        raise DeploymentError(f"flwr {' '.join(args)} failed: {answer}")
+    return answer
+
+
+def start_supernode(
+    deployment: Deployment, partition_id: int, num_partitions: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start SuperNode ``partition_id`` (with its key when authentication is on)."""
+    directory = Path(deployment.directory)
+    port = free_port()
+    command = [
+        str(BIN / "flower-supernode"),
+        "--superlink", deployment.address,
+        "--port", str(port),
+        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+    ]  # fmt: skip
+    if deployment.tls:
+        command += ["--root-certificates", str(deployment.certificates / "ca.crt")]
+    else:
+        command += ["--insecure"]
+    if deployment.auth:
+        key = directory / "keys" / f"supernode_{partition_id}"
+        public = make_node_key(key)
+        flwr(env, "supernode", "register", str(public), deployment.connection)
+        command += ["--auth-supernode-private-key", str(key)]
+    log = directory / "logs" / f"supernode_{partition_id}.log"
+    process = spawn(command, log, env, directory)
+    _wait_for_port(port, process, log)
+    return process
+
+
+def up(
+    directory: Path,
+    num_supernodes: int,
+    *,
+    tls: bool = False,
+    auth: bool = False,
+    env: dict[str, str] | None = None,
+    connection: str = CONNECTION,
+) -> Deployment:
+    """Start a SuperLink and ``num_supernodes`` SuperNodes; register the connection."""
+    env = flower_env(env)
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    deployment = Deployment(
+        str(directory), f"127.0.0.1:{port}", connection, tls=tls or auth, auth=auth
+    )
+    command = [
+        str(BIN / "flower-superlink"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--database", str(directory / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    if deployment.tls:
+        subprocess.run(
+            ["bash", str(SCRIPTS / "generate_certs.sh"), str(deployment.certificates)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        certs = deployment.certificates
+        command += [
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"),
+        ]  # fmt: skip
+    else:
+        command += ["--insecure"]
+    if auth:
+        command += ["--enable-supernode-auth"]
+    log = directory / "logs" / "superlink.log"
+    superlink = spawn(command, log, env, directory)
+    deployment.superlink_pid = superlink.pid
+    deployment.save()  # from here on, `down` can stop what was started, even on failure
+    try:
+        _wait_for_port(port, superlink, log)
+        register_connection(
+            env,
+            connection,
+            deployment.address,
+            deployment.certificates / "ca.crt" if deployment.tls else None,
+        )
+        for partition_id in range(num_supernodes):
+            node = start_supernode(deployment, partition_id, num_supernodes, env)
+            deployment.supernode_pids.append(node.pid)
+            deployment.save()
+    except BaseException:
+        down(directory)
+        raise
+    return deployment
+
+
+def stop_process_group(pid: int, grace_seconds: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it if still there after the grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            _reap(pid)
+            time.sleep(0.1)
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is our own child (so it does not linger as a zombie)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down(directory: Path) -> Deployment:
+    """Stop every process of the deployment recorded in ``directory``, SuperNodes first."""
+    deployment = Deployment.load(directory.resolve())
+    for pid in [*deployment.supernode_pids, deployment.superlink_pid]:
+        if pid:
+            stop_process_group(pid)
+    return deployment
+
+
+def submit(
+    deployment: Deployment, app: Path, run_config: str, env: dict[str, str] | None = None
+) -> str:
+    """``flwr run APP CONNECTION --run-config ...``; return the run id."""
+    args = ["run", str(app), deployment.connection]
+    if run_config:
+        args += ["--run-config", run_config]
+    return str(flwr(flower_env(env), *args)["run-id"])
+
+
+def wait_for_run(
+    deployment: Deployment, run_id: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> str:
+    """Poll ``flwr list --run-id`` until the run is finished; return its status.
+
+    ``flwr run`` returns once the run is submitted (and exits 0 even for a run that
+    fails), so the run's own status is what tells how it ended.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = flwr(flower_env(env), "list", deployment.connection, "--run-id", run_id)["runs"]
+        status = str(runs[0]["status"])
+        if status.startswith("finished"):
+            return status
+        time.sleep(2)
+    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("up", "down", "run"))
+    parser.add_argument(
+        "--dir", type=Path, default=Path("deployment"), help="state, logs, certificates, keys"
+    )
+    parser.add_argument("--supernodes", type=int, default=2, help="up: number of SuperNodes")
+    parser.add_argument("--tls", action="store_true", help="up: TLS with a generated CA")
+    parser.add_argument(
+        "--auth", action="store_true", help="up: SuperNode authentication (implies --tls)"
+    )
+    parser.add_argument("--app", type=Path, default=Path("."), help="run: the app folder")
+    parser.add_argument(
+        "--run-config", default="", help="run: e.g. \"num-server-rounds=3 strategy='hybrid'\""
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            d = up(args.dir, args.supernodes, tls=args.tls, auth=args.auth)
+            print(
+                f"SuperLink {d.address} (PID {d.superlink_pid}), SuperNodes PIDs {d.supernode_pids}"
+            )
+            print(
+                f"connection '{d.connection}' registered in {flwr_home(flower_env()) / 'config.toml'}"
+            )
+        elif args.command == "down":
+            d = down(args.dir)
+            print(f"stopped SuperLink {d.superlink_pid} and SuperNodes {d.supernode_pids}")
+        else:
+            d = Deployment.load(args.dir.resolve())
+            run_id = submit(d, args.app.resolve(), args.run_config)
+            print(f"run {run_id} submitted; waiting (flwr log {run_id} {d.connection} --show)")
+            status = wait_for_run(d, run_id)
+            print(f"run {run_id}: {status}")
+            return 0 if status == "finished:completed" else 1
+    except DeploymentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A real deployment on loopback: SuperLink + SuperNodes, `flwr run`, TLS, authentication.
+
+Each test starts its processes through scripts/local_deployment.py (the helper the
+README's Deployment section uses) and stops them by PID, also when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts import local_deployment as ld
+from tests.processes import ROOT, free_port, isolated_env, leftovers
+
+pytestmark = pytest.mark.slow
+
+# Federated evaluation off: in a deployment every message starts a fresh ClientApp
+# process (torch import included), so each phase costs seconds per round.
+FAST = "fraction-evaluate=0.0 min-evaluate-clients=0"
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    with isolated_env() as environment:
+        yield environment
+        tag = environment["FL_TEMPLATE_TEST_TAG"]
+    assert leftovers(tag, wait_seconds=0) == []
+
+
+def history_of(deployment: ld.Deployment, run_name: str) -> dict[str, Any]:
+    # A relative output-dir lands beside the SuperLink, in the deployment's folder.
+    path = Path(deployment.directory) / "outputs" / run_name / "history.json"
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+def run_to_completion(deployment: ld.Deployment, env: dict[str, str], run_config: str) -> str:
+    run_id = ld.submit(deployment, ROOT, run_config, env=env)
+    return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
+
+
+def test_insecure_deployment_runs_a_project_strategy(tmp_path: Path, env: dict[str, str]) -> None:
+    deployment = ld.up(tmp_path / "deployment", 3, env=env)
+    try:
+        status = run_to_completion(
+            deployment, env, f"num-server-rounds=2 strategy='hybrid' run-name='plain' {FAST}"
+        )
+    finally:
+        ld.down(tmp_path / "deployment")
+    assert status == "finished:completed"
+    rounds = history_of(deployment, "plain")["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["accepted"] for r in rounds[1:]] == [3, 3]  # every SuperNode's update aggregated
+    assert [r["failures"] for r in rounds[1:]] == [0, 0]
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
+
+
+def refused_supernode(
+    deployment: ld.Deployment, env: dict[str, str], name: str, *extra: str
+) -> tuple[int, str]:
+    """Start a SuperNode that is expected to be refused; return its exit code and log."""
+    command = [
+        str(ld.BIN / "flower-supernode"),
+        "--superlink", deployment.address,
+        "--port", str(free_port()),
+        # A refused connection is retried (forever by default): bound the retries.
+        "--max-retries", "2",
+        "--max-wait-time", "20",
+        "--node-config", "partition-id=0 num-partitions=2",
+        *extra,
+    ]  # fmt: skip
+    log = Path(deployment.directory) / "logs" / f"{name}.log"
+    # Its own session and a log file, not a pipe: the SuperNode's helper child process
+    # would hold a pipe open after the SuperNode itself exits.
+    process = ld.spawn(command, log, ld.flower_env(env), Path(deployment.directory))
+    try:
+        code = process.wait(timeout=120)
+    finally:
+        ld.stop_process_group(process.pid)
+    return code, log.read_text()
+
+
+def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str]) -> None:
+    directory = tmp_path / "deployment"
+    deployment = ld.up(directory, 2, auth=True, env=env)
+    try:
+        assert deployment.tls
+        # A SuperNode that does not trust the SuperLink's CA is refused at the handshake.
+        code, log = refused_supernode(
+            deployment,
+            env,
+            "no_ca",
+            "--auth-supernode-private-key",
+            str(directory / "keys" / "supernode_0"),
+        )
+        assert code != 0
+        assert "CERTIFICATE_VERIFY_FAILED" in log
+        # A SuperNode with the CA but an unregistered key is refused by authentication.
+        ld.make_node_key(directory / "keys" / "intruder")
+        code, log = refused_supernode(
+            deployment, env, "intruder",
+            "--root-certificates", str(deployment.certificates / "ca.crt"),
+            "--auth-supernode-private-key", str(directory / "keys" / "intruder"),
+        )  # fmt: skip
+        assert code != 0
+        assert "Failed to activate SuperNode" in log
+        # The two registered SuperNodes train over TLS.
+        status = run_to_completion(deployment, env, f"num-server-rounds=2 run-name='tls' {FAST}")
+    finally:
+        ld.down(directory)
+    assert status == "finished:completed"
+    rounds = history_of(deployment, "tls")["rounds"]
+    assert [r["accepted"] for r in rounds[1:]] == [2, 2]
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
+
+
+def test_a_supernode_killed_mid_run_is_a_failure_not_a_hang(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    directory = tmp_path / "deployment"
+    deployment = ld.up(directory, 3, env=env)
+    try:
+        run_id = ld.submit(
+            deployment,
+            ROOT,
+            f"num-server-rounds=2 round-timeout=30.0 run-name='killed' {FAST}",
+            env=env,
+        )
+        # Kill SuperNode 2 once it has received its training message of round 1.
+        log = directory / "logs" / "supernode_2.log"
+        deadline = time.monotonic() + 300
+        while "Receiving: train message" not in log.read_text():
+            assert time.monotonic() < deadline, "SuperNode 2 never received a train message"
+            time.sleep(0.2)
+        os.killpg(deployment.supernode_pids[2], signal.SIGKILL)
+        status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)
+    finally:
+        ld.down(directory)
+    assert status == "finished:completed"
+    rounds = history_of(deployment, "killed")["rounds"]
+    # Round 1 waited at most round-timeout for the dead node, counted it, and went on.
+    assert rounds[1]["sampled"] == 3
+    assert rounds[1]["failures"] == 1
+    assert rounds[1]["accepted"] == 2
+    assert rounds[1]["seconds"] < 30 + 20
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["accepted"] == 2
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
