@@ -78,6 +78,17 @@ def decode_parameters(parameters: Parameters) -> list[Array]:
     return arrays
 
 
+def _content_key(result: tuple[ClientProxy, FitRes]) -> tuple[int, bytes]:
+    """A cheap sort key that depends on what a client sent, not on when or who it is.
+
+    The tail of each tensor holds its last values; two updates that agree there are,
+    in practice, the same update, so their order does not matter.
+    """
+    _, fit_res = result
+    num_examples = fit_res.num_examples if isinstance(fit_res.num_examples, int) else 0
+    return num_examples, b"".join(bytes(t[-16:]) for t in fit_res.parameters.tensors)
+
+
 @dataclass
 class ClientUpdate:
     """One client's decoded update as the strategy sees it."""
@@ -260,11 +271,16 @@ class AggregationStrategy(FlowerFedAvg):
     def _validate(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
     ) -> tuple[list[ClientUpdate], int]:
-        """Decode and check every result; return the valid updates and the rejected count."""
+        """Decode and check every result; return the valid updates and the rejected count.
+
+        Results are taken in a canonical order (by content), not in the order clients
+        answered: float sums depend on their order, and a rerun with the same seed must
+        give the same model bit for bit.
+        """
         template: Sequence[Array] | None = self.global_model
         updates: list[ClientUpdate] = []
         rejected = 0
-        for proxy, fit_res in results:
+        for proxy, fit_res in sorted(results, key=_content_key):
             reason: str | None
             try:
                 arrays = decode_parameters(fit_res.parameters)
