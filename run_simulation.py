@@ -3,8 +3,10 @@
 Defaults come from ``[tool.flwr.app.config]`` in pyproject.toml; every key is also a
 flag (``--num-server-rounds 5``, ``--strategy hybrid``), and flags win.
 
-    python run_simulation.py                       # default: FedAvg on digits, 10 clients
+    python run_simulation.py                                    # FedAvg on digits, 10 clients
     python run_simulation.py --strategy quality --partitioner dirichlet --dirichlet-alpha 0.3
+    python run_simulation.py --compare simple quality fedavg hybrid   # same data and seed
+    python run_simulation.py --preset linear-regression
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +28,23 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 from fl_app.config import ConfigError, RunConfig, key_of
+from fl_app.presets import PRESETS
+from fl_app.results import describe, run_directory, summarize, write_comparison
+from fl_app.server_loop import RoundRecord, RunListener, format_round
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
+Variants = dict[str, dict[str, Any]]
 
 
 def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
@@ -40,29 +57,52 @@ def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
         )
 
 
-def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
+def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the Flower app on Flower's simulation engine (Ray, in this process).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sim = parser.add_argument_group("simulation")
     sim.add_argument(
-        "--num-clients", type=int, default=10, help="number of virtual clients (SuperNodes)"
+        "--num-clients",
+        type=int,
+        default=num_clients,
+        help="number of virtual clients (SuperNodes)",
     )
     sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     sim.add_argument(
         "--num-gpus", type=float, default=0.0, help="GPUs reserved per client (e.g. 0.25)"
     )
-    sim.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    sim.add_argument(
+        "--preset",
+        help="a ready-made scenario: "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
+    )
+    sim.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="STRATEGY",
+        help="run these strategies on the same data and seed; write comparison.md and comparison.png",
+    )
+    sim.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.9,
+        help="comparison table: rounds to reach this accuracy",
+    )
     app = parser.add_argument_group("run config (keys of [tool.flwr.app.config])")
     for f in dataclasses.fields(RunConfig):
         key = key_of(f.name)
-        default = defaults.get(key, f.default)
         help_text = f.metadata["help"]
         if f.metadata.get("choices") and key != "dataset":
             # Listed, not enforced by argparse: RunConfig refuses a bad value in one line.
             help_text += f" (one of: {', '.join(f.metadata['choices'])})"
-        kwargs: dict[str, Any] = {"default": default, "help": help_text, "dest": f.name}
+        kwargs: dict[str, Any] = {
+            "default": defaults.get(key, f.default),
+            "help": help_text,
+            "dest": f.name,
+        }
         if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -71,11 +111,30 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace, Variants]:
+    """The run config, the simulation flags, and the variants to compare (empty: one run)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset")
+    preset_name = first.parse_known_args(argv)[0].preset
     defaults = pyproject_defaults()
-    args = build_parser(defaults).parse_args(argv)
+    num_clients = 10
+    variants: Variants = {}
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise ConfigError(
+                f"--preset {preset_name!r} is not allowed: must be one of {', '.join(PRESETS)}"
+            )
+        preset = PRESETS[preset_name]
+        defaults |= preset.config
+        num_clients = preset.num_clients
+        variants = preset.variants
+    args = build_parser(defaults, num_clients).parse_args(argv)
     values = {key_of(f.name): getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig.from_mapping(values)
+    if args.compare:
+        variants = {name: {"strategy": name} for name in args.compare}
+    for overrides in variants.values():  # a bad variant stops everything before any run
+        RunConfig.from_mapping(values | overrides)
     if args.num_clients < 1:
         raise ConfigError(f"--num-clients {args.num_clients} is not allowed: must be >= 1")
     needed = max(cfg.min_available_clients, cfg.min_fit_clients)
@@ -84,67 +143,132 @@ def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namesp
             f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
             f"need at least {needed} (the run would wait forever)"
         )
-    return cfg, args
+    return cfg, args, variants
 
 
-def run(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one simulation; print a line per round and a summary; return the summary."""
+class ProgressDisplay(RunListener):
+    """A line per round, and (in a terminal) a progress bar with elapsed time, ETA, last score."""
+
+    def __init__(self, cfg: RunConfig, console: Console) -> None:
+        self.cfg = cfg
+        self.console = console
+        self.rounds: list[RoundRecord] = []
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task(cfg.strategy, total=cfg.num_server_rounds, last="")
+
+    def round_done(self, record: RoundRecord) -> None:
+        self.rounds.append(record)
+        self.console.print(
+            format_round(record, self.cfg.num_server_rounds),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        last = (
+            f"accuracy {record['central_accuracy']:.4f}"
+            if "central_accuracy" in record
+            else f"loss {record.get('central_loss', float('nan')):.4f}"
+        )
+        self.progress.update(self.task, completed=record["round"], last=last)
+
+
+def run(
+    cfg: RunConfig, args: argparse.Namespace, console: Console | None = None
+) -> list[RoundRecord]:
+    """Run one simulation; print a line per round and a summary; return the round records."""
     from flwr.simulation import run_simulation
 
     from fl_app.client_app import client_app_for
-    from fl_app.results import run_directory, summarize
     from fl_app.server_app import server_app_for
-    from fl_app.server_loop import RoundRecord, format_round
 
+    console = console or Console()
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     directory = run_directory(cfg)
-    cfg = dataclasses.replace(cfg, run_name=directory.name)
-    rounds: list[RoundRecord] = []
-
-    def show(record: RoundRecord) -> None:
-        rounds.append(record)
-        print(format_round(record, cfg.num_server_rounds), flush=True)
-
-    print(
+    cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
+    console.print(
         f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {args.num_clients} clients, "
         f"{cfg.num_server_rounds} rounds, model {cfg.model}",
-        flush=True,
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    run_simulation(
-        server_app=server_app_for(cfg, listeners=[show]),
-        client_app=client_app_for(cfg),
-        num_supernodes=args.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-            "init_args": {
-                "logging_level": "INFO" if args.verbose else "ERROR",
-                "log_to_driver": args.verbose,
+    display = ProgressDisplay(cfg, console)
+    with display.progress:
+        run_simulation(
+            server_app=server_app_for(cfg, listeners=[display]),
+            client_app=client_app_for(cfg),
+            num_supernodes=args.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+                "init_args": {
+                    "logging_level": "INFO" if args.verbose else "ERROR",
+                    "log_to_driver": args.verbose,
+                },
             },
-        },
-        verbose_logging=args.verbose,
-    )
-    if len(rounds) < cfg.num_server_rounds + 1:
-        raise RuntimeError(
-            f"the simulation stopped after {max(len(rounds) - 1, 0)} of {cfg.num_server_rounds} rounds; "
-            "rerun with --verbose to see Flower's and Ray's logs"
+            verbose_logging=args.verbose,
         )
-    summary = summarize(rounds)
-    print(
-        f"done: final accuracy {summary['final_accuracy']:.4f}, best {summary['best_accuracy']:.4f}, "
-        f"{summary['rounds']} rounds in {summary['seconds']:.1f} s; history: {directory / 'history.json'}",
-        flush=True,
+    if len(display.rounds) < cfg.num_server_rounds + 1:
+        raise RuntimeError(
+            f"the simulation stopped after {max(len(display.rounds) - 1, 0)} of {cfg.num_server_rounds} "
+            "rounds; rerun with --verbose to see Flower's and Ray's logs"
+        )
+    console.print(
+        f"done: {describe(summarize(display.rounds))}; results: {directory}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    return summary
+    return display.rounds
+
+
+def compare(cfg: RunConfig, args: argparse.Namespace, variants: Variants) -> Path:
+    """One run per variant (same data and seed), then comparison.md and comparison.png."""
+    console = Console()
+    name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory = (Path(cfg.output_dir).expanduser() / name).resolve()
+    runs: dict[str, tuple[list[RoundRecord], float]] = {}
+    for variant, overrides in variants.items():
+        variant_cfg = RunConfig.from_mapping(
+            cfg.run_config | overrides | {"run-name": f"{name}/{variant}"}
+        )
+        start = time.perf_counter()
+        rounds = run(variant_cfg, args, console)
+        runs[variant] = (rounds, time.perf_counter() - start)
+    varied = {key for overrides in variants.values() for key in overrides}
+    data = cfg.dataset
+    if "partitioner" not in varied:
+        data += f", {cfg.partitioner}" + (
+            f"({cfg.dirichlet_alpha:g})" if cfg.partitioner == "dirichlet" else ""
+        )
+    title = f"{data}, {args.num_clients} clients, {cfg.num_server_rounds} rounds"
+    table, plot = write_comparison(directory, runs, target=args.target_accuracy, title=title)
+    console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"comparison: {table} and {plot}", markup=False, highlight=False, soft_wrap=True)
+    return directory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg, args = parse(argv)
+        cfg, args, variants = parse(argv)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run(cfg, args)
+    if variants:
+        compare(cfg, args, variants)
+    else:
+        run(cfg, args)
     return 0
 
 

@@ -10,7 +10,7 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 from torch import nn
 
-from fl_app.config import RunConfig
+from fl_app.config import RunConfig, task_of
 from fl_app.data import ClientData, DataSpec, data_spec, load_client_data
 from fl_app.models import build_model
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
@@ -27,8 +27,9 @@ class FlowerClient(NumPyClient):
     """Trains on its partition; reports ``train_loss`` and validation metrics.
 
     ``fit`` returns the updated weights, the number of training examples and the
-    metrics ``train_loss``, ``val_loss``, ``val_accuracy`` (measured after training on
-    the client's held-out validation split, the quality signal for QualityWeighted).
+    metrics ``train_loss``, ``val_loss``, ``val_accuracy`` (classification only),
+    measured after training on the client's held-out validation split: the quality
+    signal for QualityWeighted.
     ``evaluate`` scores the global model on that validation split.
     """
 
@@ -36,6 +37,7 @@ class FlowerClient(NumPyClient):
         self, cfg: RunConfig, partition_id: int, data: ClientData, model: nn.Module
     ) -> None:
         self.cfg = cfg
+        self.task = task_of(cfg.dataset)
         self.partition_id = partition_id
         self.data = data
         self.model = model
@@ -58,21 +60,19 @@ class FlowerClient(NumPyClient):
             momentum=self.cfg.momentum,
             device=self.device,
             seed=self.cfg.seed * 1_000_003 + server_round * 10_007 + self.partition_id,
+            task=self.task,
         )
-        val = evaluate(self.model, self.data.val, device=self.device)
-        metrics: dict[str, Scalar] = {
-            "train_loss": train_loss,
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy,
-        }
+        val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
+        metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
         return get_weights(self.model), len(self.data.train), metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         set_weights(self.model, parameters)
-        result = evaluate(self.model, self.data.val, device=self.device)
-        return result.loss, result.num_examples, {"accuracy": result.accuracy}
+        result = evaluate(self.model, self.data.val, device=self.device, task=self.task)
+        metrics: dict[str, Scalar] = {k: v for k, v in result.metrics().items() if k != "loss"}
+        return result.loss, result.num_examples, metrics
 
 
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> Client:

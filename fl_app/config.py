@@ -16,12 +16,27 @@ from typing import Any
 
 import strategies
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
+DATASETS = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "synthetic",
+    "tabular-classification",
+    "tabular-regression",
+)
+REGRESSION_DATASETS = ("tabular-regression",)
+VECTOR_DATASETS = ("synthetic", "tabular-classification", "tabular-regression")
 HF_PREFIX = "hf:"
 PARTITIONERS = ("iid", "dirichlet", "shard", "pathological")
 MODELS = ("linear", "mlp", "cnn", "cifar-cnn")
 IMAGE_MODELS = ("cnn", "cifar-cnn")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def task_of(dataset: str) -> str:
+    """``regression`` or ``classification``: what the loss and the metrics are."""
+    return "regression" if dataset in REGRESSION_DATASETS else "classification"
 
 
 class ConfigError(ValueError):
@@ -80,7 +95,8 @@ class RunConfig:
     dataset: str = option(
         "digits",
         "dataset: digits (embedded, offline), mnist, fashion-mnist, cifar10 (torchvision, "
-        "from data-dir), synthetic (FedProx Synthetic(α,β)), or hf:<name> (Hugging Face, online)",
+        "from data-dir), synthetic (FedProx Synthetic(α,β)), tabular-classification / "
+        "tabular-regression (10 generated features), or hf:<name> (Hugging Face, online)",
         choices=DATASETS,
     )
     data_dir: str = option("data", "root folder of torchvision datasets")
@@ -183,19 +199,32 @@ class RunConfig:
                 self.server_val_fraction,
                 f"test-fraction + server-val-fraction below 0.9 (test-fraction is {self.test_fraction})",
             )
-        if self.dataset == "synthetic":
-            if self.partitioner != "iid":
-                _fail(
-                    "partitioner",
-                    self.partitioner,
-                    "iid with dataset 'synthetic' (each client's data comes from its own generator)",
-                )
-            if self.model in IMAGE_MODELS:
-                _fail(
-                    "model",
-                    self.model,
-                    "linear or mlp with dataset 'synthetic' (60 features, not images)",
-                )
+        if self.dataset in VECTOR_DATASETS and self.model in IMAGE_MODELS:
+            _fail(
+                "model",
+                self.model,
+                f"linear or mlp with dataset {self.dataset!r} (feature vectors, not images)",
+            )
+        if self.dataset == "synthetic" and self.partitioner != "iid":
+            _fail(
+                "partitioner",
+                self.partitioner,
+                "iid with dataset 'synthetic' (each client's data comes from its own generator)",
+            )
+        regression = task_of(self.dataset) == "regression"
+        if regression and self.partitioner != "iid":
+            _fail(
+                "partitioner",
+                self.partitioner,
+                f"iid with regression dataset {self.dataset!r} (the others split by class)",
+            )
+        uses_quality = issubclass(strategies.REGISTRY[self.strategy], strategies.QualityWeighted)
+        if regression and uses_quality and "accuracy" in self.quality_metric:
+            _fail(
+                "quality-metric",
+                self.quality_metric,
+                "a loss (e.g. val_loss) for a regression dataset",
+            )
         min_direction = self.quality_direction == "min" or (
             self.quality_direction == "auto" and "loss" in self.quality_metric.lower()
         )

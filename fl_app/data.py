@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.config import HF_PREFIX, RunConfig
+from fl_app.config import HF_PREFIX, RunConfig, task_of
 
 FloatArray = NDArray[np.float32]
-LabelArray = NDArray[np.int64]
+TargetArray = NDArray[Any]  # int64 class labels, or float32 (N, targets) for regression
 
 # Synthetic(α, β) as in Li et al., "Federated Optimization in Heterogeneous Networks".
 SYNTHETIC_FEATURES = 60
@@ -32,10 +32,13 @@ SYNTHETIC_SERVER_DEVICES = 100
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Features ``x`` (float32, ``(N, *input_shape)``) and integer labels ``y``."""
+    """Features ``x`` (float32, ``(N, *input_shape)``) and targets ``y``.
+
+    ``y`` holds int64 class labels, or float32 ``(N, targets)`` values for regression.
+    """
 
     x: FloatArray
-    y: LabelArray
+    y: TargetArray
 
     def __len__(self) -> int:
         return len(self.y)
@@ -52,10 +55,14 @@ class ArrayDataset:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know of the data."""
+    """What a model needs to know of the data.
+
+    ``num_classes`` is the model's output width: classes, or regression targets.
+    """
 
     input_shape: tuple[int, ...]
     num_classes: int
+    task: str = "classification"
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,8 @@ class ClientData:
     val: ArrayDataset
 
 
-def spec_of(data: ArrayDataset, num_classes: int) -> DataSpec:
-    return DataSpec(tuple(data.x.shape[1:]), num_classes)
+def spec_of(data: ArrayDataset, num_classes: int, task: str = "classification") -> DataSpec:
+    return DataSpec(tuple(data.x.shape[1:]), num_classes, task)
 
 
 # ---- pooled datasets --------------------------------------------------------------
@@ -109,7 +116,43 @@ def _torchvision(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
     return load(train=True), load(train=False)
 
 
+# The two toy problems of the examples this template grew from: 10 tabular features.
+TABULAR_FEATURES = 10
+TABULAR_SAMPLES = 1200
+
+
+def _tabular_regression(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """``y = x·w + 0.5 + ε`` with ``x ~ N(0, I_10)``, ``w ~ N(0, I)``, ``ε ~ N(0, 0.1²)``."""
+    rng = np.random.default_rng([cfg.seed, 10])
+    x = rng.normal(size=(TABULAR_SAMPLES, TABULAR_FEATURES))
+    y = (
+        x @ rng.normal(size=(TABULAR_FEATURES, 1))
+        + 0.5
+        + 0.1 * rng.normal(size=(TABULAR_SAMPLES, 1))
+    )
+    return ArrayDataset(x.astype(np.float32), y.astype(np.float32)), None
+
+
+def _tabular_classification(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """Three classes in 10 features (scikit-learn's ``make_classification``)."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=TABULAR_SAMPLES,
+        n_features=TABULAR_FEATURES,
+        n_informative=6,
+        n_redundant=2,
+        n_classes=3,
+        n_clusters_per_class=1,
+        class_sep=1.5,
+        random_state=cfg.seed,
+    )
+    return ArrayDataset(x.astype(np.float32), y.astype(np.int64)), None
+
+
 POOLED_LOADERS = {
+    "tabular-regression": _tabular_regression,
+    "tabular-classification": _tabular_classification,
     "digits": _digits,
     "mnist": _torchvision,
     "fashion-mnist": _torchvision,
@@ -125,6 +168,7 @@ class Pool:
     server_val: ArrayDataset
     clients: ArrayDataset
     num_classes: int
+    task: str
 
 
 # Caches are keyed by the whole (frozen) config: one run keeps one config per process.
@@ -137,12 +181,16 @@ def pool(cfg: RunConfig) -> Pool:
     n_val = round(cfg.server_val_fraction * len(train))
     if test is None:
         test = train.subset(order[:n_test])
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
+    task = task_of(cfg.dataset)
+    num_classes = (
+        train.y.shape[1] if task == "regression" else int(max(train.y.max(), test.y.max())) + 1
+    )
     return Pool(
         test=test,
         server_val=train.subset(order[n_test : n_test + n_val]),
         clients=train.subset(order[n_test + n_val :]),
         num_classes=num_classes,
+        task=task,
     )
 
 
@@ -250,7 +298,9 @@ def load_server_data(cfg: RunConfig) -> ServerData:
     if cfg.dataset.startswith(HF_PREFIX):
         return _hf_server_data(cfg)
     pooled = pool(cfg)
-    return ServerData(pooled.test, pooled.server_val, spec_of(pooled.test, pooled.num_classes))
+    return ServerData(
+        pooled.test, pooled.server_val, spec_of(pooled.test, pooled.num_classes, pooled.task)
+    )
 
 
 @functools.lru_cache(maxsize=256)

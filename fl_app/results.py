@@ -1,17 +1,44 @@
-"""Where a run's results go and how they are written."""
+"""Where a run's results go, and the files, tables and plots written there.
+
+``output-dir/<run-name>/`` receives ``config.json`` (the resolved config, at start),
+``history.json`` and ``metrics.csv`` (rewritten atomically after every round, so an
+interrupted run keeps what it did), and at the end ``final_model.pt`` (a torch
+``state_dict``), ``accuracy.png`` (classification) and ``loss.png``.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flwr.common import NDArrays
+
 from fl_app.config import RunConfig
-from fl_app.server_loop import RoundRecord
+from fl_app.server_loop import RoundRecord, RunListener
+
+# metrics.csv, one row per round (round 0: the initial model).
+METRICS_COLUMNS = (
+    "round",
+    "central_accuracy",  # server test set
+    "central_loss",
+    "federated_accuracy",  # clients' validation splits, example-weighted
+    "federated_loss",
+    "train_loss",  # clients' last-epoch training loss, example-weighted
+    "sampled",  # clients asked to train
+    "results",  # updates received
+    "failures",  # clients that raised or timed out
+    "rejected",  # updates refused by validation
+    "seconds",  # wall time of the round
+    "elapsed",  # wall time since the run started
+)
 
 
 def run_directory(cfg: RunConfig) -> Path:
@@ -20,12 +47,17 @@ def run_directory(cfg: RunConfig) -> Path:
     return (Path(cfg.output_dir).expanduser() / name).resolve()
 
 
-def write_json_atomically(path: Path, payload: Any) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2, default=_jsonable)
+        tmp.write(text)
+    os.chmod(tmp.name, 0o644)  # a temporary file starts private (0600)
     os.replace(tmp.name, path)
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2, default=_jsonable))
 
 
 def _jsonable(value: Any) -> Any:
@@ -34,35 +66,186 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def summarize(rounds: list[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy, and the run's wall time."""
-    accuracies = [r["central_accuracy"] for r in rounds if _finite(r.get("central_accuracy"))]
-    return {
-        "rounds": max((r["round"] for r in rounds), default=0),
-        "final_accuracy": accuracies[-1] if accuracies else None,
-        "best_accuracy": max(accuracies) if accuracies else None,
-        "final_loss": rounds[-1].get("central_loss") if rounds else None,
-        "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
-    }
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-class HistoryWriter:
-    """Round listener that keeps ``history.json`` (config, rounds, summary) up to date."""
+def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
+    """Final and best central accuracy (None for regression), final loss, wall time."""
+    accuracies = [r["central_accuracy"] for r in rounds if _finite(r.get("central_accuracy"))]
+    losses = [r["central_loss"] for r in rounds if _finite(r.get("central_loss"))]
+    return {
+        "rounds": max((r["round"] for r in rounds), default=0),
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "final_loss": losses[-1] if losses else None,
+        "best_loss": min(losses) if losses else None,
+        "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
+    }
 
-    def __init__(self, cfg: RunConfig, directory: Path) -> None:
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """One line: the headline metric (accuracy, or loss for regression) and the time."""
+    if summary["final_accuracy"] is not None:
+        headline = (
+            f"final accuracy {summary['final_accuracy']:.4f}, best {summary['best_accuracy']:.4f}"
+        )
+    else:
+        headline = f"final loss {summary['final_loss']:.4f}, best {summary['best_loss']:.4f}"
+    return f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s"
+
+
+def metrics_csv(rounds: Sequence[RoundRecord]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rounds)
+    return buffer.getvalue()
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]], *, ylabel: str, title: str, path: Path
+) -> None:
+    """One line per named curve of (round, value) points, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, points in curves.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    values = [v for points in curves.values() for _, v in points]
+    if "loss" in ylabel and values and min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")  # losses often fall by orders of magnitude
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _points(rounds: Sequence[RoundRecord], key: str) -> list[tuple[int, float]]:
+    return [(r["round"], float(r[key])) for r in rounds if _finite(r.get(key))]
+
+
+def plot_run(rounds: Sequence[RoundRecord], directory: Path, title: str) -> list[Path]:
+    """``accuracy.png`` (when there is an accuracy) and ``loss.png`` of one run."""
+    written = []
+    accuracy = {
+        "central (server test set)": _points(rounds, "central_accuracy"),
+        "federated (clients' validation)": _points(rounds, "federated_accuracy"),
+    }
+    if any(accuracy.values()):
+        plot_curves(accuracy, ylabel="accuracy", title=title, path=directory / "accuracy.png")
+        written.append(directory / "accuracy.png")
+    loss = {
+        "central (server test set)": _points(rounds, "central_loss"),
+        "federated (clients' validation)": _points(rounds, "federated_loss"),
+        "clients' training": _points(rounds, "train_loss"),
+    }
+    plot_curves(loss, ylabel="loss", title=title, path=directory / "loss.png")
+    return [*written, directory / "loss.png"]
+
+
+class RunWriter(RunListener):
+    """Keeps a run's folder up to date: config, history and metrics per round, model and plots at the end."""
+
+    def __init__(
+        self, cfg: RunConfig, directory: Path, save_model: Callable[[NDArrays, Path], None]
+    ) -> None:
         self.cfg = cfg
-        self.path = directory / "history.json"
+        self.directory = directory
+        self.save_model = save_model
         self.rounds: list[RoundRecord] = []
+        write_json_atomically(directory / "config.json", cfg.run_config)
 
-    def __call__(self, record: RoundRecord) -> None:
+    def round_done(self, record: RoundRecord) -> None:
         self.rounds.append(dict(record))
-        payload = {
+        history = {
             "config": self.cfg.run_config,
             "rounds": self.rounds,
             "summary": summarize(self.rounds),
         }
-        write_json_atomically(self.path, payload)
+        write_json_atomically(self.directory / "history.json", history)
+        write_text_atomically(self.directory / "metrics.csv", metrics_csv(self.rounds))
+
+    def run_done(self, parameters: NDArrays) -> None:
+        self.save_model(parameters, self.directory / "final_model.pt")
+        plot_run(
+            self.rounds,
+            self.directory,
+            title=f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})",
+        )
+
+
+def rounds_to_target(rounds: Sequence[RoundRecord], target: float) -> int | None:
+    """First round whose central accuracy reaches ``target`` (None if none does)."""
+    return next(
+        (
+            r["round"]
+            for r in rounds
+            if _finite(r.get("central_accuracy")) and r["central_accuracy"] >= target
+        ),
+        None,
+    )
+
+
+def comparison_table(runs: Mapping[str, tuple[Sequence[RoundRecord], float]], target: float) -> str:
+    """Markdown table of runs ``{name: (rounds, wall seconds)}``."""
+    regression = all(summarize(rounds)["final_accuracy"] is None for rounds, _ in runs.values())
+    if regression:
+        lines = ["| run | final loss | best loss | wall time (s) |", "| --- | ---: | ---: | ---: |"]
+    else:
+        lines = [
+            f"| run | final accuracy | best accuracy | rounds to {target:.0%} | wall time (s) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+    for name, (rounds, seconds) in runs.items():
+        s = summarize(rounds)
+        if regression:
+            lines.append(
+                f"| {name} | {s['final_loss']:.4f} | {s['best_loss']:.4f} | {seconds:.1f} |"
+            )
+        else:
+            reached = rounds_to_target(rounds, target)
+            lines.append(
+                f"| {name} | {s['final_accuracy']:.2%} | {s['best_accuracy']:.2%} | "
+                f"{'not reached' if reached is None else reached} | {seconds:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(
+    directory: Path,
+    runs: Mapping[str, tuple[Sequence[RoundRecord], float]],
+    *,
+    target: float,
+    title: str,
+) -> tuple[Path, Path]:
+    """``comparison.md`` (the table) and ``comparison.png`` (central accuracy or loss per round)."""
+    table = directory / "comparison.md"
+    write_text_atomically(table, f"# {title}\n\n" + comparison_table(runs, target))
+    key = (
+        "central_accuracy"
+        if any(_points(r, "central_accuracy") for r, _ in runs.values())
+        else "central_loss"
+    )
+    plot = directory / "comparison.png"
+    plot_curves(
+        {name: _points(rounds, key) for name, (rounds, _) in runs.items()},
+        ylabel=key.replace("central_", "central test "),
+        title=title,
+        path=plot,
+    )
+    return table, plot

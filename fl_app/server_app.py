@@ -5,41 +5,44 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.common.logger import log
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig, SimpleClientManager
+from torch import nn
 
 import strategies
 from fl_app.config import RunConfig
-from fl_app.data import load_server_data
+from fl_app.data import ServerData, load_server_data
 from fl_app.models import build_model
-from fl_app.results import HistoryWriter, run_directory
-from fl_app.server_loop import ExperimentServer, RoundListener
+from fl_app.results import RunWriter, run_directory
+from fl_app.server_loop import ExperimentServer, RunListener
 from fl_app.training import evaluate, get_weights, pick_device, set_weights
 
 
-def build_strategy(cfg: RunConfig) -> strategies.AggregationStrategy:
-    """The strategy named by ``cfg.strategy`` with its knobs, central evaluation and scoring."""
-    data = load_server_data(cfg)
-    device = pick_device(cfg.device)
-    model = build_model(cfg.model, data.spec.input_shape, data.spec.num_classes, cfg.seed).to(
-        device
-    )
+def build_strategy(
+    cfg: RunConfig, data: ServerData, model: nn.Module, device: torch.device
+) -> strategies.AggregationStrategy:
+    """The strategy named by ``cfg.strategy`` with its knobs, central evaluation and scoring.
+
+    ``model`` starts as the initial global model and serves as the server's evaluator.
+    """
+    task = data.spec.task
     initial = get_weights(model)
 
     def central_evaluation(
         server_round: int, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
         set_weights(model, parameters)
-        result = evaluate(model, data.test, device=device)
-        return result.loss, {"accuracy": result.accuracy}
+        result = evaluate(model, data.test, device=device, task=task)
+        return result.loss, {k: v for k, v in result.metrics().items() if k != "loss"}
 
     def server_score(parameters: Sequence[Any]) -> dict[str, float]:
         set_weights(model, list(parameters))
-        result = evaluate(model, data.val, device=device)
-        return {"val_accuracy": result.accuracy, "val_loss": result.loss}
+        return evaluate(model, data.val, device=device, task=task).metrics(prefix="val_")
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
         return {"server-round": server_round}
@@ -59,17 +62,24 @@ def build_strategy(cfg: RunConfig) -> strategies.AggregationStrategy:
     return strategies.get(cfg.strategy, **strategies.own_options(cfg.strategy, options))
 
 
-def server_components(
-    cfg: RunConfig, listeners: Sequence[RoundListener] = ()
-) -> ServerAppComponents:
-    """Server, strategy and round config for ``cfg``; history goes to ``output-dir/<run-name>``."""
+def server_components(cfg: RunConfig, listeners: Sequence[RunListener] = ()) -> ServerAppComponents:
+    """Server, strategy and round config for ``cfg``; results go to ``output-dir/<run-name>``."""
+    data = load_server_data(cfg)
+    device = pick_device(cfg.device)
+    model = build_model(cfg.model, data.spec.input_shape, data.spec.num_classes, cfg.seed).to(
+        device
+    )
     directory = run_directory(cfg)
     log(INFO, "results of this run: %s", directory)
-    writer = HistoryWriter(cfg, directory)
+
+    def save_model(parameters: NDArrays, path: Path) -> None:
+        set_weights(model, parameters)
+        torch.save(model.state_dict(), path)
+
     server = ExperimentServer(
         client_manager=SimpleClientManager(),
-        strategy=build_strategy(cfg),
-        listeners=[writer, *listeners],
+        strategy=build_strategy(cfg, data, model, device),
+        listeners=[RunWriter(cfg, directory, save_model), *listeners],
     )
     return ServerAppComponents(
         server=server,
@@ -84,7 +94,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     return server_components(RunConfig.from_mapping(context.run_config))
 
 
-def server_app_for(cfg: RunConfig, listeners: Sequence[RoundListener] = ()) -> ServerApp:
+def server_app_for(cfg: RunConfig, listeners: Sequence[RunListener] = ()) -> ServerApp:
     """A ServerApp bound to ``cfg`` (the simulation API passes no run config)."""
 
     def build(context: Context) -> ServerAppComponents:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from logging import INFO
 from typing import Any
 
-from flwr.common import Scalar
+from flwr.common import NDArrays, Scalar, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server import Server
 from flwr.server.client_manager import ClientManager
@@ -15,7 +15,16 @@ from flwr.server.history import History
 from flwr.server.strategy import Strategy
 
 RoundRecord = dict[str, Any]
-RoundListener = Callable[[RoundRecord], None]
+
+
+class RunListener:
+    """Told about every finished round and, at the end, the final global model."""
+
+    def round_done(self, record: RoundRecord) -> None:
+        """Called after each round (round 0: the initial model's evaluation)."""
+
+    def run_done(self, parameters: NDArrays) -> None:
+        """Called once, after the last round, with the final global model."""
 
 
 class ExperimentServer(Server):
@@ -33,7 +42,7 @@ class ExperimentServer(Server):
         *,
         client_manager: ClientManager,
         strategy: Strategy,
-        listeners: Sequence[RoundListener] = (),
+        listeners: Sequence[RunListener] = (),
     ) -> None:
         super().__init__(client_manager=client_manager, strategy=strategy)
         self.listeners = list(listeners)
@@ -61,6 +70,9 @@ class ExperimentServer(Server):
                 history.add_metrics_distributed(server_round=server_round, metrics=metrics)
                 record |= {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
             self._emit(record, round_start, start)
+        final = parameters_to_ndarrays(self.parameters)
+        for listener in self.listeners:
+            listener.run_done(final)
         return history, timeit.default_timer() - start
 
     def _evaluate_centrally(self, server_round: int, history: History) -> dict[str, Scalar]:
@@ -77,7 +89,7 @@ class ExperimentServer(Server):
         record |= {"seconds": now - round_start, "elapsed": now - start}
         log(INFO, "%s", format_round(record))
         for listener in self.listeners:
-            listener(record)
+            listener.round_done(record)
 
 
 def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:

@@ -47,8 +47,15 @@ def set_weights(model: nn.Module, weights: list[NDArray[np.float32]]) -> None:
 @dataclass(frozen=True)
 class EvalResult:
     loss: float
-    accuracy: float
+    accuracy: float  # NaN for regression
     num_examples: int
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """``{prefix}loss`` and, for classification, ``{prefix}accuracy``."""
+        values = {f"{prefix}loss": self.loss}
+        if not math.isnan(self.accuracy):
+            values[f"{prefix}accuracy"] = self.accuracy
+        return values
 
 
 def _batches(
@@ -77,12 +84,16 @@ def train(
     momentum: float,
     device: torch.device,
     seed: int,
+    task: str = "classification",
 ) -> float:
-    """SGD on ``data`` for ``epochs``; returns the mean training loss of the last epoch."""
+    """SGD on ``data`` for ``epochs``; returns the mean training loss of the last epoch.
+
+    The loss is cross-entropy for classification and mean squared error for regression.
+    """
     model.to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
-    criterion = nn.CrossEntropyLoss()
+    criterion = loss_function(task)
     generator = torch.Generator().manual_seed(seed)
     loss_sum, seen = 0.0, 0
     for _ in range(epochs):
@@ -97,19 +108,39 @@ def train(
     return loss_sum / seen if seen else math.nan
 
 
+def loss_function(task: str, reduction: str = "mean") -> nn.Module:
+    """Cross-entropy for classification, mean squared error for regression."""
+    return (
+        nn.MSELoss(reduction=reduction)
+        if task == "regression"
+        else nn.CrossEntropyLoss(reduction=reduction)
+    )
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: ArrayDataset, *, device: torch.device, batch_size: int = 1024
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    device: torch.device,
+    task: str = "classification",
+    batch_size: int = 1024,
 ) -> EvalResult:
-    """Mean cross-entropy and accuracy on ``data`` (NaN for an empty set)."""
+    """Mean loss and accuracy on ``data``; accuracy is NaN for regression or an empty set.
+
+    For regression the loss is the mean squared error per example.
+    """
     if len(data) == 0:
         return EvalResult(math.nan, math.nan, 0)
     model.to(device)
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    criterion = loss_function(task, reduction="sum")
     loss_sum, correct = 0.0, 0
     for xb, yb in _batches(data, batch_size, device, generator=None):
-        logits = model(xb)
-        loss_sum += criterion(logits, yb).item()
-        correct += (logits.argmax(dim=1) == yb).sum().item()
-    return EvalResult(loss_sum / len(data), correct / len(data), len(data))
+        outputs = model(xb)
+        loss_sum += criterion(outputs, yb).item()
+        if task != "regression":
+            correct += (outputs.argmax(dim=1) == yb).sum().item()
+    outputs_per_example = data.y.shape[1] if task == "regression" else 1
+    accuracy = math.nan if task == "regression" else correct / len(data)
+    return EvalResult(loss_sum / (len(data) * outputs_per_example), accuracy, len(data))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -19,6 +21,21 @@ from pathlib import Path
 
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> str:
+    """Run ``run_simulation.py --output-dir OUTPUT_DIR FLAGS`` as a user would; return its stdout.
+
+    Fails when the command fails or leaves a process (Ray, its workers) running.
+    """
+    with isolated_env() as env:
+        command = [sys.executable, "run_simulation.py", "--output-dir", str(output_dir), *flags]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert leftovers(env[TAG_VARIABLE]) == []
+    return done.stdout
 
 
 def free_port() -> int:

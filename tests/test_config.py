@@ -443,13 +443,13 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_without_flags_gives_the_defaults() -> None:
-    cfg, args = run_simulation.parse([])
+    cfg, args, _ = run_simulation.parse([])
     assert cfg == DEFAULTS
     assert args.num_clients >= cfg.min_available_clients
 
 
 def test_flags_override_defaults() -> None:
-    cfg, args = run_simulation.parse(
+    cfg, args, _ = run_simulation.parse(
         [
             "--strategy",
             "hybrid",
@@ -485,7 +485,7 @@ def test_flags_override_defaults() -> None:
 
 
 def test_no_download_flag() -> None:
-    cfg, _ = run_simulation.parse(["--no-download"])
+    cfg, _, _ = run_simulation.parse(["--no-download"])
     assert cfg.download is False
 
 
@@ -538,7 +538,7 @@ def test_non_positive_num_clients_is_refused(num_clients: str) -> None:
 
 
 def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
-    cfg, args = run_simulation.parse(
+    cfg, args, _ = run_simulation.parse(
         [
             "--num-clients",
             "1",

@@ -136,8 +136,15 @@ def test_a_supernode_killed_mid_run_is_a_failure_not_a_hang(
         # Kill SuperNode 2 once it has received its training message of round 1.
         log = directory / "logs" / "supernode_2.log"
         deadline = time.monotonic() + 300
+        checked = time.monotonic()
         while "Receiving: train message" not in log.read_text():
             assert time.monotonic() < deadline, "SuperNode 2 never received a train message"
+            if time.monotonic() - checked > 5:  # a run that already ended will never send one
+                checked = time.monotonic()
+                runs = ld.flwr(
+                    ld.flower_env(env), "list", deployment.connection, "--run-id", run_id
+                )["runs"]
+                assert not runs[0]["status"].startswith("finished"), runs[0]
             time.sleep(0.2)
         os.killpg(deployment.supernode_pids[2], signal.SIGKILL)
         status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from tests.processes import ROOT, isolated_env, leftovers
+from fl_app.results import METRICS_COLUMNS
+from tests.processes import run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
@@ -19,25 +19,10 @@ ROUNDS = 3
 
 
 def simulate(tmp_path: Path, *flags: str) -> dict[str, Any]:
-    """Run run_simulation.py; return its history.json. Asserts nothing is left running."""
-    with isolated_env() as env:
-        command = [
-            sys.executable,
-            "run_simulation.py",
-            "--output-dir",
-            str(tmp_path),
-            "--run-name",
-            "run",
-            *flags,
-        ]
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        # Ray and its workers must be gone when the command returns.
-        assert leftovers(env["FL_TEMPLATE_TEST_TAG"]) == []
+    """Run run_simulation.py as run "run"; return its history.json (with the printed output)."""
+    stdout = run_simulation_cli(tmp_path, "--run-name", "run", *flags)
     history: dict[str, Any] = json.loads((tmp_path / "run" / "history.json").read_text())
-    history["stdout"] = done.stdout
+    history["stdout"] = stdout
     return history
 
 
@@ -69,6 +54,23 @@ def test_each_strategy_trains_digits_well_above_chance(tmp_path: Path, strategy:
     # The user sees a line per round and a summary.
     assert f"round   {ROUNDS}/{ROUNDS}" in history["stdout"]
     assert "done: final accuracy" in history["stdout"]
+    # The run's folder has the documented files.
+    run = tmp_path / "run"
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header.split(",") == list(METRICS_COLUMNS)
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + ROUNDS + 1
+    assert json.loads((run / "config.json").read_text())["strategy"] == strategy
+    for png in ("accuracy.png", "loss.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(run / "final_model.pt")
+    assert [tuple(t.shape) for t in state.values()] == [
+        (200, 64),
+        (200,),
+        (200, 200),
+        (200,),
+        (10, 200),
+        (10,),
+    ]
 
 
 def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path) -> None:

@@ -1,0 +1,176 @@
+"""Run folders: the files, columns, summaries, tables and plots written for a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_app.config import RunConfig
+from fl_app.results import (
+    METRICS_COLUMNS,
+    RunWriter,
+    comparison_table,
+    describe,
+    rounds_to_target,
+    summarize,
+    write_comparison,
+    write_text_atomically,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def record(round_: int, accuracy: float | None, loss: float, **extra: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "round": round_,
+        "central_loss": loss,
+        "seconds": 1.0,
+        "elapsed": float(round_ + 1),
+    }
+    if accuracy is not None:
+        r["central_accuracy"] = accuracy
+    return r | extra
+
+
+ROUNDS = [
+    record(0, 0.10, 2.3),
+    record(1, 0.60, 1.0, federated_accuracy=0.55, federated_loss=1.1, train_loss=1.2, sampled=4,
+           results=4, failures=0, rejected=0, weights='{"1": 0.5}'),
+    record(2, 0.85, 0.5, federated_accuracy=0.8, federated_loss=0.6, train_loss=0.55, sampled=4,
+           results=3, failures=1, rejected=1),
+    record(3, 0.80, 0.6, sampled=4, results=4, failures=0, rejected=0),
+]  # fmt: skip
+
+
+def test_run_writer_keeps_the_documented_files_up_to_date(tmp_path: Path) -> None:
+    saved: list[tuple[list[np.ndarray], Path]] = []
+    writer = RunWriter(
+        RunConfig(strategy="hybrid"), tmp_path, lambda arrays, path: saved.append((arrays, path))
+    )
+    assert (
+        json.loads((tmp_path / "config.json").read_text())
+        == RunConfig(strategy="hybrid").run_config
+    )
+    for r in ROUNDS[:2]:
+        writer.round_done(r)
+    # After every round: history and metrics so far (an interrupted run keeps them).
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [0, 1]
+    assert history["summary"]["final_accuracy"] == 0.60
+    for r in ROUNDS[2:]:
+        writer.round_done(r)
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == METRICS_COLUMNS
+    assert [int(row["round"]) for row in rows] == [0, 1, 2, 3]
+    assert rows[2]["failures"] == "1"
+    assert rows[2]["rejected"] == "1"
+    assert rows[2]["federated_accuracy"] == "0.8"
+    assert rows[0]["federated_accuracy"] == ""  # round 0 has no federated evaluation
+    assert "weights" not in rows[1]
+
+    final = [np.ones(3)]
+    writer.run_done(final)
+    assert saved == [(final, tmp_path / "final_model.pt")]
+    for png in ("accuracy.png", "loss.png"):
+        assert (tmp_path / png).read_bytes()[:8] == PNG
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_regression_runs_plot_loss_only(tmp_path: Path) -> None:
+    writer = RunWriter(RunConfig(), tmp_path, lambda arrays, path: None)
+    for r in (record(0, None, 9.0), record(1, None, 0.02)):
+        writer.round_done(r)
+    writer.run_done([])
+    assert (tmp_path / "loss.png").exists()
+    assert not (tmp_path / "accuracy.png").exists()
+
+
+def test_summary_headline_is_accuracy_or_loss() -> None:
+    summary = summarize(ROUNDS)
+    assert summary == {
+        "rounds": 3,
+        "final_accuracy": 0.80,
+        "best_accuracy": 0.85,
+        "final_loss": 0.6,
+        "best_loss": 0.5,
+        "seconds": 4.0,
+    }
+    assert describe(summary).startswith("final accuracy 0.8000, best 0.8500, 3 rounds")
+    regression = summarize([record(0, None, 9.0), record(1, None, 0.25)])
+    assert regression["final_accuracy"] is None
+    assert describe(regression).startswith("final loss 0.2500, best 0.2500")
+
+
+def test_rounds_to_target() -> None:
+    assert rounds_to_target(ROUNDS, 0.6) == 1
+    assert rounds_to_target(ROUNDS, 0.85) == 2
+    assert rounds_to_target(ROUNDS, 0.9) is None
+
+
+def test_comparison_table_and_plot(tmp_path: Path) -> None:
+    slow = [record(0, 0.1, 2.3), record(1, 0.5, 1.2), record(2, 0.7, 0.9)]
+    runs = {"fedavg": (ROUNDS, 12.34), "simple": (slow, 10.0)}
+    table = comparison_table(runs, target=0.8)
+    assert table.splitlines() == [
+        "| run | final accuracy | best accuracy | rounds to 80% | wall time (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| fedavg | 80.00% | 85.00% | 2 | 12.3 |",
+        "| simple | 70.00% | 70.00% | not reached | 10.0 |",
+    ]
+    md, png = write_comparison(tmp_path, runs, target=0.8, title="t")
+    assert md.read_text().startswith("# t\n\n| run |")
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_comparison_table_for_regression_uses_loss() -> None:
+    runs = {"a": ([record(0, None, 4.0), record(1, None, 0.5)], 3.0)}
+    assert comparison_table(runs, target=0.9).splitlines()[2] == "| a | 0.5000 | 0.5000 | 3.0 |"
+
+
+def test_atomic_write_replaces_whole_and_is_readable(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "f.txt"
+    write_text_atomically(path, "one")
+    write_text_atomically(path, "two")
+    assert path.read_text() == "two"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize(
+    "name", ["linear-regression", "softmax-classifier", "digits-iid-vs-dirichlet", "strategies"]
+)
+def test_every_preset_is_a_valid_config(name: str) -> None:
+    import run_simulation
+
+    cfg, args, variants = run_simulation.parse(["--preset", name])
+    preset = run_simulation.PRESETS[name]
+    assert args.num_clients == preset.num_clients
+    assert {k: cfg.run_config[k] for k in preset.config} == preset.config
+    assert variants == preset.variants
+
+
+def test_flags_win_over_a_preset() -> None:
+    import run_simulation
+
+    cfg, args, _ = run_simulation.parse(
+        ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
+    )
+    assert cfg.local_epochs == 2
+    assert args.num_clients == 3
+    assert cfg.dataset == "tabular-regression"
+
+
+def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import run_simulation
+
+    assert run_simulation.main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--preset 'nope'" in err[0]
+    assert "linear-regression" in err[0]
