@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from fl_app.config import RunConfig, task_of
 from fl_app.data import ClientData, DataSpec, data_spec, load_client_data
+from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
 
@@ -31,10 +33,17 @@ class FlowerClient(NumPyClient):
     measured after training on the client's held-out validation split: the quality
     signal for QualityWeighted.
     ``evaluate`` scores the global model on that validation split.
+
+    ``fault`` (see :mod:`fl_app.faults`) makes it misbehave on purpose; "none" by default.
     """
 
     def __init__(
-        self, cfg: RunConfig, partition_id: int, data: ClientData, model: nn.Module
+        self,
+        cfg: RunConfig,
+        partition_id: int,
+        data: ClientData,
+        model: nn.Module,
+        fault: str = "none",
     ) -> None:
         self.cfg = cfg
         self.task = task_of(cfg.dataset)
@@ -42,6 +51,7 @@ class FlowerClient(NumPyClient):
         self.data = data
         self.model = model
         self.device = torch.device(next(model.parameters()).device)
+        self.fault = fault
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(self.model)
@@ -49,6 +59,10 @@ class FlowerClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        if self.fault == "raise":
+            raise RuntimeError(f"injected fault: client {self.partition_id} fails in fit")
+        if self.fault == "straggle":
+            time.sleep(self.cfg.straggle_seconds)
         set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
         train_loss = train(
@@ -64,7 +78,16 @@ class FlowerClient(NumPyClient):
         )
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        return get_weights(self.model), len(self.data.train), metrics
+        if self.fault in BEFORE_TRAINING or self.fault == "none":
+            return get_weights(self.model), len(self.data.train), metrics
+        return poison(
+            self.fault,
+            parameters,
+            get_weights(self.model),
+            len(self.data.train),
+            metrics,
+            self.cfg.fault_scale,
+        )
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -81,7 +104,8 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> Client:
     num_partitions = int(node_config["num-partitions"])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
-    return FlowerClient(cfg, partition_id, data, model).to_client()
+    fault = cfg.fault_kind if is_faulty(cfg, partition_id, num_partitions) else "none"
+    return FlowerClient(cfg, partition_id, data, model, fault).to_client()
 
 
 def client_fn(context: Context) -> Client:

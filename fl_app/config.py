@@ -32,6 +32,19 @@ PARTITIONERS = ("iid", "dirichlet", "shard", "pathological")
 MODELS = ("linear", "mlp", "cnn", "cifar-cnn")
 IMAGE_MODELS = ("cnn", "cifar-cnn")
 DEVICES = ("auto", "cpu", "cuda")
+FAULT_KINDS = (
+    "none",
+    "raise",
+    "straggle",
+    "nan",
+    "inf",
+    "wrong-shape",
+    "zero-examples",
+    "negative-examples",
+    "scale",
+    "sign-flip",
+    "lie-quality",
+)
 
 
 def task_of(dataset: str) -> str:
@@ -159,6 +172,17 @@ class RunConfig:
     robust_mad_k: float = option(3.0, "hybrid mad filter: drop norms above median + k·MAD", above=0)
     robust_clip_norm: float = option(
         0.0, "hybrid clip filter: max update norm (0: the round's median)", at_least=0
+    )
+    # Fault injection, for tests and robustness experiments (off by default)
+    fault_kind: str = option(
+        "none", "what the faulty clients do (see fl_app/faults.py)", choices=FAULT_KINDS
+    )
+    fault_fraction: float = option(
+        0.0, "share of clients that are faulty (the same ones every round)", at_least=0, at_most=1
+    )
+    fault_scale: float = option(10.0, "fault-kind scale: factor applied to the update", above=0)
+    straggle_seconds: float = option(
+        30.0, "fault-kind straggle: delay before answering", at_least=0
     )
 
     @classmethod

@@ -34,7 +34,15 @@ def assert_one_line_error(err: ConfigError, key: str, value: Any) -> str:
 
 CHOICE_FIELDS = {
     "strategy": ("fedavg", "hybrid", "quality", "simple"),
-    "dataset": ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic"),
+    "dataset": (
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "synthetic",
+        "tabular-classification",
+        "tabular-regression",
+    ),
     "partitioner": ("iid", "dirichlet", "shard", "pathological"),
     "model": ("linear", "mlp", "cnn", "cifar-cnn"),
     "device": ("auto", "cpu", "cuda"),
@@ -42,9 +50,23 @@ CHOICE_FIELDS = {
     "quality-direction": ("auto", "max", "min"),
     "quality-weighting": ("softmax", "linear"),
     "robust-filter": ("none", "mad", "clip"),
+    "fault-kind": (
+        "none",
+        "raise",
+        "straggle",
+        "nan",
+        "inf",
+        "wrong-shape",
+        "zero-examples",
+        "negative-examples",
+        "scale",
+        "sign-flip",
+        "lie-quality",
+    ),
 }
 
 BAD_CHOICES = [
+    ("fault-kind", "explode"),
     ("strategy", "fedprox"),
     ("strategy", "FedAvg"),
     ("strategy", ""),
@@ -161,6 +183,10 @@ OUT_OF_RANGE = [
     ("hybrid-lambda-end", 1.01, "<= 1"),
     ("robust-mad-k", 0.0, "> 0"),
     ("robust-clip-norm", -1.0, ">= 0"),
+    ("fault-fraction", -0.1, ">= 0"),
+    ("fault-fraction", 1.1, "<= 1"),
+    ("fault-scale", 0.0, "> 0"),
+    ("straggle-seconds", -1.0, ">= 0"),
     ("learning-rate", math.nan, "a finite number"),
     ("hybrid-lambda", math.nan, "a finite number"),
 ]

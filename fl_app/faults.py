@@ -1,0 +1,66 @@
+"""Fault injection: clients that fail, straggle, poison their update or lie.
+
+Off by default (``fault-kind = "none"``). A fixed, seed-chosen ``fault-fraction`` of the
+clients is faulty for the whole run; each of them, in every round:
+
+- ``raise``: raises during ``fit`` (a crash, counted as a failure);
+- ``straggle``: sleeps ``straggle-seconds`` before answering (past ``round-timeout``);
+- ``nan`` / ``inf``: sends parameters with a NaN / +Inf in them;
+- ``wrong-shape``: sends a first layer with one row missing;
+- ``zero-examples`` / ``negative-examples``: reports 0 / -n training examples;
+- ``scale``: sends ``θ_g + s·Δ`` (``s = fault-scale``, ``Δ`` its honest update);
+- ``sign-flip``: sends ``θ_g − Δ``;
+- ``lie-quality``: sends ``θ_g − s·Δ`` and reports perfect quality (``val_accuracy`` 1,
+  ``val_loss`` 0): the attack quality weighting from client metrics cannot see.
+
+Numpy only, no torch or Flower: the client applies :func:`poison` to what it trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fl_app.config import RunConfig
+
+Arrays = list[NDArray[Any]]
+BEFORE_TRAINING = ("raise", "straggle")
+
+
+def is_faulty(cfg: RunConfig, partition_id: int, num_partitions: int) -> bool:
+    """Whether client ``partition_id`` is one of the ``fault-fraction`` faulty clients."""
+    if cfg.fault_kind == "none" or cfg.fault_fraction == 0:
+        return False
+    count = round(cfg.fault_fraction * num_partitions)
+    chosen = np.random.default_rng([cfg.seed, 99]).permutation(num_partitions)[:count]
+    return partition_id in set(chosen.tolist())
+
+
+def poison(
+    kind: str,
+    received: Arrays,
+    trained: Arrays,
+    num_examples: int,
+    metrics: dict[str, Any],
+    scale: float,
+) -> tuple[Arrays, int, dict[str, Any]]:
+    """What a faulty client of ``kind`` sends instead of (trained, num_examples, metrics)."""
+    arrays = [np.array(a, copy=True) for a in trained]
+    if kind in ("nan", "inf"):
+        arrays[0].reshape(-1)[0] = np.nan if kind == "nan" else np.inf
+    elif kind == "wrong-shape":
+        arrays[0] = arrays[0][:-1]
+    elif kind == "zero-examples":
+        num_examples = 0
+    elif kind == "negative-examples":
+        num_examples = -num_examples
+    elif kind in ("scale", "sign-flip", "lie-quality"):
+        factor = {"scale": scale, "sign-flip": -1.0, "lie-quality": -scale}[kind]
+        arrays = [
+            (g + factor * (t - g)).astype(t.dtype) for g, t in zip(received, trained, strict=True)
+        ]
+        if kind == "lie-quality":
+            metrics = {**metrics, "val_accuracy": 1.0, "val_loss": 0.0}
+    return arrays, num_examples, metrics

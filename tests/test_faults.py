@@ -1,0 +1,130 @@
+"""Fault injection: who is faulty, what each fault sends, and that the server copes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+import strategies
+from fl_app import client_app
+from fl_app.client_app import FlowerClient, make_client
+from fl_app.config import FAULT_KINDS, RunConfig
+from fl_app.data import data_spec
+from fl_app.faults import is_faulty
+from fl_app.models import build_model
+from fl_app.training import get_weights
+
+NUM_PARTITIONS = 5
+POISONED = ("nan", "inf", "wrong-shape", "zero-examples", "negative-examples")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Proxy:
+    cid: str
+
+
+def cfg_with(kind: str, fraction: float = 1.0, **extra: object) -> RunConfig:
+    return RunConfig(
+        local_epochs=1, device="cpu", fault_kind=kind, fault_fraction=fraction, **extra
+    )  # type: ignore[arg-type]
+
+
+def fit(
+    cfg: RunConfig, partition_id: int, parameters: list[np.ndarray]
+) -> tuple[list[np.ndarray], int, dict]:
+    client = make_client(cfg, {"partition-id": partition_id, "num-partitions": NUM_PARTITIONS})
+    inner = client.numpy_client  # type: ignore[attr-defined]
+    assert isinstance(inner, FlowerClient)
+    return inner.fit([p.copy() for p in parameters], {"server-round": 1})
+
+
+def global_model() -> list[np.ndarray]:
+    spec = data_spec(RunConfig())
+    return get_weights(build_model("mlp", spec.input_shape, spec.num_classes, seed=1))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.3, 0.5, 1.0])
+def test_the_faulty_clients_are_a_fixed_seeded_share(fraction: float) -> None:
+    cfg = cfg_with("nan", fraction)
+    faulty = [pid for pid in range(20) if is_faulty(cfg, pid, 20)]
+    assert len(faulty) == round(fraction * 20)
+    assert faulty == [pid for pid in range(20) if is_faulty(cfg, pid, 20)]
+    assert not any(is_faulty(cfg_with("none", fraction), pid, 20) for pid in range(20))
+
+
+def test_raise_fails_in_fit() -> None:
+    with pytest.raises(RuntimeError, match="injected fault"):
+        fit(cfg_with("raise"), 0, global_model())
+
+
+def test_straggle_sleeps_then_answers_honestly(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(client_app.time, "sleep", slept.append)
+    arrays, n, _ = fit(cfg_with("straggle", straggle_seconds=7.5), 0, global_model())
+    honest, honest_n, _ = fit(cfg_with("none"), 0, global_model())
+    assert slept == [7.5]
+    assert n == honest_n
+    for a, b in zip(arrays, honest, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["scale", "sign-flip", "lie-quality"])
+def test_model_poisoning_moves_the_update(kind: str) -> None:
+    g = global_model()
+    honest, n, honest_metrics = fit(cfg_with("none"), 1, g)
+    arrays, poisoned_n, metrics = fit(cfg_with(kind, fault_scale=10.0), 1, g)
+    factor = {"scale": 10.0, "sign-flip": -1.0, "lie-quality": -10.0}[kind]
+    assert poisoned_n == n
+    for a, h, w in zip(arrays, honest, g, strict=True):
+        np.testing.assert_allclose(a, w + factor * (h - w), rtol=1e-5, atol=1e-6)
+    if kind == "lie-quality":
+        assert (metrics["val_accuracy"], metrics["val_loss"]) == (1.0, 0.0)
+    else:
+        assert metrics == honest_metrics
+
+
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+@pytest.mark.parametrize("kind", POISONED)
+def test_every_poisoned_update_is_rejected_and_the_model_stays_finite(kind: str, name: str) -> None:
+    g = global_model()
+    honest = [fit(cfg_with("none"), pid, g) for pid in range(3)]
+    poisoned = fit(cfg_with(kind), 3, g)
+    results = [
+        (Proxy(str(i)), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), n, m))
+        for i, (a, n, m) in enumerate([*honest, poisoned])
+    ]
+    strategy = strategies.get(name, initial_parameters=ndarrays_to_parameters(g))
+    strategy.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics["rejected"] == 1
+    assert metrics["accepted"] == 3
+    assert parameters is not None
+    aggregated = parameters_to_ndarrays(parameters)
+    assert all(np.isfinite(layer).all() for layer in aggregated)
+    # The same as aggregating the honest updates alone.
+    clean = strategies.get(name, initial_parameters=ndarrays_to_parameters(g))
+    clean.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+    expected, _ = clean.aggregate_fit(1, results[:3], [])
+    assert expected is not None
+    for a, b in zip(aggregated, parameters_to_ndarrays(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fault_kinds_are_all_exercised() -> None:
+    tested = {"none", "raise", "straggle", "scale", "sign-flip", "lie-quality", *POISONED}
+    assert tested == set(FAULT_KINDS)
+    assert math.isclose(cfg_with("scale").fault_scale, 10.0)
