@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -38,12 +39,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.config import ConfigError, RunConfig, key_of
 from fl_app.presets import PRESETS
-from fl_app.results import describe, run_directory, summarize, write_comparison
+from fl_app.results import (
+    describe,
+    run_directory,
+    summarize,
+    write_comparison,
+    write_json_atomically,
+)
 from fl_app.server_loop import RoundRecord, RunListener, format_round
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
+SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
 Variants = dict[str, dict[str, Any]]
 
 
@@ -91,6 +100,13 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         default=0.9,
         help="comparison table: rounds to reach this accuracy",
     )
+    sim.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
+        "(flags still win, e.g. --num-server-rounds to extend it)",
+    )
     app = parser.add_argument_group("run config (keys of [tool.flwr.app.config])")
     for f in dataclasses.fields(RunConfig):
         key = key_of(f.name)
@@ -115,16 +131,19 @@ def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namesp
     """The run config, the simulation flags, and the variants to compare (empty: one run)."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset")
-    preset_name = first.parse_known_args(argv)[0].preset
+    first.add_argument("--resume", type=Path)
+    known = first.parse_known_args(argv)[0]
     defaults = pyproject_defaults()
     num_clients = 10
     variants: Variants = {}
-    if preset_name is not None:
-        if preset_name not in PRESETS:
+    if known.resume is not None:
+        defaults, num_clients = saved_run(known.resume)
+    if known.preset is not None:
+        if known.preset not in PRESETS:
             raise ConfigError(
-                f"--preset {preset_name!r} is not allowed: must be one of {', '.join(PRESETS)}"
+                f"--preset {known.preset!r} is not allowed: must be one of {', '.join(PRESETS)}"
             )
-        preset = PRESETS[preset_name]
+        preset = PRESETS[known.preset]
         defaults |= preset.config
         num_clients = preset.num_clients
         variants = preset.variants
@@ -144,6 +163,22 @@ def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namesp
             f"need at least {needed} (the run would wait forever)"
         )
     return cfg, args, variants
+
+
+def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
+    """The config and client count a run in ``directory`` was started with."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        simulation = json.loads((directory / SIMULATION_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--resume {str(directory)!r} is not allowed: not a run folder of this app ({err})"
+        ) from err
+    if not (directory / CHECKPOINT_FILE).is_file():
+        raise ConfigError(
+            f"--resume {str(directory)!r} is not allowed: it has no {CHECKPOINT_FILE}"
+        )
+    return config, int(simulation["num_clients"])
 
 
 class ProgressDisplay(RunListener):
@@ -184,9 +219,12 @@ class ProgressDisplay(RunListener):
 
 
 def run(
-    cfg: RunConfig, args: argparse.Namespace, console: Console | None = None
+    cfg: RunConfig,
+    args: argparse.Namespace,
+    console: Console | None = None,
+    resume: Checkpoint | None = None,
 ) -> list[RoundRecord]:
-    """Run one simulation; print a line per round and a summary; return the round records."""
+    """Run one simulation (or continue one); print a line per round and a summary; return the records."""
     from flwr.simulation import run_simulation
 
     from fl_app.client_app import client_app_for
@@ -204,10 +242,19 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    simulation = {
+        "num_clients": args.num_clients,
+        "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus,
+    }
+    write_json_atomically(directory / SIMULATION_FILE, simulation)
     display = ProgressDisplay(cfg, console)
+    if resume is not None:
+        display.rounds = list(resume.rounds)
+        display.progress.update(display.task, completed=resume.round)
     with display.progress:
         run_simulation(
-            server_app=server_app_for(cfg, listeners=[display]),
+            server_app=server_app_for(cfg, listeners=[display], resume=resume),
             client_app=client_app_for(cfg),
             num_supernodes=args.num_clients,
             backend_config={
@@ -267,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if variants:
         compare(cfg, args, variants)
+    elif args.resume is not None:
+        run(cfg, args, resume=load_checkpoint(args.resume / CHECKPOINT_FILE))
     else:
         run(cfg, args)
     return 0

@@ -162,12 +162,16 @@ class RunWriter(RunListener):
     """Keeps a run's folder up to date: config, history and metrics per round, model and plots at the end."""
 
     def __init__(
-        self, cfg: RunConfig, directory: Path, save_model: Callable[[NDArrays, Path], None]
+        self,
+        cfg: RunConfig,
+        directory: Path,
+        save_model: Callable[[NDArrays, Path], None],
+        rounds: Sequence[RoundRecord] = (),
     ) -> None:
         self.cfg = cfg
         self.directory = directory
         self.save_model = save_model
-        self.rounds: list[RoundRecord] = []
+        self.rounds: list[RoundRecord] = list(rounds)  # a resumed run's earlier rounds
         write_json_atomically(directory / "config.json", cfg.run_config)
 
     def round_done(self, record: RoundRecord) -> None:

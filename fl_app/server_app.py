@@ -15,6 +15,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig, SimpleClie
 from torch import nn
 
 import strategies
+from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
 from fl_app.data import ServerData, load_server_data
 from fl_app.models import build_model
@@ -62,8 +63,13 @@ def build_strategy(
     return strategies.get(cfg.strategy, **strategies.own_options(cfg.strategy, options))
 
 
-def server_components(cfg: RunConfig, listeners: Sequence[RunListener] = ()) -> ServerAppComponents:
-    """Server, strategy and round config for ``cfg``; results go to ``output-dir/<run-name>``."""
+def server_components(
+    cfg: RunConfig, listeners: Sequence[RunListener] = (), resume: Checkpoint | None = None
+) -> ServerAppComponents:
+    """Server, strategy and round config for ``cfg``; results go to ``output-dir/<run-name>``.
+
+    The run is checkpointed there after every round; ``resume`` continues from one.
+    """
     data = load_server_data(cfg)
     device = pick_device(cfg.device)
     model = build_model(cfg.model, data.spec.input_shape, data.spec.num_classes, cfg.seed).to(
@@ -79,7 +85,12 @@ def server_components(cfg: RunConfig, listeners: Sequence[RunListener] = ()) -> 
     server = ExperimentServer(
         client_manager=SimpleClientManager(),
         strategy=build_strategy(cfg, data, model, device),
-        listeners=[RunWriter(cfg, directory, save_model), *listeners],
+        listeners=[
+            RunWriter(cfg, directory, save_model, resume.rounds if resume else ()),
+            *listeners,
+        ],
+        checkpoint_path=directory / CHECKPOINT_FILE,
+        resume=resume,
     )
     return ServerAppComponents(
         server=server,
@@ -94,11 +105,13 @@ def server_fn(context: Context) -> ServerAppComponents:
     return server_components(RunConfig.from_mapping(context.run_config))
 
 
-def server_app_for(cfg: RunConfig, listeners: Sequence[RunListener] = ()) -> ServerApp:
+def server_app_for(
+    cfg: RunConfig, listeners: Sequence[RunListener] = (), resume: Checkpoint | None = None
+) -> ServerApp:
     """A ServerApp bound to ``cfg`` (the simulation API passes no run config)."""
 
     def build(context: Context) -> ServerAppComponents:
-        return server_components(cfg, listeners)
+        return server_components(cfg, listeners, resume)
 
     return ServerApp(server_fn=build)
 

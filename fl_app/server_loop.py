@@ -5,14 +5,17 @@ from __future__ import annotations
 import timeit
 from collections.abc import Sequence
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
-from flwr.common import NDArrays, Scalar, parameters_to_ndarrays
+from flwr.common import NDArrays, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server import Server
 from flwr.server.client_manager import ClientManager
 from flwr.server.history import History
 from flwr.server.strategy import Strategy
+
+from fl_app.checkpoint import Checkpoint, save_checkpoint
 
 RoundRecord = dict[str, Any]
 
@@ -43,16 +46,32 @@ class ExperimentServer(Server):
         client_manager: ClientManager,
         strategy: Strategy,
         listeners: Sequence[RunListener] = (),
+        checkpoint_path: Path | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         super().__init__(client_manager=client_manager, strategy=strategy)
         self.listeners = list(listeners)
+        self.checkpoint_path = checkpoint_path
+        self.resume = resume
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
         history = History()
-        start = timeit.default_timer()
-        self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
-        self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start, start)
-        for server_round in range(1, num_rounds + 1):
+        rounds: list[RoundRecord] = []
+        if self.resume is None:
+            start = timeit.default_timer()
+            self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
+            self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start, start, rounds)
+            first_round = 1
+        else:  # continue after the checkpoint's round as if never interrupted
+            rounds = list(self.resume.rounds)
+            start = timeit.default_timer() - float(rounds[-1]["elapsed"] if rounds else 0.0)
+            self.parameters = ndarrays_to_parameters(self.resume.global_model)
+            load_state = getattr(self.strategy, "load_state", None)
+            if load_state is not None:
+                load_state(self.resume.strategy_state)
+            first_round = self.resume.round + 1
+            log(INFO, "resuming after round %d", self.resume.round)
+        for server_round in range(first_round, num_rounds + 1):
             round_start = timeit.default_timer()
             record: RoundRecord = {"round": server_round}
             fitted = self.fit_round(server_round=server_round, timeout=timeout)
@@ -69,11 +88,23 @@ class ExperimentServer(Server):
                 history.add_loss_distributed(server_round=server_round, loss=loss)
                 history.add_metrics_distributed(server_round=server_round, metrics=metrics)
                 record |= {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
-            self._emit(record, round_start, start)
+            self._emit(record, round_start, start, rounds)
         final = parameters_to_ndarrays(self.parameters)
         for listener in self.listeners:
             listener.run_done(final)
         return history, timeit.default_timer() - start
+
+    def _checkpoint(self, server_round: int, rounds: list[RoundRecord]) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = getattr(self.strategy, "state", None)
+        checkpoint = Checkpoint(
+            round=server_round,
+            global_model=parameters_to_ndarrays(self.parameters),
+            strategy_state=state() if state is not None else {},
+            rounds=rounds,
+        )
+        save_checkpoint(self.checkpoint_path, checkpoint)
 
     def _evaluate_centrally(self, server_round: int, history: History) -> dict[str, Scalar]:
         evaluated = self.strategy.evaluate(server_round, parameters=self.parameters)
@@ -84,12 +115,17 @@ class ExperimentServer(Server):
         history.add_metrics_centralized(server_round=server_round, metrics=metrics)
         return {"central_loss": loss, **{f"central_{k}": v for k, v in metrics.items()}}
 
-    def _emit(self, record: RoundRecord, round_start: float, start: float) -> None:
+    def _emit(
+        self, record: RoundRecord, round_start: float, start: float, rounds: list[RoundRecord]
+    ) -> None:
         now = timeit.default_timer()
         record |= {"seconds": now - round_start, "elapsed": now - start}
+        rounds.append(record)
         log(INFO, "%s", format_round(record))
         for listener in self.listeners:
             listener.round_done(record)
+        # After the listeners: a checkpoint never runs ahead of history.json.
+        self._checkpoint(record["round"], rounds)
 
 
 def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:

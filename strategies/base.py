@@ -171,6 +171,17 @@ class AggregationStrategy(FlowerFedAvg):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(accept_failures={self.accept_failures})"
 
+    # ---- state to checkpoint --------------------------------------------------------
+
+    def state(self) -> dict[str, Model]:
+        """A copy of what the strategy carries from round to round (server momentum)."""
+        return {} if self.velocity is None else {"velocity": [v.copy() for v in self.velocity]}
+
+    def load_state(self, state: Mapping[str, Sequence[Array]]) -> None:
+        """Restore what :meth:`state` returned."""
+        velocity = state.get("velocity")
+        self.velocity = None if velocity is None else [np.array(v) for v in velocity]
+
     # ---- hooks for subclasses -------------------------------------------------------
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:

@@ -1,0 +1,152 @@
+"""Checkpoints: atomic per-round state, and a killed run resumed to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+import strategies
+from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from tests.processes import (
+    ROOT,
+    TAG_VARIABLE,
+    isolated_env,
+    leftovers,
+    run_simulation_cli,
+    tagged_pids,
+)
+from tests.test_strategies import results_of
+
+
+def test_checkpoint_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    first = Checkpoint(
+        round=3,
+        global_model=[np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1], dtype=np.int64)],
+        strategy_state={"velocity": [np.full((2, 3), 0.5, dtype=np.float32), np.zeros(1)]},
+        rounds=[{"round": 0, "central_loss": 2.3}, {"round": 3, "weights": '{"a": 1.0}'}],
+    )
+    save_checkpoint(path, first)
+    save_checkpoint(path, Checkpoint(round=4, global_model=first.global_model, rounds=first.rounds))
+    second = load_checkpoint(path)
+    assert second.round == 4
+    assert second.strategy_state == {}
+    assert second.rounds == first.rounds
+    for got, want in zip(second.global_model, first.global_model, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    save_checkpoint(path, first)
+    again = load_checkpoint(path)
+    np.testing.assert_array_equal(
+        again.strategy_state["velocity"][0], first.strategy_state["velocity"][0]
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no temporary left behind
+
+
+def test_server_momentum_state_restores_exactly() -> None:
+    rng = np.random.default_rng(0)
+    g = [rng.normal(size=(3, 2)).astype(np.float32)]
+    rounds = [
+        results_of([[rng.normal(size=(3, 2)).astype(np.float32)] for _ in range(3)], [5, 7, 9])
+        for _ in range(2)
+    ]
+
+    def strategy() -> strategies.AggregationStrategy:
+        s = strategies.FedAvg(
+            server_momentum=0.9,
+            server_learning_rate=0.5,
+            initial_parameters=ndarrays_to_parameters(g),
+        )
+        s.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+        return s
+
+    uninterrupted = strategy()
+    after_one, _ = uninterrupted.aggregate_fit(1, rounds[0], [])
+    assert after_one is not None
+    saved = uninterrupted.state()
+    uninterrupted.global_model = parameters_to_ndarrays(after_one)
+    want, _ = uninterrupted.aggregate_fit(2, rounds[1], [])
+
+    resumed = strategy()
+    resumed.load_state(saved)
+    resumed.global_model = parameters_to_ndarrays(after_one)
+    got, _ = resumed.aggregate_fit(2, rounds[1], [])
+    assert got is not None
+    assert want is not None
+    assert parameters_to_ndarrays(got)[0].tobytes() == parameters_to_ndarrays(want)[0].tobytes()
+    # Without the velocity the second round differs: the state matters.
+    forgetful = strategy()
+    forgetful.global_model = parameters_to_ndarrays(after_one)
+    other, _ = forgetful.aggregate_fit(2, rounds[1], [])
+    assert other is not None
+    assert parameters_to_ndarrays(other)[0].tobytes() != parameters_to_ndarrays(want)[0].tobytes()
+
+
+FLAGS = [
+    "--num-clients",
+    "4",
+    "--num-server-rounds",
+    "6",
+    "--server-momentum",
+    "0.5",
+    "--local-epochs",
+    "1",
+]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    run_simulation_cli(tmp_path, "--run-name", "whole", *FLAGS)
+
+    broken = tmp_path / "broken"
+    with isolated_env() as env:
+        command = [
+            sys.executable,
+            "run_simulation.py",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "broken",
+            *FLAGS,
+        ]
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 300
+        while (
+            not (broken / CHECKPOINT_FILE).is_file()
+            or load_checkpoint(broken / CHECKPOINT_FILE).round < 2
+        ):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pid in tagged_pids(env[TAG_VARIABLE]):  # a crash: no chance to clean up
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert leftovers(env[TAG_VARIABLE]) == []
+    killed_at = load_checkpoint(broken / CHECKPOINT_FILE).round
+    assert 2 <= killed_at < 6
+    assert not (broken / "final_model.pt").exists()
+
+    stdout = run_simulation_cli(tmp_path, "--resume", str(broken))
+    assert f"round   {killed_at + 1}/6" in stdout
+    assert f"round   {killed_at}/6" not in stdout  # finished rounds are not run again
+
+    whole = torch.load(tmp_path / "whole" / "final_model.pt")
+    resumed = torch.load(broken / "final_model.pt")
+    for key, tensor in whole.items():
+        assert torch.equal(resumed[key], tensor), key
+    whole_rounds = json.loads((tmp_path / "whole" / "history.json").read_text())["rounds"]
+    resumed_rounds = json.loads((broken / "history.json").read_text())["rounds"]
+    assert [r["round"] for r in resumed_rounds] == list(range(7))
+    assert [r["central_loss"] for r in resumed_rounds] == [r["central_loss"] for r in whole_rounds]
