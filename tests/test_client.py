@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from flwr.client import Client
 from flwr.common import (
     Code,
@@ -34,12 +32,7 @@ def node(partition_id: int) -> dict[str, int]:
     return {"partition-id": partition_id, "num-partitions": NUM_PARTITIONS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def global_weights(seed: int = 0) -> list[np.ndarray]:
