@@ -7,14 +7,14 @@ file and renaming it, so a run killed at any moment leaves the last complete rou
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from fl_app.files import atomic_file, json_default
 
 CHECKPOINT_FILE = "checkpoint.npz"
 
@@ -41,11 +41,9 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "rounds": checkpoint.rounds,
         "state": sorted(checkpoint.strategy_state),
     }
-    arrays["meta"] = np.array(json.dumps(meta, default=_jsonable))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.savez(tmp, allow_pickle=False, **arrays)
-    os.replace(tmp.name, path)
+    arrays["meta"] = np.array(json.dumps(meta, default=json_default))
+    with atomic_file(path, "wb") as f:
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -63,9 +61,3 @@ def load_checkpoint(path: Path) -> Checkpoint:
             strategy_state={name: layers(f"state/{name}/") for name in meta["state"]},
             rounds=list(meta["rounds"]),
         )
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

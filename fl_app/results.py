@@ -12,8 +12,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 from flwr.common import NDArrays
 
 from fl_app.config import RunConfig
+from fl_app.files import atomic_file, json_default
 from fl_app.server_loop import RoundRecord, RunListener
 
 # metrics.csv, one row per round (round 0: the initial model).
@@ -49,21 +48,12 @@ def run_directory(cfg: RunConfig) -> Path:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)  # a temporary file starts private (0600)
-    os.replace(tmp.name, path)
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    write_text_atomically(path, json.dumps(payload, indent=2, default=_jsonable))
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    write_text_atomically(path, json.dumps(payload, indent=2, default=json_default))
 
 
 def _finite(value: Any) -> bool:
