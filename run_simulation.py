@@ -284,7 +284,7 @@ def compare(cfg: RunConfig, args: argparse.Namespace, variants: Variants) -> Pat
     """One run per variant (same data and seed), then comparison.md and comparison.png."""
     console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    directory = (Path(cfg.output_dir).expanduser() / name).resolve()
+    directory = run_directory(dataclasses.replace(cfg, run_name=name))
     runs: dict[str, tuple[list[RoundRecord], float]] = {}
     for variant, overrides in variants.items():
         variant_cfg = RunConfig.from_mapping(
