@@ -9,6 +9,7 @@ server step, and report what happened in the round's metrics.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -24,7 +25,7 @@ from flwr.common import (
     NDArrays,
     Parameters,
     Scalar,
-    ndarrays_to_parameters,
+    ndarray_to_bytes,
     parameters_to_ndarrays,
 )
 from flwr.common.logger import log
@@ -50,10 +51,27 @@ def weighted_metrics(results: list[tuple[int, Metrics]]) -> Metrics:
     return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+# .npy major version -> (header length field size, reader); the header follows the field.
 _NPY_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
+    1: (2, np.lib.format.read_array_header_1_0),
+    2: (4, np.lib.format.read_array_header_2_0),
 }
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Shape, Fortran order and dtype of an ``.npy`` header.
+
+    Every client sends the same model layout, so a round parses each distinct header
+    once instead of once per client and layer.
+    """
+    stream = io.BytesIO(prefix)
+    major, _ = np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = _NPY_HEADER_READERS[major][1](stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not model parameters")
+    return shape, fortran_order, dtype
 
 
 def decode_parameters(parameters: Parameters) -> list[Array]:
@@ -64,18 +82,40 @@ def decode_parameters(parameters: Parameters) -> list[Array]:
     """
     arrays = []
     for tensor in parameters.tensors:
-        header = io.BytesIO(tensor)
-        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(header))
-        if read_header is None:  # a rarer .npy version: let numpy parse (and copy) it
+        if len(tensor) < 8 or tensor[:6] != _NPY_MAGIC:
+            raise ValueError(f"not .npy data: no magic string (starts with {bytes(tensor[:8])!r})")
+        reader = _NPY_HEADER_READERS.get(tensor[6])
+        if reader is None:  # a rarer .npy version: let numpy parse (and copy) it
             arrays.append(np.load(io.BytesIO(tensor), allow_pickle=False))
             continue
-        shape, fortran_order, dtype = read_header(header)
-        if dtype.hasobject:
-            raise ValueError("object arrays are not model parameters")
-        count = math.prod(shape)
-        flat = np.frombuffer(tensor, dtype=dtype, count=count, offset=header.tell())
+        length_bytes = reader[0]
+        offset = 8 + length_bytes + int.from_bytes(tensor[8 : 8 + length_bytes], "little")
+        shape, fortran_order, dtype = _npy_header(bytes(tensor[:offset]))
+        flat = np.frombuffer(tensor, dtype=dtype, count=math.prod(shape), offset=offset)
         arrays.append(flat.reshape(shape, order="F" if fortran_order else "C"))
     return arrays
+
+
+def encode_parameters(arrays: list[Array]) -> Parameters:
+    """``arrays`` as Flower ``Parameters``, byte for byte what ``ndarrays_to_parameters`` gives.
+
+    Each C-contiguous layer is copied once, straight into its ``.npy`` bytes (``np.save``
+    into a buffer copies twice), and ``arrays`` is emptied as it goes, so the peak is
+    the model plus one layer.
+    """
+    tensors = []
+    while arrays:
+        array = arrays.pop(0)
+        if not array.flags.c_contiguous or array.dtype.kind not in "biuf":
+            tensors.append(ndarray_to_bytes(array))
+            continue
+        header = io.BytesIO()  # a plain dtype's header always fits format 1.0, as in np.save
+        np.lib.format.write_array_header_1_0(
+            header, np.lib.format.header_data_from_array_1_0(array)
+        )
+        tensors.append(b"".join((header.getvalue(), array.data)))
+        del array
+    return Parameters(tensors=tensors, tensor_type="numpy.ndarray")
 
 
 def _content_key(result: tuple[ClientProxy, FitRes]) -> tuple[int, bytes]:
@@ -89,15 +129,25 @@ def _content_key(result: tuple[ClientProxy, FitRes]) -> tuple[int, bytes]:
     return num_examples, b"".join(bytes(t[-16:]) for t in fit_res.parameters.tensors)
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientUpdate:
-    """One client's decoded update as the strategy sees it."""
+    """One client's update as the strategy sees it.
+
+    ``arrays`` are the decoded layers while the update is validated (``check_update``);
+    they are released after validation, so memory does not grow with the number of
+    clients, and decoded again, one update at a time, to fold them. What a strategy
+    needs of the layers to choose coefficients is measured during validation:
+    ``quality`` (quality-weighted strategies) and ``distance`` ``‖θ_i − θ_g‖`` (when
+    :meth:`AggregationStrategy.needs_distance` says so).
+    """
 
     client_id: str
+    parameters: Parameters
     arrays: list[Array]
     num_examples: int
-    metrics: Mapping[str, Scalar]
+    metrics: dict[str, Scalar]
     quality: float = math.nan
+    distance: float = math.nan
 
 
 @dataclass
@@ -192,6 +242,10 @@ class AggregationStrategy(FlowerFedAvg):
         """Strategy-specific validation; return the reason to reject, or None."""
         return None
 
+    def needs_distance(self, server_round: int) -> bool:
+        """Whether :meth:`coefficients` reads ``ClientUpdate.distance`` this round."""
+        return False
+
     # ---- Flower Strategy API --------------------------------------------------------
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -234,13 +288,21 @@ class AggregationStrategy(FlowerFedAvg):
             return None, metrics
 
         chosen = self.coefficients(server_round, updates)
-        pairs: list[tuple[Sequence[Array], float]] = [
-            (u.arrays, float(c)) for u, c in zip(updates, chosen.clients, strict=True) if c != 0.0
+        pairs: list[tuple[Parameters | NDArrays, float]] = [
+            (u.parameters, float(c))
+            for u, c in zip(updates, chosen.clients, strict=True)
+            if c != 0.0
         ]
         folded = len(pairs)
         if chosen.global_model != 0.0:
             pairs.append((self._require_global(), chosen.global_model))
-        average = aggregate.weighted_sum(pairs, template=updates[0].arrays)
+        average = aggregate.weighted_sum(
+            (
+                (decode_parameters(layers) if isinstance(layers, Parameters) else layers, c)
+                for layers, c in pairs
+            ),
+            template=decode_parameters(updates[0].parameters),
+        )
         if self.server_learning_rate != 1.0 or self.server_momentum != 0.0:
             average, self.velocity = aggregate.server_step(
                 average,
@@ -256,7 +318,7 @@ class AggregationStrategy(FlowerFedAvg):
             {u.client_id: round(float(w), 6) for u, w in zip(updates, weights, strict=True)}
         )
         if self.fit_metrics_aggregation_fn is not None:
-            client_metrics = [(u.num_examples, dict(u.metrics)) for u in updates]
+            client_metrics = [(u.num_examples, u.metrics) for u in updates]
             metrics = self.fit_metrics_aggregation_fn(client_metrics) | metrics
         log(
             INFO,
@@ -267,7 +329,7 @@ class AggregationStrategy(FlowerFedAvg):
             rejected,
             len(failures),
         )
-        return ndarrays_to_parameters(average), metrics
+        return encode_parameters(average), metrics
 
     # ---- internals ------------------------------------------------------------------
 
@@ -300,8 +362,11 @@ class AggregationStrategy(FlowerFedAvg):
             else:
                 if template is None:  # no global model known: the first result sets the layout
                     template = arrays
-                update = ClientUpdate(proxy.cid, arrays, fit_res.num_examples, fit_res.metrics)
+                update = ClientUpdate(
+                    proxy.cid, fit_res.parameters, arrays, fit_res.num_examples, fit_res.metrics
+                )
                 reason = self._check(server_round, update, template)
+                update.arrays = []
             if reason is None:
                 updates.append(update)
             else:
@@ -328,4 +393,6 @@ class AggregationStrategy(FlowerFedAvg):
             return shape_problem
         if not aggregate.all_finite(update.arrays):
             return "parameters contain NaN or Inf"
+        if self.needs_distance(server_round):
+            update.distance = aggregate.distance(update.arrays, self._require_global())
         return self.check_update(server_round, update)

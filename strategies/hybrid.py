@@ -80,13 +80,15 @@ class Hybrid(QualityWeighted):
     def needs_quality(self, server_round: int) -> bool:
         return self.lambda_at(server_round) < 1.0
 
+    def needs_distance(self, server_round: int) -> bool:
+        return self.robust_filter != "none"
+
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         count = len(updates)
         kept = np.ones(count, dtype=bool)
         scale = np.ones(count)
         if self.robust_filter != "none":
-            reference = self._require_global()
-            norms = [aggregate.distance(u.arrays, reference) for u in updates]
+            norms = [u.distance for u in updates]
             if self.robust_filter == "mad":
                 kept = aggregate.mad_inliers(norms, self.robust_mad_k)
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import strategies
 from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage, linear_schedule
-from strategies.base import AggregationStrategy, decode_parameters
+from strategies.base import AggregationStrategy, decode_parameters, encode_parameters
 
 OK = Status(code=Code.OK, message="")
 
@@ -874,6 +875,65 @@ def test_decode_parameters_rejects_garbage_and_object_arrays():
         decode_parameters(Parameters(tensors=[b"garbage"], tensor_type="numpy.ndarray"))
     with pytest.raises(ValueError, match="object"):
         decode_parameters(Parameters(tensors=[_object_npy()], tensor_type="numpy.ndarray"))
+
+
+def test_decode_parameters_parses_each_distinct_header_once():
+    # Headers are cached by their bytes: two models of the same layout, different values.
+    first = decode_parameters(ndarrays_to_parameters([np.arange(3.0)]))
+    second = decode_parameters(ndarrays_to_parameters([np.arange(3.0) + 10]))
+    other = decode_parameters(ndarrays_to_parameters([np.arange(4, dtype=np.int32)]))
+    np.testing.assert_array_equal(first[0], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(second[0], [10.0, 11.0, 12.0])
+    assert other[0].dtype == np.int32
+    np.testing.assert_array_equal(other[0], [0, 1, 2, 3])
+
+
+def test_encode_parameters_is_byte_for_byte_flowers_and_releases_the_layers():
+    arrays = [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array(2.5, dtype=np.float16),  # 0-d
+        np.zeros((0, 3), dtype=np.float32),  # empty
+        np.arange(4, dtype=">f4"),  # big-endian
+        np.array([True, False]),
+        np.arange(6, dtype=np.uint8).reshape(2, 3),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),  # not C-contiguous: Flower's path
+        np.arange(10.0)[::2],  # strided view
+        np.array([1 + 2j]),  # complex: Flower's path
+    ]
+    want = ndarrays_to_parameters(arrays)
+    layers = list(arrays)
+    got = encode_parameters(layers)
+    assert layers == []
+    assert got.tensor_type == want.tensor_type
+    assert got.tensors == want.tensors
+
+
+def test_aggregate_fit_extra_memory_is_about_one_model_whatever_the_client_count():
+    # The result is one model; on top of it the fold needs one accumulator. Nothing
+    # may scale with clients × model (Flower's inplace=False keeps every update).
+    params = 100_000
+    model_bytes = 4 * params
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(params, dtype=np.float32)
+
+    def peak(num_clients: int) -> int:
+        results = results_of(
+            [[base + i] for i in range(num_clients)],
+            [10 + i for i in range(num_clients)],
+            [{"val_accuracy": 0.5} for _ in range(num_clients)],
+        )
+        strategy = make(Hybrid, [base], robust_filter="mad", hybrid_lambda=0.5)
+        tracemalloc.start()
+        try:
+            strategy.aggregate_fit(1, results, [])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(5)  # first calls import lazily (numpy, logging): not the fold's memory
+    few, many = peak(5), peak(200)
+    assert few < 2.2 * model_bytes
+    assert many - few < 195 * 400  # bookkeeping only: no decoded arrays kept per client
 
 
 def test_quality_client_source_ignores_a_score_fn():
