@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -64,6 +66,25 @@ def all_digits() -> ArrayDataset:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     return ArrayDataset(x, digits.target.astype(np.int64))
+
+
+def test_digits_are_scikit_learns_exactly_without_importing_it() -> None:
+    code = (
+        "import sys; from fl_app.config import RunConfig; from fl_app.data import pool; "
+        "pool(RunConfig()); print('sklearn' in sys.modules)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert imported.strip() == "False"
+    data = pool(RunConfig())
+    full = all_digits()
+    got = ArrayDataset.concat([data.test, data.server_val, data.clients])
+    order = np.random.default_rng(RunConfig().seed).permutation(len(full))
+    np.testing.assert_array_equal(got.x, full.x[order])
+    np.testing.assert_array_equal(got.y, full.y[order])
+    assert got.x.dtype == np.float32
+    assert got.y.dtype == np.int64
 
 
 def partitions(cfg: RunConfig, n: int = NUM_PARTITIONS) -> list[np.ndarray]:
