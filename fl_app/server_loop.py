@@ -19,6 +19,12 @@ from fl_app.checkpoint import Checkpoint, save_checkpoint
 
 RoundRecord = dict[str, Any]
 
+# Threads that send a round's messages (Flower's default: min(32, CPUs + 4), 6 on 2 cores).
+# Each thread waits for its client's reply, polling every 0.1 s, before it sends the next
+# message, so with fewer threads than sampled clients a round runs in waves, each paying
+# the polling delays again. Waiting threads cost no CPU.
+MESSAGE_THREADS = 512
+
 
 class RunListener:
     """Told about every finished round and, at the end, the final global model."""
@@ -50,6 +56,7 @@ class ExperimentServer(Server):
         resume: Checkpoint | None = None,
     ) -> None:
         super().__init__(client_manager=client_manager, strategy=strategy)
+        self.set_max_workers(MESSAGE_THREADS)
         self.listeners = list(listeners)
         self.checkpoint_path = checkpoint_path
         self.resume = resume
