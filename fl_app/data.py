@@ -249,8 +249,23 @@ def _partitioner(cfg: RunConfig, num_partitions: int) -> Any:
     return partitioner
 
 
+def iid_rows(size: int, partition_id: int, num_partitions: int) -> NDArray[np.int64]:
+    """flwr-datasets' ``IidPartitioner`` split, without importing flwr-datasets.
+
+    The same contiguous shards (``Dataset.shard(contiguous=True)``: the first
+    ``size % num_partitions`` get one row more) of the already shuffled pool. Importing
+    flwr-datasets (HF datasets, pandas, seaborn) costs each process one to two seconds:
+    every Ray worker, and every message's ClientApp process in a deployment.
+    """
+    base, extra = divmod(size, num_partitions)
+    start = base * partition_id + min(partition_id, extra)
+    return np.arange(start, start + base + int(partition_id < extra), dtype=np.int64)
+
+
 def partition_indices(cfg: RunConfig, partition_id: int, num_partitions: int) -> NDArray[np.int64]:
     """Rows of the client pool that belong to ``partition_id``."""
+    if cfg.partitioner == "iid":
+        return iid_rows(len(pool(cfg).clients), partition_id, num_partitions)
     partitioner = _partitioner(cfg, num_partitions)
     return np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
 
@@ -312,7 +327,9 @@ def load_server_data(cfg: RunConfig) -> ServerData:
     )
 
 
-@functools.lru_cache(maxsize=256)
+# A process meets a client again only when a later round samples it again; a small cache
+# serves the usual few-client runs and stays a few MB when thousands of clients are sampled.
+@functools.lru_cache(maxsize=32)
 def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     """Client ``partition_id``'s training and local validation data (cached per process)."""
     if not 0 <= partition_id < num_partitions:

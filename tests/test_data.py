@@ -19,6 +19,7 @@ from fl_app.config import RunConfig
 from fl_app.data import (
     SYNTHETIC_FEATURES,
     ArrayDataset,
+    iid_rows,
     load_client_data,
     load_server_data,
     partition_indices,
@@ -68,15 +69,20 @@ def all_digits() -> ArrayDataset:
     return ArrayDataset(x, digits.target.astype(np.int64))
 
 
-def test_digits_are_scikit_learns_exactly_without_importing_it() -> None:
+def test_a_default_client_imports_neither_scikit_learn_nor_flwr_datasets() -> None:
+    # Each import costs every simulation worker (and every deployment message) a second.
     code = (
-        "import sys; from fl_app.config import RunConfig; from fl_app.data import pool; "
-        "pool(RunConfig()); print('sklearn' in sys.modules)"
+        "import sys; from fl_app.config import RunConfig; from fl_app.data import "
+        "load_client_data; load_client_data(RunConfig(), 3, 10); "
+        "print(sorted({'sklearn', 'flwr_datasets', 'datasets'} & set(sys.modules)))"
     )
     imported = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert imported.strip() == "False"
+    assert imported.strip() == "[]"
+
+
+def test_digits_are_scikit_learns_exactly() -> None:
     data = pool(RunConfig())
     full = all_digits()
     got = ArrayDataset.concat([data.test, data.server_val, data.clients])
@@ -85,6 +91,18 @@ def test_digits_are_scikit_learns_exactly_without_importing_it() -> None:
     np.testing.assert_array_equal(got.y, full.y[order])
     assert got.x.dtype == np.float32
     assert got.y.dtype == np.int64
+
+
+@pytest.mark.parametrize(("size", "num_partitions"), [(1258, 10), (1258, 100), (7, 3), (5, 5)])
+def test_iid_rows_are_flwr_datasets_iid_partitions(size: int, num_partitions: int) -> None:
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    partitioner = IidPartitioner(num_partitions=num_partitions)
+    partitioner.dataset = Dataset.from_dict({"row": np.arange(size)})
+    for partition_id in range(num_partitions):
+        want = np.asarray(partitioner.load_partition(partition_id)["row"])
+        np.testing.assert_array_equal(iid_rows(size, partition_id, num_partitions), want)
 
 
 def partitions(cfg: RunConfig, n: int = NUM_PARTITIONS) -> list[np.ndarray]:
