@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import strategies
@@ -45,7 +45,7 @@ def make_results(num_clients: int, num_params: int, seed: int = 0) -> tuple[list
     results = []
     for i in range(num_clients):
         arrays = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
-        metrics = {
+        metrics: dict[str, Scalar] = {
             "val_accuracy": float(rng.uniform(0.5, 0.9)),
             "val_loss": float(rng.uniform(0.2, 1.0)),
         }

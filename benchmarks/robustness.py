@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rich.console import Console
+
 import run_simulation
 from fl_app.results import summarize
 
@@ -49,7 +51,7 @@ STRATEGIES = {
 def final_accuracy(flags: list[str]) -> float:
     cfg, args, _ = run_simulation.parse(flags)
     with contextlib.redirect_stdout(io.StringIO()):  # one table, not a line per round
-        rounds = run_simulation.run(cfg, args, console=run_simulation.Console(file=io.StringIO()))
+        rounds = run_simulation.run(cfg, args, console=Console(file=io.StringIO()))
     accuracy = summarize(rounds)["final_accuracy"]
     return float("nan") if accuracy is None else float(accuracy)
 
