@@ -16,7 +16,7 @@ its worker processes, imports, first data loads, shutdown. ``× loop`` compares 
 rounds; ``overhead`` is (steady time − the loop's steady time) / client-rounds. Each
 contender runs ``--repeats`` times (3); the run with the median steady time counts.
 
-    python benchmarks/overhead.py               # light and heavy workload, about 4 minutes on 2 cores
+    python benchmarks/overhead.py               # light and heavy workload, about 3 minutes on 2 cores
     python benchmarks/overhead.py --repeats 1   # about 1.5 minutes
     python benchmarks/overhead.py --workload light
 """
