@@ -190,7 +190,7 @@ class ProgressDisplay(RunListener):
     def __init__(self, cfg: RunConfig, console: Console) -> None:
         self.cfg = cfg
         self.console = console
-        self.rounds: list[RoundRecord] = []
+        self.rounds: Sequence[RoundRecord] = ()  # the server's list, once a round is done
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -205,8 +205,9 @@ class ProgressDisplay(RunListener):
         )
         self.task = self.progress.add_task(cfg.strategy, total=cfg.num_server_rounds, last="")
 
-    def round_done(self, record: RoundRecord) -> None:
-        self.rounds.append(record)
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        self.rounds = rounds
+        record = rounds[-1]
         self.console.print(
             format_round(record, self.cfg.num_server_rounds),
             markup=False,
@@ -257,7 +258,7 @@ def run(
     write_json_atomically(directory / SIMULATION_FILE, simulation)
     display = ProgressDisplay(cfg, console)
     if resume is not None:
-        display.rounds = list(resume.rounds)
+        display.rounds = resume.rounds
         display.progress.update(display.task, completed=resume.round)
     with display.progress:
         run_simulation(
@@ -284,7 +285,7 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
-    return display.rounds
+    return list(display.rounds)
 
 
 def compare(cfg: RunConfig, args: argparse.Namespace, variants: Variants) -> Path:

@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +106,7 @@ class Marks(RunListener):
     def __init__(self, marks: list[float]) -> None:
         self.marks = marks
 
-    def round_done(self, record: RoundRecord) -> None:
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
         self.marks.append(time.perf_counter())
 
 

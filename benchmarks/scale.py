@@ -168,7 +168,8 @@ class RoundReporter(RunListener):
         self.last_end = start
         self.rows: list[RoundRow] = []
 
-    def round_done(self, record: RoundRecord) -> None:
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        record = rounds[-1]
         end = self.sampler.sample().time
         window = [s for s in self.sampler.samples if self.last_end < s.time <= end]
         row = RoundRow(

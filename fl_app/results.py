@@ -156,28 +156,25 @@ class RunWriter(RunListener):
         cfg: RunConfig,
         directory: Path,
         save_model: Callable[[NDArrays, Path], None],
-        rounds: Sequence[RoundRecord] = (),
     ) -> None:
         self.cfg = cfg
         self.directory = directory
         self.save_model = save_model
-        self.rounds: list[RoundRecord] = list(rounds)  # a resumed run's earlier rounds
         write_json_atomically(directory / "config.json", cfg.run_config)
 
-    def round_done(self, record: RoundRecord) -> None:
-        self.rounds.append(dict(record))
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
         history = {
             "config": self.cfg.run_config,
-            "rounds": self.rounds,
-            "summary": summarize(self.rounds),
+            "rounds": rounds,
+            "summary": summarize(rounds),
         }
         write_json_atomically(self.directory / "history.json", history)
-        write_text_atomically(self.directory / "metrics.csv", metrics_csv(self.rounds))
+        write_text_atomically(self.directory / "metrics.csv", metrics_csv(rounds))
 
-    def run_done(self, parameters: NDArrays) -> None:
+    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         self.save_model(parameters, self.directory / "final_model.pt")
         plot_run(
-            self.rounds,
+            rounds,
             self.directory,
             title=f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})",
         )

@@ -86,7 +86,7 @@ def server_components(
         client_manager=SimpleClientManager(),
         strategy=build_strategy(cfg, data, model, device),
         listeners=[
-            RunWriter(cfg, directory, save_model, resume.rounds if resume else ()),
+            RunWriter(cfg, directory, save_model),
             *listeners,
         ],
         checkpoint_path=directory / CHECKPOINT_FILE,

@@ -27,12 +27,17 @@ MESSAGE_THREADS = 512
 
 
 class RunListener:
-    """Told about every finished round and, at the end, the final global model."""
+    """Told about every finished round and, at the end, the final global model.
 
-    def round_done(self, record: RoundRecord) -> None:
+    ``rounds`` is the server's own list of records: every round so far (a resumed run's
+    earlier rounds included), the last one just finished. Read it; there is no need to
+    keep a copy.
+    """
+
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
         """Called after each round (round 0: the initial model's evaluation)."""
 
-    def run_done(self, parameters: NDArrays) -> None:
+    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         """Called once, after the last round, with the final global model."""
 
 
@@ -98,7 +103,7 @@ class ExperimentServer(Server):
             self._emit(record, round_start, start, rounds)
         final = parameters_to_ndarrays(self.parameters)
         for listener in self.listeners:
-            listener.run_done(final)
+            listener.run_done(final, rounds)
         return history, timeit.default_timer() - start
 
     def _checkpoint(self, server_round: int, rounds: list[RoundRecord]) -> None:
@@ -130,7 +135,7 @@ class ExperimentServer(Server):
         rounds.append(record)
         log(INFO, "%s", format_round(record))
         for listener in self.listeners:
-            listener.round_done(record)
+            listener.round_done(rounds)
         # After the listeners: a checkpoint never runs ahead of history.json.
         self._checkpoint(record["round"], rounds)
 

@@ -56,14 +56,14 @@ def test_run_writer_keeps_the_documented_files_up_to_date(tmp_path: Path) -> Non
         json.loads((tmp_path / "config.json").read_text())
         == RunConfig(strategy="hybrid").run_config
     )
-    for r in ROUNDS[:2]:
-        writer.round_done(r)
+    for done in (1, 2):
+        writer.round_done(ROUNDS[:done])
     # After every round: history and metrics so far (an interrupted run keeps them).
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [0, 1]
     assert history["summary"]["final_accuracy"] == 0.60
-    for r in ROUNDS[2:]:
-        writer.round_done(r)
+    for done in (3, 4):
+        writer.round_done(ROUNDS[:done])
     with (tmp_path / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == METRICS_COLUMNS
@@ -75,7 +75,7 @@ def test_run_writer_keeps_the_documented_files_up_to_date(tmp_path: Path) -> Non
     assert "weights" not in rows[1]
 
     final = [np.ones(3)]
-    writer.run_done(final)
+    writer.run_done(final, ROUNDS)
     assert saved == [(final, tmp_path / "final_model.pt")]
     for png in ("accuracy.png", "loss.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG
@@ -84,9 +84,10 @@ def test_run_writer_keeps_the_documented_files_up_to_date(tmp_path: Path) -> Non
 
 def test_regression_runs_plot_loss_only(tmp_path: Path) -> None:
     writer = RunWriter(RunConfig(), tmp_path, lambda arrays, path: None)
-    for r in (record(0, None, 9.0), record(1, None, 0.02)):
-        writer.round_done(r)
-    writer.run_done([])
+    rounds = [record(0, None, 9.0), record(1, None, 0.02)]
+    writer.round_done(rounds[:1])
+    writer.round_done(rounds)
+    writer.run_done([], rounds)
     assert (tmp_path / "loss.png").exists()
     assert not (tmp_path / "accuracy.png").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.common import (
@@ -65,10 +66,10 @@ class WaitingProxy(ClientProxy):
 
 class Records(RunListener):
     def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
+        self.rounds: Sequence[RoundRecord] = ()
 
-    def round_done(self, record: RoundRecord) -> None:
-        self.records.append(record)
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        self.rounds = rounds
 
 
 def test_a_round_sends_every_sampled_client_its_message_at_once() -> None:
@@ -90,7 +91,7 @@ def test_a_round_sends_every_sampled_client_its_message_at_once() -> None:
         listeners=[listener],
     )
     server.fit(num_rounds=1, timeout=None)
-    last = listener.records[-1]
+    last = listener.rounds[-1]
     assert (last["results"], last["failures"], last["accepted"]) == (num_clients, 0, num_clients)
     # Every client sent θ + 1 with 10 examples: the average is 1 (up to float32 sums).
     np.testing.assert_allclose(parameters_to_ndarrays(server.parameters)[0], 1.0, rtol=1e-6)
