@@ -85,11 +85,7 @@ def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
     total = 0.0
     for layer, ref in zip(arrays, reference, strict=True):
         flat_layer, flat_ref = _flat(layer), _flat(ref)
-        work = (
-            np.promote_types(layer.dtype, np.float32)
-            if np.issubdtype(layer.dtype, np.floating)
-            else np.dtype(np.float64)
-        )
+        work = np.promote_types(accumulator_dtype(layer.dtype), np.float32)
         for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
             buf = scratch.get(work, stop - start)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -288,21 +289,14 @@ class AggregationStrategy(FlowerFedAvg):
             return None, metrics
 
         chosen = self.coefficients(server_round, updates)
-        pairs: list[tuple[Parameters | NDArrays, float]] = [
-            (u.parameters, float(c))
-            for u, c in zip(updates, chosen.clients, strict=True)
-            if c != 0.0
-        ]
-        folded = len(pairs)
-        if chosen.global_model != 0.0:
-            pairs.append((self._require_global(), chosen.global_model))
-        average = aggregate.weighted_sum(
-            (
-                (decode_parameters(layers) if isinstance(layers, Parameters) else layers, c)
-                for layers, c in pairs
-            ),
-            template=decode_parameters(updates[0].parameters),
+        folded = [(u, float(c)) for u, c in zip(updates, chosen.clients, strict=True) if c != 0.0]
+        # Decoded one update at a time, as the fold reaches it.
+        terms: Iterator[tuple[Sequence[Array], float]] = (
+            (decode_parameters(u.parameters), c) for u, c in folded
         )
+        if chosen.global_model != 0.0:
+            terms = itertools.chain(terms, [(self._require_global(), chosen.global_model)])
+        average = aggregate.weighted_sum(terms, template=decode_parameters(updates[0].parameters))
         if self.server_learning_rate != 1.0 or self.server_momentum != 0.0:
             average, self.velocity = aggregate.server_step(
                 average,
@@ -324,7 +318,7 @@ class AggregationStrategy(FlowerFedAvg):
             INFO,
             "round %d: aggregated %d of %d results (%d rejected, %d failures)",
             server_round,
-            folded,
+            len(folded),
             len(results),
             rejected,
             len(failures),
