@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import parameters_to_ndarrays
 
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from tests.fakes import make, results_of
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
@@ -25,7 +26,6 @@ from tests.processes import (
     run_simulation_cli,
     tagged_pids,
 )
-from tests.test_strategies import results_of
 
 
 def test_checkpoint_round_trip_and_atomic_replace(tmp_path: Path) -> None:
@@ -62,13 +62,7 @@ def test_server_momentum_state_restores_exactly() -> None:
     ]
 
     def strategy() -> strategies.AggregationStrategy:
-        s = strategies.FedAvg(
-            server_momentum=0.9,
-            server_learning_rate=0.5,
-            initial_parameters=ndarrays_to_parameters(g),
-        )
-        s.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
-        return s
+        return make(strategies.FedAvg, g, server_momentum=0.9, server_learning_rate=0.5)
 
     uninterrupted = strategy()
     after_one, _ = uninterrupted.aggregate_fit(1, rounds[0], [])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import parameters_to_ndarrays
 
 import strategies
 from fl_app import client_app
@@ -17,17 +17,13 @@ from fl_app.data import data_spec
 from fl_app.faults import is_faulty
 from fl_app.models import build_model
 from fl_app.training import get_weights
+from tests.fakes import make, results_of
 
 NUM_PARTITIONS = 5
 POISONED = ("nan", "inf", "wrong-shape", "zero-examples", "negative-examples")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@dataclass
-class Proxy:
-    cid: str
 
 
 def cfg_with(kind: str, fraction: float = 1.0, **extra: object) -> RunConfig:
@@ -96,21 +92,18 @@ def test_every_poisoned_update_is_rejected_and_the_model_stays_finite(kind: str,
     g = global_model()
     honest = [fit(cfg_with("none"), pid, g) for pid in range(3)]
     poisoned = fit(cfg_with(kind), 3, g)
-    results = [
-        (Proxy(str(i)), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), n, m))
-        for i, (a, n, m) in enumerate([*honest, poisoned])
-    ]
-    strategy = strategies.get(name, initial_parameters=ndarrays_to_parameters(g))
-    strategy.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
-    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    sent = [*honest, poisoned]
+    results = results_of([a for a, _, _ in sent], [n for _, n, _ in sent], [m for _, _, m in sent])
+    parameters, metrics = make(functools.partial(strategies.get, name), g).aggregate_fit(
+        1, results, []
+    )
     assert metrics["rejected"] == 1
     assert metrics["accepted"] == 3
     assert parameters is not None
     aggregated = parameters_to_ndarrays(parameters)
     assert all(np.isfinite(layer).all() for layer in aggregated)
     # The same as aggregating the honest updates alone.
-    clean = strategies.get(name, initial_parameters=ndarrays_to_parameters(g))
-    clean.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+    clean = make(functools.partial(strategies.get, name), g)
     expected, _ = clean.aggregate_fit(1, results[:3], [])
     assert expected is not None
     for a, b in zip(aggregated, parameters_to_ndarrays(expected), strict=True):

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from flwr.common import (
-    Code,
     DisconnectRes,
     EvaluateIns,
     EvaluateRes,
@@ -18,7 +17,6 @@ from flwr.common import (
     GetPropertiesIns,
     GetPropertiesRes,
     ReconnectIns,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -27,8 +25,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fl_app.server_loop import ExperimentServer, RoundRecord, RunListener
 from strategies import FedAvg
-
-OK = Status(code=Code.OK, message="")
+from tests.fakes import OK
 
 
 class WaitingProxy(ClientProxy):

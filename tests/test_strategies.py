@@ -11,16 +11,12 @@ import json
 import math
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pytest
 from flwr.common import (
-    Code,
     FitRes,
     Parameters,
-    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -29,15 +25,7 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 import strategies
 from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage, linear_schedule
 from strategies.base import AggregationStrategy, decode_parameters, encode_parameters
-
-OK = Status(code=Code.OK, message="")
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """Stand-in for a ClientProxy: the strategies only read ``cid``."""
-
-    cid: str
+from tests.fakes import OK, Proxy, fit_res, make, results_of
 
 
 class NoClients:
@@ -50,40 +38,9 @@ class NoClients:
         return []
 
 
-def fit_res(arrays: Sequence[np.ndarray], num_examples: Any, **metrics: Any) -> FitRes:
-    return FitRes(
-        status=OK,
-        parameters=ndarrays_to_parameters(list(arrays)),
-        num_examples=num_examples,
-        metrics=dict(metrics),
-    )
-
-
-def results_of(
-    models: Sequence[Sequence[np.ndarray]],
-    counts: Sequence[int],
-    metrics: Sequence[dict[str, Any]] | None = None,
-    prefix: str = "c",
-) -> list[tuple[Proxy, FitRes]]:
-    metrics = metrics or [{} for _ in models]
-    return [
-        (Proxy(f"{prefix}{i}"), fit_res(m, n, **q))
-        for i, (m, n, q) in enumerate(zip(models, counts, metrics, strict=True))
-    ]
-
-
 def with_global(strategy: AggregationStrategy, global_model: Sequence[np.ndarray]):
     """Hand the strategy the current global model, as the server does in configure_fit."""
     strategy.configure_fit(1, ndarrays_to_parameters(list(global_model)), NoClients())
-    return strategy
-
-
-def make(cls: Callable[..., AggregationStrategy], global_model=None, **kwargs):
-    """Build a strategy; with ``global_model``, start from it via initial_parameters."""
-    if global_model is None:
-        return cls(**kwargs)
-    strategy = cls(initial_parameters=ndarrays_to_parameters(list(global_model)), **kwargs)
-    assert strategy.initialize_parameters(client_manager=None) is not None
     return strategy
 
 
