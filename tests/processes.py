@@ -7,9 +7,9 @@ new session, so scanning ``/proc/*/environ`` finds them all.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +18,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
+
+from scripts.local_deployment import flower_env
 
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +41,10 @@ def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> s
     return done.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def read_history(run_dir: Path) -> dict[str, Any]:
+    """The ``history.json`` a run wrote in ``run_dir``."""
+    history: dict[str, Any] = json.loads((run_dir / "history.json").read_text())
+    return history
 
 
 def tagged_pids(tag: str) -> list[int]:
@@ -106,21 +109,21 @@ def _state(pid: int) -> str:
 
 @contextmanager
 def isolated_env() -> Iterator[dict[str, str]]:
-    """An environment for Flower/Ray subprocesses: private homes, no telemetry, a tag.
+    """An environment for Flower/Ray subprocesses: private homes, offline, a tag.
 
-    On exit every process started with it is stopped, also when the test failed.
+    It is :func:`scripts.local_deployment.flower_env` (this venv's Flower commands first
+    on PATH, no telemetry, no runtime dependency install) plus private Flower and Ray
+    folders and a tag. On exit every process started with it is stopped, also when the
+    test failed.
     """
     tag = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="flwr") as home:
-        env = dict(os.environ)
+        env = flower_env()
         env.update(
             {
                 TAG_VARIABLE: tag,
                 "FLWR_HOME": str(Path(home) / "flwr"),
                 "RAY_TMPDIR": str(Path(home) / "ray"),
-                "FLWR_TELEMETRY_ENABLED": "0",
-                "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "HF_DATASETS_OFFLINE": "1",
                 "HF_HUB_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1",

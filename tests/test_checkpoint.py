@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from tests.processes import (
     TAG_VARIABLE,
     isolated_env,
     leftovers,
+    read_history,
     run_simulation_cli,
     tagged_pids,
 )
@@ -140,7 +140,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     resumed = torch.load(broken / "final_model.pt")
     for key, tensor in whole.items():
         assert torch.equal(resumed[key], tensor), key
-    whole_rounds = json.loads((tmp_path / "whole" / "history.json").read_text())["rounds"]
-    resumed_rounds = json.loads((broken / "history.json").read_text())["rounds"]
+    whole_rounds = read_history(tmp_path / "whole")["rounds"]
+    resumed_rounds = read_history(broken)["rounds"]
     assert [r["round"] for r in resumed_rounds] == list(range(7))
     assert [r["central_loss"] for r in resumed_rounds] == [r["central_loss"] for r in whole_rounds]

@@ -6,7 +6,6 @@ README's Deployment section uses) and stops them by PID, also when it fails.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from scripts import local_deployment as ld
-from tests.processes import ROOT, free_port, isolated_env, leftovers
+from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,13 @@ FAST = "fraction-evaluate=0.0 min-evaluate-clients=0"
 def env() -> Iterator[dict[str, str]]:
     with isolated_env() as environment:
         yield environment
-        tag = environment["FL_TEMPLATE_TEST_TAG"]
-    assert leftovers(tag, wait_seconds=0) == []
+        # Before isolated_env stops whatever is left: ld.down must have stopped it all.
+        assert leftovers(environment[TAG_VARIABLE]) == []
 
 
 def history_of(deployment: ld.Deployment, run_name: str) -> dict[str, Any]:
     # A relative output-dir lands beside the SuperLink, in the deployment's folder.
-    path = Path(deployment.directory) / "outputs" / run_name / "history.json"
-    result: dict[str, Any] = json.loads(path.read_text())
-    return result
+    return read_history(Path(deployment.directory) / "outputs" / run_name)
 
 
 def run_to_completion(deployment: ld.Deployment, env: dict[str, str], run_config: str) -> str:
@@ -69,7 +66,7 @@ def refused_supernode(
     command = [
         str(ld.BIN / "flower-supernode"),
         "--superlink", deployment.address,
-        "--port", str(free_port()),
+        "--port", str(ld.free_port()),
         # A refused connection is retried (forever by default): bound the retries.
         "--max-retries", "2",
         "--max-wait-time", "20",

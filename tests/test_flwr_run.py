@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, free_port, isolated_env, leftovers, stop_tagged, tagged_pids
+from scripts.local_deployment import free_port
+from tests.processes import (
+    ROOT,
+    TAG_VARIABLE,
+    isolated_env,
+    leftovers,
+    read_history,
+    stop_tagged,
+    tagged_pids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +27,6 @@ FLWR = Path(sys.executable).with_name("flwr")
 def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(tmp_path: Path) -> None:
     pyproject_before = (ROOT / "pyproject.toml").read_bytes()
     with isolated_env() as env:
-        env["PATH"] = f"{FLWR.parent}:{env['PATH']}"  # flwr starts `flower-superlink` from PATH
         env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
         env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
         run_config = (
@@ -35,14 +42,14 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(tmp_path:
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        tag = env["FL_TEMPLATE_TEST_TAG"]
+        tag = env[TAG_VARIABLE]
         # flwr started a detached local SuperLink that keeps running: stop it by PID.
         assert tagged_pids(tag), "expected the auto-started SuperLink to be running"
         stop_tagged(tag)
         assert leftovers(tag, wait_seconds=0) == []
 
     assert (ROOT / "pyproject.toml").read_bytes() == pyproject_before  # flwr did not rewrite it
-    history = json.loads((tmp_path / "smoke" / "history.json").read_text())
+    history = read_history(tmp_path / "smoke")
     rounds = history["rounds"]
     # flwr exits 0 even when every client failed: check that each round aggregated 3 results.
     assert [r["round"] for r in rounds] == [0, 1, 2]

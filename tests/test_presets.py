@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from fl_app.presets import PRESETS
-from tests.processes import run_simulation_cli
+from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def history(path: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((path / "history.json").read_text())
-    return result
 
 
 def test_linear_regression_preset_fits_with_mse(tmp_path: Path) -> None:
@@ -27,7 +21,7 @@ def test_linear_regression_preset_fits_with_mse(tmp_path: Path) -> None:
         tmp_path, "--preset", "linear-regression", "--run-name", "lr", "--num-server-rounds", "1"
     )
     run = tmp_path / "lr"
-    rounds = history(run)["rounds"]
+    rounds = read_history(run)["rounds"]
     config = json.loads((run / "config.json").read_text())
     assert (config["dataset"], config["model"], config["strategy"], config["local-epochs"]) == (
         "tabular-regression", "linear", "simple", 10,
@@ -47,7 +41,7 @@ def test_softmax_classifier_preset_learns_three_classes(tmp_path: Path) -> None:
     run_simulation_cli(
         tmp_path, "--preset", "softmax-classifier", "--run-name", "sm", "--num-server-rounds", "1"
     )
-    rounds = history(tmp_path / "sm")["rounds"]
+    rounds = read_history(tmp_path / "sm")["rounds"]
     assert rounds[1]["results"] == 4
     assert rounds[1]["central_accuracy"] > 0.6  # chance is 1/3
     assert tuple(torch.load(tmp_path / "sm" / "final_model.pt")["1.weight"].shape) == (3, 10)
@@ -74,7 +68,7 @@ def test_comparison_presets_write_a_table_and_a_plot(tmp_path: Path, preset: str
     assert [row.split("|")[1].strip() for row in rows] == list(variants)
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == PNG
     for variant, overrides in variants.items():
-        config = history(tmp_path / "cmp" / variant)["config"]
+        config = read_history(tmp_path / "cmp" / variant)["config"]
         assert {key: config[key] for key in overrides} == overrides
         # Same data and seed for every variant: only the variant's keys differ.
         assert config["seed"] == 42
@@ -93,12 +87,12 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data(tmp_path: Path)
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| run | final accuracy | best accuracy | rounds to 50% | wall time (s) |" in table
     for strategy in ("simple", "fedavg"):
-        summary = history(tmp_path / "cmp" / strategy)["summary"]
+        summary = read_history(tmp_path / "cmp" / strategy)["summary"]
         row = next(line for line in table.splitlines() if line.startswith(f"| {strategy} |"))
         assert f"{summary['final_accuracy']:.2%}" in row
     # Unequal Dirichlet partitions: the same data, weighted differently.
-    simple = history(tmp_path / "cmp" / "simple")["rounds"][1]
-    fedavg = history(tmp_path / "cmp" / "fedavg")["rounds"][1]
+    simple = read_history(tmp_path / "cmp" / "simple")["rounds"][1]
+    fedavg = read_history(tmp_path / "cmp" / "fedavg")["rounds"][1]
     assert simple["train_loss"] == pytest.approx(
         fedavg["train_loss"]
     )  # same first round of local training

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.processes import run_simulation_cli
+from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +17,7 @@ BASE = ["--num-clients", "10", "--num-server-rounds", "3"]
 
 def rounds_of(tmp_path: Path, name: str, *flags: str) -> list[dict[str, Any]]:
     run_simulation_cli(tmp_path, "--run-name", name, *BASE, *flags)
-    rounds: list[dict[str, Any]] = json.loads((tmp_path / name / "history.json").read_text())[
-        "rounds"
-    ]
+    rounds: list[dict[str, Any]] = read_history(tmp_path / name)["rounds"]
     return rounds
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fl_app.results import METRICS_COLUMNS
-from tests.processes import run_simulation_cli
+from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ ROUNDS = 3
 def simulate(tmp_path: Path, *flags: str) -> dict[str, Any]:
     """Run run_simulation.py as run "run"; return its history.json (with the printed output)."""
     stdout = run_simulation_cli(tmp_path, "--run-name", "run", *flags)
-    history: dict[str, Any] = json.loads((tmp_path / "run" / "history.json").read_text())
+    history = read_history(tmp_path / "run")
     history["stdout"] = stdout
     return history
 
