@@ -12,6 +12,7 @@ import pytest
 import run_simulation
 import strategies
 from fl_app.config import ConfigError, RunConfig, key_of
+from fl_app.presets import PRESETS
 
 DEFAULTS = RunConfig()
 KEYS = [key_of(f.name) for f in dataclasses.fields(RunConfig)]
@@ -565,3 +566,32 @@ def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
     )
     assert args.num_clients == 1
     assert cfg.min_available_clients == 1
+
+
+# ---- presets ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name: str) -> None:
+    cfg, args, variants = run_simulation.parse(["--preset", name])
+    preset = PRESETS[name]
+    assert args.num_clients == preset.num_clients
+    assert {k: cfg.run_config[k] for k in preset.config} == preset.config
+    assert variants == preset.variants
+
+
+def test_flags_win_over_a_preset() -> None:
+    cfg, args, _ = run_simulation.parse(
+        ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
+    )
+    assert cfg.local_epochs == 2
+    assert args.num_clients == 3
+    assert cfg.dataset == "tabular-regression"
+
+
+def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_simulation.main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--preset 'nope'" in err[0]
+    assert "linear-regression" in err[0]

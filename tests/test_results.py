@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from fl_app.config import RunConfig
 from fl_app.results import (
@@ -141,37 +140,3 @@ def test_atomic_write_replaces_whole_and_is_readable(tmp_path: Path) -> None:
     assert path.read_text() == "two"
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
-
-
-@pytest.mark.parametrize(
-    "name", ["linear-regression", "softmax-classifier", "digits-iid-vs-dirichlet", "strategies"]
-)
-def test_every_preset_is_a_valid_config(name: str) -> None:
-    import run_simulation
-
-    cfg, args, variants = run_simulation.parse(["--preset", name])
-    preset = run_simulation.PRESETS[name]
-    assert args.num_clients == preset.num_clients
-    assert {k: cfg.run_config[k] for k in preset.config} == preset.config
-    assert variants == preset.variants
-
-
-def test_flags_win_over_a_preset() -> None:
-    import run_simulation
-
-    cfg, args, _ = run_simulation.parse(
-        ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
-    )
-    assert cfg.local_epochs == 2
-    assert args.num_clients == 3
-    assert cfg.dataset == "tabular-regression"
-
-
-def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
-    import run_simulation
-
-    assert run_simulation.main(["--preset", "nope"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert "--preset 'nope'" in err[0]
-    assert "linear-regression" in err[0]
