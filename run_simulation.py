@@ -46,13 +46,16 @@ from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.config import ConfigError, RunConfig, key_of
 from fl_app.presets import PRESETS
 from fl_app.results import (
+    RoundRecord,
+    RunListener,
     describe,
+    format_round,
     run_directory,
     summarize,
     write_comparison,
     write_json_atomically,
 )
-from fl_app.server_loop import RoundRecord, RunListener, format_round
+from strategies.core import NothingAggregatedError
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
@@ -233,11 +236,6 @@ def run(
 
     ``listeners`` are told about every round too (benchmarks use them to take timings).
     """
-    from flwr.simulation import run_simulation
-
-    from fl_app.client_app import client_app_for
-    from fl_app.server_app import server_app_for
-
     console = console or Console()
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -261,19 +259,7 @@ def run(
         display.rounds = resume.rounds
         display.progress.update(display.task, completed=resume.round)
     with display.progress:
-        run_simulation(
-            server_app=server_app_for(cfg, listeners=[display, *listeners], resume=resume),
-            client_app=client_app_for(cfg),
-            num_supernodes=args.num_clients,
-            backend_config={
-                "client_resources": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-                "init_args": {
-                    "logging_level": "INFO" if args.verbose else "ERROR",
-                    "log_to_driver": args.verbose,
-                },
-            },
-            verbose_logging=args.verbose,
-        )
+        simulate(cfg, args, [display, *listeners], resume)
     if len(display.rounds) < cfg.num_server_rounds + 1:
         raise RuntimeError(
             f"the simulation stopped after {max(len(display.rounds) - 1, 0)} of {cfg.num_server_rounds} "
@@ -286,6 +272,38 @@ def run(
         soft_wrap=True,
     )
     return list(display.rounds)
+
+
+def simulate(
+    cfg: RunConfig,
+    args: argparse.Namespace,
+    listeners: Sequence[RunListener],
+    resume: Checkpoint | None,
+) -> None:
+    """Run the app on Flower's simulation engine, in this process.
+
+    The one call of ``flwr.simulation.run_simulation``, deprecated in Flower 1.41 (which
+    points to ``flwr run``): when Flower removes it, this function is what changes, to
+    ``flwr run . --run-config ...`` on the local simulation federation (see the README).
+    """
+    from flwr.simulation import run_simulation
+
+    from fl_app.client_app import client_app_for
+    from fl_app.server_app import server_app_for
+
+    run_simulation(
+        server_app=server_app_for(cfg, listeners=listeners, resume=resume),
+        client_app=client_app_for(cfg),
+        num_supernodes=args.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+            "init_args": {
+                "logging_level": "INFO" if args.verbose else "ERROR",
+                "log_to_driver": args.verbose,
+            },
+        },
+        verbose_logging=args.verbose,
+    )
 
 
 def compare(cfg: RunConfig, args: argparse.Namespace, variants: Variants) -> Path:
@@ -320,12 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if variants:
-        compare(cfg, args, variants)
-    elif args.resume is not None:
-        run(cfg, args, resume=load_checkpoint(args.resume / CHECKPOINT_FILE))
-    else:
-        run(cfg, args)
+    try:
+        if variants:
+            compare(cfg, args, variants)
+        elif args.resume is not None:
+            run(cfg, args, resume=load_checkpoint(args.resume / CHECKPOINT_FILE))
+        else:
+            run(cfg, args)
+    except NothingAggregatedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -65,8 +65,8 @@ def contenders(global_parameters: Parameters) -> dict[str, Callable[[], Any]]:
 
     def project(name: str, **kwargs: Any) -> Callable[[], Any]:
         def build() -> Any:
-            strategy = strategies.get(name, initial_parameters=global_parameters, **kwargs)
-            strategy.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+            strategy = strategies.build(name, initial_parameters=global_parameters, **kwargs)
+            strategy.initialize_parameters(client_manager=None)  # type: ignore[union-attr, arg-type]
             return strategy
 
         return build

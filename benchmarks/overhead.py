@@ -48,7 +48,7 @@ import run_simulation
 from fl_app.config import RunConfig
 from fl_app.data import data_spec, load_client_data, load_server_data, pool
 from fl_app.models import build_model
-from fl_app.server_loop import RoundRecord, RunListener
+from fl_app.results import RoundRecord, RunListener
 from fl_app.training import evaluate, get_weights, set_weights, train
 
 WORKLOADS = {

@@ -42,7 +42,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run_simulation
-from fl_app.server_loop import RoundRecord, RunListener
+from fl_app.results import RoundRecord, RunListener
 from tests.processes import TAG_VARIABLE, isolated_env, leftovers
 
 ROLES = ("driver", "actors", "ray")  # this process; Ray's Python workers; Ray's services

@@ -1,4 +1,12 @@
-"""Flower ClientApp: a NumPyClient that trains the model on one client's partition."""
+"""Flower ClientApp: a NumPyClient that trains the model on one client's partition.
+
+The one ClientApp answers both Flower API halves: legacy messages (``fitins.*`` /
+``evaluateins.*`` records, sent by ``flwr.server.strategy`` strategies) go through
+Flower's NumPyClient handler; Message-API messages (``arrays`` + ``config``, sent by
+``flwr.serverapp.strategy`` strategies such as Flower's own ``FedAvg``) are answered with
+an ``ArrayRecord`` and a ``MetricRecord`` holding ``num-examples``. Either way the same
+:class:`FlowerClient` trains.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,11 @@ import time
 from typing import Any
 
 import torch
-from flwr.client import Client, ClientApp, NumPyClient
-from flwr.common import Context, NDArrays, Scalar
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import Client, NumPyClient
+from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
+from flwr.clientapp import ClientApp
+from flwr.common import NDArrays, Scalar
 from torch import nn
 
 from fl_app.config import RunConfig, task_of
@@ -16,6 +27,9 @@ from fl_app.data import ClientData, DataSpec, data_spec, load_client_data
 from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
+
+# Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
+LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,24 +112,88 @@ class FlowerClient(NumPyClient):
         return result.loss, result.num_examples, metrics
 
 
-def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> Client:
+def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> FlowerClient:
     """The client of the node whose ``node_config`` names its partition."""
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config["num-partitions"])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
     fault = cfg.fault_kind if is_faulty(cfg, partition_id, num_partitions) else "none"
-    return FlowerClient(cfg, partition_id, data, model, fault).to_client()
+    return FlowerClient(cfg, partition_id, data, model, fault)
 
 
-def client_fn(context: Context) -> Client:
-    """Entry point under ``flwr run``: the run config comes with the context."""
-    return make_client(RunConfig.from_mapping(context.run_config), dict(context.node_config))
+def is_legacy(message: Message) -> bool:
+    """Whether ``message`` comes from a legacy (``flwr.server.strategy``) server."""
+    return any(key.startswith(LEGACY_RECORD_PREFIXES) for key in message.content)
 
 
-def client_app_for(cfg: RunConfig) -> ClientApp:
-    """A ClientApp bound to ``cfg`` (the simulation API gives clients no run config)."""
-    return ClientApp(client_fn=lambda context: make_client(cfg, dict(context.node_config)))
+def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]:
+    """The layer names, arrays and config a Message-API server sent."""
+    content = message.content
+    arrays = content.array_records.get("arrays") or next(iter(content.array_records.values()))
+    received = content.config_records.get("config")
+    config: dict[str, Any] = {} if received is None else dict(received.items())
+    return list(arrays.keys()), arrays.to_numpy_ndarrays(), config
 
 
-app = ClientApp(client_fn=client_fn)
+def train_reply(client: FlowerClient, message: Message) -> Message:
+    """Answer a Message-API train message: the trained arrays and metrics with num-examples."""
+    keys, arrays, config = _received(message)
+    trained, num_examples, metrics = client.fit(arrays, config)
+    # The server's layer names come back (a torch state_dict's names survive the round).
+    names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
+    record = ArrayRecord({name: Array(a) for name, a in zip(names, trained, strict=True)})
+    reported: dict[str, Any] = {**metrics, "num-examples": num_examples}
+    content = RecordDict({"arrays": record, "metrics": MetricRecord(reported)})
+    return Message(content=content, reply_to=message)
+
+
+def evaluate_reply(client: FlowerClient, message: Message) -> Message:
+    """Answer a Message-API evaluate message: loss, accuracy and num-examples."""
+    _, arrays, config = _received(message)
+    loss, num_examples, metrics = client.evaluate(arrays, config)
+    reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
+    return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
+
+
+class DualClientApp(ClientApp):
+    """A ClientApp whose Message-API functions are registered with ``@app.train()`` and
+    ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
+
+    def __init__(self, client_fn: Any) -> None:
+        super().__init__()
+        self.client_fn = client_fn
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if is_legacy(message):
+            return handle_legacy_message_from_msgtype(self.client_fn, message, context)
+        return super().__call__(message, context)
+
+
+def client_app_for(cfg: RunConfig | None = None) -> ClientApp:
+    """A ClientApp bound to ``cfg``, or reading it from the run config when None.
+
+    (The deprecated in-process simulation entry point gives clients no run config.)
+    """
+
+    def client(context: Context) -> FlowerClient:
+        run_cfg = cfg or RunConfig.from_mapping(context.run_config)
+        return make_client(run_cfg, dict(context.node_config))
+
+    def legacy_client(context: Context) -> Client:
+        return client(context).to_client()
+
+    client_app = DualClientApp(legacy_client)
+
+    @client_app.train()
+    def train_message(message: Message, context: Context) -> Message:
+        return train_reply(client(context), message)
+
+    @client_app.evaluate()
+    def evaluate_message(message: Message, context: Context) -> Message:
+        return evaluate_reply(client(context), message)
+
+    return client_app
+
+
+app = client_app_for()

@@ -12,9 +12,19 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import strategies
+from strategies.core import ServerOptions
+from strategies.hybrid import ROBUST_FILTERS, HybridOptions
+from strategies.quality_weighted import (
+    QUALITY_DIRECTIONS,
+    QUALITY_SOURCES,
+    QUALITY_WEIGHTINGS,
+    QualityOptions,
+    QualityWeightedRule,
+    higher_is_better,
+)
 
 DATASETS = (
     "digits",
@@ -71,6 +81,11 @@ def option(
     return field(default=default, metadata={"help": help, "choices": choices, **bounds})
 
 
+def default_of(options: type[ServerOptions], name: str) -> Any:
+    """The default of strategy option ``name``: the strategy owns it, the config reads it."""
+    return options.__dataclass_fields__[name].default
+
+
 def key_of(name: str) -> str:
     """Config key (kebab-case) of a dataclass field name."""
     return name.replace("_", "-")
@@ -83,6 +98,12 @@ class RunConfig:
     # Strategy and rounds
     strategy: str = option(
         "fedavg", "aggregation strategy", choices=tuple(sorted(strategies.REGISTRY))
+    )
+    flower_api: str = option(
+        "legacy",
+        "Flower API half the server runs: legacy (flwr.server.strategy, NumPyClient "
+        "messages) or message (flwr.serverapp.strategy, ArrayRecord messages)",
+        choices=strategies.FLOWER_APIS,
     )
     num_server_rounds: int = option(10, "number of federated rounds", at_least=1)
     fraction_fit: float = option(
@@ -141,37 +162,75 @@ class RunConfig:
     device: str = option("auto", "torch device (auto: cuda when available)", choices=DEVICES)
     output_dir: str = option("outputs", "folder that receives <run-name>/history.json")
     run_name: str = option("", "name of this run's output folder (empty: strategy and time)")
-    # Strategy knobs (each strategy takes the ones it declares)
-    server_learning_rate: float = option(1.0, "server learning rate η", above=0)
-    server_momentum: float = option(0.0, "server momentum β (FedAvgM)", at_least=0, below=1)
-    quality_source: str = option(
-        "client",
-        "quality from the client's metric or from server-side scoring",
-        choices=("client", "server"),
+    # Strategy knobs (each strategy reads the fields of its options dataclass; the
+    # defaults are the strategies' own)
+    server_learning_rate: float = option(
+        default_of(ServerOptions, "server_learning_rate"), "server learning rate η", above=0
     )
-    quality_metric: str = option("val_accuracy", "metric used as quality (val_accuracy, val_loss)")
+    server_momentum: float = option(
+        default_of(ServerOptions, "server_momentum"),
+        "server momentum β (FedAvgM)",
+        at_least=0,
+        below=1,
+    )
+    max_empty_rounds: int = option(
+        default_of(ServerOptions, "max_empty_rounds"),
+        "stop the run with an error after this many rounds in a row that aggregated "
+        "nothing (0: never stop)",
+        at_least=0,
+    )
+    quality_source: str = option(
+        default_of(QualityOptions, "quality_source"),
+        "quality from the client's metric or from server-side scoring",
+        choices=QUALITY_SOURCES,
+    )
+    quality_metric: str = option(
+        default_of(QualityOptions, "quality_metric"),
+        "metric used as quality (val_accuracy, val_loss)",
+    )
     quality_direction: str = option(
-        "auto",
+        default_of(QualityOptions, "quality_direction"),
         "max/min: higher/lower quality is better; auto: min iff the metric is a loss",
-        choices=("auto", "max", "min"),
+        choices=QUALITY_DIRECTIONS,
     )
     quality_weighting: str = option(
-        "softmax", "quality → weight map", choices=("softmax", "linear")
+        default_of(QualityOptions, "quality_weighting"),
+        "quality → weight map",
+        choices=QUALITY_WEIGHTINGS,
     )
-    quality_temperature: float = option(0.1, "softmax temperature τ", above=0)
-    quality_floor: float = option(0.0, "linear map: quality at which the weight is zero")
+    quality_temperature: float = option(
+        default_of(QualityOptions, "quality_temperature"), "softmax temperature τ", above=0
+    )
+    quality_floor: float = option(
+        default_of(QualityOptions, "quality_floor"),
+        "linear map: quality at which the weight is zero",
+    )
     hybrid_lambda: float = option(
-        0.5, "hybrid: share λ of the data-size weights", at_least=0, at_most=1
+        default_of(HybridOptions, "hybrid_lambda"),
+        "hybrid: share λ of the data-size weights",
+        at_least=0,
+        at_most=1,
     )
     hybrid_lambda_end: float = option(
-        -1.0, "hybrid: λ at the last round, moved linearly (-1: constant λ)", at_least=-1, at_most=1
+        default_of(HybridOptions, "hybrid_lambda_end"),
+        "hybrid: λ at the last round, moved linearly (-1: constant λ)",
+        at_least=-1,
+        at_most=1,
     )
     robust_filter: str = option(
-        "none", "hybrid: robust filter on update norms", choices=("none", "mad", "clip")
+        default_of(HybridOptions, "robust_filter"),
+        "hybrid: robust filter on update norms",
+        choices=ROBUST_FILTERS,
     )
-    robust_mad_k: float = option(3.0, "hybrid mad filter: drop norms above median + k·MAD", above=0)
+    robust_mad_k: float = option(
+        default_of(HybridOptions, "robust_mad_k"),
+        "hybrid mad filter: drop norms above median + k·MAD",
+        above=0,
+    )
     robust_clip_norm: float = option(
-        0.0, "hybrid clip filter: max update norm (0: the round's median)", at_least=0
+        default_of(HybridOptions, "robust_clip_norm"),
+        "hybrid clip filter: max update norm (0: the round's median)",
+        at_least=0,
     )
     # Fault injection, for tests and robustness experiments (off by default)
     fault_kind: str = option(
@@ -242,17 +301,15 @@ class RunConfig:
                 self.partitioner,
                 f"iid with regression dataset {self.dataset!r} (the others split by class)",
             )
-        uses_quality = issubclass(strategies.REGISTRY[self.strategy], strategies.QualityWeighted)
+        uses_quality = issubclass(strategies.REGISTRY[self.strategy], QualityWeightedRule)
         if regression and uses_quality and "accuracy" in self.quality_metric:
             _fail(
                 "quality-metric",
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
             )
-        min_direction = self.quality_direction == "min" or (
-            self.quality_direction == "auto" and "loss" in self.quality_metric.lower()
-        )
-        if self.quality_weighting == "linear" and min_direction and self.quality_floor <= 0:
+        lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
+        if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
             _fail(
                 "quality-floor",
                 self.quality_floor,
@@ -265,7 +322,7 @@ class RunConfig:
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _fail(key: str, value: Any, allowed: str) -> None:
+def _fail(key: str, value: Any, allowed: str) -> NoReturn:
     raise ConfigError(f"config {key!r} = {value!r} is not allowed: must be {allowed}")
 
 
@@ -286,7 +343,6 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif isinstance(value, str):
         return value
     _fail(key, value, f"of type {type_name}")
-    raise AssertionError  # unreachable: _fail raises
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:

@@ -17,11 +17,50 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.common import NDArrays
+from numpy.typing import NDArray
 
 from fl_app.config import RunConfig
 from fl_app.files import atomic_file, json_default
-from fl_app.server_loop import RoundRecord, RunListener
+
+# One flat record per round (see fl_app.server_loop.RoundRecorder for its keys).
+RoundRecord = dict[str, Any]
+NDArrays = list[NDArray[Any]]
+
+
+class RunListener:
+    """Told about every finished round and, at the end, the final global model.
+
+    ``rounds`` is the server's own list of records: every round so far (a resumed run's
+    earlier rounds included), the last one just finished. Read it; there is no need to
+    keep a copy.
+    """
+
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        """Called after each round (round 0: the initial model's evaluation)."""
+
+    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
+        """Called once, after the last round, with the final global model."""
+
+
+def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
+    """One human-readable line for a round."""
+    of = f"/{num_rounds}" if num_rounds else ""
+    parts = [f"round {record['round']:>3}{of}"]
+    if "central_accuracy" in record:
+        parts.append(f"accuracy {record['central_accuracy']:.4f}")
+    if "central_loss" in record:
+        parts.append(f"loss {record['central_loss']:.4f}")
+    if "sampled" in record:
+        parts.append(
+            f"clients {record.get('accepted', 0)}/{record['sampled']}"
+            f" ({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
+        )
+    if "seconds" in record:
+        parts.append(f"{record['seconds']:.2f} s")
+    if "problem" in record:
+        parts.append(f"\n  {record['problem']}")
+    return "  ".join(parts)
+
 
 # metrics.csv, one row per round (round 0: the initial model).
 METRICS_COLUMNS = (

@@ -1,119 +1,163 @@
-"""Flower ServerApp: builds the configured strategy, evaluates centrally, records results."""
+"""Flower ServerApp: builds the configured strategy, evaluates centrally, records results.
+
+One ServerApp runs either Flower API half, chosen by the config key ``flower-api``:
+``legacy`` (Flower's ``Server`` loop with a ``flwr.server.strategy`` strategy, talking
+to NumPyClients) or ``message`` (``flwr.serverapp.strategy`` strategy, ``ArrayRecord``
+messages). Both record the same rounds, write the same files and give the same model.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.app import Context
+from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
 from flwr.common.logger import log
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig, SimpleClientManager
-from torch import nn
+from flwr.server import ServerConfig, SimpleClientManager
+from flwr.server.compat import start_grid
+from flwr.serverapp import Grid, ServerApp
 
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
-from fl_app.data import ServerData, load_server_data
+from fl_app.data import load_server_data
 from fl_app.models import build_model
-from fl_app.results import RunWriter, run_directory
-from fl_app.server_loop import ExperimentServer, RunListener
+from fl_app.results import RunListener, RunWriter, run_directory
+from fl_app.server_loop import ExperimentServer, RoundRecorder, run_message_rounds
 from fl_app.training import evaluate, get_weights, pick_device, set_weights
+from strategies.legacy import LegacyStrategy
+from strategies.message import MessageStrategy
 
 
-def build_strategy(
-    cfg: RunConfig, data: ServerData, model: nn.Module, device: torch.device
-) -> strategies.AggregationStrategy:
-    """The strategy named by ``cfg.strategy`` with its knobs, central evaluation and scoring.
+class ServerModel:
+    """The server's model and data: the initial global model, central evaluation, scoring."""
 
-    ``model`` starts as the initial global model and serves as the server's evaluator.
-    """
-    task = data.spec.task
-    initial = get_weights(model)
+    def __init__(self, cfg: RunConfig) -> None:
+        self.data = load_server_data(cfg)
+        self.device = pick_device(cfg.device)
+        spec = self.data.spec
+        self.model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(
+            self.device
+        )
+        self.initial = get_weights(self.model)
+
+    def central(self, arrays: NDArrays) -> dict[str, Scalar]:
+        """``central_loss`` / ``central_accuracy`` of ``arrays`` on the server test set."""
+        set_weights(self.model, arrays)
+        result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
+        return {f"central_{k}": v for k, v in result.metrics().items()}
+
+    def score(self, arrays: Sequence[Any]) -> dict[str, float]:
+        """A client model's ``val_*`` metrics on the server validation set."""
+        set_weights(self.model, list(arrays))
+        return evaluate(
+            self.model, self.data.val, device=self.device, task=self.data.spec.task
+        ).metrics(prefix="val_")
+
+    def save(self, arrays: NDArrays, path: Path) -> None:
+        set_weights(self.model, arrays)
+        torch.save(self.model.state_dict(), path)
+
+
+def round_config(server_round: int) -> dict[str, Scalar]:
+    return {"server-round": server_round}
+
+
+def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | MessageStrategy:
+    """The strategy named by ``cfg.strategy``, for the half named by ``cfg.flower_api``."""
+    rule_type = strategies.rule_type(cfg.strategy)
+    rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
+    if cfg.flower_api == "message":
+        return MessageStrategy(
+            rule=rule,
+            fraction_train=cfg.fraction_fit,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=cfg.min_fit_clients,
+            min_evaluate_nodes=cfg.min_evaluate_clients,
+            min_available_nodes=cfg.min_available_clients,
+        )
 
     def central_evaluation(
         server_round: int, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
-        set_weights(model, parameters)
-        result = evaluate(model, data.test, device=device, task=task)
-        return result.loss, {k: v for k, v in result.metrics().items() if k != "loss"}
+        metrics = server.central(parameters)
+        loss = float(metrics.pop("central_loss"))
+        return loss, {k.removeprefix("central_"): v for k, v in metrics.items()}
 
-    def server_score(parameters: Sequence[Any]) -> dict[str, float]:
-        set_weights(model, list(parameters))
-        return evaluate(model, data.val, device=device, task=task).metrics(prefix="val_")
-
-    def fit_config(server_round: int) -> dict[str, Scalar]:
-        return {"server-round": server_round}
-
-    options: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    if cfg.hybrid_lambda_end >= 0:
-        options["hybrid_lambda"] = strategies.linear_schedule(
-            cfg.hybrid_lambda, cfg.hybrid_lambda_end, cfg.num_server_rounds
-        )
-    options |= {
-        "initial_parameters": ndarrays_to_parameters(initial),
-        "evaluate_fn": central_evaluation,
-        "on_fit_config_fn": fit_config,
-        "on_evaluate_config_fn": fit_config,
-        "score_fn": server_score,
-    }
-    return strategies.get(cfg.strategy, **strategies.own_options(cfg.strategy, options))
+    return LegacyStrategy(
+        rule=rule,
+        fraction_fit=cfg.fraction_fit,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_fit_clients=cfg.min_fit_clients,
+        min_evaluate_clients=cfg.min_evaluate_clients,
+        min_available_clients=cfg.min_available_clients,
+        initial_parameters=ndarrays_to_parameters(server.initial),
+        evaluate_fn=central_evaluation,
+        on_fit_config_fn=round_config,
+        on_evaluate_config_fn=round_config,
+    )
 
 
-def server_components(
-    cfg: RunConfig, listeners: Sequence[RunListener] = (), resume: Checkpoint | None = None
-) -> ServerAppComponents:
-    """Server, strategy and round config for ``cfg``; results go to ``output-dir/<run-name>``.
+def run_server(
+    grid: Grid,
+    cfg: RunConfig,
+    listeners: Sequence[RunListener] = (),
+    resume: Checkpoint | None = None,
+) -> None:
+    """Run ``cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
 
     The run is checkpointed there after every round; ``resume`` continues from one.
     """
-    data = load_server_data(cfg)
-    device = pick_device(cfg.device)
-    model = build_model(cfg.model, data.spec.input_shape, data.spec.num_classes, cfg.seed).to(
-        device
-    )
+    server = ServerModel(cfg)
     directory = run_directory(cfg)
-    log(INFO, "results of this run: %s", directory)
-
-    def save_model(parameters: NDArrays, path: Path) -> None:
-        set_weights(model, parameters)
-        torch.save(model.state_dict(), path)
-
-    server = ExperimentServer(
-        client_manager=SimpleClientManager(),
-        strategy=build_strategy(cfg, data, model, device),
-        listeners=[
-            RunWriter(cfg, directory, save_model),
-            *listeners,
-        ],
+    log(INFO, "results of this run (%s Flower API): %s", cfg.flower_api, directory)
+    recorder = RoundRecorder(
+        [RunWriter(cfg, directory, server.save), *listeners],
         checkpoint_path=directory / CHECKPOINT_FILE,
         resume=resume,
     )
-    return ServerAppComponents(
-        server=server,
-        config=ServerConfig(
-            num_rounds=cfg.num_server_rounds, round_timeout=cfg.round_timeout or None
+    strategy = build_strategy(cfg, server)
+    timeout = cfg.round_timeout or None
+    if isinstance(strategy, MessageStrategy):
+        run_message_rounds(
+            grid,
+            strategy,
+            initial_model=server.initial,
+            num_rounds=cfg.num_server_rounds,
+            timeout=timeout,
+            central_evaluation=server.central,
+            recorder=recorder,
+        )
+        return
+    start_grid(
+        grid=grid,
+        server=ExperimentServer(
+            client_manager=SimpleClientManager(), strategy=strategy, recorder=recorder
         ),
+        config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout),
     )
 
 
-def server_fn(context: Context) -> ServerAppComponents:
-    """Entry point under ``flwr run``: the run config comes with the context."""
-    return server_components(RunConfig.from_mapping(context.run_config))
-
-
 def server_app_for(
-    cfg: RunConfig, listeners: Sequence[RunListener] = (), resume: Checkpoint | None = None
+    cfg: RunConfig | None = None,
+    listeners: Sequence[RunListener] = (),
+    resume: Checkpoint | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to ``cfg`` (the simulation API passes no run config)."""
+    """A ServerApp bound to ``cfg``, or reading it from the run config when None.
 
-    def build(context: Context) -> ServerAppComponents:
-        return server_components(cfg, listeners, resume)
+    (The deprecated in-process simulation entry point passes no run config.)
+    """
+    server_app = ServerApp()
 
-    return ServerApp(server_fn=build)
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg or RunConfig.from_mapping(context.run_config), listeners, resume)
+
+    return server_app
 
 
-app = ServerApp(server_fn=server_fn)
+app = server_app_for()

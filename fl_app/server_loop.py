@@ -1,98 +1,191 @@
-"""The server's round loop, recording one flat record per round for results and progress."""
+"""The server's round loops, one per Flower API half, recording one flat record per round.
+
+Both loops run the same rounds (train, central evaluation, federated evaluation) and
+hand each finished round to one :class:`RoundRecorder`: records, listeners (results
+files, progress) and checkpoints are the same whichever half ran the round.
+"""
 
 from __future__ import annotations
 
 import timeit
-from collections.abc import Sequence
-from logging import INFO
+from collections.abc import Callable, Sequence
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common import NDArrays, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server import Server
 from flwr.server.client_manager import ClientManager
 from flwr.server.history import History
-from flwr.server.strategy import Strategy
+from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy as MessageStrategy
 
 from fl_app.checkpoint import Checkpoint, save_checkpoint
+from fl_app.results import RoundRecord, RunListener, format_round
+from strategies.core import NothingAggregatedError, RoundResult, Stateful, StrategyState
 
-RoundRecord = dict[str, Any]
+# Central evaluation of a global model: the record's ``central_*`` entries.
+CentralEvaluation = Callable[[NDArrays], dict[str, Scalar]]
 
-# Threads that send a round's messages (Flower's default: min(32, CPUs + 4), 6 on 2 cores).
-# Each thread waits for its client's reply, polling every 0.1 s, before it sends the next
-# message, so with fewer threads than sampled clients a round runs in waves, each paying
-# the polling delays again. Waiting threads cost no CPU.
+# Threads that send a legacy round's messages (Flower's default: min(32, CPUs + 4), 6 on
+# 2 cores). Each thread waits for its client's reply, polling every 0.1 s, before it
+# sends the next message, so with fewer threads than sampled clients a round runs in
+# waves, each paying the polling delays again. Waiting threads cost no CPU.
 MESSAGE_THREADS = 512
 
 
-class RunListener:
-    """Told about every finished round and, at the end, the final global model.
-
-    ``rounds`` is the server's own list of records: every round so far (a resumed run's
-    earlier rounds included), the last one just finished. Read it; there is no need to
-    keep a copy.
-    """
-
-    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        """Called after each round (round 0: the initial model's evaluation)."""
-
-    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
-        """Called once, after the last round, with the final global model."""
-
-
-class ExperimentServer(Server):
-    """Flower's ``Server`` whose ``fit`` also emits a :data:`RoundRecord` per round.
+class RoundRecorder:
+    """Keeps the list of round records; tells listeners; checkpoints after each round.
 
     A record holds ``round``, ``seconds`` (wall time of the round), ``elapsed``,
     ``central_loss`` / ``central_accuracy`` (server test set), ``federated_loss`` /
-    ``federated_accuracy`` (clients' validation splits), ``sampled``, and every fit
-    metric of the strategy (``results``, ``failures``, ``rejected``, ``weights``, the
-    clients' mean ``train_loss`` ...). Round 0 is the initial model's evaluation.
+    ``federated_accuracy`` (clients' validation splits), ``sampled``, ``results``,
+    ``failures`` (counted by the loop itself, so a strategy or wrapper that drops its
+    metrics cannot hide them), every fit metric of the strategy (``rejected``,
+    ``accepted``, ``weights``, the clients' mean ``train_loss`` ...) and, for a round that
+    aggregated nothing, ``problem``. Round 0 is the initial model's evaluation.
     """
+
+    def __init__(
+        self,
+        listeners: Sequence[RunListener] = (),
+        checkpoint_path: Path | None = None,
+        resume: Checkpoint | None = None,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.checkpoint_path = checkpoint_path
+        self.resume = resume
+        self.rounds: list[RoundRecord] = list(resume.rounds) if resume else []
+        elapsed = float(self.rounds[-1]["elapsed"]) if self.rounds else 0.0
+        self.start = timeit.default_timer() - elapsed  # a resumed run goes on counting
+
+    @property
+    def first_round(self) -> int:
+        return self.resume.round + 1 if self.resume else 1
+
+    def restore(self, strategy: object) -> NDArrays | None:
+        """The resumed global model (None for a fresh run); restores the strategy's state."""
+        if self.resume is None:
+            return None
+        if isinstance(strategy, Stateful):
+            strategy.set_state(StrategyState.from_arrays(self.resume.strategy_state))
+        log(INFO, "resuming after round %d", self.resume.round)
+        return self.resume.global_model
+
+    def emit(
+        self, record: RoundRecord, round_start: float, model: NDArrays, strategy: object
+    ) -> None:
+        now = timeit.default_timer()
+        record |= {"seconds": now - round_start, "elapsed": now - self.start}
+        self.rounds.append(record)
+        log(INFO, "%s", format_round(record))
+        for listener in self.listeners:
+            listener.round_done(self.rounds)
+        # After the listeners: a checkpoint never runs ahead of history.json.
+        if self.checkpoint_path is not None:
+            state = strategy.get_state() if isinstance(strategy, Stateful) else StrategyState()
+            save_checkpoint(
+                self.checkpoint_path,
+                Checkpoint(
+                    round=record["round"],
+                    global_model=model,
+                    strategy_state=state.to_arrays(),
+                    rounds=self.rounds,
+                ),
+            )
+
+    def done(self, model: NDArrays) -> None:
+        for listener in self.listeners:
+            listener.run_done(model, self.rounds)
+
+
+def train_record(
+    server_round: int,
+    strategy: object,
+    *,
+    sampled: int,
+    results: int,
+    failures: int,
+    metrics: dict[str, Any],
+    aggregated: bool,
+) -> RoundRecord:
+    """The training part of a round's record, the same for both halves.
+
+    A project strategy's full round result (with ``weights`` and ``problem``) is read
+    from ``last_result``; any other strategy gives its metrics. The loop's own counts win.
+    """
+    last: RoundResult | None = getattr(strategy, "last_result", None)
+    fit_metrics = dict(metrics)
+    if last is not None:
+        fit_metrics |= last.metrics
+        if last.problem is not None:
+            fit_metrics["problem"] = last.problem
+    fit_metrics.setdefault("accepted", results if aggregated else 0)
+    return {
+        "round": server_round,
+        **fit_metrics,
+        "sampled": sampled,
+        "results": results,
+        "failures": failures,
+    }
+
+
+def stopped_record(server_round: int, error: NothingAggregatedError, **counts: int) -> RoundRecord:
+    """The record of the round that stopped the run."""
+    metrics = dict(error.metrics)
+    sampled = int(metrics.get("results", 0)) + int(metrics.get("failures", 0))
+    return {"round": server_round, "sampled": sampled, **metrics, **counts, "problem": str(error)}
+
+
+class ExperimentServer(Server):
+    """Flower's legacy ``Server`` whose ``fit`` records each round in a :class:`RoundRecorder`."""
 
     def __init__(
         self,
         *,
         client_manager: ClientManager,
-        strategy: Strategy,
-        listeners: Sequence[RunListener] = (),
-        checkpoint_path: Path | None = None,
-        resume: Checkpoint | None = None,
+        strategy: LegacyStrategy,
+        recorder: RoundRecorder | None = None,
     ) -> None:
         super().__init__(client_manager=client_manager, strategy=strategy)
         self.set_max_workers(MESSAGE_THREADS)
-        self.listeners = list(listeners)
-        self.checkpoint_path = checkpoint_path
-        self.resume = resume
+        self.recorder = recorder or RoundRecorder()
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
         history = History()
-        rounds: list[RoundRecord] = []
-        if self.resume is None:
+        recorder = self.recorder
+        resumed = recorder.restore(self.strategy)
+        if resumed is None:
             start = timeit.default_timer()
             self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
-            self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start, start, rounds)
-            first_round = 1
-        else:  # continue after the checkpoint's round as if never interrupted
-            rounds = list(self.resume.rounds)
-            start = timeit.default_timer() - float(rounds[-1]["elapsed"] if rounds else 0.0)
-            self.parameters = ndarrays_to_parameters(self.resume.global_model)
-            load_state = getattr(self.strategy, "load_state", None)
-            if load_state is not None:
-                load_state(self.resume.strategy_state)
-            first_round = self.resume.round + 1
-            log(INFO, "resuming after round %d", self.resume.round)
-        for server_round in range(first_round, num_rounds + 1):
+            self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start)
+        else:
+            self.parameters = ndarrays_to_parameters(resumed)
+        for server_round in range(recorder.first_round, num_rounds + 1):
             round_start = timeit.default_timer()
+            try:
+                fitted = self.fit_round(server_round=server_round, timeout=timeout)
+            except NothingAggregatedError as error:
+                self._emit(stopped_record(server_round, error), round_start)
+                raise
             record: RoundRecord = {"round": server_round}
-            fitted = self.fit_round(server_round=server_round, timeout=timeout)
             if fitted is not None:
                 parameters, fit_metrics, (results, failures) = fitted
                 if parameters is not None:
                     self.parameters = parameters
                 history.add_metrics_distributed_fit(server_round=server_round, metrics=fit_metrics)
-                record |= {"sampled": len(results) + len(failures), **fit_metrics}
+                record = train_record(
+                    server_round,
+                    self.strategy,
+                    sampled=len(results) + len(failures),
+                    results=len(results),
+                    failures=len(failures),
+                    metrics=fit_metrics,
+                    aggregated=parameters is not None,
+                )
             record |= self._evaluate_centrally(server_round, history)
             evaluated = self.evaluate_round(server_round=server_round, timeout=timeout)
             loss, metrics, _ = evaluated if evaluated is not None else (None, {}, None)
@@ -100,23 +193,9 @@ class ExperimentServer(Server):
                 history.add_loss_distributed(server_round=server_round, loss=loss)
                 history.add_metrics_distributed(server_round=server_round, metrics=metrics)
                 record |= {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
-            self._emit(record, round_start, start, rounds)
-        final = parameters_to_ndarrays(self.parameters)
-        for listener in self.listeners:
-            listener.run_done(final, rounds)
-        return history, timeit.default_timer() - start
-
-    def _checkpoint(self, server_round: int, rounds: list[RoundRecord]) -> None:
-        if self.checkpoint_path is None:
-            return
-        state = getattr(self.strategy, "state", None)
-        checkpoint = Checkpoint(
-            round=server_round,
-            global_model=parameters_to_ndarrays(self.parameters),
-            strategy_state=state() if state is not None else {},
-            rounds=rounds,
-        )
-        save_checkpoint(self.checkpoint_path, checkpoint)
+            self._emit(record, round_start)
+        recorder.done(parameters_to_ndarrays(self.parameters))
+        return history, timeit.default_timer() - recorder.start
 
     def _evaluate_centrally(self, server_round: int, history: History) -> dict[str, Scalar]:
         evaluated = self.strategy.evaluate(server_round, parameters=self.parameters)
@@ -127,31 +206,78 @@ class ExperimentServer(Server):
         history.add_metrics_centralized(server_round=server_round, metrics=metrics)
         return {"central_loss": loss, **{f"central_{k}": v for k, v in metrics.items()}}
 
-    def _emit(
-        self, record: RoundRecord, round_start: float, start: float, rounds: list[RoundRecord]
-    ) -> None:
-        now = timeit.default_timer()
-        record |= {"seconds": now - round_start, "elapsed": now - start}
-        rounds.append(record)
-        log(INFO, "%s", format_round(record))
-        for listener in self.listeners:
-            listener.round_done(rounds)
-        # After the listeners: a checkpoint never runs ahead of history.json.
-        self._checkpoint(record["round"], rounds)
+    def _emit(self, record: RoundRecord, round_start: float) -> None:
+        model = parameters_to_ndarrays(self.parameters)
+        self.recorder.emit(record, round_start, model, self.strategy)
 
 
-def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
-    """One human-readable line for a round."""
-    of = f"/{num_rounds}" if num_rounds else ""
-    parts = [f"round {record['round']:>3}{of}"]
-    if "central_accuracy" in record:
-        parts.append(f"accuracy {record['central_accuracy']:.4f}")
-    if "central_loss" in record:
-        parts.append(f"loss {record['central_loss']:.4f}")
-    if "sampled" in record:
-        parts.append(
-            f"clients {record.get('accepted', 0)}/{record['sampled']}"
-            f" ({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
+def run_message_rounds(
+    grid: Grid,
+    strategy: MessageStrategy,
+    *,
+    initial_model: NDArrays,
+    num_rounds: int,
+    timeout: float | None,
+    central_evaluation: CentralEvaluation,
+    recorder: RoundRecorder,
+) -> NDArrays:
+    """The Message-API rounds, as Flower's ``Strategy.start`` runs them, recorded.
+
+    Like ``start``: ``configure_train`` → ``send_and_receive`` → ``aggregate_train``, then
+    central and federated evaluation; unlike it, each round is recorded, checkpointed
+    and resumable, and a reply that did not come back counts as a failure.
+    """
+    resumed = recorder.restore(strategy)
+    model = initial_model if resumed is None else resumed
+    arrays = ArrayRecord(model)
+    if resumed is None:
+        start = timeit.default_timer()
+        recorder.emit({"round": 0, **central_evaluation(model)}, start, model, strategy)
+    for server_round in range(recorder.first_round, num_rounds + 1):
+        round_start = timeit.default_timer()
+        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = _exchange(grid, sent, timeout)
+        ok = sum(1 for reply in replies if not reply.has_error())
+        counts = {"sampled": len(sent), "results": ok, "failures": len(sent) - ok}
+        try:
+            new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        except NothingAggregatedError as error:
+            recorder.emit(
+                stopped_record(server_round, error, **counts), round_start, model, strategy
+            )
+            raise
+        if new_arrays is not None:
+            arrays = new_arrays
+            model = arrays.to_numpy_ndarrays()
+        record = train_record(
+            server_round,
+            strategy,
+            **counts,
+            metrics=dict(metrics or {}),
+            aggregated=new_arrays is not None,
         )
-    parts.append(f"{record['seconds']:.2f} s")
-    return "  ".join(parts)
+        record |= central_evaluation(model)
+        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        federated = strategy.aggregate_evaluate(server_round, _exchange(grid, asked, timeout))
+        if federated is not None and "loss" in federated:
+            record |= {
+                "federated_loss": federated["loss"],
+                "federated_accuracy": federated.get("accuracy"),
+            }
+        recorder.emit(record, round_start, model, strategy)
+    recorder.done(model)
+    return model
+
+
+def _exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
+    if not messages:
+        return []
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if len(replies) < len(messages):
+        log(
+            WARNING,
+            "%d of %d nodes did not reply in time",
+            len(messages) - len(replies),
+            len(messages),
+        )
+    return replies

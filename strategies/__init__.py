@@ -1,61 +1,106 @@
-"""Aggregation strategies for the Flower legacy Strategy API.
+"""Aggregation strategies for both Flower API halves, from one Flower-free core.
+
+- :mod:`strategies.core` and the rule modules (``simple_average``, ``fedavg``,
+  ``quality_weighted``, ``hybrid``): the math, numpy only.
+- :mod:`strategies.legacy`: the rules as ``flwr.server.strategy`` strategies
+  (``strategies.FedAvg`` ... are these).
+- :mod:`strategies.message`: the rules as ``flwr.serverapp.strategy`` strategies.
+
+Importing this package imports no Flower: the legacy classes load on first use.
 
 Add a strategy: write ``strategies/my_rule.py`` with a subclass of
-:class:`AggregationStrategy` that implements ``coefficients``, then add one line to
-``REGISTRY`` below.
+:class:`~strategies.core.Rule` that implements ``coefficients`` (and, for new knobs, an
+``Options`` dataclass), then add one line to ``REGISTRY`` below.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from strategies.base import AggregationStrategy, ClientUpdate, Coefficients, weighted_metrics
-from strategies.fedavg import FedAvg
-from strategies.hybrid import Hybrid, linear_schedule
-from strategies.quality_weighted import QualityWeighted
-from strategies.simple_average import SimpleAverage
+from strategies.core import Rule, ScoreFn, ServerOptions
+from strategies.fedavg import FedAvgRule
+from strategies.hybrid import HybridRule
+from strategies.quality_weighted import QualityWeightedRule
+from strategies.simple_average import SimpleAverageRule
 
-REGISTRY: dict[str, type[AggregationStrategy]] = {
-    "simple": SimpleAverage,
-    "quality": QualityWeighted,
-    "fedavg": FedAvg,
-    "hybrid": Hybrid,
+if TYPE_CHECKING:
+    from strategies.legacy import FedAvg, Hybrid, LegacyStrategy, QualityWeighted, SimpleAverage
+    from strategies.message import MessageStrategy
+
+REGISTRY: dict[str, type[Rule]] = {
+    "simple": SimpleAverageRule,
+    "quality": QualityWeightedRule,
+    "fedavg": FedAvgRule,
+    "hybrid": HybridRule,
 }
 
+# The Flower API halves a strategy can run on (config key ``flower-api``).
+FLOWER_APIS = ("legacy", "message")
 
-def get(name: str, **kwargs: Any) -> AggregationStrategy:
-    """Build the strategy registered as ``name`` with keyword arguments ``kwargs``."""
+
+def rule_type(name: str) -> type[Rule]:
+    """The rule registered as ``name``."""
     if name not in REGISTRY:
         raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**kwargs)
+    return REGISTRY[name]
 
 
-def own_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of ``options`` that strategy ``name`` (or a base class of it) declares.
+def build(
+    name: str,
+    *,
+    api: str = "legacy",
+    options: ServerOptions | None = None,
+    score_fn: ScoreFn | None = None,
+    **kwargs: Any,
+) -> LegacyStrategy | MessageStrategy:
+    """The strategy of rule ``name`` for Flower API half ``api`` (``legacy`` or ``message``).
 
-    Lets one config carry every strategy's knobs while each strategy gets only its own.
+    ``kwargs`` are the rule's knobs (when no ``options`` are given) and the Flower
+    strategy's own arguments (``fraction_fit`` ... for legacy, ``fraction_train`` ... for
+    message).
     """
-    accepted: set[str] = set()
-    for cls in REGISTRY[name].__mro__:
-        init = vars(cls).get("__init__")
-        if init is not None:
-            accepted |= set(inspect.signature(init).parameters)
-    return {key: value for key, value in options.items() if key in accepted}
+    rule = rule_type(name)
+    if api not in FLOWER_APIS:
+        raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(FLOWER_APIS)}")
+    if options is None:
+        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in rule.Options.field_names()}
+        options = rule.Options(**knobs)
+    if api == "legacy":
+        from strategies.legacy import LegacyStrategy
+
+        return LegacyStrategy(rule=rule(options, score_fn=score_fn), **kwargs)
+    from strategies.message import MessageStrategy
+
+    return MessageStrategy(rule=rule(options, score_fn=score_fn), **kwargs)
+
+
+_LEGACY_NAMES = ("SimpleAverage", "QualityWeighted", "FedAvg", "Hybrid", "LegacyStrategy")
+
+
+def __getattr__(name: str) -> Any:
+    # strategies.FedAvg & co. (the legacy classes, as before) without importing Flower
+    # until someone asks for them.
+    if name in _LEGACY_NAMES:
+        from strategies import legacy
+
+        return getattr(legacy, name)
+    raise AttributeError(f"module 'strategies' has no attribute {name!r}")
 
 
 __all__ = [
+    "FLOWER_APIS",
     "REGISTRY",
-    "AggregationStrategy",
-    "ClientUpdate",
-    "Coefficients",
     "FedAvg",
+    "FedAvgRule",
     "Hybrid",
+    "HybridRule",
+    "LegacyStrategy",
     "QualityWeighted",
+    "QualityWeightedRule",
+    "Rule",
+    "ServerOptions",
     "SimpleAverage",
-    "get",
-    "linear_schedule",
-    "own_options",
-    "weighted_metrics",
+    "SimpleAverageRule",
+    "build",
+    "rule_type",
 ]

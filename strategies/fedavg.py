@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from strategies.aggregate import example_weights
-from strategies.base import AggregationStrategy, ClientUpdate, Coefficients
+from strategies.core import ClientUpdate, Coefficients, Rule
 
 
-class FedAvg(AggregationStrategy):
+class FedAvgRule(Rule):
     """Example-weighted mean: ``θ = Σ n_i θ_i / Σ n_i``.
 
     With ``server_learning_rate`` η and ``server_momentum`` β it becomes FedAvgM

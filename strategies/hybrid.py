@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from strategies import aggregate
-from strategies.base import ClientUpdate, Coefficients
-from strategies.quality_weighted import QualityWeighted
+from strategies.core import ClientUpdate, Coefficients
+from strategies.quality_weighted import QualityOptions, QualityWeightedRule
 
-RobustFilter = Literal["none", "mad", "clip"]
-ROBUST_FILTERS: tuple[RobustFilter, ...] = ("none", "mad", "clip")
+ROBUST_FILTERS = ("none", "mad", "clip")
 LambdaSchedule = float | Callable[[int], float]
 
 
@@ -28,75 +27,105 @@ def linear_schedule(start: float, end: float, num_rounds: int) -> Callable[[int]
     return lam
 
 
-class Hybrid(QualityWeighted):
-    """One rule that has the other strategies as special cases.
+@dataclass(frozen=True, kw_only=True)
+class HybridOptions(QualityOptions):
+    """Knobs of :class:`HybridRule`: the quality knobs, the server step, and
+
+    hybrid_lambda : λ in [0, 1], the share of the data-size weights; or a function of
+        the round (see :func:`linear_schedule`).
+    hybrid_lambda_end : λ at round ``num_server_rounds``, reached linearly from
+        ``hybrid_lambda`` at round 1; a negative value (-1) keeps λ constant.
+    num_server_rounds : the rounds over which that schedule runs.
+    robust_filter : "none", "mad" (drop norms above median + k·MAD) or "clip".
+    robust_mad_k : k > 0 of the mad filter.
+    robust_clip_norm : the clip filter's bound c >= 0 (0: this round's median norm).
+    """
+
+    hybrid_lambda: LambdaSchedule = 0.5
+    hybrid_lambda_end: float = -1.0
+    num_server_rounds: int = 1
+    robust_filter: str = "none"
+    robust_mad_k: float = 3.0
+    robust_clip_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lam = self.hybrid_lambda
+        if not callable(lam) and not 0.0 <= lam <= 1.0:
+            raise ValueError(f"hybrid_lambda={lam!r}: must be in [0, 1]")
+        if not self.hybrid_lambda_end <= 1.0:
+            raise ValueError(
+                f"hybrid_lambda_end={self.hybrid_lambda_end!r}: must be <= 1 (< 0: constant λ)"
+            )
+        if self.robust_filter not in ROBUST_FILTERS:
+            raise ValueError(
+                f"robust_filter={self.robust_filter!r}: choose one of {', '.join(ROBUST_FILTERS)}"
+            )
+        if not self.robust_mad_k > 0:
+            raise ValueError(f"robust_mad_k={self.robust_mad_k!r}: must be > 0")
+        if not self.robust_clip_norm >= 0:
+            raise ValueError(
+                f"robust_clip_norm={self.robust_clip_norm!r}: must be >= 0 (0: median)"
+            )
+
+    def lambda_at(self, server_round: int) -> float:
+        """λ of ``server_round``, clipped to [0, 1]."""
+        lam = self.hybrid_lambda
+        if callable(lam):
+            value = lam(server_round)
+        elif self.hybrid_lambda_end >= 0:
+            value = linear_schedule(lam, self.hybrid_lambda_end, self.num_server_rounds)(
+                server_round
+            )
+        else:
+            value = lam
+        return float(min(max(value, 0.0), 1.0))
+
+
+class HybridRule(QualityWeightedRule):
+    """One rule that has the other rules as special cases.
 
     1. Robust filter on ``‖θ_i − θ_g‖`` (optional): ``"mad"`` drops updates whose norm
        exceeds ``median + k · MAD``; ``"clip"`` scales each update ``Δ_i = θ_i − θ_g`` to
        norm at most ``c`` (``c = robust_clip_norm``, or this round's median norm when 0).
     2. Weights ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates, with ``q_i``
-       the quality weights of :class:`QualityWeighted` (same knobs). λ is a constant or a
-       function of the round (see :func:`linear_schedule`).
-    3. The server step (η, β) of :class:`FedAvg`.
+       the quality weights of :class:`QualityWeightedRule` (same knobs). λ is a constant,
+       a linear schedule (``hybrid_lambda`` → ``hybrid_lambda_end``) or a function.
+    3. The server step (η, β) of FedAvg.
 
     ``λ = 1`` without filter is exactly FedAvg; ``λ = 0`` without filter is exactly
     QualityWeighted. Quality is only required (and missing quality only rejected) in
-    rounds where λ < 1.
+    rounds where λ < 1. Knobs: :class:`HybridOptions`.
 
     Use it on non-IID federations with unreliable clients: the data-size term keeps
     FedAvg's convergence, the quality term discounts poor models, and the filter bounds
     what a single malicious or broken client can do.
     """
 
-    def __init__(
-        self,
-        *,
-        hybrid_lambda: LambdaSchedule = 0.5,
-        robust_filter: RobustFilter = "none",
-        robust_mad_k: float = 3.0,
-        robust_clip_norm: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        if not callable(hybrid_lambda) and not 0.0 <= hybrid_lambda <= 1.0:
-            raise ValueError(f"hybrid_lambda={hybrid_lambda!r}: must be in [0, 1]")
-        if robust_filter not in ROBUST_FILTERS:
-            raise ValueError(f"robust_filter={robust_filter!r}: choose one of none, mad, clip")
-        if not robust_mad_k > 0:
-            raise ValueError(f"robust_mad_k={robust_mad_k!r}: must be > 0")
-        if not robust_clip_norm >= 0:
-            raise ValueError(f"robust_clip_norm={robust_clip_norm!r}: must be >= 0 (0: median)")
-        super().__init__(**kwargs)
-        self.hybrid_lambda = hybrid_lambda
-        self.robust_filter = robust_filter
-        self.robust_mad_k = robust_mad_k
-        self.robust_clip_norm = robust_clip_norm
-
-    def lambda_at(self, server_round: int) -> float:
-        lam = (
-            self.hybrid_lambda(server_round) if callable(self.hybrid_lambda) else self.hybrid_lambda
-        )
-        return float(min(max(lam, 0.0), 1.0))
+    Options = HybridOptions
+    options: HybridOptions
 
     def needs_quality(self, server_round: int) -> bool:
-        return self.lambda_at(server_round) < 1.0
+        return self.options.lambda_at(server_round) < 1.0
 
     def needs_distance(self, server_round: int) -> bool:
-        return self.robust_filter != "none"
+        return self.options.robust_filter != "none"
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
+        options = self.options
         count = len(updates)
         kept = np.ones(count, dtype=bool)
         scale = np.ones(count)
-        if self.robust_filter != "none":
+        if options.robust_filter != "none":
             norms = [u.distance for u in updates]
-            if self.robust_filter == "mad":
-                kept = aggregate.mad_inliers(norms, self.robust_mad_k)
+            if options.robust_filter == "mad":
+                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
             else:
-                bound = self.robust_clip_norm or float(np.median(norms))
+                bound = options.robust_clip_norm or float(np.median(norms))
                 scale = aggregate.clip_factors(norms, bound)
 
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
-        lam = self.lambda_at(server_round)
+        lam = options.lambda_at(server_round)
         data_weights = aggregate.example_weights([u.num_examples for u in kept_updates])
         if lam < 1.0:
             quality, fallback = self.quality_coefficients(server_round, kept_updates)

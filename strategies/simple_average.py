@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from strategies.aggregate import uniform_weights
-from strategies.base import AggregationStrategy, ClientUpdate, Coefficients
+from strategies.core import ClientUpdate, Coefficients, Rule
 
 
-class SimpleAverage(AggregationStrategy):
+class SimpleAverageRule(Rule):
     """Unweighted mean of the accepted client models: ``θ = (1/K) Σ θ_i``.
 
     A client with 10 examples counts as much as one with 10,000. Use it when clients
     hold similar amounts of data, or when their reported example counts cannot be
-    trusted. Takes the base strategy's keyword arguments (server step, Flower's FedAvg
-    arguments) and nothing else.
+    trusted. Knobs: :class:`~strategies.core.ServerOptions` (the server step).
     """
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from strategies import AggregationStrategy
+from strategies.legacy import LegacyStrategy
 
 OK = Status(code=Code.OK, message="")
 
@@ -43,7 +43,7 @@ def results_of(
     ]
 
 
-def make(cls: Callable[..., AggregationStrategy], global_model=None, **kwargs):
+def make(cls: Callable[..., LegacyStrategy], global_model=None, **kwargs):
     """Build a strategy; with ``global_model``, start from it via initial_parameters."""
     if global_model is None:
         return cls(**kwargs)

@@ -16,6 +16,8 @@ from flwr.common import parameters_to_ndarrays
 
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from strategies.core import StrategyState
+from strategies.legacy import LegacyStrategy
 from tests.fakes import make, results_of
 from tests.processes import (
     ROOT,
@@ -61,26 +63,26 @@ def test_server_momentum_state_restores_exactly() -> None:
         for _ in range(2)
     ]
 
-    def strategy() -> strategies.AggregationStrategy:
+    def strategy() -> LegacyStrategy:
         return make(strategies.FedAvg, g, server_momentum=0.9, server_learning_rate=0.5)
 
     uninterrupted = strategy()
     after_one, _ = uninterrupted.aggregate_fit(1, rounds[0], [])
     assert after_one is not None
-    saved = uninterrupted.state()
-    uninterrupted.global_model = parameters_to_ndarrays(after_one)
+    saved = StrategyState.from_arrays(uninterrupted.get_state().to_arrays())
+    uninterrupted.rule.global_model = parameters_to_ndarrays(after_one)
     want, _ = uninterrupted.aggregate_fit(2, rounds[1], [])
 
     resumed = strategy()
-    resumed.load_state(saved)
-    resumed.global_model = parameters_to_ndarrays(after_one)
+    resumed.set_state(saved)
+    resumed.rule.global_model = parameters_to_ndarrays(after_one)
     got, _ = resumed.aggregate_fit(2, rounds[1], [])
     assert got is not None
     assert want is not None
     assert parameters_to_ndarrays(got)[0].tobytes() == parameters_to_ndarrays(want)[0].tobytes()
     # Without the velocity the second round differs: the state matters.
     forgetful = strategy()
-    forgetful.global_model = parameters_to_ndarrays(after_one)
+    forgetful.rule.global_model = parameters_to_ndarrays(after_one)
     other, _ = forgetful.aggregate_fit(2, rounds[1], [])
     assert other is not None
     assert parameters_to_ndarrays(other)[0].tobytes() != parameters_to_ndarrays(want)[0].tobytes()

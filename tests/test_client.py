@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from flwr.client import Client
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import (
     Code,
-    Context,
     EvaluateIns,
     FitIns,
-    RecordDict,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.compat.common.recorddict_compat import (
+    evaluateins_to_recorddict,
+    fitins_to_recorddict,
+    recorddict_to_evaluateres,
+    recorddict_to_fitres,
+)
+from flwr.supercore.task_identity import TaskIdentity
 
 from fl_app import data as fl_data
-from fl_app.client_app import FlowerClient, client_fn, make_client
+from fl_app.client_app import FlowerClient, app, make_client
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import data_spec, load_client_data
 from fl_app.models import build_model
@@ -43,11 +49,7 @@ def global_weights(seed: int = 0) -> list[np.ndarray]:
 
 
 def numpy_client(cfg: RunConfig, partition_id: int) -> FlowerClient:
-    client = make_client(cfg, node(partition_id))
-    assert isinstance(client, Client)
-    inner = client.numpy_client  # type: ignore[attr-defined]
-    assert isinstance(inner, FlowerClient)
-    return inner
+    return make_client(cfg, node(partition_id))
 
 
 def test_fit_trains_and_reports_its_metrics() -> None:
@@ -111,35 +113,95 @@ def context(run_config: dict[str, object], partition_id: int = 1) -> Context:
     )
 
 
-def test_client_fn_builds_a_client_from_the_context() -> None:
-    client = client_fn(context(CFG.run_config, partition_id=1))
-    assert isinstance(client, Client)
+@pytest.fixture(scope="module", autouse=True)
+def task_identity() -> Iterator[None]:
+    """What a Flower runtime sets before any Message is built."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def legacy_fit(weights: list[np.ndarray]) -> Message:
+    """What a flwr.server.strategy server sends: FitIns as records."""
+    ins = FitIns(ndarrays_to_parameters(weights), {"server-round": 1})
+    return Message(
+        fitins_to_recorddict(ins, keep_input=True), dst_node_id=101, message_type="train"
+    )
+
+
+def message_api(kind: str, weights: list[np.ndarray]) -> Message:
+    """What a flwr.serverapp.strategy server (Flower's own FedAvg) sends."""
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 1})}
+    )
+    return Message(content, dst_node_id=101, message_type=kind)
+
+
+def test_the_client_app_answers_legacy_fit_and_evaluate() -> None:
     sent = global_weights()
-    res = client.fit(FitIns(ndarrays_to_parameters(sent), {"server-round": 1}))
+    reply = app(legacy_fit(sent), context(CFG.run_config, partition_id=1))
+    res = recorddict_to_fitres(reply.content, keep_input=True)
     assert res.status.code == Code.OK
     assert res.num_examples == len(load_client_data(CFG, 1, NUM_PARTITIONS).train)
     params = parameters_to_ndarrays(res.parameters)
     assert len(params) == len(sent)
     assert any(not np.array_equal(p, s) for p, s in zip(params, sent, strict=True))
     assert set(res.metrics) == {"train_loss", "val_loss", "val_accuracy"}
-    ev = client.evaluate(EvaluateIns(ndarrays_to_parameters(sent), {}))
+    ins = EvaluateIns(ndarrays_to_parameters(sent), {})
+    asked = Message(
+        evaluateins_to_recorddict(ins, keep_input=True), dst_node_id=101, message_type="evaluate"
+    )
+    ev = recorddict_to_evaluateres(app(asked, context(CFG.run_config)).content)
     assert ev.status.code == Code.OK
     assert ev.num_examples == len(load_client_data(CFG, 1, NUM_PARTITIONS).val)
     assert 0.0 <= float(ev.metrics["accuracy"]) <= 1.0
 
 
-def test_client_fn_uses_the_run_config() -> None:
+def test_the_client_app_answers_message_api_train_and_evaluate_with_the_same_model() -> None:
+    sent = global_weights()
+    legacy = recorddict_to_fitres(
+        app(legacy_fit(sent), context(CFG.run_config)).content, keep_input=True
+    )
+    reply = app(message_api("train", sent), context(CFG.run_config))
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    metrics = dict(reply.content["metrics"])
+    # Flower's Message-API strategies weigh by "num-examples"; the other metrics as legacy.
+    assert metrics.pop("num-examples") == legacy.num_examples
+    assert metrics == legacy.metrics
+    trained = reply.content["arrays"].to_numpy_ndarrays()
+    for got, want in zip(trained, parameters_to_ndarrays(legacy.parameters), strict=True):
+        assert got.tobytes() == want.tobytes()  # the same training, bit for bit
+
+    evaluated = dict(app(message_api("evaluate", sent), context(CFG.run_config)).content["metrics"])
+    assert evaluated["num-examples"] == len(load_client_data(CFG, 1, NUM_PARTITIONS).val)
+    assert evaluated["loss"] > 0
+    assert 0.0 <= evaluated["accuracy"] <= 1.0
+
+
+def test_the_client_app_keeps_the_servers_layer_names() -> None:
+    # Flower's quickstart server sends ArrayRecord(model.state_dict()): named layers.
+    spec = data_spec(CFG)
+    model = build_model(CFG.model, spec.input_shape, spec.num_classes, 0)
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}
+    )
+    reply = app(Message(content, dst_node_id=101, message_type="train"), context(CFG.run_config))
+    assert list(reply.content["arrays"].keys()) == list(model.state_dict().keys())
+    model.load_state_dict(reply.content["arrays"].to_torch_state_dict())
+
+
+def test_the_client_app_uses_the_run_config() -> None:
     cfg = RunConfig(local_epochs=1, device="cpu", val_fraction=0.3)
-    client = client_fn(context(cfg.run_config, partition_id=2))
-    inner = client.numpy_client  # type: ignore[attr-defined]
-    assert inner.cfg == cfg
-    assert inner.partition_id == 2
-    assert inner.data is load_client_data(cfg, 2, NUM_PARTITIONS)
+    reply = app(message_api("train", global_weights()), context(cfg.run_config, partition_id=2))
+    want = len(load_client_data(cfg, 2, NUM_PARTITIONS).train)
+    assert reply.content["metrics"]["num-examples"] == want
+    assert want != len(load_client_data(CFG, 2, NUM_PARTITIONS).train)
 
 
-def test_client_fn_refuses_a_bad_run_config() -> None:
+def test_the_client_app_refuses_a_bad_run_config() -> None:
     with pytest.raises(ConfigError, match="'local-epochs'"):
-        client_fn(context({**CFG.run_config, "local-epochs": 0}))
+        app(message_api("train", global_weights()), context({**CFG.run_config, "local-epochs": 0}))
 
 
 def test_client_data_is_reused_across_make_client_calls() -> None:

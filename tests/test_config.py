@@ -32,6 +32,7 @@ def assert_one_line_error(err: ConfigError, key: str, value: Any) -> str:
 
 CHOICE_FIELDS = {
     "strategy": ("fedavg", "hybrid", "quality", "simple"),
+    "flower-api": ("legacy", "message"),
     "dataset": (
         "digits",
         "mnist",
@@ -68,6 +69,8 @@ BAD_CHOICES = [
     ("strategy", "fedprox"),
     ("strategy", "FedAvg"),
     ("strategy", ""),
+    ("flower-api", "grpc"),
+    ("flower-api", "Message"),
     ("dataset", "cifar100"),
     ("dataset", "MNIST"),
     ("dataset", "hf:"),
@@ -177,6 +180,7 @@ OUT_OF_RANGE = [
     ("server-learning-rate", 0.0, "> 0"),
     ("server-momentum", -0.1, ">= 0"),
     ("server-momentum", 1.0, "< 1"),
+    ("max-empty-rounds", -1, ">= 0"),
     ("quality-temperature", 0.0, "> 0"),
     ("hybrid-lambda", -0.01, ">= 0"),
     ("hybrid-lambda", 1.01, "<= 1"),

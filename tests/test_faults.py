@@ -37,9 +37,8 @@ def fit(
     cfg: RunConfig, partition_id: int, parameters: list[np.ndarray]
 ) -> tuple[list[np.ndarray], int, dict]:
     client = make_client(cfg, {"partition-id": partition_id, "num-partitions": NUM_PARTITIONS})
-    inner = client.numpy_client  # type: ignore[attr-defined]
-    assert isinstance(inner, FlowerClient)
-    return inner.fit([p.copy() for p in parameters], {"server-round": 1})
+    assert isinstance(client, FlowerClient)
+    return client.fit([p.copy() for p in parameters], {"server-round": 1})
 
 
 def global_model() -> list[np.ndarray]:
@@ -95,7 +94,7 @@ def test_every_poisoned_update_is_rejected_and_the_model_stays_finite(kind: str,
     poisoned = fit(cfg_with(kind), 3, g)
     sent = [*honest, poisoned]
     results = results_of([a for a, _, _ in sent], [n for _, n, _ in sent], [m for _, _, m in sent])
-    parameters, metrics = make(functools.partial(strategies.get, name), g).aggregate_fit(
+    parameters, metrics = make(functools.partial(strategies.build, name), g).aggregate_fit(
         1, results, []
     )
     assert metrics["rejected"] == 1
@@ -104,7 +103,7 @@ def test_every_poisoned_update_is_rejected_and_the_model_stays_finite(kind: str,
     aggregated = parameters_to_ndarrays(parameters)
     assert all(np.isfinite(layer).all() for layer in aggregated)
     # The same as aggregating the honest updates alone.
-    clean = make(functools.partial(strategies.get, name), g)
+    clean = make(functools.partial(strategies.build, name), g)
     expected, _ = clean.aggregate_fit(1, results[:3], [])
     assert expected is not None
     for a, b in zip(aggregated, parameters_to_ndarrays(expected), strict=True):

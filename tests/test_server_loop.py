@@ -23,7 +23,8 @@ from flwr.common import (
 from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from fl_app.server_loop import ExperimentServer, RoundRecord, RunListener
+from fl_app.results import RoundRecord, RunListener
+from fl_app.server_loop import ExperimentServer, RoundRecorder
 from strategies import FedAvg
 from tests.fakes import OK
 
@@ -85,7 +86,7 @@ def test_a_round_sends_every_sampled_client_its_message_at_once() -> None:
             initial_parameters=ndarrays_to_parameters([np.zeros(3, dtype=np.float32)]),
             fraction_evaluate=0.0,
         ),
-        listeners=[listener],
+        recorder=RoundRecorder([listener]),
     )
     server.fit(num_rounds=1, timeout=None)
     last = listener.rounds[-1]

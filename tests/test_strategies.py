@@ -6,6 +6,7 @@ formula, never copied from a run of the code under test.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -23,8 +24,13 @@ from flwr.common import (
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import strategies
-from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage, linear_schedule
-from strategies.base import AggregationStrategy, decode_parameters, encode_parameters
+from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage
+from strategies.core import NothingAggregatedError, Rule, decode_tensors, encode_tensors
+from strategies.fedavg import FedAvgRule
+from strategies.hybrid import HybridRule, linear_schedule
+from strategies.legacy import LegacyStrategy
+from strategies.quality_weighted import QualityWeightedRule
+from strategies.simple_average import SimpleAverageRule
 from tests.fakes import OK, Proxy, fit_res, make, results_of
 
 
@@ -38,7 +44,7 @@ class NoClients:
         return []
 
 
-def with_global(strategy: AggregationStrategy, global_model: Sequence[np.ndarray]):
+def with_global(strategy: LegacyStrategy, global_model: Sequence[np.ndarray]):
     """Hand the strategy the current global model, as the server does in configure_fit."""
     strategy.configure_fit(1, ndarrays_to_parameters(list(global_model)), NoClients())
     return strategy
@@ -134,8 +140,8 @@ def test_aggregation_does_not_modify_the_global_model():
     global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
     strategy = make(FedAvg, global_model, server_learning_rate=0.5, server_momentum=0.5)
     aggregate(strategy, results_of([A, B], [1, 3]))
-    np.testing.assert_array_equal(strategy.global_model[0], [1.0, 1.0])
-    np.testing.assert_array_equal(strategy.global_model[1], [[1.0, 1.0]])
+    np.testing.assert_array_equal(strategy.rule.global_model[0], [1.0, 1.0])
+    np.testing.assert_array_equal(strategy.rule.global_model[1], [[1.0, 1.0]])
 
 
 # ---- (b) same as Flower's FedAvg ----------------------------------------------------
@@ -175,9 +181,9 @@ def test_aggregate_is_bitwise_independent_of_arrival_order(name):
     # Clients answer in any order; float sums depend on order; reruns must not.
     rng = np.random.default_rng(5)
     results = _quality_round(rng, clients=9)
-    first, _ = aggregate(strategies.get(name), results)
+    first, _ = aggregate(strategies.build(name), results)
     for permutation in (rng.permutation(9) for _ in range(3)):
-        again, _ = aggregate(strategies.get(name), [results[i] for i in permutation])
+        again, _ = aggregate(strategies.build(name), [results[i] for i in permutation])
         for a, b in zip(first, again, strict=True):
             assert a.tobytes() == b.tobytes()
 
@@ -436,11 +442,50 @@ def test_round_with_no_results_returns_none():
     assert metrics["accepted"] == 0
 
 
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_three_empty_rounds_in_a_row_stop_the_run(name):
+    strategy = make(functools.partial(strategies.build, name), GLOBAL32)
+    invalid = [(Proxy("bad"), BAD_UPDATES["nan"]())]
+    out, _ = aggregate(strategy, [], server_round=1)
+    assert out is None
+    out, metrics = aggregate(strategy, invalid, server_round=2)
+    assert out is None
+    assert metrics["rejected"] == 1
+    with pytest.raises(NothingAggregatedError, match="max-empty-rounds") as error:
+        aggregate(strategy, [], failures=[RuntimeError("timeout")], server_round=3)
+    assert error.value.metrics["failures"] == 1
+    assert error.value.metrics["accepted"] == 0
+
+
+def test_an_aggregated_round_resets_the_empty_round_count():
+    strategy = make(FedAvg, GLOBAL32)
+    for server_round in (1, 2):
+        out, _ = aggregate(strategy, [], server_round=server_round)
+        assert out is None
+    out, _ = aggregate(strategy, _valid_results(), server_round=3)
+    assert out is not None
+    assert strategy.get_state().empty_rounds == 0
+    for server_round in (4, 5):
+        out, _ = aggregate(strategy, [], server_round=server_round)
+        assert out is None
+    with pytest.raises(NothingAggregatedError, match="max-empty-rounds"):
+        aggregate(strategy, [], server_round=6)
+
+
+def test_max_empty_rounds_zero_never_stops():
+    strategy = make(FedAvg, GLOBAL32, max_empty_rounds=0)
+    for server_round in range(1, 11):
+        out, metrics = aggregate(strategy, [], server_round=server_round)
+        assert out is None
+        assert metrics["accepted"] == 0
+    assert strategy.get_state().empty_rounds == 10
+
+
 def test_failures_with_accept_failures_false_return_none():
     strategy = make(FedAvg, GLOBAL32, accept_failures=False)
     out, metrics = aggregate(strategy, _valid_results(), failures=[RuntimeError("timeout")])
     assert out is None
-    assert metrics["failures"] == 1
+    assert metrics == {"results": 2, "failures": 1}
 
 
 def test_failures_with_accept_failures_are_counted_and_skipped():
@@ -540,9 +585,12 @@ def test_quality_server_source_rejects_non_finite_server_scores():
 
 
 def test_quality_auto_direction_treats_loss_as_lower_is_better():
-    assert QualityWeighted(quality_metric="val_loss").higher_is_better is False
-    assert QualityWeighted(quality_metric="val_accuracy").higher_is_better is True
-    assert QualityWeighted(quality_metric="val_loss", quality_direction="max").higher_is_better
+    def higher_is_better(**knobs) -> bool:
+        return QualityWeighted(**knobs).rule.options.higher_is_better
+
+    assert higher_is_better(quality_metric="val_loss") is False
+    assert higher_is_better(quality_metric="val_accuracy") is True
+    assert higher_is_better(quality_metric="val_loss", quality_direction="max")
 
     # softmax, τ = 1, losses [0, ln 3]: exp(−q) = [1, 1/3] -> w = [0.75, 0.25]
     # 0.75·[1, 2] + 0.25·[3, 6] = [1.5, 3];  0.25·[[4, 0]] + 0.75·[[0, 4]] = [[1, 3]]
@@ -680,7 +728,7 @@ def test_hybrid_uses_the_scheduled_lambda_per_round():
     strategy = make(
         Hybrid, GLOBAL, hybrid_lambda=linear_schedule(0.0, 1.0, 3), quality_temperature=0.5
     )
-    assert [strategy.lambda_at(r) for r in (1, 2, 3)] == pytest.approx([0.0, 0.5, 1.0])
+    assert [strategy.rule.options.lambda_at(r) for r in (1, 2, 3)] == pytest.approx([0.0, 0.5, 1.0])
     results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
     # round 2: λ = 0.5 -> w = [0.175, 0.825] -> ([2.65, 5.3], [[3.3, 0.7]])
     out, metrics = aggregate(strategy, results, server_round=2)
@@ -701,61 +749,71 @@ def test_hybrid_uses_the_scheduled_lambda_per_round():
 # ---- (h) registry and constructor validation ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"),
-    [
-        ("simple", SimpleAverage),
-        ("fedavg", FedAvg),
-        ("quality", QualityWeighted),
-        ("hybrid", Hybrid),
-    ],
-)
-def test_registry_builds_each_strategy(name, cls):
-    strategy = strategies.get(name)
-    assert type(strategy) is cls
+# The legacy class of each rule.
+LEGACY_CLASSES = {
+    SimpleAverageRule: SimpleAverage,
+    FedAvgRule: FedAvg,
+    QualityWeightedRule: QualityWeighted,
+    HybridRule: Hybrid,
+}
+
+
+def test_registry_maps_names_to_rules_each_with_a_legacy_class():
+    rules = list(strategies.REGISTRY.values())
+    assert len(set(rules)) == len(rules)  # one name per rule
+    assert set(rules) == set(LEGACY_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_registry_builds_each_strategy(name):
+    rule = strategies.REGISTRY[name]
+    assert issubclass(rule, Rule)
+    assert strategies.rule_type(name) is rule
+    legacy = LEGACY_CLASSES[rule]
+    assert legacy.rule_type is rule
+    assert getattr(strategies, legacy.__name__) is legacy
+    strategy = strategies.build(name)
+    assert isinstance(strategy, LegacyStrategy)
     assert isinstance(strategy, FlowerFedAvg)
-    assert strategies.REGISTRY[name] is cls
+    assert isinstance(strategy.rule, rule)
+    assert type(strategy.rule) is rule
+    assert type(legacy().rule) is rule
 
 
 def test_registry_passes_keyword_arguments():
-    strategy = strategies.get("fedavg", server_learning_rate=0.5, fraction_fit=0.3)
-    assert strategy.server_learning_rate == 0.5
+    strategy = strategies.build("fedavg", server_learning_rate=0.5, fraction_fit=0.3)
+    assert strategy.rule.options.server_learning_rate == 0.5
     assert strategy.fraction_fit == 0.3
 
 
 def test_registry_unknown_name_lists_allowed_names():
     with pytest.raises(ValueError, match="nope") as error:
-        strategies.get("nope")
-    for name in ("simple", "quality", "fedavg", "hybrid"):
+        strategies.build("nope")
+    for name in strategies.REGISTRY:
         assert name in str(error.value)
 
 
-def test_own_options_keeps_only_what_a_strategy_accepts():
-    options = {
-        "server_learning_rate": 0.5,
-        "server_momentum": 0.1,
-        "fraction_fit": 0.5,
-        "quality_metric": "val_loss",
-        "quality_temperature": 0.3,
-        "hybrid_lambda": 0.2,
-        "robust_filter": "mad",
-        "dataset": "digits",
-    }
-    simple = strategies.own_options("simple", options)
-    assert simple == {"server_learning_rate": 0.5, "server_momentum": 0.1, "fraction_fit": 0.5}
-    quality = strategies.own_options("quality", options)
-    assert set(quality) == {
-        "server_learning_rate",
-        "server_momentum",
-        "fraction_fit",
-        "quality_metric",
-        "quality_temperature",
-    }
-    hybrid = strategies.own_options("hybrid", options)
-    assert set(hybrid) == set(options) - {"dataset"}
-    # What own_options keeps, the constructor takes.
-    for name in strategies.REGISTRY:
-        strategies.get(name, **strategies.own_options(name, options))
+def test_build_splits_the_rule_knobs_from_the_flower_arguments():
+    strategy = strategies.build(
+        "hybrid", hybrid_lambda=0.2, robust_filter="mad", server_momentum=0.1, fraction_fit=0.3
+    )
+    assert strategy.rule.options.hybrid_lambda == 0.2
+    assert strategy.rule.options.robust_filter == "mad"
+    assert strategy.rule.options.server_momentum == 0.1
+    assert strategy.fraction_fit == 0.3
+    quality = strategies.build("quality", quality_metric="val_loss", fraction_evaluate=0.4)
+    assert quality.rule.options.quality_metric == "val_loss"
+    assert quality.fraction_evaluate == 0.4
+
+
+def test_a_knob_of_another_rule_is_refused():
+    # Knobs the rule does not have are left to Flower's FedAvg, which refuses them.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hybrid_lambda'"):
+        FedAvg(hybrid_lambda=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'robust_filter'"):
+        strategies.build("fedavg", options=None, robust_filter="mad")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'quality_metric'"):
+        strategies.build("simple", quality_metric="val_loss")
 
 
 @pytest.mark.parametrize(
@@ -793,14 +851,14 @@ def test_good_constructor_values_are_accepted():
     QualityWeighted(quality_source="server", score_fn=lambda arrays: {"val_accuracy": 1.0})
 
 
-# ---- (i) decode_parameters ----------------------------------------------------------
+# ---- (i) decode_tensors / encode_tensors --------------------------------------------
 
 
 def _shares_tensor_memory(array: np.ndarray, tensor: bytes) -> bool:
     return np.shares_memory(array, np.frombuffer(tensor, dtype=np.uint8))
 
 
-def test_decode_parameters_equals_flower_and_is_zero_copy():
+def test_decode_tensors_equals_flower_and_is_zero_copy():
     rng = np.random.default_rng(0)
     arrays = [
         rng.normal(size=(3, 4)).astype(np.float32),
@@ -811,7 +869,7 @@ def test_decode_parameters_equals_flower_and_is_zero_copy():
         np.arange(4, dtype=">f4"),  # big-endian
     ]
     parameters = ndarrays_to_parameters(arrays)
-    decoded = decode_parameters(parameters)
+    decoded = decode_tensors(parameters.tensors)
     reference = parameters_to_ndarrays(parameters)
     assert len(decoded) == len(reference) == len(arrays)
     for got, want, original, tensor in zip(
@@ -827,25 +885,25 @@ def test_decode_parameters_equals_flower_and_is_zero_copy():
     assert decoded[1].flags.f_contiguous
 
 
-def test_decode_parameters_rejects_garbage_and_object_arrays():
+def test_decode_tensors_rejects_garbage_and_object_arrays():
     with pytest.raises(ValueError, match="magic"):
-        decode_parameters(Parameters(tensors=[b"garbage"], tensor_type="numpy.ndarray"))
+        decode_tensors([b"garbage"])
     with pytest.raises(ValueError, match="object"):
-        decode_parameters(Parameters(tensors=[_object_npy()], tensor_type="numpy.ndarray"))
+        decode_tensors([_object_npy()])
 
 
-def test_decode_parameters_parses_each_distinct_header_once():
+def test_decode_tensors_parses_each_distinct_header_once():
     # Headers are cached by their bytes: two models of the same layout, different values.
-    first = decode_parameters(ndarrays_to_parameters([np.arange(3.0)]))
-    second = decode_parameters(ndarrays_to_parameters([np.arange(3.0) + 10]))
-    other = decode_parameters(ndarrays_to_parameters([np.arange(4, dtype=np.int32)]))
+    first = decode_tensors(ndarrays_to_parameters([np.arange(3.0)]).tensors)
+    second = decode_tensors(ndarrays_to_parameters([np.arange(3.0) + 10]).tensors)
+    other = decode_tensors(ndarrays_to_parameters([np.arange(4, dtype=np.int32)]).tensors)
     np.testing.assert_array_equal(first[0], [0.0, 1.0, 2.0])
     np.testing.assert_array_equal(second[0], [10.0, 11.0, 12.0])
     assert other[0].dtype == np.int32
     np.testing.assert_array_equal(other[0], [0, 1, 2, 3])
 
 
-def test_encode_parameters_is_byte_for_byte_flowers_and_releases_the_layers():
+def test_encode_tensors_is_byte_for_byte_flowers_and_releases_the_layers():
     arrays = [
         np.arange(12, dtype=np.float32).reshape(3, 4),
         np.array(2.5, dtype=np.float16),  # 0-d
@@ -859,7 +917,7 @@ def test_encode_parameters_is_byte_for_byte_flowers_and_releases_the_layers():
     ]
     want = ndarrays_to_parameters(arrays)
     layers = list(arrays)
-    got = encode_parameters(layers)
+    got = Parameters(tensors=encode_tensors(layers), tensor_type="numpy.ndarray")
     assert layers == []
     assert got.tensor_type == want.tensor_type
     assert got.tensors == want.tensors

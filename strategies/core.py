@@ -1,0 +1,491 @@
+"""The strategy core: validation, coefficients, streaming fold, server step, state. No Flower.
+
+Both Flower API halves wrap the same :class:`Rule`: the legacy adapters
+(:mod:`strategies.legacy`) hand it the tensors of each ``FitRes``, the Message-API
+adapters (:mod:`strategies.message`) those of each reply's ``ArrayRecord``. Either way a
+round is :meth:`Rule.aggregate` over :class:`ClientUpdate` objects, so both give the same
+model bit for bit.
+
+A rule only decides the coefficients of the accepted updates (:meth:`Rule.coefficients`)
+and, when it needs more than the shared checks, validates further
+(:meth:`Rule.check_update`). What it carries from round to round lives in one explicit
+:class:`StrategyState`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from strategies import aggregate
+from strategies.aggregate import Array, Model
+
+Scalar = bool | bytes | float | int | str
+Metrics = dict[str, Scalar]
+# A child of Flower's logger: its lines show with Flower's, at Flower's level, without
+# importing Flower here.
+LOG = logging.getLogger("flwr.strategies")
+# ``score_fn(arrays) -> metrics``: a client model scored on server-held data.
+ScoreFn = Callable[[Sequence[Array]], Mapping[str, float]]
+
+
+class NothingAggregatedError(RuntimeError):
+    """Too many rounds in a row aggregated nothing: the run stops instead of freezing.
+
+    ``metrics`` are the last round's (``results``, ``failures``, ``rejected`` ...).
+    """
+
+    def __init__(self, message: str, metrics: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.metrics = dict(metrics)
+
+
+def weighted_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metrics:
+    """Example-weighted mean of every finite numeric metric the clients reported."""
+    totals: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for num_examples, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                totals[key] = totals.get(key, 0.0) + num_examples * float(value)
+                weights[key] = weights.get(key, 0) + num_examples
+    return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
+
+
+# ---- .npy tensors on the wire ---------------------------------------------------------
+# Both Flower halves carry each layer as the bytes ``np.save`` writes (legacy
+# ``Parameters.tensors``, Message-API ``Array.data``).
+
+_NPY_MAGIC = b"\x93NUMPY"
+# .npy major version -> (header length field size, reader); the header follows the field.
+_NPY_HEADER_READERS = {
+    1: (2, np.lib.format.read_array_header_1_0),
+    2: (4, np.lib.format.read_array_header_2_0),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Shape, Fortran order and dtype of an ``.npy`` header.
+
+    Every client sends the same model layout, so a round parses each distinct header
+    once instead of once per client and layer.
+    """
+    stream = io.BytesIO(prefix)
+    major, _ = np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = _NPY_HEADER_READERS[major][1](stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not model parameters")
+    return shape, fortran_order, dtype
+
+
+def decode_tensors(tensors: Sequence[bytes]) -> list[Array]:
+    """Read-only views of the ``.npy`` arrays in ``tensors``, without copying their bytes."""
+    arrays = []
+    for tensor in tensors:
+        if len(tensor) < 8 or tensor[:6] != _NPY_MAGIC:
+            raise ValueError(f"not .npy data: no magic string (starts with {bytes(tensor[:8])!r})")
+        reader = _NPY_HEADER_READERS.get(tensor[6])
+        if reader is None:  # a rarer .npy version: let numpy parse (and copy) it
+            arrays.append(np.load(io.BytesIO(tensor), allow_pickle=False))
+            continue
+        length_bytes = reader[0]
+        offset = 8 + length_bytes + int.from_bytes(tensor[8 : 8 + length_bytes], "little")
+        shape, fortran_order, dtype = _npy_header(bytes(tensor[:offset]))
+        flat = np.frombuffer(tensor, dtype=dtype, count=math.prod(shape), offset=offset)
+        arrays.append(flat.reshape(shape, order="F" if fortran_order else "C"))
+    return arrays
+
+
+def encode_tensors(arrays: list[Array]) -> list[bytes]:
+    """``arrays`` as ``.npy`` bytes, byte for byte what ``np.save`` writes.
+
+    Each C-contiguous layer is copied once, straight into its bytes (``np.save`` into a
+    buffer copies twice), and ``arrays`` is emptied as it goes, so the peak is the model
+    plus one layer.
+    """
+    tensors = []
+    while arrays:
+        array = arrays.pop(0)
+        if not array.flags.c_contiguous or array.dtype.kind not in "biuf":
+            buffer = io.BytesIO()
+            np.save(buffer, array, allow_pickle=False)
+            tensors.append(buffer.getvalue())
+            continue
+        header = io.BytesIO()  # a plain dtype's header always fits format 1.0, as in np.save
+        np.lib.format.write_array_header_1_0(
+            header, np.lib.format.header_data_from_array_1_0(array)
+        )
+        tensors.append(b"".join((header.getvalue(), array.data)))
+        del array
+    return tensors
+
+
+# ---- one round's inputs and outputs ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClientUpdate:
+    """One client's reply as the rule sees it.
+
+    ``tensors`` are the layers as ``.npy`` bytes. ``arrays`` are the decoded layers while
+    the update is validated (:meth:`Rule.check_update`); they are released after
+    validation, so memory does not grow with the number of clients, and decoded again,
+    one update at a time, to fold them. What a rule needs of the layers is measured
+    during validation: ``quality`` (quality-weighted rules) and ``distance``
+    ``‖θ_i − θ_g‖`` (when :meth:`Rule.needs_distance` says so).
+    """
+
+    client_id: str
+    tensors: Sequence[bytes]
+    num_examples: Any
+    metrics: Mapping[str, Any]
+    arrays: list[Array] = field(default_factory=list)
+    quality: float = math.nan
+    distance: float = math.nan
+
+    def sort_key(self) -> tuple[int, bytes]:
+        """A cheap key that depends on what the client sent, not on when or who it is.
+
+        The tail of each tensor holds its last values; two updates that agree there are,
+        in practice, the same update, so their order does not matter.
+        """
+        n = self.num_examples if isinstance(self.num_examples, int) else 0
+        return n, b"".join(bytes(t[-16:]) for t in self.tensors)
+
+
+@dataclass
+class Coefficients:
+    """What a rule decides for a round: ``θ = c_g θ_g + Σ c_i θ_i``.
+
+    ``clients`` has one coefficient per valid update (0 drops it); ``global_model`` is
+    the share kept of the current global model (non-zero only for norm clipping).
+    ``weights`` are the per-client weights reported in the metrics; ``metrics`` is any
+    rule-specific detail for the round.
+    """
+
+    clients: np.ndarray[Any, np.dtype[np.float64]]
+    global_model: float = 0.0
+    weights: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass
+class RoundResult:
+    """What :meth:`Rule.aggregate` made of a round.
+
+    ``arrays`` is the new global model, or None when nothing could be aggregated (the
+    previous model stays); ``problem`` then says why, in one line with the fix.
+    ``metrics`` always holds ``results``, ``failures``, ``rejected``, ``accepted`` and,
+    when something was aggregated, ``weights`` (JSON: client id -> weight).
+    """
+
+    arrays: Model | None
+    metrics: Metrics
+    accepted: list[ClientUpdate]
+    problem: str | None = None
+
+
+@dataclass
+class StrategyState:
+    """Everything a strategy carries from one round to the next (for checkpoints).
+
+    ``velocity``: the server momentum buffer (None while β = 0 or before round 1);
+    ``empty_rounds``: rounds in a row that aggregated nothing.
+    """
+
+    velocity: Model | None = None
+    empty_rounds: int = 0
+
+    def to_arrays(self) -> dict[str, list[Array]]:
+        """The state as named lists of arrays (what a checkpoint stores)."""
+        arrays = {"empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)]}
+        if self.velocity is not None:
+            arrays["velocity"] = [v.copy() for v in self.velocity]
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Sequence[Array]]) -> StrategyState:
+        velocity = arrays.get("velocity")
+        empty = arrays.get("empty_rounds")
+        return cls(
+            velocity=None if velocity is None else [np.array(v) for v in velocity],
+            empty_rounds=int(empty[0]) if empty else 0,
+        )
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A strategy whose state a server checkpoints and restores."""
+
+    def get_state(self) -> StrategyState: ...
+
+    def set_state(self, state: StrategyState) -> None: ...
+
+
+# ---- options ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """The knobs every rule has: the FedAvgM server step and the empty-round limit.
+
+    server_learning_rate : η > 0. 1.0 (with β = 0) takes the average as the new model.
+    server_momentum : β in [0, 1). 0.0 disables server momentum.
+    max_empty_rounds : stop with :class:`NothingAggregatedError` after this many rounds in a
+        row that aggregated nothing (0: never stop).
+    """
+
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
+    max_empty_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.server_learning_rate > 0:
+            raise ValueError(f"server_learning_rate={self.server_learning_rate!r}: must be > 0")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(f"server_momentum={self.server_momentum!r}: must be in [0, 1)")
+        if isinstance(self.max_empty_rounds, bool) or not (
+            isinstance(self.max_empty_rounds, int) and self.max_empty_rounds >= 0
+        ):
+            raise ValueError(f"max_empty_rounds={self.max_empty_rounds!r}: must be an int >= 0")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Any:
+        """These options read from ``config`` (any object with an attribute per field,
+        e.g. :class:`fl_app.config.RunConfig`)."""
+        return cls(**{name: getattr(config, name) for name in cls.field_names()})
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)
+
+
+# ---- the rule -----------------------------------------------------------------------
+
+
+class Rule:
+    """Base of every aggregation rule: validated, streaming aggregation with a server step.
+
+    Update rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, chosen by :meth:`coefficients`),
+    then the FedAvgM server step ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
+
+    Every update is checked before it is folded in: it must decode, match the global
+    model's layer shapes and dtypes, hold only finite values, and report a positive
+    integer ``num_examples``. A failing update is rejected, reported with the client's id
+    and the reason, and counted in the round's ``rejected`` metric. When nothing valid
+    arrives the round keeps the previous global model and says why; after
+    ``max_empty_rounds`` such rounds in a row :meth:`aggregate` raises
+    :class:`NothingAggregatedError`.
+    """
+
+    Options: ClassVar[type[ServerOptions]] = ServerOptions
+
+    def __init__(self, options: ServerOptions | None = None, *, score_fn: ScoreFn | None = None):
+        self.options = options if options is not None else self.Options()
+        if not isinstance(self.options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.Options.__name__}, "
+                f"not {type(self.options).__name__}"
+            )
+        self.score_fn = score_fn
+        self.state = StrategyState()
+        self.global_model: list[Array] | None = None
+
+    # ---- hooks for subclasses -------------------------------------------------------
+
+    def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
+        """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
+        raise NotImplementedError
+
+    def check_update(self, server_round: int, update: ClientUpdate) -> str | None:
+        """Rule-specific validation; return the reason to reject, or None."""
+        return None
+
+    def needs_distance(self, server_round: int) -> bool:
+        """Whether :meth:`coefficients` reads ``ClientUpdate.distance`` this round."""
+        return False
+
+    def explain_rejections(self, rejected: Sequence[tuple[ClientUpdate, str]]) -> str:
+        """The fix for a round in which every update was rejected (after the reasons)."""
+        return "check what the clients send (layers, num_examples) against the global model"
+
+    # ---- one round ------------------------------------------------------------------
+
+    def aggregate(
+        self, server_round: int, updates: Sequence[ClientUpdate], failures: Sequence[str]
+    ) -> RoundResult:
+        """Validate ``updates``, fold the accepted ones, take the server step.
+
+        ``failures`` describes the clients that raised, timed out or answered with an
+        error (one string each). Raises :class:`NothingAggregatedError` after too many empty
+        rounds in a row.
+        """
+        metrics: Metrics = {"results": len(updates), "failures": len(failures)}
+        accepted, rejected = self._validate(server_round, updates)
+        metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
+        if not accepted:
+            return self._empty_round(server_round, metrics, updates, rejected, failures)
+        self.state.empty_rounds = 0
+
+        chosen = self.coefficients(server_round, accepted)
+        folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
+        # Decoded one update at a time, as the fold reaches it.
+        terms: Iterator[tuple[Sequence[Array], float]] = (
+            (decode_tensors(u.tensors), c) for u, c in folded
+        )
+        if chosen.global_model != 0.0:
+            terms = itertools.chain(terms, [(self.require_global(), chosen.global_model)])
+        average = aggregate.weighted_sum(terms, template=decode_tensors(accepted[0].tensors))
+        options = self.options
+        if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
+            average, self.state.velocity = aggregate.server_step(
+                average,
+                self.require_global(),
+                self.state.velocity,
+                learning_rate=options.server_learning_rate,
+                momentum=options.server_momentum,
+            )
+        weights = chosen.clients if chosen.weights is None else chosen.weights
+        metrics |= chosen.metrics
+        metrics["weights"] = json.dumps(
+            {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}
+        )
+        LOG.info(
+            f"round {server_round}: aggregated {len(folded)} of {len(updates)} results "
+            f"({len(rejected)} rejected, {len(failures)} failures)"
+        )
+        return RoundResult(average, metrics, accepted)
+
+    def require_global(self) -> list[Array]:
+        if self.global_model is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs the current global model for this setting: "
+                "pass the initial model or let the server configure a round first"
+            )
+        return self.global_model
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _empty_round(
+        self,
+        server_round: int,
+        metrics: Metrics,
+        updates: Sequence[ClientUpdate],
+        rejected: Sequence[tuple[ClientUpdate, str]],
+        failures: Sequence[str],
+    ) -> RoundResult:
+        if rejected:
+            reasons = Counter(reason for _, reason in rejected)
+            said = "; ".join(f"{reason} (x{n})" for reason, n in reasons.most_common(3))
+            why = f"all {len(rejected)} updates were rejected: {said}; fix: "
+            why += self.explain_rejections(rejected)
+        elif failures:
+            why = (
+                f"all {len(failures)} sampled clients failed (first: {failures[0]}); fix: "
+                "see the clients' errors (run_simulation.py --verbose, or flwr log)"
+            )
+        else:
+            why = (
+                "no client was sampled or answered; fix: check that enough clients are "
+                "connected (min-available-clients) and round-timeout"
+            )
+        problem = f"round {server_round}: nothing aggregated, keeping the previous model: {why}"
+        self.state.empty_rounds += 1
+        LOG.warning(problem)
+        limit = self.options.max_empty_rounds
+        if limit and self.state.empty_rounds >= limit:
+            raise NothingAggregatedError(
+                f"{problem} (stopping: {self.state.empty_rounds} rounds in a row aggregated "
+                f"nothing; max-empty-rounds={limit}, 0 disables the stop)",
+                metrics,
+            )
+        return RoundResult(None, metrics, [], problem)
+
+    def _validate(
+        self, server_round: int, updates: Sequence[ClientUpdate]
+    ) -> tuple[list[ClientUpdate], list[tuple[ClientUpdate, str]]]:
+        """Decode and check every update; return the valid ones and the rejected ones.
+
+        Updates are taken in a canonical order (by content), not in the order clients
+        answered: float sums depend on their order, and a rerun with the same seed must
+        give the same model bit for bit.
+        """
+        template: Sequence[Array] | None = self.global_model
+        accepted: list[ClientUpdate] = []
+        rejected: list[tuple[ClientUpdate, str]] = []
+        for update in sorted(updates, key=ClientUpdate.sort_key):
+            reason: str | None
+            try:
+                update.arrays = decode_tensors(update.tensors)
+            except (ValueError, TypeError) as err:
+                reason = f"undecodable parameters ({err})"
+            else:
+                if template is None:  # no global model known: the first update sets the layout
+                    template = update.arrays
+                reason = self._check(server_round, update, template)
+                update.arrays = []
+            if reason is None:
+                accepted.append(update)
+            else:
+                rejected.append((update, reason))
+                LOG.warning(
+                    f"round {server_round}: rejected update from client {update.client_id}: "
+                    f"{reason}"
+                )
+        return accepted, rejected
+
+    def _check(
+        self, server_round: int, update: ClientUpdate, template: Sequence[Array]
+    ) -> str | None:
+        n = update.num_examples
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            return f"num_examples={n!r} is not an integer"
+        if n <= 0:
+            return f"num_examples={n} is not positive"
+        shape_problem = aggregate.mismatch(update.arrays, template)
+        if shape_problem is not None:
+            return shape_problem
+        if not aggregate.all_finite(update.arrays):
+            return "parameters contain NaN or Inf"
+        if self.needs_distance(server_round):
+            update.distance = aggregate.distance(update.arrays, self.require_global())
+        return self.check_update(server_round, update)
+
+
+def build_rule(
+    rule_type: type[Rule] | None,
+    *,
+    rule: Rule | None,
+    options: ServerOptions | None,
+    score_fn: ScoreFn | None,
+    knobs: Mapping[str, Any],
+) -> Rule:
+    """The rule an adapter wraps: ``rule`` itself, or ``rule_type`` built from ``options``
+    or from keyword ``knobs`` (the fields of ``rule_type.Options``)."""
+    if rule is not None:
+        if options is not None or knobs or score_fn is not None:
+            raise TypeError("pass either rule= or the rule's options/knobs/score_fn, not both")
+        return rule
+    if rule_type is None:
+        raise TypeError("pass rule=, or use a strategy class that names its rule")
+    if options is not None and knobs:
+        raise TypeError(f"pass either options= or the knobs {sorted(knobs)}, not both")
+    allowed = rule_type.Options.field_names()
+    unknown = sorted(set(knobs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{rule_type.__name__} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(allowed)}"
+        )
+    return rule_type(options or rule_type.Options(**knobs), score_fn=score_fn)

@@ -1,0 +1,182 @@
+"""The rules as Flower legacy strategies (``flwr.server.strategy``, NumPyClient on the wire).
+
+Each class is a thin adapter over a :class:`~strategies.core.Rule`: Flower's ``FedAvg``
+gives client sampling, fit/evaluate configuration, centralized evaluation and
+evaluate-metric aggregation; ``aggregate_fit`` hands the tensors of each ``FitRes`` to
+the rule. The Message-API twins in :mod:`strategies.message` give the same model bit for
+bit on the same replies.
+
+    strategy = Hybrid(hybrid_lambda=0.3, robust_filter="mad", fraction_fit=0.5)
+    strategy = Hybrid(options=HybridOptions(hybrid_lambda=0.3), fraction_fit=0.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from logging import WARNING
+from typing import Any, ClassVar
+
+from flwr.common import FitRes, Metrics, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common.logger import log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as FlowerFedAvg
+
+from strategies.core import (
+    ClientUpdate,
+    RoundResult,
+    Rule,
+    ScoreFn,
+    ServerOptions,
+    StrategyState,
+    build_rule,
+    encode_tensors,
+    weighted_metrics,
+)
+from strategies.fedavg import FedAvgRule
+from strategies.hybrid import HybridRule
+from strategies.quality_weighted import QualityWeightedRule
+from strategies.simple_average import SimpleAverageRule
+
+MetricsFn = Callable[[list[tuple[int, Metrics]]], Metrics]
+
+
+def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
+    """One line for a failed client: what it raised, or the status it answered with."""
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}"
+    proxy, res = failure
+    return f"client {proxy.cid}: {res.status.code.name} {res.status.message}"
+
+
+class LegacyStrategy(FlowerFedAvg):
+    """Flower legacy strategy over a :class:`~strategies.core.Rule`.
+
+    Parameters
+    ----------
+    rule : Rule, optional
+        The rule to run; the named subclasses build theirs from ``options`` or knobs.
+    options : the rule's options dataclass, optional
+    score_fn : callable, optional
+        ``score_fn(arrays) -> metrics`` scores a client model on server-held data
+        (``quality_source="server"``).
+    **kwargs
+        The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``), and
+        Flower's ``FedAvg`` arguments: ``fraction_fit``, ``fraction_evaluate``,
+        ``min_fit_clients``, ``min_evaluate_clients``, ``min_available_clients``,
+        ``evaluate_fn``, ``on_fit_config_fn``, ``on_evaluate_config_fn``,
+        ``accept_failures``, ``initial_parameters``, ``fit_metrics_aggregation_fn``,
+        ``evaluate_metrics_aggregation_fn`` (both default to the example-weighted mean).
+    """
+
+    rule_type: ClassVar[type[Rule] | None] = None
+
+    def __init__(
+        self,
+        *,
+        rule: Rule | None = None,
+        options: ServerOptions | None = None,
+        score_fn: ScoreFn | None = None,
+        fit_metrics_aggregation_fn: MetricsFn | None = weighted_metrics,
+        evaluate_metrics_aggregation_fn: MetricsFn | None = weighted_metrics,
+        **kwargs: Any,
+    ) -> None:
+        known = set(self.rule_type.Options.field_names()) if self.rule_type else set()
+        knobs = {key: kwargs.pop(key) for key in list(kwargs) if key in known}
+        self.rule = build_rule(
+            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
+        )
+        super().__init__(
+            fit_metrics_aggregation_fn=fit_metrics_aggregation_fn,
+            evaluate_metrics_aggregation_fn=evaluate_metrics_aggregation_fn,
+            **kwargs,
+        )
+        self.last_result: RoundResult | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule.options})"
+
+    # ---- state to checkpoint (strategies.core.Stateful) -----------------------------
+
+    def get_state(self) -> StrategyState:
+        return self.rule.state
+
+    def set_state(self, state: StrategyState) -> None:
+        self.rule.state = state
+
+    # ---- Flower Strategy API --------------------------------------------------------
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        parameters = super().initialize_parameters(client_manager)
+        if parameters is not None:
+            self.rule.global_model = parameters_to_ndarrays(parameters)
+        return parameters
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        # The server hands over the current global model here every round: keep it
+        # to validate updates against and to take the server step from.
+        self.rule.global_model = parameters_to_ndarrays(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if not self.accept_failures and failures:
+            log(
+                WARNING,
+                "round %d: %d failures and accept_failures=False",
+                server_round,
+                len(failures),
+            )
+            return None, {"results": len(results), "failures": len(failures)}
+        result = self.rule.aggregate(
+            server_round,
+            [rule_update(proxy.cid, res) for proxy, res in results],
+            [describe_failure(f) for f in failures],
+        )
+        self.last_result = result
+        metrics: dict[str, Scalar] = dict(result.metrics)
+        if self.fit_metrics_aggregation_fn is not None and result.accepted:
+            metrics = (
+                self.fit_metrics_aggregation_fn(
+                    [(u.num_examples, u.metrics) for u in result.accepted]  # type: ignore[misc]
+                )
+                | metrics
+            )
+        if result.arrays is None:
+            return None, metrics
+        return Parameters(encode_tensors(result.arrays), "numpy.ndarray"), metrics
+
+
+def rule_update(client_id: str, res: FitRes) -> ClientUpdate:
+    """A ``FitRes`` as the core's :class:`~strategies.core.ClientUpdate`."""
+    return ClientUpdate(client_id, res.parameters.tensors, res.num_examples, res.metrics)
+
+
+class SimpleAverage(LegacyStrategy):
+    """:class:`~strategies.simple_average.SimpleAverageRule` as a legacy strategy."""
+
+    rule_type = SimpleAverageRule
+
+
+class FedAvg(LegacyStrategy):
+    """:class:`~strategies.fedavg.FedAvgRule` as a legacy strategy."""
+
+    rule_type = FedAvgRule
+
+
+class QualityWeighted(LegacyStrategy):
+    """:class:`~strategies.quality_weighted.QualityWeightedRule` as a legacy strategy."""
+
+    rule_type = QualityWeightedRule
+
+
+class Hybrid(LegacyStrategy):
+    """:class:`~strategies.hybrid.HybridRule` as a legacy strategy."""
+
+    rule_type = HybridRule

@@ -1,0 +1,222 @@
+"""The rules as Flower Message-API strategies (``flwr.serverapp.strategy``).
+
+Each class is a thin adapter over a :class:`~strategies.core.Rule`, used exactly like
+Flower's own Message-API ``FedAvg``:
+
+    strategy = Hybrid(fraction_train=0.5, hybrid_lambda=0.3, robust_filter="mad")
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=10, evaluate_fn=central_evaluation)
+
+Flower's ``FedAvg`` gives node sampling, the train/evaluate messages and the evaluate
+metric aggregation. ``aggregate_train`` hands the rule the ``.npy`` bytes of each reply's
+``ArrayRecord`` and the ``num-examples`` of its ``MetricRecord``; one bad reply is
+rejected, counted and logged while the others are aggregated (Flower's ``FedAvg`` raises
+``InconsistentMessageReplies`` for the whole round instead). On the same replies the
+model is bit for bit the legacy twin's (:mod:`strategies.legacy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from strategies.core import (
+    ClientUpdate,
+    RoundResult,
+    Rule,
+    ScoreFn,
+    ServerOptions,
+    StrategyState,
+    build_rule,
+    decode_tensors,
+    encode_tensors,
+    weighted_metrics,
+)
+from strategies.fedavg import FedAvgRule
+from strategies.hybrid import HybridRule
+from strategies.quality_weighted import QualityWeightedRule
+from strategies.simple_average import SimpleAverageRule
+
+MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
+
+
+class MessageStrategy(FlowerFedAvg):
+    """Flower Message-API strategy over a :class:`~strategies.core.Rule`.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes,
+    min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key,
+    train_metrics_aggr_fn, evaluate_metrics_aggr_fn
+        Flower's Message-API ``FedAvg`` arguments, with Flower's defaults (the train
+        metrics default to the example-weighted mean of the accepted replies).
+    rule : Rule, optional
+        The rule to run; the named subclasses build theirs from ``options`` or knobs.
+    options : the rule's options dataclass, optional
+    score_fn : callable, optional
+        ``score_fn(arrays) -> metrics`` scores a client model on server-held data.
+    **knobs
+        The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``).
+
+    After each round ``last_result`` holds the rule's full :class:`RoundResult`
+    (including ``weights``, a JSON string a ``MetricRecord`` cannot carry).
+    """
+
+    rule_type: ClassVar[type[Rule] | None] = None
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        train_metrics_aggr_fn: MetricsAggregation | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
+        rule: Rule | None = None,
+        options: ServerOptions | None = None,
+        score_fn: ScoreFn | None = None,
+        **knobs: Any,
+    ) -> None:
+        self.rule = build_rule(
+            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
+        )
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        self.custom_train_metrics = train_metrics_aggr_fn is not None
+        self.last_result: RoundResult | None = None
+        self._keys: list[str] = []
+        self._sampled: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule.options})"
+
+    # ---- state to checkpoint (strategies.core.Stateful) -----------------------------
+
+    def get_state(self) -> StrategyState:
+        return self.rule.state
+
+    def set_state(self, state: StrategyState) -> None:
+        self.rule.state = state
+
+    # ---- Flower Strategy API --------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        # The current global model, to validate replies against and step from; its keys
+        # name the layers of the result (a torch state_dict's names survive).
+        self._keys = list(arrays.keys())
+        self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sampled = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates: list[ClientUpdate] = []
+        failures: list[str] = []
+        answered: set[int] = set()
+        contents: dict[str, RecordDict] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            answered.add(node)
+            if msg.has_error():
+                failures.append(f"node {node}: {msg.error.reason}")
+                continue
+            update = self._update_of(str(node), msg.content)
+            contents[update.client_id] = msg.content
+            updates.append(update)
+        failures += [
+            f"node {node}: no reply (round timeout)"
+            for node in self._sampled
+            if node not in answered
+        ]
+        result = self.rule.aggregate(server_round, updates, failures)
+        self.last_result = result
+        metrics: dict[str, Any] = {
+            k: v for k, v in result.metrics.items() if isinstance(v, int | float)
+        }
+        if result.accepted:
+            client_metrics: dict[str, Any]
+            if self.custom_train_metrics:
+                accepted = [contents[u.client_id] for u in result.accepted]
+                client_metrics = dict(self.train_metrics_aggr_fn(accepted, self.weighted_by_key))
+            else:
+                client_metrics = weighted_metrics(
+                    [(u.num_examples, u.metrics) for u in result.accepted]
+                )
+            metrics = client_metrics | metrics
+        return self._array_record(result.arrays), MetricRecord(metrics)
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _update_of(self, client_id: str, content: RecordDict) -> ClientUpdate:
+        """A reply as the core's update; a malformed one fails the core's validation."""
+        array_records = content.array_records
+        array_record = array_records.get(self.arrayrecord_key)
+        if array_record is None and len(array_records) == 1:
+            array_record = next(iter(array_records.values()))
+        metric_records = content.metric_records
+        metric_record = next(
+            (r for r in metric_records.values() if self.weighted_by_key in r),
+            next(iter(metric_records.values()), MetricRecord()),
+        )
+        metrics = {k: v for k, v in metric_record.items() if k != self.weighted_by_key}
+        tensors = [] if array_record is None else [a.data for a in array_record.values()]
+        return ClientUpdate(client_id, tensors, metric_record.get(self.weighted_by_key), metrics)
+
+    def _array_record(self, arrays: list[Any] | None) -> ArrayRecord | None:
+        """The rule's result under the global model's keys, one copy per layer."""
+        if arrays is None:
+            return None
+        shapes = [(str(a.dtype), tuple(a.shape)) for a in arrays]
+        record = ArrayRecord()
+        for key, (dtype, shape), data in zip(
+            self._keys, shapes, encode_tensors(arrays), strict=True
+        ):
+            record[key] = Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
+        return record
+
+
+class SimpleAverage(MessageStrategy):
+    """:class:`~strategies.simple_average.SimpleAverageRule` as a Message-API strategy."""
+
+    rule_type = SimpleAverageRule
+
+
+class FedAvg(MessageStrategy):
+    """:class:`~strategies.fedavg.FedAvgRule` as a Message-API strategy."""
+
+    rule_type = FedAvgRule
+
+
+class QualityWeighted(MessageStrategy):
+    """:class:`~strategies.quality_weighted.QualityWeightedRule` as a Message-API strategy."""
+
+    rule_type = QualityWeightedRule
+
+
+class Hybrid(MessageStrategy):
+    """:class:`~strategies.hybrid.HybridRule` as a Message-API strategy."""
+
+    rule_type = HybridRule

@@ -1,0 +1,177 @@
+"""The Flower-free strategy core: imports, empty rounds, the stop, state.
+
+Everything here runs the rules directly (``Rule.aggregate`` on ``ClientUpdate`` objects),
+the way both Flower adapters call them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import strategies
+from strategies.core import (
+    ClientUpdate,
+    NothingAggregatedError,
+    ServerOptions,
+    StrategyState,
+    encode_tensors,
+)
+from strategies.fedavg import FedAvgRule
+from strategies.hybrid import HybridOptions, HybridRule
+from strategies.quality_weighted import QualityOptions, QualityWeightedRule
+from tests.processes import ROOT
+
+GLOBAL = [np.zeros(2, dtype=np.float32), np.zeros((1, 2), dtype=np.float32)]
+
+
+def update(client: str, value: float, n: int = 10, **metrics: float) -> ClientUpdate:
+    arrays = [np.full_like(layer, value) for layer in GLOBAL]
+    return ClientUpdate(client, encode_tensors(arrays), n, metrics)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "strategies",
+        "strategies.core",
+        "strategies.aggregate",
+        *(rule.__module__ for rule in strategies.REGISTRY.values()),
+        "fl_app.config",
+        "fl_app.data",
+        "fl_app.models",
+        "fl_app.training",
+        "fl_app.results",
+        "fl_app.checkpoint",
+        "fl_app.faults",
+    ],
+)
+def test_the_core_and_the_torch_modules_import_no_flower(module: str) -> None:
+    probe = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", f"{module} loads Flower: {done.stdout[:300]}"
+
+
+def test_a_rule_aggregates_by_itself() -> None:
+    rule = FedAvgRule()
+    rule.global_model = GLOBAL
+    result = rule.aggregate(1, [update("a", 1.0, n=1), update("b", 3.0, n=3)], failures=[])
+    assert result.arrays is not None
+    # (1·1 + 3·3) / 4 = 2.5 in every entry
+    np.testing.assert_array_equal(result.arrays[0], [2.5, 2.5])
+    assert result.problem is None
+    assert json.loads(str(result.metrics["weights"])) == {"a": 0.25, "b": 0.75}
+
+
+def test_missing_quality_says_what_the_clients_sent_and_which_keys_to_change() -> None:
+    rule = QualityWeightedRule()
+    rule.global_model = GLOBAL
+    sent = [update("a", 1.0, train_loss=0.5), update("b", 2.0, train_loss=0.4)]
+    result = rule.aggregate(1, sent, failures=[])
+    assert result.arrays is None
+    assert result.problem is not None
+    assert "quality metric 'val_accuracy' missing" in result.problem
+    assert "[train_loss]" in result.problem
+    assert "quality-metric" in result.problem
+    assert "quality-source=server" in result.problem
+    assert "\n" not in result.problem  # one line
+
+
+def test_all_clients_failed_is_explained() -> None:
+    rule = FedAvgRule()
+    result = rule.aggregate(4, [], failures=["node 7: KeyError 'arrays'"] * 3)
+    assert result.problem is not None
+    assert result.problem.startswith("round 4: nothing aggregated")
+    assert "all 3 sampled clients failed (first: node 7: KeyError 'arrays')" in result.problem
+    assert result.metrics == {"results": 0, "failures": 3, "rejected": 0, "accepted": 0}
+
+
+def test_the_run_stops_after_max_empty_rounds_in_a_row() -> None:
+    rule = QualityWeightedRule(QualityOptions(max_empty_rounds=3))
+    rule.global_model = GLOBAL
+    no_quality = [update("a", 1.0, train_loss=0.5)]
+    for server_round in (1, 2):
+        assert rule.aggregate(server_round, no_quality, failures=[]).arrays is None
+    with pytest.raises(NothingAggregatedError, match="max-empty-rounds=3") as raised:
+        rule.aggregate(3, no_quality, failures=[])
+    assert "3 rounds in a row" in str(raised.value)
+    assert "[train_loss]" in str(raised.value)
+    assert raised.value.metrics["rejected"] == 1
+
+
+def test_a_good_round_resets_the_empty_round_count() -> None:
+    rule = QualityWeightedRule(QualityOptions(max_empty_rounds=2))
+    rule.global_model = GLOBAL
+    assert rule.aggregate(1, [update("a", 1.0)], failures=[]).arrays is None
+    assert rule.state.empty_rounds == 1
+    assert rule.aggregate(2, [update("a", 1.0, val_accuracy=0.9)], failures=[]).arrays is not None
+    assert rule.state.empty_rounds == 0
+    assert rule.aggregate(3, [update("a", 1.0)], failures=[]).arrays is None  # 1 in a row
+
+
+def test_max_empty_rounds_zero_never_stops() -> None:
+    rule = FedAvgRule(ServerOptions(max_empty_rounds=0))
+    for server_round in range(1, 20):
+        assert rule.aggregate(server_round, [], failures=["x"]).arrays is None
+    assert rule.state.empty_rounds == 19
+
+
+def test_strategy_state_round_trips_through_arrays() -> None:
+    velocity = [np.arange(3, dtype=np.float32), np.ones((2, 2))]
+    state = StrategyState(velocity=velocity, empty_rounds=2)
+    again = StrategyState.from_arrays(state.to_arrays())
+    assert again.empty_rounds == 2
+    assert again.velocity is not None
+    for got, want in zip(again.velocity, velocity, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert StrategyState.from_arrays({}) == StrategyState()
+
+
+@pytest.mark.parametrize(
+    ("options", "kwargs", "parameter"),
+    [
+        (ServerOptions, {"max_empty_rounds": -1}, "max_empty_rounds"),
+        (ServerOptions, {"server_momentum": 1.0}, "server_momentum"),
+        (QualityOptions, {"quality_direction": "up"}, "quality_direction"),
+        (HybridOptions, {"hybrid_lambda_end": 2.0}, "hybrid_lambda_end"),
+        (HybridOptions, {"robust_filter": "median"}, "robust_filter"),
+    ],
+)
+def test_bad_options_name_the_parameter(
+    options: type[ServerOptions], kwargs: dict[str, object], parameter: str
+) -> None:
+    with pytest.raises(ValueError, match=parameter):
+        options(**kwargs)
+
+
+def test_hybrid_owns_its_lambda_schedule() -> None:
+    options = HybridOptions(hybrid_lambda=1.0, hybrid_lambda_end=0.0, num_server_rounds=5)
+    assert [options.lambda_at(r) for r in range(1, 6)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert HybridOptions(hybrid_lambda=0.3).lambda_at(7) == 0.3
+
+
+def test_options_read_from_any_config_object() -> None:
+    class Config:
+        server_learning_rate = 0.5
+        server_momentum = 0.9
+        max_empty_rounds = 0
+        unrelated = "ignored"
+
+    assert ServerOptions.from_config(Config()) == ServerOptions(
+        server_learning_rate=0.5, server_momentum=0.9, max_empty_rounds=0
+    )
+
+
+def test_a_rule_refuses_another_rules_options() -> None:
+    with pytest.raises(TypeError, match="HybridRule takes HybridOptions, not QualityOptions"):
+        HybridRule(QualityOptions())
