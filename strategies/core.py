@@ -474,8 +474,13 @@ def build_rule(
     """The rule an adapter wraps: ``rule`` itself, or ``rule_type`` built from ``options``
     or from keyword ``knobs`` (the fields of ``rule_type.Options``)."""
     if rule is not None:
-        if options is not None or knobs or score_fn is not None:
-            raise TypeError("pass either rule= or the rule's options/knobs/score_fn, not both")
+        if knobs:
+            raise TypeError(
+                f"unexpected keyword argument {', '.join(map(repr, sorted(knobs)))}: "
+                f"{type(rule).__name__}'s options are {', '.join(rule.Options.field_names())}"
+            )
+        if options is not None or score_fn is not None:
+            raise TypeError("pass either rule= or the rule's options and score_fn, not both")
         return rule
     if rule_type is None:
         raise TypeError("pass rule=, or use a strategy class that names its rule")

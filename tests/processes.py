@@ -31,14 +31,24 @@ def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> s
 
     Fails when the command fails or leaves a process (Ray, its workers) running.
     """
-    with isolated_env() as env:
-        command = [sys.executable, "run_simulation.py", "--output-dir", str(output_dir), *flags]
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert leftovers(env[TAG_VARIABLE]) == []
+    done = run_python(["run_simulation.py", "--output-dir", str(output_dir), *flags], timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
+
+
+def run_python(arguments: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGUMENTS`` in the project root, isolated; fail if it leaves a process."""
+    with isolated_env() as env:
+        done = subprocess.run(
+            [sys.executable, *arguments],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert leftovers(env[TAG_VARIABLE]) == []
+    return done
 
 
 def read_history(run_dir: Path) -> dict[str, Any]:

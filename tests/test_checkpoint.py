@@ -101,8 +101,9 @@ FLAGS = [
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    run_simulation_cli(tmp_path, "--run-name", "whole", *FLAGS)
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: str) -> None:
+    run_simulation_cli(tmp_path, "--run-name", "whole", "--flower-api", api, *FLAGS)
 
     broken = tmp_path / "broken"
     with isolated_env() as env:
@@ -113,6 +114,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
             str(tmp_path),
             "--run-name",
             "broken",
+            "--flower-api",
+            api,
             *FLAGS,
         ]
         process = subprocess.Popen(

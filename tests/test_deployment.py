@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import strategies
 from scripts import local_deployment as ld
 from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
 
@@ -43,15 +44,35 @@ def run_to_completion(deployment: ld.Deployment, env: dict[str, str], run_config
     return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
 
 
-def test_insecure_deployment_runs_a_project_strategy(tmp_path: Path, env: dict[str, str]) -> None:
+@pytest.fixture(params=strategies.FLOWER_APIS)
+def api(request: pytest.FixtureRequest) -> str:
+    """Each deployment test runs on both Flower API halves."""
+    return f"flower-api='{request.param}'"
+
+
+def test_insecure_deployment_runs_a_project_strategy(
+    tmp_path: Path, env: dict[str, str], api: str
+) -> None:
     deployment = ld.up(tmp_path / "deployment", 3, env=env)
     try:
         status = run_to_completion(
-            deployment, env, f"num-server-rounds=2 strategy='hybrid' run-name='plain' {FAST}"
+            deployment, env, f"num-server-rounds=2 strategy='hybrid' run-name='plain' {FAST} {api}"
+        )
+        # A run that cannot aggregate anything fails instead of finishing with a frozen model.
+        frozen = run_to_completion(
+            deployment,
+            env,
+            f"num-server-rounds=3 strategy='quality' quality-metric='val_f1' "
+            f"max-empty-rounds=1 run-name='frozen' {FAST} {api}",
         )
     finally:
         ld.down(tmp_path / "deployment")
     assert status == "finished:completed"
+    assert frozen == "finished:failed"
+    stopped = history_of(deployment, "frozen")["rounds"]
+    assert [r["round"] for r in stopped] == [0, 1]
+    assert stopped[1]["rejected"] == 3
+    assert "quality metric 'val_f1' missing" in stopped[1]["problem"]
     rounds = history_of(deployment, "plain")["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["accepted"] for r in rounds[1:]] == [3, 3]  # every SuperNode's update aggregated
@@ -84,7 +105,7 @@ def refused_supernode(
     return code, log.read_text()
 
 
-def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str]) -> None:
+def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str], api: str) -> None:
     directory = tmp_path / "deployment"
     deployment = ld.up(directory, 2, auth=True, env=env)
     try:
@@ -109,7 +130,9 @@ def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str]) -
         assert code != 0
         assert "Failed to activate SuperNode" in log
         # The two registered SuperNodes train over TLS.
-        status = run_to_completion(deployment, env, f"num-server-rounds=2 run-name='tls' {FAST}")
+        status = run_to_completion(
+            deployment, env, f"num-server-rounds=2 run-name='tls' {FAST} {api}"
+        )
     finally:
         ld.down(directory)
     assert status == "finished:completed"
@@ -119,7 +142,7 @@ def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str]) -
 
 
 def test_a_supernode_killed_mid_run_is_a_failure_not_a_hang(
-    tmp_path: Path, env: dict[str, str]
+    tmp_path: Path, env: dict[str, str], api: str
 ) -> None:
     directory = tmp_path / "deployment"
     deployment = ld.up(directory, 3, env=env)
@@ -127,7 +150,7 @@ def test_a_supernode_killed_mid_run_is_a_failure_not_a_hang(
         run_id = ld.submit(
             deployment,
             ROOT,
-            f"num-server-rounds=2 round-timeout=30.0 run-name='killed' {FAST}",
+            f"num-server-rounds=2 round-timeout=30.0 run-name='killed' {FAST} {api}",
             env=env,
         )
         # Kill SuperNode 2 once it has received its training message of round 1.

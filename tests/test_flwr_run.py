@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import strategies
 from scripts.local_deployment import free_port
 from tests.processes import (
     ROOT,
@@ -24,13 +25,17 @@ pytestmark = pytest.mark.slow
 FLWR = Path(sys.executable).with_name("flwr")
 
 
-def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
+    tmp_path: Path, api: str
+) -> None:
     pyproject_before = (ROOT / "pyproject.toml").read_bytes()
     with isolated_env() as env:
         env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
         env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
         run_config = (
-            f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke'"
+            f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke' "
+            f"flower-api='{api}'"
         )
         command = [
             str(FLWR), "run", ".",
@@ -55,4 +60,5 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(tmp_path:
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["accepted"] for r in rounds[1:]] == [3, 3]
     assert history["config"]["strategy"] == "hybrid"
+    assert history["config"]["flower-api"] == api
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
