@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,10 @@ from rich.progress import (
 )
 
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from fl_app.config import ConfigError, RunConfig, key_of
+from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
 from fl_app.results import (
+    RoundCollector,
     RoundRecord,
     RunListener,
     describe,
@@ -117,9 +119,9 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
     for f in dataclasses.fields(RunConfig):
         key = key_of(f.name)
         help_text = f.metadata["help"]
-        if f.metadata.get("choices") and key != "dataset":
+        if f.metadata.get("choices") is not None:
             # Listed, not enforced by argparse: RunConfig refuses a bad value in one line.
-            help_text += f" (one of: {', '.join(f.metadata['choices'])})"
+            help_text += f" (one of: {describe_choices(f.metadata['choices'])})"
         kwargs: dict[str, Any] = {
             "default": defaults.get(key, f.default),
             "help": help_text,
@@ -133,7 +135,28 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
     return parser
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace, Variants]:
+@dataclass(frozen=True)
+class Simulation:
+    """How Flower's simulation engine runs the clients: the flags that are not run config."""
+
+    num_clients: int = 10
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a command line asks for: one run, a comparison (``variants``), or a resume."""
+
+    cfg: RunConfig
+    simulation: Simulation
+    variants: Variants = field(default_factory=dict)
+    target_accuracy: float = 0.9
+    resume: Path | None = None
+
+
+def parse(argv: Sequence[str] | None = None) -> Invocation:
     """The run config, the simulation flags, and the variants to compare (empty: one run)."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset")
@@ -168,7 +191,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namesp
             f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
             f"need at least {needed} (the run would wait forever)"
         )
-    return cfg, args, variants
+    simulation = Simulation(args.num_clients, args.num_cpus, args.num_gpus, args.verbose)
+    return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume)
 
 
 def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
@@ -193,7 +217,6 @@ class ProgressDisplay(RunListener):
     def __init__(self, cfg: RunConfig, console: Console) -> None:
         self.cfg = cfg
         self.console = console
-        self.rounds: Sequence[RoundRecord] = ()  # the server's list, once a round is done
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -209,7 +232,6 @@ class ProgressDisplay(RunListener):
         self.task = self.progress.add_task(cfg.strategy, total=cfg.num_server_rounds, last="")
 
     def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        self.rounds = rounds
         record = rounds[-1]
         self.console.print(
             format_round(record, self.cfg.num_server_rounds),
@@ -227,7 +249,8 @@ class ProgressDisplay(RunListener):
 
 def run(
     cfg: RunConfig,
-    args: argparse.Namespace,
+    simulation: Simulation,
+    *,
     console: Console | None = None,
     resume: Checkpoint | None = None,
     listeners: Sequence[RunListener] = (),
@@ -237,46 +260,42 @@ def run(
     ``listeners`` are told about every round too (benchmarks use them to take timings).
     """
     console = console or Console()
-    if not args.verbose:
+    if not simulation.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     directory = run_directory(cfg)
     cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
     console.print(
-        f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {args.num_clients} clients, "
+        f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {simulation.num_clients} clients, "
         f"{cfg.num_server_rounds} rounds, model {cfg.model}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
-    simulation = {
-        "num_clients": args.num_clients,
-        "num_cpus": args.num_cpus,
-        "num_gpus": args.num_gpus,
-    }
-    write_json_atomically(directory / SIMULATION_FILE, simulation)
+    saved = {k: v for k, v in dataclasses.asdict(simulation).items() if k != "verbose"}
+    write_json_atomically(directory / SIMULATION_FILE, saved)
     display = ProgressDisplay(cfg, console)
+    collected = RoundCollector(resume.rounds if resume is not None else ())
     if resume is not None:
-        display.rounds = resume.rounds
         display.progress.update(display.task, completed=resume.round)
     with display.progress:
-        simulate(cfg, args, [display, *listeners], resume)
-    if len(display.rounds) < cfg.num_server_rounds + 1:
+        simulate(cfg, simulation, [display, collected, *listeners], resume)
+    if len(collected.rounds) < cfg.num_server_rounds + 1:
         raise RuntimeError(
-            f"the simulation stopped after {max(len(display.rounds) - 1, 0)} of {cfg.num_server_rounds} "
-            "rounds; rerun with --verbose to see Flower's and Ray's logs"
+            f"the simulation stopped after {max(len(collected.rounds) - 1, 0)} of "
+            f"{cfg.num_server_rounds} rounds; rerun with --verbose to see Flower's and Ray's logs"
         )
     console.print(
-        f"done: {describe(summarize(display.rounds))}; results: {directory}",
+        f"done: {describe(summarize(collected.rounds))}; results: {directory}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
-    return list(display.rounds)
+    return list(collected.rounds)
 
 
 def simulate(
     cfg: RunConfig,
-    args: argparse.Namespace,
+    simulation: Simulation,
     listeners: Sequence[RunListener],
     resume: Checkpoint | None,
 ) -> None:
@@ -294,60 +313,63 @@ def simulate(
     run_simulation(
         server_app=server_app_for(cfg, listeners=listeners, resume=resume),
         client_app=client_app_for(cfg),
-        num_supernodes=args.num_clients,
+        num_supernodes=simulation.num_clients,
         backend_config={
-            "client_resources": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+            "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
             "init_args": {
-                "logging_level": "INFO" if args.verbose else "ERROR",
-                "log_to_driver": args.verbose,
+                "logging_level": "INFO" if simulation.verbose else "ERROR",
+                "log_to_driver": simulation.verbose,
             },
         },
-        verbose_logging=args.verbose,
+        verbose_logging=simulation.verbose,
     )
 
 
-def compare(cfg: RunConfig, args: argparse.Namespace, variants: Variants) -> Path:
+def compare(invocation: Invocation) -> Path:
     """One run per variant (same data and seed), then comparison.md and comparison.png."""
+    cfg, simulation = invocation.cfg, invocation.simulation
     console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = run_directory(dataclasses.replace(cfg, run_name=name))
     runs: dict[str, tuple[list[RoundRecord], float]] = {}
-    for variant, overrides in variants.items():
+    for variant, overrides in invocation.variants.items():
         variant_cfg = RunConfig.from_mapping(
             cfg.run_config | overrides | {"run-name": f"{name}/{variant}"}
         )
         start = time.perf_counter()
-        rounds = run(variant_cfg, args, console)
+        rounds = run(variant_cfg, simulation, console=console)
         runs[variant] = (rounds, time.perf_counter() - start)
-    varied = {key for overrides in variants.values() for key in overrides}
+    varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset
     if "partitioner" not in varied:
         data += f", {cfg.partitioner}" + (
             f"({cfg.dirichlet_alpha:g})" if cfg.partitioner == "dirichlet" else ""
         )
-    title = f"{data}, {args.num_clients} clients, {cfg.num_server_rounds} rounds"
-    table, plot = write_comparison(directory, runs, target=args.target_accuracy, title=title)
+    title = f"{data}, {simulation.num_clients} clients, {cfg.num_server_rounds} rounds"
+    table, plot = write_comparison(directory, runs, target=invocation.target_accuracy, title=title)
     console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"comparison: {table} and {plot}", markup=False, highlight=False, soft_wrap=True)
     return directory
 
 
+def execute(invocation: Invocation) -> None:
+    """One run, a comparison, or a resumed run, as the command line asked."""
+    if invocation.variants:
+        compare(invocation)
+    elif invocation.resume is not None:
+        checkpoint = load_checkpoint(invocation.resume / CHECKPOINT_FILE)
+        run(invocation.cfg, invocation.simulation, resume=checkpoint)
+    else:
+        run(invocation.cfg, invocation.simulation)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
     try:
-        cfg, args, variants = parse(argv)
-    except ConfigError as err:
+        execute(parse(argv))
+    except (ConfigError, NothingAggregatedError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        if variants:
-            compare(cfg, args, variants)
-        elif args.resume is not None:
-            run(cfg, args, resume=load_checkpoint(args.resume / CHECKPOINT_FILE))
-        else:
-            run(cfg, args)
-    except NothingAggregatedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, ConfigError) else 1
     return 0
 
 

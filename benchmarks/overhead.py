@@ -28,14 +28,10 @@ import contextlib
 import io
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -111,11 +107,12 @@ class Marks(RunListener):
 
 
 def project(flags: list[str]) -> Timing:
-    cfg, args, _ = run_simulation.parse(flags)
+    invocation = run_simulation.parse(flags)
+    cfg, simulation = invocation.cfg, invocation.simulation
 
     def body(marks: list[float]) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
-            run_simulation.run(cfg, args, listeners=[Marks(marks)])
+            run_simulation.run(cfg, simulation, listeners=[Marks(marks)])
 
     return timed(body)
 
@@ -128,8 +125,9 @@ def central_evaluation(cfg: RunConfig, model: torch.nn.Module) -> float:
 
 
 def plain_loop(flags: list[str]) -> Timing:
-    cfg, args, _ = run_simulation.parse(flags)
-    num_clients = args.num_clients
+    invocation = run_simulation.parse(flags)
+    cfg, simulation = invocation.cfg, invocation.simulation
+    num_clients = simulation.num_clients
     per_round = max(int(cfg.fraction_fit * num_clients), cfg.min_fit_clients)
 
     def body(marks: list[float]) -> None:
@@ -196,7 +194,8 @@ class PlainClient(NumPyClient):
 def plain_flower(flags: list[str]) -> Timing:
     from flwr.simulation import run_simulation as flower_run_simulation
 
-    cfg, args, _ = run_simulation.parse(flags)
+    invocation = run_simulation.parse(flags)
+    cfg, simulation = invocation.cfg, invocation.simulation
     spec = data_spec(cfg)
 
     def client_fn(context: Context) -> Client:
@@ -230,9 +229,9 @@ def plain_flower(flags: list[str]) -> Timing:
         flower_run_simulation(
             server_app=ServerApp(server_fn=server_fn),
             client_app=ClientApp(client_fn=client_fn),
-            num_supernodes=args.num_clients,
+            num_supernodes=simulation.num_clients,
             backend_config={
-                "client_resources": {"num_cpus": args.num_cpus, "num_gpus": 0.0},
+                "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": 0.0},
                 "init_args": {"logging_level": "ERROR", "log_to_driver": False},
             },
         )
@@ -250,7 +249,7 @@ def median_run(run: Callable[[list[str]], Timing], flags: list[str], repeats: in
 
 
 def report(workload: str, flags: list[str], repeats: int) -> None:
-    cfg, _, _ = run_simulation.parse(flags)
+    cfg = run_simulation.parse(flags).cfg
     client_rounds = 10 * cfg.num_server_rounds
     loop = median_run(plain_loop, flags, repeats)
     runs = {

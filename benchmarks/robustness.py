@@ -14,11 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import tempfile
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 
@@ -49,9 +45,10 @@ STRATEGIES = {
 
 
 def final_accuracy(flags: list[str]) -> float:
-    cfg, args, _ = run_simulation.parse(flags)
+    invocation = run_simulation.parse(flags)
+    cfg, simulation = invocation.cfg, invocation.simulation
     with contextlib.redirect_stdout(io.StringIO()):  # one table, not a line per round
-        rounds = run_simulation.run(cfg, args, console=Console(file=io.StringIO()))
+        rounds = run_simulation.run(cfg, simulation, console=Console(file=io.StringIO()))
     accuracy = summarize(rounds)["final_accuracy"]
     return float("nan") if accuracy is None else float(accuracy)
 

@@ -39,8 +39,6 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import run_simulation
 from fl_app.results import RoundRecord, RunListener
 from tests.processes import TAG_VARIABLE, isolated_env, leftovers
@@ -231,11 +229,14 @@ def measure(options: argparse.Namespace) -> None:
             options.num_clients, options.clients_per_round, options.rounds, output_dir
         )
         print(f"run_simulation.py {' '.join(flags)}\n\n{HEADER}", flush=True)
-        cfg, args, _ = run_simulation.parse(flags)
+        invocation = run_simulation.parse(flags)
+        cfg, simulation = invocation.cfg, invocation.simulation
         with TreeSampler(options.interval) as sampler:
             start = sampler.sample().time
             reporter = RoundReporter(sampler, start)
-            run_simulation.run(cfg, args, console=Console(file=io.StringIO()), listeners=[reporter])
+            run_simulation.run(
+                cfg, simulation, console=Console(file=io.StringIO()), listeners=[reporter]
+            )
             seconds = time.monotonic() - start
     cpu = sampler.cpu_seconds
     print(

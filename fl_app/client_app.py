@@ -22,8 +22,8 @@ from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
 from torch import nn
 
-from fl_app.config import RunConfig, task_of
-from fl_app.data import ClientData, DataSpec, data_spec, load_client_data
+from fl_app.config import RunConfig
+from fl_app.data import ClientData, DataSpec, data_spec, load_client_data, task_of
 from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
@@ -48,7 +48,6 @@ class FlowerClient(NumPyClient):
     signal for QualityWeighted.
     ``evaluate`` scores the global model on that validation split.
 
-    ``fault`` (see :mod:`fl_app.faults`) makes it misbehave on purpose; "none" by default.
     """
 
     def __init__(
@@ -57,7 +56,6 @@ class FlowerClient(NumPyClient):
         partition_id: int,
         data: ClientData,
         model: nn.Module,
-        fault: str = "none",
     ) -> None:
         self.cfg = cfg
         self.task = task_of(cfg.dataset)
@@ -65,7 +63,6 @@ class FlowerClient(NumPyClient):
         self.data = data
         self.model = model
         self.device = torch.device(next(model.parameters()).device)
-        self.fault = fault
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(self.model)
@@ -73,10 +70,6 @@ class FlowerClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        if self.fault == "raise":
-            raise RuntimeError(f"injected fault: client {self.partition_id} fails in fit")
-        if self.fault == "straggle":
-            time.sleep(self.cfg.straggle_seconds)
         set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
         train_loss = train(
@@ -92,16 +85,7 @@ class FlowerClient(NumPyClient):
         )
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        if self.fault in BEFORE_TRAINING or self.fault == "none":
-            return get_weights(self.model), len(self.data.train), metrics
-        return poison(
-            self.fault,
-            parameters,
-            get_weights(self.model),
-            len(self.data.train),
-            metrics,
-            self.cfg.fault_scale,
-        )
+        return get_weights(self.model), len(self.data.train), metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -112,14 +96,49 @@ class FlowerClient(NumPyClient):
         return result.loss, result.num_examples, metrics
 
 
-def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> FlowerClient:
-    """The client of the node whose ``node_config`` names its partition."""
+class FaultyClient(NumPyClient):
+    """An honest client made to misbehave on purpose (``fault-kind``, see :mod:`fl_app.faults`).
+
+    ``raise`` and ``straggle`` act before the wrapped client trains; the poisonings change
+    what it trained before it is sent.
+    """
+
+    def __init__(self, client: FlowerClient, kind: str) -> None:
+        self.client = client
+        self.kind = kind
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        return self.client.get_parameters(config)
+
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        cfg = self.client.cfg
+        if self.kind == "raise":
+            raise RuntimeError(f"injected fault: client {self.client.partition_id} fails in fit")
+        if self.kind == "straggle":
+            time.sleep(cfg.straggle_seconds)
+        trained, num_examples, metrics = self.client.fit(parameters, config)
+        if self.kind in BEFORE_TRAINING:
+            return trained, num_examples, metrics
+        return poison(self.kind, parameters, trained, num_examples, metrics, cfg.fault_scale)
+
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        return self.client.evaluate(parameters, config)
+
+
+def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
+    """The client of the node whose ``node_config`` names its partition (faulty if chosen)."""
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config["num-partitions"])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
-    fault = cfg.fault_kind if is_faulty(cfg, partition_id, num_partitions) else "none"
-    return FlowerClient(cfg, partition_id, data, model, fault)
+    client = FlowerClient(cfg, partition_id, data, model)
+    if is_faulty(cfg, partition_id, num_partitions):
+        return FaultyClient(client, cfg.fault_kind)
+    return client
 
 
 def is_legacy(message: Message) -> bool:
@@ -136,7 +155,7 @@ def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]
     return list(arrays.keys()), arrays.to_numpy_ndarrays(), config
 
 
-def train_reply(client: FlowerClient, message: Message) -> Message:
+def train_reply(client: NumPyClient, message: Message) -> Message:
     """Answer a Message-API train message: the trained arrays and metrics with num-examples."""
     keys, arrays, config = _received(message)
     trained, num_examples, metrics = client.fit(arrays, config)
@@ -148,7 +167,7 @@ def train_reply(client: FlowerClient, message: Message) -> Message:
     return Message(content=content, reply_to=message)
 
 
-def evaluate_reply(client: FlowerClient, message: Message) -> Message:
+def evaluate_reply(client: NumPyClient, message: Message) -> Message:
     """Answer a Message-API evaluate message: loss, accuracy and num-examples."""
     _, arrays, config = _received(message)
     loss, num_examples, metrics = client.evaluate(arrays, config)
@@ -176,7 +195,7 @@ def client_app_for(cfg: RunConfig | None = None) -> ClientApp:
     (The deprecated in-process simulation entry point gives clients no run config.)
     """
 
-    def client(context: Context) -> FlowerClient:
+    def client(context: Context) -> NumPyClient:
         run_cfg = cfg or RunConfig.from_mapping(context.run_config)
         return make_client(run_cfg, dict(context.node_config))
 

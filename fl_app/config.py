@@ -3,87 +3,118 @@
 Each field is a key of ``[tool.flwr.app.config]`` in ``pyproject.toml`` (``snake_case``
 here, ``kebab-case`` there) and a ``--flag`` of ``run_simulation.py``. A bad key or value
 stops the run at start with one line naming the key, the value and what is allowed.
+
+``RunConfig`` owns the defaults: ``python -m fl_app.config`` checks that the pyproject
+table holds them, ``python -m fl_app.config --write`` rewrites it. The strategy knobs'
+defaults are the strategies' own (their options dataclasses), read from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 import math
 import operator
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import strategies
-from strategies.core import ServerOptions
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
     QUALITY_WEIGHTINGS,
-    QualityOptions,
     QualityWeightedRule,
     higher_is_better,
 )
 
-DATASETS = (
-    "digits",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "synthetic",
-    "tabular-classification",
-    "tabular-regression",
-)
-REGRESSION_DATASETS = ("tabular-regression",)
-VECTOR_DATASETS = ("synthetic", "tabular-classification", "tabular-regression")
-HF_PREFIX = "hf:"
-PARTITIONERS = ("iid", "dirichlet", "shard", "pathological")
-MODELS = ("linear", "mlp", "cnn", "cifar-cnn")
-IMAGE_MODELS = ("cnn", "cifar-cnn")
+
+class Registry:
+    """The names of a registry that lives where its entries are implemented.
+
+    Read on first use: ``fl_app.models`` imports torch and ``fl_app.data`` imports this
+    module, so importing them here would make the config import torch, or a cycle.
+    ``lookup`` names a function of the module that resolves a name (and raises KeyError
+    for an unknown one), for registries that accept more than their keys; ``also`` says
+    what more, for the error message.
+    """
+
+    def __init__(self, module: str, attribute: str, lookup: str = "", also: str = "") -> None:
+        self.module = module
+        self.attribute = attribute
+        self.lookup = lookup
+        self.also = also
+
+    def entries(self) -> Mapping[str, Any] | tuple[str, ...]:
+        entries: Mapping[str, Any] | tuple[str, ...] = getattr(
+            importlib.import_module(self.module), self.attribute
+        )
+        return entries
+
+    def __getitem__(self, name: str) -> Any:
+        if self.lookup:
+            return getattr(importlib.import_module(self.module), self.lookup)(name)
+        entries = self.entries()
+        if isinstance(entries, tuple):
+            raise TypeError(f"{self.module}.{self.attribute} lists names only")
+        return entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if not self.lookup:
+            return name in self.entries()
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries())
+
+    def describe(self) -> str:
+        return ", ".join(self) + (f" or {self.also}" if self.also else "")
+
+
+Choices = tuple[str, ...] | Registry
+DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<name>")
+PARTITIONERS = Registry("fl_app.data", "PARTITIONERS")
+MODELS = Registry("fl_app.models", "MODELS")
+FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
 DEVICES = ("auto", "cpu", "cuda")
-FAULT_KINDS = (
-    "none",
-    "raise",
-    "straggle",
-    "nan",
-    "inf",
-    "wrong-shape",
-    "zero-examples",
-    "negative-examples",
-    "scale",
-    "sign-flip",
-    "lie-quality",
+
+
+# Every strategy knob with the strategies' own default (Hybrid's options hold them all).
+KNOBS = HybridOptions()
+
+
+_BOUNDS = (
+    ("at_least", ">=", operator.ge),
+    ("above", ">", operator.gt),
+    ("at_most", "<=", operator.le),
+    ("below", "<", operator.lt),
 )
-
-
-def task_of(dataset: str) -> str:
-    """``regression`` or ``classification``: what the loss and the metrics are."""
-    return "regression" if dataset in REGRESSION_DATASETS else "classification"
 
 
 class ConfigError(ValueError):
     """A configuration key has a value that is not allowed."""
 
 
-def option(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    at_least: float | None = None,
-    above: float | None = None,
-    at_most: float | None = None,
-    below: float | None = None,
-) -> Any:
-    """A config field with its help text and the values it allows."""
-    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
-    return field(default=default, metadata={"help": help, "choices": choices, **bounds})
+def option(default: Any, help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
+    """A config field with its help text and the values it allows.
 
-
-def default_of(options: type[ServerOptions], name: str) -> Any:
-    """The default of strategy option ``name``: the strategy owns it, the config reads it."""
-    return options.__dataclass_fields__[name].default
+    ``bounds``: any of ``at_least``, ``above``, ``at_most``, ``below`` (see ``_BOUNDS``).
+    """
+    known = {name for name, _, _ in _BOUNDS}
+    if not set(bounds) <= known:
+        raise TypeError(f"unknown bounds {sorted(set(bounds) - known)}: use {sorted(known)}")
+    every_bound = dict.fromkeys(known) | bounds
+    return field(default=default, metadata={"help": help, "choices": choices, **every_bound})
 
 
 def key_of(name: str) -> str:
@@ -96,9 +127,7 @@ class RunConfig:
     """Every knob of a run, with its default."""
 
     # Strategy and rounds
-    strategy: str = option(
-        "fedavg", "aggregation strategy", choices=tuple(sorted(strategies.REGISTRY))
-    )
+    strategy: str = option("fedavg", "aggregation strategy", choices=tuple(strategies.REGISTRY))
     flower_api: str = option(
         "legacy",
         "Flower API half the server runs: legacy (flwr.server.strategy, NumPyClient "
@@ -165,72 +194,44 @@ class RunConfig:
     # Strategy knobs (each strategy reads the fields of its options dataclass; the
     # defaults are the strategies' own)
     server_learning_rate: float = option(
-        default_of(ServerOptions, "server_learning_rate"), "server learning rate η", above=0
+        KNOBS.server_learning_rate, "server learning rate η", above=0
     )
-    server_momentum: float = option(
-        default_of(ServerOptions, "server_momentum"),
-        "server momentum β (FedAvgM)",
-        at_least=0,
-        below=1,
-    )
+    server_momentum: float = option(KNOBS.server_momentum, "server momentum β", at_least=0, below=1)
     max_empty_rounds: int = option(
-        default_of(ServerOptions, "max_empty_rounds"),
+        KNOBS.max_empty_rounds,
         "stop the run with an error after this many rounds in a row that aggregated "
         "nothing (0: never stop)",
         at_least=0,
     )
     quality_source: str = option(
-        default_of(QualityOptions, "quality_source"),
-        "quality from the client's metric or from server-side scoring",
-        choices=QUALITY_SOURCES,
+        KNOBS.quality_source, "client-reported or server-scored quality", choices=QUALITY_SOURCES
     )
-    quality_metric: str = option(
-        default_of(QualityOptions, "quality_metric"),
-        "metric used as quality (val_accuracy, val_loss)",
-    )
+    quality_metric: str = option(KNOBS.quality_metric, "metric used as quality (e.g. val_loss)")
     quality_direction: str = option(
-        default_of(QualityOptions, "quality_direction"),
+        KNOBS.quality_direction,
         "max/min: higher/lower quality is better; auto: min iff the metric is a loss",
         choices=QUALITY_DIRECTIONS,
     )
     quality_weighting: str = option(
-        default_of(QualityOptions, "quality_weighting"),
-        "quality → weight map",
-        choices=QUALITY_WEIGHTINGS,
+        KNOBS.quality_weighting, "quality → weight", choices=QUALITY_WEIGHTINGS
     )
-    quality_temperature: float = option(
-        default_of(QualityOptions, "quality_temperature"), "softmax temperature τ", above=0
-    )
-    quality_floor: float = option(
-        default_of(QualityOptions, "quality_floor"),
-        "linear map: quality at which the weight is zero",
-    )
+    quality_temperature: float = option(KNOBS.quality_temperature, "softmax temperature τ", above=0)
+    quality_floor: float = option(KNOBS.quality_floor, "linear map: quality whose weight is zero")
     hybrid_lambda: float = option(
-        default_of(HybridOptions, "hybrid_lambda"),
-        "hybrid: share λ of the data-size weights",
-        at_least=0,
-        at_most=1,
+        KNOBS.hybrid_lambda, "hybrid: share λ of the data-size weights", at_least=0, at_most=1
     )
     hybrid_lambda_end: float = option(
-        default_of(HybridOptions, "hybrid_lambda_end"),
+        KNOBS.hybrid_lambda_end,
         "hybrid: λ at the last round, moved linearly (-1: constant λ)",
         at_least=-1,
         at_most=1,
     )
     robust_filter: str = option(
-        default_of(HybridOptions, "robust_filter"),
-        "hybrid: robust filter on update norms",
-        choices=ROBUST_FILTERS,
+        KNOBS.robust_filter, "hybrid: robust filter", choices=ROBUST_FILTERS
     )
-    robust_mad_k: float = option(
-        default_of(HybridOptions, "robust_mad_k"),
-        "hybrid mad filter: drop norms above median + k·MAD",
-        above=0,
-    )
+    robust_mad_k: float = option(KNOBS.robust_mad_k, "mad filter: k of median + k·MAD", above=0)
     robust_clip_norm: float = option(
-        default_of(HybridOptions, "robust_clip_norm"),
-        "hybrid clip filter: max update norm (0: the round's median)",
-        at_least=0,
+        KNOBS.robust_clip_norm, "clip filter: max update norm (0: the round's median)", at_least=0
     )
     # Fault injection, for tests and robustness experiments (off by default)
     fault_kind: str = option(
@@ -282,19 +283,23 @@ class RunConfig:
                 self.server_val_fraction,
                 f"test-fraction + server-val-fraction below 0.9 (test-fraction is {self.test_fraction})",
             )
-        if self.dataset in VECTOR_DATASETS and self.model in IMAGE_MODELS:
+        dataset = DATASETS[self.dataset]
+        if dataset.features != "images" and MODELS[self.model].images_only:
+            vector_models = [name for name in MODELS if not MODELS[name].images_only]
             _fail(
                 "model",
                 self.model,
-                f"linear or mlp with dataset {self.dataset!r} (feature vectors, not images)",
+                f"one of {', '.join(vector_models)} with dataset {self.dataset!r} "
+                f"({dataset.features}, not images)",
             )
-        if self.dataset == "synthetic" and self.partitioner != "iid":
+        if not dataset.partitioned and self.partitioner != "iid":
             _fail(
                 "partitioner",
                 self.partitioner,
-                "iid with dataset 'synthetic' (each client's data comes from its own generator)",
+                f"iid with dataset {self.dataset!r} (each client's data comes from its own "
+                "generator)",
             )
-        regression = task_of(self.dataset) == "regression"
+        regression = dataset.task == "regression"
         if regression and self.partitioner != "iid":
             _fail(
                 "partitioner",
@@ -320,6 +325,11 @@ class RunConfig:
     def run_config(self) -> dict[str, Any]:
         """This config as a Flower ``run_config`` (kebab-case keys)."""
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def describe_choices(choices: Choices) -> str:
+    """The allowed values, comma-separated."""
+    return choices.describe() if isinstance(choices, Registry) else ", ".join(choices)
 
 
 def _fail(key: str, value: Any, allowed: str) -> NoReturn:
@@ -349,21 +359,8 @@ def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         _fail(key, value, "a finite number")
     choices = meta.get("choices")
-    if (
-        choices is not None
-        and value not in choices
-        and not (
-            key == "dataset"
-            and isinstance(value, str)
-            and value.startswith(HF_PREFIX)
-            and len(value) > 3
-        )
-    ):
-        _fail(
-            key,
-            value,
-            f"one of {', '.join(choices)}" + (" or hf:<name>" if key == "dataset" else ""),
-        )
+    if choices is not None and value not in choices:
+        _fail(key, value, f"one of {describe_choices(choices)}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     for name, symbol, holds in _BOUNDS:
@@ -372,9 +369,67 @@ def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             _fail(key, value, f"{symbol} {limit}")
 
 
-_BOUNDS = (
-    ("at_least", ">=", operator.ge),
-    ("above", ">", operator.gt),
-    ("at_most", "<=", operator.le),
-    ("below", "<", operator.lt),
-)
+# ---- the pyproject table: RunConfig owns every default -------------------------------
+
+PYPROJECT_TABLE = "[tool.flwr.app.config]"
+
+
+def pyproject_table() -> str:
+    """``[tool.flwr.app.config]`` as ``RunConfig`` defines it, one ``key = default`` a line."""
+    lines = [PYPROJECT_TABLE]
+    for f in dataclasses.fields(RunConfig):
+        lines.append(f"{key_of(f.name)} = {_toml(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def with_generated_table(pyproject: str) -> str:
+    """``pyproject`` (the file's text) with its config table replaced by :func:`pyproject_table`.
+
+    The table runs from its header to the next table header; the lines around it stay.
+    """
+    lines = pyproject.splitlines(keepends=True)
+    start = lines.index(PYPROJECT_TABLE + "\n")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # keep the blank lines before the next table
+    return "".join(lines[:start]) + pyproject_table() + "".join(lines[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fl_app.config [--write] [PYPROJECT]``: check (or rewrite) the pyproject table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Check that pyproject.toml's [tool.flwr.app.config] is RunConfig's "
+        "defaults (RunConfig owns them); --write rewrites the table from RunConfig."
+    )
+    parser.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
+    parser.add_argument("--write", action="store_true", help="rewrite the table")
+    args = parser.parse_args(argv)
+    text = args.pyproject.read_text()
+    wanted = with_generated_table(text)
+    if wanted == text:
+        print(f"{args.pyproject}: [tool.flwr.app.config] matches RunConfig")
+        return 0
+    if args.write:
+        args.pyproject.write_text(wanted)
+        print(f"{args.pyproject}: [tool.flwr.app.config] rewritten from RunConfig")
+        return 0
+    print(
+        f"{args.pyproject}: [tool.flwr.app.config] differs from RunConfig's defaults; "
+        "run `python -m fl_app.config --write`",
+        file=sys.stderr,
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,9 @@ clients is faulty for the whole run; each of them, in every round:
 - ``lie-quality``: sends ``θ_g − s·Δ`` and reports perfect quality (``val_accuracy`` 1,
   ``val_loss`` 0): the attack quality weighting from client metrics cannot see.
 
-Numpy only, no torch or Flower: the client applies :func:`poison` to what it trained.
+Numpy only, no torch or Flower: ``FaultyClient`` (in :mod:`fl_app.client_app`) wraps an
+honest client, fails or straggles before it trains, and applies :func:`poison` to what it
+trained.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from fl_app.config import RunConfig
 
 Arrays = list[NDArray[Any]]
 BEFORE_TRAINING = ("raise", "straggle")
+POISONINGS = (
+    "nan",
+    "inf",
+    "wrong-shape",
+    "zero-examples",
+    "negative-examples",
+    "scale",
+    "sign-flip",
+    "lie-quality",
+)
+FAULT_KINDS = ("none", *BEFORE_TRAINING, *POISONINGS)
 
 
 def is_faulty(cfg: RunConfig, partition_id: int, num_partitions: int) -> bool:

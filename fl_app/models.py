@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -70,7 +71,21 @@ def cifar_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return _conv_net(input_shape, num_classes, channels=(64, 64), hidden=(384, 192))
 
 
-MODELS: dict[str, ModelBuilder] = {"linear": linear, "mlp": mlp, "cnn": cnn, "cifar-cnn": cifar_cnn}
+@dataclass(frozen=True)
+class Architecture:
+    """A registered model: its builder, and whether it needs image inputs ``(C, H, W)``."""
+
+    build: ModelBuilder
+    images_only: bool = False
+
+
+# name -> model. Add a model: a builder above and one entry here.
+MODELS: dict[str, Architecture] = {
+    "linear": Architecture(linear),
+    "mlp": Architecture(mlp),
+    "cnn": Architecture(cnn, images_only=True),
+    "cifar-cnn": Architecture(cifar_cnn, images_only=True),
+}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -81,4 +96,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](input_shape, num_classes)
+        return MODELS[name].build(input_shape, num_classes)

@@ -187,6 +187,16 @@ def plot_run(rounds: Sequence[RoundRecord], directory: Path, title: str) -> list
     return [*written, directory / "loss.png"]
 
 
+class RoundCollector(RunListener):
+    """Keeps the server's list of round records for whoever started the server."""
+
+    def __init__(self, rounds: Sequence[RoundRecord] = ()) -> None:
+        self.rounds = rounds
+
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        self.rounds = rounds
+
+
 class RunWriter(RunListener):
     """Keeps a run's folder up to date: config, history and metrics per round, model and plots at the end."""
 

@@ -67,19 +67,24 @@ def round_config(server_round: int) -> dict[str, Scalar]:
     return {"server-round": server_round}
 
 
+# Flower's names of the sampling arguments on each API half, in the order of SAMPLING_KEYS.
+SAMPLING_ARGUMENTS = {
+    "legacy": ("fraction_fit", "fraction_evaluate", "min_fit_clients", "min_evaluate_clients"),
+    "message": ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes"),
+}
+SAMPLING_KEYS = ("fraction_fit", "fraction_evaluate", "min_fit_clients", "min_evaluate_clients")
+
+
 def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | MessageStrategy:
     """The strategy named by ``cfg.strategy``, for the half named by ``cfg.flower_api``."""
     rule_type = strategies.rule_type(cfg.strategy)
     rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
+    sampling: dict[str, Any] = {
+        name: getattr(cfg, key)
+        for name, key in zip(SAMPLING_ARGUMENTS[cfg.flower_api], SAMPLING_KEYS, strict=True)
+    }
     if cfg.flower_api == "message":
-        return MessageStrategy(
-            rule=rule,
-            fraction_train=cfg.fraction_fit,
-            fraction_evaluate=cfg.fraction_evaluate,
-            min_train_nodes=cfg.min_fit_clients,
-            min_evaluate_nodes=cfg.min_evaluate_clients,
-            min_available_nodes=cfg.min_available_clients,
-        )
+        return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
 
     def central_evaluation(
         server_round: int, parameters: NDArrays, config: dict[str, Scalar]
@@ -90,15 +95,12 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
 
     return LegacyStrategy(
         rule=rule,
-        fraction_fit=cfg.fraction_fit,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_fit_clients=cfg.min_fit_clients,
-        min_evaluate_clients=cfg.min_evaluate_clients,
         min_available_clients=cfg.min_available_clients,
         initial_parameters=ndarrays_to_parameters(server.initial),
         evaluate_fn=central_evaluation,
         on_fit_config_fn=round_config,
         on_evaluate_config_fn=round_config,
+        **sampling,
     )
 
 

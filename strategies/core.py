@@ -23,7 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -494,3 +494,44 @@ def build_rule(
             f"its options are: {', '.join(allowed)}"
         )
     return rule_type(options or rule_type.Options(**knobs), score_fn=score_fn)
+
+
+class RuleAdapter:
+    """What both Flower adapters share: the rule they run, its state, the last round.
+
+    A subclass of a Flower strategy class and of this one; ``of`` names one per rule.
+    """
+
+    rule_type: ClassVar[type[Rule] | None] = None
+    rule: Rule
+    last_result: RoundResult | None
+
+    def adopt(
+        self,
+        rule: Rule | None,
+        options: ServerOptions | None,
+        score_fn: ScoreFn | None,
+        knobs: Mapping[str, Any],
+    ) -> None:
+        """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``."""
+        self.rule = build_rule(
+            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
+        )
+        self.last_result = None
+
+    @classmethod
+    def of(cls, rule_type: type[Rule], name: str) -> type[Self]:
+        """A subclass named ``name`` whose instances run ``rule_type`` (built from its knobs)."""
+        doc = f"{rule_type.__name__} as a {cls.__name__}: {rule_type.__doc__}"
+        namespace = {"rule_type": rule_type, "__doc__": doc, "__module__": cls.__module__}
+        return type(name, (cls,), namespace)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule.options})"
+
+    # strategies.core.Stateful, for checkpoints
+    def get_state(self) -> StrategyState:
+        return self.rule.state
+
+    def set_state(self, state: StrategyState) -> None:
+        self.rule.state = state

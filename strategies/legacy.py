@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from logging import WARNING
-from typing import Any, ClassVar
+from typing import Any
 
 from flwr.common import FitRes, Metrics, Parameters, Scalar, parameters_to_ndarrays
 from flwr.common.logger import log
@@ -24,12 +24,10 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from strategies.core import (
     ClientUpdate,
-    RoundResult,
     Rule,
+    RuleAdapter,
     ScoreFn,
     ServerOptions,
-    StrategyState,
-    build_rule,
     encode_tensors,
     weighted_metrics,
 )
@@ -49,7 +47,7 @@ def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str
     return f"client {proxy.cid}: {res.status.code.name} {res.status.message}"
 
 
-class LegacyStrategy(FlowerFedAvg):
+class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     """Flower legacy strategy over a :class:`~strategies.core.Rule`.
 
     Parameters
@@ -69,40 +67,20 @@ class LegacyStrategy(FlowerFedAvg):
         ``evaluate_metrics_aggregation_fn`` (both default to the example-weighted mean).
     """
 
-    rule_type: ClassVar[type[Rule] | None] = None
-
     def __init__(
         self,
         *,
         rule: Rule | None = None,
         options: ServerOptions | None = None,
         score_fn: ScoreFn | None = None,
-        fit_metrics_aggregation_fn: MetricsFn | None = weighted_metrics,
-        evaluate_metrics_aggregation_fn: MetricsFn | None = weighted_metrics,
         **kwargs: Any,
     ) -> None:
         known = set(self.rule_type.Options.field_names()) if self.rule_type else set()
         knobs = {key: kwargs.pop(key) for key in list(kwargs) if key in known}
-        self.rule = build_rule(
-            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
-        )
-        super().__init__(
-            fit_metrics_aggregation_fn=fit_metrics_aggregation_fn,
-            evaluate_metrics_aggregation_fn=evaluate_metrics_aggregation_fn,
-            **kwargs,
-        )
-        self.last_result: RoundResult | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.rule.options})"
-
-    # ---- state to checkpoint (strategies.core.Stateful) -----------------------------
-
-    def get_state(self) -> StrategyState:
-        return self.rule.state
-
-    def set_state(self, state: StrategyState) -> None:
-        self.rule.state = state
+        self.adopt(rule, options, score_fn, knobs)
+        for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
+            kwargs.setdefault(metrics, weighted_metrics)
+        super().__init__(**kwargs)
 
     # ---- Flower Strategy API --------------------------------------------------------
 
@@ -158,25 +136,8 @@ def rule_update(client_id: str, res: FitRes) -> ClientUpdate:
     return ClientUpdate(client_id, res.parameters.tensors, res.num_examples, res.metrics)
 
 
-class SimpleAverage(LegacyStrategy):
-    """:class:`~strategies.simple_average.SimpleAverageRule` as a legacy strategy."""
-
-    rule_type = SimpleAverageRule
-
-
-class FedAvg(LegacyStrategy):
-    """:class:`~strategies.fedavg.FedAvgRule` as a legacy strategy."""
-
-    rule_type = FedAvgRule
-
-
-class QualityWeighted(LegacyStrategy):
-    """:class:`~strategies.quality_weighted.QualityWeightedRule` as a legacy strategy."""
-
-    rule_type = QualityWeightedRule
-
-
-class Hybrid(LegacyStrategy):
-    """:class:`~strategies.hybrid.HybridRule` as a legacy strategy."""
-
-    rule_type = HybridRule
+# The four rules as legacy strategies, e.g. ``Hybrid(hybrid_lambda=0.3, ...)``.
+SimpleAverage = LegacyStrategy.of(SimpleAverageRule, "SimpleAverage")
+FedAvg = LegacyStrategy.of(FedAvgRule, "FedAvg")
+QualityWeighted = LegacyStrategy.of(QualityWeightedRule, "QualityWeighted")
+Hybrid = LegacyStrategy.of(HybridRule, "Hybrid")

@@ -18,7 +18,7 @@ model is bit for bit the legacy twin's (:mod:`strategies.legacy`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -26,12 +26,10 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from strategies.core import (
     ClientUpdate,
-    RoundResult,
     Rule,
+    RuleAdapter,
     ScoreFn,
     ServerOptions,
-    StrategyState,
-    build_rule,
     decode_tensors,
     encode_tensors,
     weighted_metrics,
@@ -44,7 +42,7 @@ from strategies.simple_average import SimpleAverageRule
 MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
 
 
-class MessageStrategy(FlowerFedAvg):
+class MessageStrategy(RuleAdapter, FlowerFedAvg):
     """Flower Message-API strategy over a :class:`~strategies.core.Rule`.
 
     Parameters
@@ -66,11 +64,12 @@ class MessageStrategy(FlowerFedAvg):
     (including ``weights``, a JSON string a ``MetricRecord`` cannot carry).
     """
 
-    rule_type: ClassVar[type[Rule] | None] = None
-
     def __init__(
         self,
         *,
+        rule: Rule | None = None,
+        options: ServerOptions | None = None,
+        score_fn: ScoreFn | None = None,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -81,14 +80,9 @@ class MessageStrategy(FlowerFedAvg):
         configrecord_key: str = "config",
         train_metrics_aggr_fn: MetricsAggregation | None = None,
         evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
-        rule: Rule | None = None,
-        options: ServerOptions | None = None,
-        score_fn: ScoreFn | None = None,
         **knobs: Any,
     ) -> None:
-        self.rule = build_rule(
-            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
-        )
+        self.adopt(rule, options, score_fn, knobs)
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -102,20 +96,8 @@ class MessageStrategy(FlowerFedAvg):
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
         self.custom_train_metrics = train_metrics_aggr_fn is not None
-        self.last_result: RoundResult | None = None
         self._keys: list[str] = []
         self._sampled: list[int] = []
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.rule.options})"
-
-    # ---- state to checkpoint (strategies.core.Stateful) -----------------------------
-
-    def get_state(self) -> StrategyState:
-        return self.rule.state
-
-    def set_state(self, state: StrategyState) -> None:
-        self.rule.state = state
 
     # ---- Flower Strategy API --------------------------------------------------------
 
@@ -198,25 +180,8 @@ class MessageStrategy(FlowerFedAvg):
         return record
 
 
-class SimpleAverage(MessageStrategy):
-    """:class:`~strategies.simple_average.SimpleAverageRule` as a Message-API strategy."""
-
-    rule_type = SimpleAverageRule
-
-
-class FedAvg(MessageStrategy):
-    """:class:`~strategies.fedavg.FedAvgRule` as a Message-API strategy."""
-
-    rule_type = FedAvgRule
-
-
-class QualityWeighted(MessageStrategy):
-    """:class:`~strategies.quality_weighted.QualityWeightedRule` as a Message-API strategy."""
-
-    rule_type = QualityWeightedRule
-
-
-class Hybrid(MessageStrategy):
-    """:class:`~strategies.hybrid.HybridRule` as a Message-API strategy."""
-
-    rule_type = HybridRule
+# The four rules as Message-API strategies, e.g. ``Hybrid(hybrid_lambda=0.3, ...)``.
+SimpleAverage = MessageStrategy.of(SimpleAverageRule, "SimpleAverage")
+FedAvg = MessageStrategy.of(FedAvgRule, "FedAvg")
+QualityWeighted = MessageStrategy.of(QualityWeightedRule, "QualityWeighted")
+Hybrid = MessageStrategy.of(HybridRule, "Hybrid")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from flwr.supercore.task_identity import TaskIdentity
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +16,12 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task_identity() -> Iterator[None]:
+    """What a Flower runtime sets before any Message is built (tests build them by hand)."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

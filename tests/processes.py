@@ -36,12 +36,16 @@ def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> s
     return done.stdout
 
 
-def run_python(arguments: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python ARGUMENTS`` in the project root, isolated; fail if it leaves a process."""
+def run_python(
+    arguments: list[str], timeout: float = 600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGUMENTS`` in ``cwd`` (the project root), isolated; fail if it leaves a
+    process. Modules in ``cwd`` come before the installed ones."""
     with isolated_env() as env:
+        env["PYTHONPATH"] = str(cwd)
         done = subprocess.run(
             [sys.executable, *arguments],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             capture_output=True,
             text=True,

@@ -1,9 +1,8 @@
-"""FlowerClient: fit / evaluate on one partition, client_fn from a Flower Context."""
+"""FlowerClient: fit / evaluate on one partition; the ClientApp answering both Flower APIs."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_evaluateres,
     recorddict_to_fitres,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_app import data as fl_data
 from fl_app.client_app import FlowerClient, app, make_client
@@ -38,7 +36,7 @@ def node(partition_id: int) -> dict[str, int]:
     return {"partition-id": partition_id, "num-partitions": NUM_PARTITIONS}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "task_identity")
 
 
 def global_weights(seed: int = 0) -> list[np.ndarray]:
@@ -111,15 +109,6 @@ def context(run_config: dict[str, object], partition_id: int = 1) -> Context:
         state=RecordDict(),
         run_config=dict(run_config),  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def task_identity() -> Iterator[None]:
-    """What a Flower runtime sets before any Message is built."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def legacy_fit(weights: list[np.ndarray]) -> Message:

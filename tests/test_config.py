@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import run_simulation
 import strategies
-from fl_app.config import ConfigError, RunConfig, key_of
+from fl_app import data as fl_data
+from fl_app import models as fl_models
+from fl_app.config import ConfigError, RunConfig, key_of, with_generated_table
+from fl_app.config import main as config_main
+from fl_app.faults import FAULT_KINDS
 from fl_app.presets import PRESETS
+from strategies.hybrid import ROBUST_FILTERS
+from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
+from tests.processes import ROOT
 
 DEFAULTS = RunConfig()
 KEYS = [key_of(f.name) for f in dataclasses.fields(RunConfig)]
@@ -30,39 +38,21 @@ def assert_one_line_error(err: ConfigError, key: str, value: Any) -> str:
 
 # ---- choice fields ------------------------------------------------------------------
 
-CHOICE_FIELDS = {
-    "strategy": ("fedavg", "hybrid", "quality", "simple"),
-    "flower-api": ("legacy", "message"),
-    "dataset": (
-        "digits",
-        "mnist",
-        "fashion-mnist",
-        "cifar10",
-        "synthetic",
-        "tabular-classification",
-        "tabular-regression",
-    ),
-    "partitioner": ("iid", "dirichlet", "shard", "pathological"),
-    "model": ("linear", "mlp", "cnn", "cifar-cnn"),
+# Each choice list is defined once, where it is implemented; the config reads it there.
+CHOICE_SOURCES: dict[str, Iterable[str]] = {
+    "strategy": strategies.REGISTRY,
+    "flower-api": strategies.FLOWER_APIS,
+    "dataset": fl_data.DATASETS,
+    "partitioner": fl_data.PARTITIONERS,
+    "model": fl_models.MODELS,
     "device": ("auto", "cpu", "cuda"),
-    "quality-source": ("client", "server"),
-    "quality-direction": ("auto", "max", "min"),
-    "quality-weighting": ("softmax", "linear"),
-    "robust-filter": ("none", "mad", "clip"),
-    "fault-kind": (
-        "none",
-        "raise",
-        "straggle",
-        "nan",
-        "inf",
-        "wrong-shape",
-        "zero-examples",
-        "negative-examples",
-        "scale",
-        "sign-flip",
-        "lie-quality",
-    ),
+    "quality-source": QUALITY_SOURCES,
+    "quality-direction": QUALITY_DIRECTIONS,
+    "quality-weighting": QUALITY_WEIGHTINGS,
+    "robust-filter": ROBUST_FILTERS,
+    "fault-kind": FAULT_KINDS,
 }
+CHOICE_FIELDS = {key: tuple(source) for key, source in CHOICE_SOURCES.items()}
 
 BAD_CHOICES = [
     ("fault-kind", "explode"),
@@ -91,14 +81,13 @@ BAD_CHOICES = [
 ]
 
 
-def test_choice_table_covers_every_choice_field() -> None:
-    with_choices = {key_of(f.name) for f in dataclasses.fields(RunConfig) if f.metadata["choices"]}
-    assert with_choices == set(CHOICE_FIELDS)
-    assert {key for key, _ in BAD_CHOICES} == set(CHOICE_FIELDS)
-
-
-def test_strategy_choices_are_the_registry() -> None:
-    assert set(CHOICE_FIELDS["strategy"]) == set(strategies.REGISTRY)
+def test_every_choice_field_reads_its_list_where_it_is_implemented() -> None:
+    fields = {key_of(f.name): f for f in dataclasses.fields(RunConfig)}
+    with_choices = {key for key, f in fields.items() if f.metadata["choices"] is not None}
+    assert with_choices == set(CHOICE_SOURCES)
+    for key, source in CHOICE_SOURCES.items():
+        assert tuple(fields[key].metadata["choices"]) == tuple(source), key
+    assert {key for key, _ in BAD_CHOICES} == set(CHOICE_SOURCES)
 
 
 def _from_mapping(key: str, value: str) -> RunConfig:
@@ -129,9 +118,9 @@ def test_bad_choice_is_refused_with_the_allowed_values(
 )
 def test_every_allowed_choice_is_accepted(key: str, value: str) -> None:
     values: dict[str, Any] = {key: value}
-    if key == "dataset" and value == "synthetic":
+    if key == "dataset" and fl_data.DATASETS[value].features != "images":
         values["model"] = "mlp"
-    if key == "model" and value in ("cnn", "cifar-cnn"):
+    if key == "model" and fl_models.MODELS[value].images_only:
         values["dataset"] = "digits"
     cfg = RunConfig.from_mapping(values)
     assert cfg.run_config[key] == value
@@ -403,21 +392,32 @@ def test_non_finite_numbers_are_refused(key: str, value: float) -> None:
     assert_one_line_error(info.value, key, value)
 
 
+def parsed(argv: list[str]) -> tuple[RunConfig, run_simulation.Simulation, dict[str, Any]]:
+    """What run_simulation.py makes of ``argv``: config, simulation flags, variants."""
+    invocation = run_simulation.parse(argv)
+    return invocation.cfg, invocation.simulation, invocation.variants
+
+
 # ---- pyproject.toml and run_config round trip ------------------------------------
 
 
-def test_pyproject_has_exactly_the_runconfig_keys() -> None:
-    table = run_simulation.pyproject_defaults()
-    assert set(table) - set(KEYS) == set(), "keys RunConfig does not know"
-    assert set(KEYS) - set(table) == set(), "RunConfig keys missing from pyproject.toml"
+def test_pyproject_table_is_the_one_runconfig_generates() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert with_generated_table(text) == text, "run: python -m fl_app.config --write"
+    assert config_main([str(ROOT / "pyproject.toml")]) == 0
 
 
-def test_pyproject_values_are_the_dataclass_defaults() -> None:
-    table = run_simulation.pyproject_defaults()
+def test_the_command_finds_and_rewrites_a_stale_table(tmp_path: Path) -> None:
+    stale = (ROOT / "pyproject.toml").read_text().replace("seed = 42\n", "seed = 7\n")
+    path = tmp_path / "pyproject.toml"
+    path.write_text(stale)
+    assert config_main([str(path)]) == 1
+    assert config_main([str(path), "--write"]) == 0
+    assert path.read_text() == (ROOT / "pyproject.toml").read_text()
+    table = run_simulation.pyproject_defaults(path)
     for f in dataclasses.fields(RunConfig):
         value = table[key_of(f.name)]
         assert value == f.default, key_of(f.name)
-        assert type(value) is type(f.default), key_of(f.name)
         assert type(value).__name__ == f.type, key_of(f.name)
 
 
@@ -468,13 +468,13 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_without_flags_gives_the_defaults() -> None:
-    cfg, args, _ = run_simulation.parse([])
+    cfg, simulation, _ = parsed([])
     assert cfg == DEFAULTS
-    assert args.num_clients >= cfg.min_available_clients
+    assert simulation.num_clients >= cfg.min_available_clients
 
 
 def test_flags_override_defaults() -> None:
-    cfg, args, _ = run_simulation.parse(
+    cfg, simulation, _ = parsed(
         [
             "--strategy",
             "hybrid",
@@ -506,11 +506,11 @@ def test_flags_override_defaults() -> None:
         dirichlet_alpha=0.3,
         run_name="abc",
     )
-    assert args.num_clients == 4
+    assert simulation.num_clients == 4
 
 
 def test_no_download_flag() -> None:
-    cfg, _, _ = run_simulation.parse(["--no-download"])
+    cfg = run_simulation.parse(["--no-download"]).cfg
     assert cfg.download is False
 
 
@@ -556,7 +556,7 @@ def test_non_positive_num_clients_is_refused(num_clients: str) -> None:
 
 
 def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
-    cfg, args, _ = run_simulation.parse(
+    cfg, simulation, _ = parsed(
         [
             "--num-clients",
             "1",
@@ -568,7 +568,7 @@ def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
             "1",
         ]
     )
-    assert args.num_clients == 1
+    assert simulation.num_clients == 1
     assert cfg.min_available_clients == 1
 
 
@@ -577,19 +577,19 @@ def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_config(name: str) -> None:
-    cfg, args, variants = run_simulation.parse(["--preset", name])
+    cfg, simulation, variants = parsed(["--preset", name])
     preset = PRESETS[name]
-    assert args.num_clients == preset.num_clients
+    assert simulation.num_clients == preset.num_clients
     assert {k: cfg.run_config[k] for k in preset.config} == preset.config
     assert variants == preset.variants
 
 
 def test_flags_win_over_a_preset() -> None:
-    cfg, args, _ = run_simulation.parse(
+    cfg, simulation, _ = parsed(
         ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
     )
     assert cfg.local_epochs == 2
-    assert args.num_clients == 3
+    assert simulation.num_clients == 3
     assert cfg.dataset == "tabular-regression"
 
 

@@ -28,7 +28,7 @@ from fl_app.data import (
 )
 
 NUM_PARTITIONS = 10
-PARTITIONERS = ("iid", "dirichlet", "shard", "pathological")
+PARTITIONERS = tuple(fl_data.PARTITIONERS)
 CACHED = ("pool", "_partitioner", "load_server_data", "load_client_data", "_federated_dataset")
 
 

@@ -11,10 +11,10 @@ from flwr.common import parameters_to_ndarrays
 
 import strategies
 from fl_app import client_app
-from fl_app.client_app import FlowerClient, make_client
-from fl_app.config import FAULT_KINDS, RunConfig
+from fl_app.client_app import FaultyClient, FlowerClient, make_client
+from fl_app.config import RunConfig
 from fl_app.data import data_spec
-from fl_app.faults import is_faulty
+from fl_app.faults import FAULT_KINDS, is_faulty
 from fl_app.models import build_model
 from fl_app.training import get_weights
 from tests.fakes import make, results_of
@@ -37,7 +37,8 @@ def fit(
     cfg: RunConfig, partition_id: int, parameters: list[np.ndarray]
 ) -> tuple[list[np.ndarray], int, dict]:
     client = make_client(cfg, {"partition-id": partition_id, "num-partitions": NUM_PARTITIONS})
-    assert isinstance(client, FlowerClient)
+    # Faulty clients wrap an honest one; the honest FlowerClient has no fault branches.
+    assert isinstance(client, FaultyClient if cfg.fault_kind != "none" else FlowerClient)
     return client.fit([p.copy() for p in parameters], {"server-round": 1})
 
 

@@ -7,7 +7,7 @@ Replies are built the way Flower's current quickstart ClientApp builds them: one
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg as FlowerMessageFedAvg
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,14 +27,7 @@ from tests.fakes import Proxy, fit_res
 
 SHAPES = [(3, 2), (2,)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def task_identity() -> Iterator[None]:
-    """What a Flower runtime sets before any Message is built."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class Nodes:
