@@ -26,6 +26,7 @@ from fl_app.config import RunConfig
 from fl_app.data import ClientData, DataSpec, data_spec, load_client_data, task_of
 from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
+from fl_app.seeds import seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
@@ -80,7 +81,7 @@ class FlowerClient(NumPyClient):
             learning_rate=self.cfg.learning_rate,
             momentum=self.cfg.momentum,
             device=self.device,
-            seed=self.cfg.seed * 1_000_003 + server_round * 10_007 + self.partition_id,
+            seed=seed_for(self.cfg.seed, "local-training", server_round, self.partition_id),
             task=self.task,
         )
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_app.seeds import rng_for, seed_for
+
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
 
@@ -138,7 +140,7 @@ TABULAR_SAMPLES = 1200
 
 def _tabular_regression(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
     """``y = x·w + 0.5 + ε`` with ``x ~ N(0, I_10)``, ``w ~ N(0, I)``, ``ε ~ N(0, 0.1²)``."""
-    rng = np.random.default_rng([cfg.seed, 10])
+    rng = rng_for(cfg.seed, "tabular-regression")
     x = rng.normal(size=(TABULAR_SAMPLES, TABULAR_FEATURES))
     y = (
         x @ rng.normal(size=(TABULAR_FEATURES, 1))
@@ -160,7 +162,7 @@ def _tabular_classification(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset 
         n_classes=3,
         n_clusters_per_class=1,
         class_sep=1.5,
-        random_state=cfg.seed,
+        random_state=seed_for(cfg.seed, "tabular-classification"),
     )
     return ArrayDataset(x.astype(np.float32), y.astype(np.int64)), None
 
@@ -188,7 +190,7 @@ PARTITIONERS: dict[str, Partitioning] = {
             "alpha": cfg.dirichlet_alpha,
             # Every client needs a train and a validation example.
             "min_partition_size": max(2, min(10, size // (2 * n))),
-            "seed": cfg.seed,
+            "seed": seed_for(cfg.seed, "partitioner"),
         },
     ),
     "shard": Partitioning(
@@ -196,7 +198,7 @@ PARTITIONERS: dict[str, Partitioning] = {
         lambda cfg, n, size: {
             "partition_by": "label",
             "num_shards_per_partition": cfg.shards_per_client,
-            "seed": cfg.seed,
+            "seed": seed_for(cfg.seed, "partitioner"),
         },
     ),
     "pathological": Partitioning(
@@ -206,7 +208,7 @@ PARTITIONERS: dict[str, Partitioning] = {
             "num_classes_per_partition": cfg.classes_per_client,
             # Client i gets classes i, i+1, ... (mod C): no class is left out, unlike "random".
             "class_assignment_mode": "first-deterministic",
-            "seed": cfg.seed,
+            "seed": seed_for(cfg.seed, "partitioner"),
         },
     ),
 }
@@ -300,7 +302,7 @@ def pool(cfg: RunConfig) -> Pool:
     if not isinstance(dataset, Pooled):
         raise TypeError(f"dataset {cfg.dataset!r} has no pooled form")
     train, test = dataset.load(cfg)
-    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    order = rng_for(cfg.seed, "server-split").permutation(len(train))
     n_test = 0 if test is not None else round(cfg.test_fraction * len(train))
     n_val = round(cfg.server_val_fraction * len(train))
     if test is None:
@@ -352,7 +354,7 @@ def synthetic_device(alpha: float, beta: float, seed: int, device: int) -> Array
     ``x ~ N(v, Σ)`` with ``Σ = diag(j^-1.2)``; ``y = argmax(W x + b)``. Sample counts
     follow the paper's power law (lognormal(4, 2) + 50), capped at 1,000.
     """
-    rng = np.random.default_rng([seed, device])
+    rng = rng_for(seed, "synthetic-device", device)
     count = min(int(rng.lognormal(4, 2)) + 50, SYNTHETIC_MAX_SAMPLES)
     u = rng.normal(0.0, np.sqrt(alpha))
     big_b = rng.normal(0.0, np.sqrt(beta))
@@ -412,7 +414,7 @@ class HuggingFace(Dataset):
 
     def server_data(self, cfg: RunConfig) -> ServerData:
         test = _hf_arrays(_federated_dataset(cfg, 1).load_split("test"))
-        rows = np.random.default_rng(cfg.seed).permutation(len(test))
+        rows = rng_for(cfg.seed, "server-split").permutation(len(test))
         n_val = round(cfg.server_val_fraction * len(test))
         num_classes = int(test.y.max()) + 1
         return ServerData(
@@ -433,7 +435,7 @@ def _federated_dataset(cfg: RunConfig, num_partitions: int) -> Any:
         partitioners={
             "train": make_partitioner(cfg, num_partitions, pool_size=10 * num_partitions)
         },
-        seed=cfg.seed,
+        seed=seed_for(cfg.seed, "partitioner"),
     )
 
 
@@ -491,7 +493,7 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
             f"partition-id {partition_id} is not in [0, num-partitions={num_partitions})"
         )
     data = dataset_of(cfg.dataset).client_data(cfg, partition_id, num_partitions)
-    rows = np.random.default_rng([cfg.seed, partition_id]).permutation(len(data))
+    rows = rng_for(cfg.seed, "client-val-split", partition_id).permutation(len(data))
     n_val = max(1, round(cfg.val_fraction * len(data))) if len(data) > 1 else 0
     return ClientData(train=data.subset(rows[n_val:]), val=data.subset(rows[:n_val]))
 

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fl_app.config import RunConfig
+from fl_app.seeds import rng_for
 
 Arrays = list[NDArray[Any]]
 BEFORE_TRAINING = ("raise", "straggle")
@@ -47,7 +48,7 @@ def is_faulty(cfg: RunConfig, partition_id: int, num_partitions: int) -> bool:
     if cfg.fault_kind == "none" or cfg.fault_fraction == 0:
         return False
     count = round(cfg.fault_fraction * num_partitions)
-    chosen = np.random.default_rng([cfg.seed, 99]).permutation(num_partitions)[:count]
+    chosen = rng_for(cfg.seed, "faulty-clients").permutation(num_partitions)[:count]
     return partition_id in set(chosen.tolist())
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fl_app.config import ConfigError
+from fl_app.seeds import seed_for
 
 ModelBuilder = Callable[[tuple[int, ...], int], nn.Module]
 
@@ -95,5 +96,5 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
             f"config 'model' = {name!r} is not allowed: must be one of {', '.join(MODELS)}"
         )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed_for(seed, "model-init"))
         return MODELS[name].build(input_shape, num_classes)

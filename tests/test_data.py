@@ -26,6 +26,7 @@ from fl_app.data import (
     pool,
     synthetic_device,
 )
+from fl_app.seeds import rng_for
 
 NUM_PARTITIONS = 10
 PARTITIONERS = tuple(fl_data.PARTITIONERS)
@@ -86,7 +87,7 @@ def test_digits_are_scikit_learns_exactly() -> None:
     data = pool(RunConfig())
     full = all_digits()
     got = ArrayDataset.concat([data.test, data.server_val, data.clients])
-    order = np.random.default_rng(RunConfig().seed).permutation(len(full))
+    order = rng_for(RunConfig().seed, "server-split").permutation(len(full))
     np.testing.assert_array_equal(got.x, full.x[order])
     np.testing.assert_array_equal(got.y, full.y[order])
     assert got.x.dtype == np.float32
