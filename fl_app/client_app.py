@@ -147,11 +147,22 @@ def is_legacy(message: Message) -> bool:
     return any(key.startswith(LEGACY_RECORD_PREFIXES) for key in message.content)
 
 
+def _the_one(records: Any, key: str, what: str) -> Any:
+    """The record named ``key`` (Flower's default), or the message's only record of its kind."""
+    if key in records:
+        return records[key]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    if what == "ConfigRecord" and not records:
+        return None
+    raise ValueError(f"expected one {what} (named {key!r}) in the message, got {list(records)}")
+
+
 def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]:
     """The layer names, arrays and config a Message-API server sent."""
     content = message.content
-    arrays = content.array_records.get("arrays") or next(iter(content.array_records.values()))
-    received = content.config_records.get("config")
+    arrays = _the_one(content.array_records, "arrays", "ArrayRecord")
+    received = _the_one(content.config_records, "config", "ConfigRecord")
     config: dict[str, Any] = {} if received is None else dict(received.items())
     return list(arrays.keys()), arrays.to_numpy_ndarrays(), config
 

@@ -168,24 +168,24 @@ class ExperimentServer(Server):
             round_start = timeit.default_timer()
             try:
                 fitted = self.fit_round(server_round=server_round, timeout=timeout)
+                if fitted is None:  # nobody sampled: a round that aggregated nothing all the same
+                    fitted = (*self.strategy.aggregate_fit(server_round, [], []), ([], []))
             except NothingAggregatedError as error:
                 self._emit(stopped_record(server_round, error), round_start)
                 raise
-            record: RoundRecord = {"round": server_round}
-            if fitted is not None:
-                parameters, fit_metrics, (results, failures) = fitted
-                if parameters is not None:
-                    self.parameters = parameters
-                history.add_metrics_distributed_fit(server_round=server_round, metrics=fit_metrics)
-                record = train_record(
-                    server_round,
-                    self.strategy,
-                    sampled=len(results) + len(failures),
-                    results=len(results),
-                    failures=len(failures),
-                    metrics=fit_metrics,
-                    aggregated=parameters is not None,
-                )
+            parameters, fit_metrics, (results, failures) = fitted
+            if parameters is not None:
+                self.parameters = parameters
+            history.add_metrics_distributed_fit(server_round=server_round, metrics=fit_metrics)
+            record = train_record(
+                server_round,
+                self.strategy,
+                sampled=len(results) + len(failures),
+                results=len(results),
+                failures=len(failures),
+                metrics=fit_metrics,
+                aggregated=parameters is not None,
+            )
             record |= self._evaluate_centrally(server_round, history)
             evaluated = self.evaluate_round(server_round=server_round, timeout=timeout)
             loss, metrics, _ = evaluated if evaluated is not None else (None, {}, None)

@@ -62,6 +62,14 @@ def weighted_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metric
     return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
 
 
+def canonical_order(
+    results: Sequence[tuple[int, Mapping[str, Any]]],
+) -> list[tuple[int, Mapping[str, Any]]]:
+    """``(num_examples, metrics)`` pairs sorted by content, so the float sums over them are
+    the same whatever order the clients answered in (and on both Flower halves)."""
+    return sorted(results, key=lambda r: (r[0], sorted((k, repr(v)) for k, v in r[1].items())))
+
+
 # ---- .npy tensors on the wire ---------------------------------------------------------
 # Both Flower halves carry each layer as the bytes ``np.save`` writes (legacy
 # ``Parameters.tensors``, Message-API ``Array.data``).
@@ -90,7 +98,20 @@ def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
 
 
 def decode_tensors(tensors: Sequence[bytes]) -> list[Array]:
-    """Read-only views of the ``.npy`` arrays in ``tensors``, without copying their bytes."""
+    """Read-only views of the ``.npy`` arrays in ``tensors``, without copying their bytes.
+
+    Raises ValueError for anything that is not a plain ``.npy`` array (whatever numpy's
+    header parser raises on garbage: a bad reply must be rejected, not crash the round).
+    """
+    try:
+        return _decode(tensors)
+    except ValueError:
+        raise
+    except Exception as err:
+        raise ValueError(f"not .npy data ({type(err).__name__}: {err})") from err
+
+
+def _decode(tensors: Sequence[bytes]) -> list[Array]:
     arrays = []
     for tensor in tensors:
         if len(tensor) < 8 or tensor[:6] != _NPY_MAGIC:
@@ -153,6 +174,7 @@ class ClientUpdate:
     arrays: list[Array] = field(default_factory=list)
     quality: float = math.nan
     distance: float = math.nan
+    problem: str | None = None  # what an adapter found wrong with the reply itself
 
     def sort_key(self) -> tuple[int, bytes]:
         """A cheap key that depends on what the client sent, not on when or who it is.
@@ -185,7 +207,9 @@ class RoundResult:
     """What :meth:`Rule.aggregate` made of a round.
 
     ``arrays`` is the new global model, or None when nothing could be aggregated (the
-    previous model stays); ``problem`` then says why, in one line with the fix.
+    previous model stays); ``problem`` then says why, in one line with the fix. (The
+    Flower adapters encode ``arrays`` layer by layer, releasing each, so after a round it
+    is an empty list there: the model is in what they returned.)
     ``metrics`` always holds ``results``, ``failures``, ``rejected``, ``accepted`` and,
     when something was aggregated, ``weights`` (JSON: client id -> weight).
     """
@@ -251,8 +275,10 @@ class ServerOptions:
     max_empty_rounds: int = 3
 
     def __post_init__(self) -> None:
-        if not self.server_learning_rate > 0:
-            raise ValueError(f"server_learning_rate={self.server_learning_rate!r}: must be > 0")
+        if not 0 < self.server_learning_rate < math.inf:
+            raise ValueError(
+                f"server_learning_rate={self.server_learning_rate!r}: must be finite and > 0"
+            )
         if not 0.0 <= self.server_momentum < 1.0:
             raise ValueError(f"server_momentum={self.server_momentum!r}: must be in [0, 1)")
         if isinstance(self.max_empty_rounds, bool) or not (
@@ -261,7 +287,7 @@ class ServerOptions:
             raise ValueError(f"max_empty_rounds={self.max_empty_rounds!r}: must be an int >= 0")
 
     @classmethod
-    def from_config(cls, config: Any) -> Any:
+    def from_config(cls, config: Any) -> Self:
         """These options read from ``config`` (any object with an attribute per field,
         e.g. :class:`fl_app.config.RunConfig`)."""
         return cls(**{name: getattr(config, name) for name in cls.field_names()})
@@ -339,6 +365,7 @@ class Rule:
         self.state.empty_rounds = 0
 
         chosen = self.coefficients(server_round, accepted)
+        self._check_coefficients(chosen, len(accepted))
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
         # Decoded one update at a time, as the fold reaches it.
         terms: Iterator[tuple[Sequence[Array], float]] = (
@@ -376,6 +403,17 @@ class Rule:
         return self.global_model
 
     # ---- internals ------------------------------------------------------------------
+
+    def _check_coefficients(self, chosen: Coefficients, count: int) -> None:
+        """A rule's coefficients must be finite, one per update, and sum to 1."""
+        clients = np.asarray(chosen.clients, dtype=np.float64)
+        total = float(clients.sum()) + chosen.global_model
+        if clients.shape != (count,) or not np.all(np.isfinite(clients)) or abs(total - 1) > 1e-6:
+            raise ValueError(
+                f"{type(self).__name__}.coefficients gave {clients.tolist()} "
+                f"(+ {chosen.global_model} of the global model) for {count} updates: "
+                "they must be finite, one per update, and sum to 1"
+            )
 
     def _empty_round(
         self,
@@ -425,11 +463,13 @@ class Rule:
         accepted: list[ClientUpdate] = []
         rejected: list[tuple[ClientUpdate, str]] = []
         for update in sorted(updates, key=ClientUpdate.sort_key):
-            reason: str | None
+            reason: str | None = update.problem
             try:
+                if reason is not None:
+                    raise ValueError(reason)
                 update.arrays = decode_tensors(update.tensors)
             except (ValueError, TypeError) as err:
-                reason = f"undecodable parameters ({err})"
+                reason = reason or f"undecodable parameters ({err})"
             else:
                 if template is None:  # no global model known: the first update sets the layout
                     template = update.arrays
@@ -474,13 +514,17 @@ def build_rule(
     """The rule an adapter wraps: ``rule`` itself, or ``rule_type`` built from ``options``
     or from keyword ``knobs`` (the fields of ``rule_type.Options``)."""
     if rule is not None:
-        if knobs:
+        if knobs or options is not None or score_fn is not None:
+            given = sorted(knobs) + [
+                k for k, v in (("options", options), ("score_fn", score_fn)) if v
+            ]
             raise TypeError(
-                f"unexpected keyword argument {', '.join(map(repr, sorted(knobs)))}: "
-                f"{type(rule).__name__}'s options are {', '.join(rule.Options.field_names())}"
+                f"pass either rule= or the rule's knobs, not both (got rule= and "
+                f"{', '.join(given)}); {type(rule).__name__}'s knobs go into its "
+                f"{rule.Options.__name__}"
             )
-        if options is not None or score_fn is not None:
-            raise TypeError("pass either rule= or the rule's options and score_fn, not both")
+        if rule_type is not None and not isinstance(rule, rule_type):
+            raise TypeError(f"rule= must be a {rule_type.__name__}, not {type(rule).__name__}")
         return rule
     if rule_type is None:
         raise TypeError("pass rule=, or use a strategy class that names its rule")

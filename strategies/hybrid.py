@@ -57,6 +57,14 @@ class HybridOptions(QualityOptions):
             raise ValueError(
                 f"hybrid_lambda_end={self.hybrid_lambda_end!r}: must be <= 1 (< 0: constant λ)"
             )
+        rounds = self.num_server_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"num_server_rounds={rounds!r}: must be an int >= 1")
+        if self.hybrid_lambda_end >= 0 and rounds < 2:
+            raise ValueError(
+                f"hybrid_lambda_end={self.hybrid_lambda_end!r} needs num_server_rounds >= 2 "
+                f"(the rounds over which λ moves), got {rounds}"
+            )
         if self.robust_filter not in ROBUST_FILTERS:
             raise ValueError(
                 f"robust_filter={self.robust_filter!r}: choose one of {', '.join(ROBUST_FILTERS)}"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from logging import WARNING
 from typing import Any
 
-from flwr.common import FitRes, Metrics, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import EvaluateRes, FitRes, Metrics, Parameters, Scalar, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -24,10 +24,12 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from strategies.core import (
     ClientUpdate,
+    RoundResult,
     Rule,
     RuleAdapter,
     ScoreFn,
     ServerOptions,
+    canonical_order,
     encode_tensors,
     weighted_metrics,
 )
@@ -105,20 +107,23 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not self.accept_failures and failures:
-            log(
-                WARNING,
-                "round %d: %d failures and accept_failures=False",
-                server_round,
-                len(failures),
+            metrics: dict[str, Scalar] = {"results": len(results), "failures": len(failures)}
+            metrics |= {"rejected": 0, "accepted": 0}
+            problem = (
+                f"round {server_round}: nothing aggregated, keeping the previous model: "
+                f"{len(failures)} clients failed and accept_failures=False "
+                f"(first: {describe_failure(failures[0])})"
             )
-            return None, {"results": len(results), "failures": len(failures)}
+            log(WARNING, "%s", problem)
+            self.last_result = RoundResult(None, metrics, [], problem)
+            return None, metrics
         result = self.rule.aggregate(
             server_round,
             [rule_update(proxy.cid, res) for proxy, res in results],
             [describe_failure(f) for f in failures],
         )
         self.last_result = result
-        metrics: dict[str, Scalar] = dict(result.metrics)
+        metrics = dict(result.metrics)
         if self.fit_metrics_aggregation_fn is not None and result.accepted:
             metrics = (
                 self.fit_metrics_aggregation_fn(
@@ -129,6 +134,24 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         if result.arrays is None:
             return None, metrics
         return Parameters(encode_tensors(result.arrays), "numpy.ndarray"), metrics
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The example-weighted loss and metrics, summed in a canonical order (the same
+        floats as the Message-API twin on the same replies)."""
+        if not results or (not self.accept_failures and failures):
+            return None, {}
+        ordered = canonical_order([(res.num_examples, res.metrics) for _, res in results])
+        losses = [(res.num_examples, {"loss": res.loss}) for _, res in results]
+        loss = float(weighted_metrics(canonical_order(losses))["loss"])
+        metrics: dict[str, Scalar] = {}
+        if self.evaluate_metrics_aggregation_fn is not None:
+            metrics = self.evaluate_metrics_aggregation_fn(ordered)  # type: ignore[arg-type]
+        return loss, metrics
 
 
 def rule_update(client_id: str, res: FitRes) -> ClientUpdate:

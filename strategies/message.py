@@ -30,6 +30,7 @@ from strategies.core import (
     RuleAdapter,
     ScoreFn,
     ServerOptions,
+    canonical_order,
     decode_tensors,
     encode_tensors,
     weighted_metrics,
@@ -96,6 +97,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
         self.custom_train_metrics = train_metrics_aggr_fn is not None
+        self.custom_evaluate_metrics = evaluate_metrics_aggr_fn is not None
         self._keys: list[str] = []
         self._sampled: list[int] = []
 
@@ -150,22 +152,61 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             metrics = client_metrics | metrics
         return self._array_record(result.arrays), MetricRecord(metrics)
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The example-weighted metrics of the replies that carry ``num-examples``, in a
+        canonical order (the same floats as the legacy twin); one odd reply is skipped
+        (Flower's ``FedAvg`` raises ``InconsistentMessageReplies`` for the round)."""
+        contents = [msg.content for msg in replies if not msg.has_error()]
+        usable = []
+        for content in contents:
+            record = self._metric_record(content)
+            n = record.get(self.weighted_by_key)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                usable.append((content, n, record))
+        if not usable:
+            return None
+        if self.custom_evaluate_metrics:
+            return self.evaluate_metrics_aggr_fn([c for c, _, _ in usable], self.weighted_by_key)
+        results = [
+            (n, {k: v for k, v in record.items() if k != self.weighted_by_key})
+            for _, n, record in usable
+        ]
+        aggregated: dict[str, Any] = weighted_metrics(canonical_order(results))
+        return MetricRecord(aggregated)
+
     # ---- internals ------------------------------------------------------------------
 
+    def _metric_record(self, content: RecordDict) -> MetricRecord:
+        """The reply's MetricRecord holding ``weighted_by_key`` (or its only one)."""
+        records = content.metric_records
+        return next(
+            (r for r in records.values() if self.weighted_by_key in r),
+            next(iter(records.values()), MetricRecord()),
+        )
+
     def _update_of(self, client_id: str, content: RecordDict) -> ClientUpdate:
-        """A reply as the core's update; a malformed one fails the core's validation."""
+        """A reply as the core's update; what is wrong with it is rejected by the core."""
         array_records = content.array_records
         array_record = array_records.get(self.arrayrecord_key)
         if array_record is None and len(array_records) == 1:
             array_record = next(iter(array_records.values()))
-        metric_records = content.metric_records
-        metric_record = next(
-            (r for r in metric_records.values() if self.weighted_by_key in r),
-            next(iter(metric_records.values()), MetricRecord()),
-        )
+        metric_record = self._metric_record(content)
         metrics = {k: v for k, v in metric_record.items() if k != self.weighted_by_key}
-        tensors = [] if array_record is None else [a.data for a in array_record.values()]
-        return ClientUpdate(client_id, tensors, metric_record.get(self.weighted_by_key), metrics)
+        update = ClientUpdate(client_id, [], metric_record.get(self.weighted_by_key), metrics)
+        if array_record is None:
+            update.problem = f"no ArrayRecord (expected one, {self.arrayrecord_key!r})"
+        elif list(array_record.keys()) == self._keys:
+            update.tensors = [a.data for a in array_record.values()]
+        elif set(array_record.keys()) == set(self._keys):  # the same layers, reordered
+            update.tensors = [array_record[key].data for key in self._keys]
+        else:
+            update.problem = (
+                f"layer names {list(array_record.keys())[:3]}... differ from the global "
+                f"model's {self._keys[:3]}..."
+            )
+        return update
 
     def _array_record(self, arrays: list[Any] | None) -> ArrayRecord | None:
         """The rule's result under the global model's keys, one copy per layer."""

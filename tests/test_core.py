@@ -16,6 +16,7 @@ import pytest
 import strategies
 from strategies.core import (
     ClientUpdate,
+    Coefficients,
     NothingAggregatedError,
     ServerOptions,
     StrategyState,
@@ -175,3 +176,35 @@ def test_options_read_from_any_config_object() -> None:
 def test_a_rule_refuses_another_rules_options() -> None:
     with pytest.raises(TypeError, match="HybridRule takes HybridOptions, not QualityOptions"):
         HybridRule(QualityOptions())
+
+
+def test_a_garbled_npy_header_is_rejected_not_a_crash() -> None:
+    # numpy's header parser raises tokenize errors on some garbage; one bad reply must
+    # still be a rejection.
+    good = encode_tensors([np.zeros(2, dtype=np.float32)])[0]
+    header_end = good.index(b"}")
+    garbled = good[:header_end].replace(b"(2,)", b"(2 , ") + good[header_end:]
+    rule = FedAvgRule()
+    rule.global_model = [np.zeros(2, dtype=np.float32)]
+    ok = ClientUpdate("ok", [good], 5, {})
+    result = rule.aggregate(1, [ok, ClientUpdate("bad", [garbled], 5, {})], failures=[])
+    assert result.metrics["rejected"] == 1
+    assert result.metrics["accepted"] == 1
+
+
+def test_a_rule_whose_coefficients_do_not_sum_to_one_is_refused() -> None:
+    class Broken(FedAvgRule):
+        def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
+            return Coefficients(np.full(len(updates), 0.7))
+
+    rule = Broken()
+    rule.global_model = GLOBAL
+    with pytest.raises(ValueError, match=r"Broken\.coefficients gave .* must be finite, one per"):
+        rule.aggregate(1, [update("a", 1.0), update("b", 2.0)], failures=[])
+
+
+def test_a_lambda_schedule_needs_its_rounds() -> None:
+    with pytest.raises(ValueError, match="needs num_server_rounds >= 2"):
+        HybridOptions(hybrid_lambda=0.2, hybrid_lambda_end=0.8)
+    with pytest.raises(ValueError, match="num_server_rounds"):
+        HybridOptions(num_server_rounds=-3)

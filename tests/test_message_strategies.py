@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import EvaluateRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg as FlowerMessageFedAvg
 from hypothesis import given, settings
@@ -23,7 +23,7 @@ import strategies
 from strategies.core import NothingAggregatedError
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
-from tests.fakes import Proxy, fit_res
+from tests.fakes import OK, Proxy, fit_res
 
 SHAPES = [(3, 2), (2,)]
 
@@ -222,17 +222,61 @@ def test_error_replies_and_missing_replies_are_failures() -> None:
     assert (metrics["results"], metrics["failures"], metrics["accepted"]) == (2, 2, 2)
 
 
-def test_the_result_keeps_the_global_models_layer_names() -> None:
+def named(arrays: Sequence[np.ndarray], names: Sequence[str]) -> ArrayRecord:
+    return ArrayRecord({name: Array(a) for name, a in zip(names, arrays, strict=True)})
+
+
+def named_reply(node: int, record: ArrayRecord) -> Message:
+    metrics = MetricRecord({"num-examples": 10, "val_accuracy": 0.5})
+    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent_to(node))
+
+
+def test_layers_are_matched_by_name_and_the_result_keeps_the_names() -> None:
+    # Flower's quickstart sends and replies ArrayRecord(model.state_dict()): named layers.
     strategy = strategies.build("hybrid", api="message", min_available_nodes=1)
-    named = ArrayRecord({"fc.weight": Array(GLOBAL[0]), "fc.bias": Array(GLOBAL[1])})
-    strategy.configure_train(1, named, ConfigRecord(), Nodes(2))  # type: ignore[arg-type]
+    names = ["fc.weight", "fc.bias"]
+    strategy.configure_train(1, named(GLOBAL, names), ConfigRecord(), Nodes(3))  # type: ignore[arg-type]
     replies = [
-        reply(1, ONES, 10, val_accuracy=0.5),
-        reply(2, THREES, 10, val_accuracy=0.5),
+        named_reply(1, named(ONES, names)),
+        named_reply(2, named(THREES[::-1], names[::-1])),  # the same layers, other order
+        named_reply(3, named(ONES, ["0", "1"])),  # other names: not this model's layers
     ]
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
-    assert list(arrays.keys()) == ["fc.weight", "fc.bias"]
+    assert metrics is not None
+    assert list(arrays.keys()) == names
+    assert (metrics["accepted"], metrics["rejected"]) == (2, 1)
+    for layer in arrays.to_numpy_ndarrays():
+        np.testing.assert_allclose(layer, 2.0, rtol=1e-6)
+
+
+def test_federated_evaluation_is_the_same_on_both_halves_and_skips_odd_replies() -> None:
+    rng = np.random.default_rng(3)
+    answers = [(int(n), float(x), float(a)) for n, x, a in zip(
+        rng.integers(1, 50, 6), rng.uniform(0.1, 2, 6), rng.uniform(0, 1, 6), strict=True
+    )]  # fmt: skip
+    legacy_results = [
+        (Proxy(str(i)), EvaluateRes(OK, loss, n, {"accuracy": acc}))
+        for i, (n, loss, acc) in enumerate(answers)
+    ]
+    loss, metrics = legacy_with(GLOBAL, "fedavg").aggregate_evaluate(1, legacy_results, [])
+    replies = [
+        Message(
+            RecordDict({"metrics": MetricRecord({"loss": x, "accuracy": a, "num-examples": n})}),
+            reply_to=sent_to(i + 1),
+        )
+        for i, (n, x, a) in enumerate(answers)
+    ]
+    odd = Message(RecordDict({"metrics": MetricRecord({"loss": 0.0})}), reply_to=sent_to(9))
+    message = message_with(GLOBAL, "fedavg", nodes=2)
+    record = message.aggregate_evaluate(1, [*reversed(replies), odd])
+    assert record is not None
+    assert record["loss"] == loss  # bit for bit, whatever the arrival order
+    assert record["accuracy"] == metrics["accuracy"]
+    total = sum(n for n, _, _ in answers)
+    assert loss == pytest.approx(sum(n * x for n, x, _ in answers) / total)
+    with pytest.raises(InconsistentMessageReplies):  # what Flower's own FedAvg does
+        FlowerMessageFedAvg().aggregate_evaluate(1, [*replies, odd])
 
 
 def test_the_message_half_stops_after_max_empty_rounds() -> None:

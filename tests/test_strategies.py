@@ -485,7 +485,9 @@ def test_failures_with_accept_failures_false_return_none():
     strategy = make(FedAvg, GLOBAL32, accept_failures=False)
     out, metrics = aggregate(strategy, _valid_results(), failures=[RuntimeError("timeout")])
     assert out is None
-    assert metrics == {"results": 2, "failures": 1}
+    assert metrics == {"results": 2, "failures": 1, "rejected": 0, "accepted": 0}
+    # The round says why (and does not reuse the previous round's result).
+    assert "accept_failures=False (first: RuntimeError: timeout)" in strategy.last_result.problem
 
 
 def test_failures_with_accept_failures_are_counted_and_skipped():
