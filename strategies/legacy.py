@@ -39,6 +39,8 @@ from strategies.quality_weighted import QualityWeightedRule
 from strategies.simple_average import SimpleAverageRule
 
 MetricsFn = Callable[[list[tuple[int, Metrics]]], Metrics]
+EvaluateResults = list[tuple[ClientProxy, EvaluateRes]]
+EvaluateFailures = list[tuple[ClientProxy, EvaluateRes] | BaseException]
 
 
 def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
@@ -136,10 +138,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         return Parameters(encode_tensors(result.arrays), "numpy.ndarray"), metrics
 
     def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+        self, server_round: int, results: EvaluateResults, failures: EvaluateFailures
     ) -> tuple[float | None, dict[str, Scalar]]:
         """The example-weighted loss and metrics, summed in a canonical order (the same
         floats as the Message-API twin on the same replies)."""
