@@ -260,8 +260,6 @@ def run(
     ``listeners`` are told about every round too (benchmarks use them to take timings).
     """
     console = console or Console()
-    if not simulation.verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
     directory = run_directory(cfg)
     cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
     console.print(
@@ -309,6 +307,9 @@ def simulate(
 
     from fl_app.client_app import client_app_for
     from fl_app.server_app import server_app_for
+
+    if not simulation.verbose:  # after Flower's import, which sets its logger's level
+        logging.getLogger("flwr").setLevel(logging.ERROR)
 
     run_simulation(
         server_app=server_app_for(cfg, listeners=listeners, resume=resume),

@@ -62,6 +62,22 @@ def weighted_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metric
     return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
 
 
+def evaluation_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metrics:
+    """A federated evaluation round: the example-weighted mean of each metric the clients
+    reported, summed in a canonical order (the same floats on both Flower halves and in
+    any arrival order). ``loss`` is averaged over every reply, so a non-finite loss shows
+    (as in Flower); the other metrics over their finite values (:func:`weighted_metrics`).
+    """
+    ordered = canonical_order(results)
+    metrics = weighted_metrics(
+        [(n, {k: v for k, v in m.items() if k != "loss"}) for n, m in ordered]
+    )
+    losses = [(n, float(m["loss"])) for n, m in ordered if "loss" in m]
+    if losses:
+        metrics["loss"] = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
+    return metrics
+
+
 def canonical_order(
     results: Sequence[tuple[int, Mapping[str, Any]]],
 ) -> list[tuple[int, Mapping[str, Any]]]:

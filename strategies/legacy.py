@@ -31,6 +31,7 @@ from strategies.core import (
     ServerOptions,
     canonical_order,
     encode_tensors,
+    evaluation_metrics,
     weighted_metrics,
 )
 from strategies.fedavg import FedAvgRule
@@ -144,12 +145,15 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         floats as the Message-API twin on the same replies)."""
         if not results or (not self.accept_failures and failures):
             return None, {}
-        ordered = canonical_order([(res.num_examples, res.metrics) for _, res in results])
-        losses = [(res.num_examples, {"loss": res.loss}) for _, res in results]
-        loss = float(weighted_metrics(canonical_order(losses))["loss"])
-        metrics: dict[str, Scalar] = {}
-        if self.evaluate_metrics_aggregation_fn is not None:
-            metrics = self.evaluate_metrics_aggregation_fn(ordered)  # type: ignore[arg-type]
+        replies = [(res.num_examples, {**res.metrics, "loss": res.loss}) for _, res in results]
+        metrics = evaluation_metrics(replies)
+        loss = float(metrics.pop("loss"))
+        aggregation = self.evaluate_metrics_aggregation_fn
+        if aggregation is None:
+            metrics = {}
+        elif aggregation is not weighted_metrics:  # someone's own: give it the replies
+            ordered = canonical_order([(res.num_examples, res.metrics) for _, res in results])
+            metrics = aggregation(ordered)  # type: ignore[arg-type]
         return loss, metrics
 
 

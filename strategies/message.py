@@ -30,9 +30,9 @@ from strategies.core import (
     RuleAdapter,
     ScoreFn,
     ServerOptions,
-    canonical_order,
     decode_tensors,
     encode_tensors,
+    evaluation_metrics,
     weighted_metrics,
 )
 from strategies.fedavg import FedAvgRule
@@ -173,7 +173,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             (n, {k: v for k, v in record.items() if k != self.weighted_by_key})
             for _, n, record in usable
         ]
-        aggregated: dict[str, Any] = weighted_metrics(canonical_order(results))
+        aggregated: dict[str, Any] = evaluation_metrics(results)
         return MetricRecord(aggregated)
 
     # ---- internals ------------------------------------------------------------------

@@ -7,6 +7,7 @@ Replies are built the way Flower's current quickstart ClientApp builds them: one
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -322,3 +323,23 @@ def test_message_classes_take_flowers_message_api_names_keyword_only() -> None:
         strategies.message.FedAvg(0.5)  # type: ignore[misc]
     with pytest.raises(TypeError, match="FedAvgRule has no option 'fraction_fit'"):
         strategies.message.FedAvg(fraction_fit=0.5)
+
+
+def test_a_non_finite_client_loss_shows_in_the_federated_loss_on_both_halves() -> None:
+    answers = [(10, 0.5, 0.9), (20, math.inf, 0.1), (30, 0.25, 0.8)]
+    legacy_results = [
+        (Proxy(str(i)), EvaluateRes(OK, loss, n, {"accuracy": acc}))
+        for i, (n, loss, acc) in enumerate(answers)
+    ]
+    loss, metrics = legacy_with(GLOBAL, "fedavg").aggregate_evaluate(1, legacy_results, [])
+    replies = [
+        Message(
+            RecordDict({"metrics": MetricRecord({"loss": x, "accuracy": a, "num-examples": n})}),
+            reply_to=sent_to(i + 1),
+        )
+        for i, (n, x, a) in enumerate(answers)
+    ]
+    record = message_with(GLOBAL, "fedavg", nodes=2).aggregate_evaluate(1, replies)
+    assert record is not None
+    assert loss == record["loss"] == math.inf  # as Flower's weighted_loss_avg reports it
+    assert metrics["accuracy"] == record["accuracy"] == pytest.approx((9 + 2 + 24) / 60)
