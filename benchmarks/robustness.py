@@ -5,7 +5,7 @@ every cell. Scenarios: clean; 30 % of clients raising in fit; 20 % sending sign-
 updates; 20 % sending updates scaled ×10; 20 % sending −10× updates while reporting
 perfect validation accuracy (lying about quality). Prints a Markdown table.
 
-    python benchmarks/robustness.py                  # 5 rounds per run, about 7.5 minutes on 2 cores
+    python benchmarks/robustness.py                  # 5 rounds per run, about 5 minutes on 2 cores
     python benchmarks/robustness.py --rounds 10
 """
 
