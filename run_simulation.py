@@ -43,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
@@ -100,7 +101,8 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         "--compare",
         nargs="+",
         metavar="STRATEGY",
-        help="run these strategies on the same data and seed; write comparison.md and comparison.png",
+        help="run these strategies on the same data and seed (and 'centralized': the same "
+        "model on the pooled client data, the same epochs); write comparison.md and .png",
     )
     sim.add_argument(
         "--target-accuracy",
@@ -180,9 +182,14 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     values = {key_of(f.name): getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig.from_mapping(values)
     if args.compare:
-        variants = {name: {"strategy": name} for name in args.compare}
+        # "centralized" is the reference row: the same model on the pooled client data.
+        variants = {
+            name: {} if name == CENTRALIZED else {"strategy": name} for name in args.compare
+        }
     for overrides in variants.values():  # a bad variant stops everything before any run
         RunConfig.from_mapping(values | overrides)
+    if CENTRALIZED in variants:
+        check_pooled(cfg)
     if args.num_clients < 1:
         raise ConfigError(f"--num-clients {args.num_clients} is not allowed: must be >= 1")
     needed = max(cfg.min_available_clients, cfg.min_fit_clients)
@@ -338,7 +345,10 @@ def compare(invocation: Invocation) -> Path:
             cfg.run_config | overrides | {"run-name": f"{name}/{variant}"}
         )
         start = time.perf_counter()
-        rounds = run(variant_cfg, simulation, console=console)
+        if variant == CENTRALIZED:
+            rounds = train_centrally(variant_cfg, simulation.num_clients)
+        else:
+            rounds = run(variant_cfg, simulation, console=console)
         runs[variant] = (rounds, time.perf_counter() - start)
     varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset

@@ -45,7 +45,8 @@ from fl_app.config import RunConfig
 from fl_app.data import data_spec, load_client_data, load_server_data, pool
 from fl_app.models import build_model
 from fl_app.results import RoundRecord, RunListener
-from fl_app.training import evaluate, get_weights, set_weights, train
+from fl_app.seeds import seed_for
+from fl_app.training import evaluate, get_weights, set_weights, train_as_configured
 
 WORKLOADS = {
     # Overhead dominates: a client trains on about 11 digits for 3 epochs.
@@ -143,16 +144,8 @@ def plain_loop(flags: list[str]) -> Timing:
             for client in rng.choice(num_clients, size=per_round, replace=False):
                 data = load_client_data(cfg, int(client), num_clients).train
                 set_weights(model, global_weights)
-                train(
-                    model,
-                    data,
-                    epochs=cfg.local_epochs,
-                    batch_size=cfg.batch_size,
-                    learning_rate=cfg.learning_rate,
-                    momentum=cfg.momentum,
-                    device=torch.device("cpu"),
-                    seed=server_round * 1000 + int(client),
-                )
+                seed = seed_for(cfg.seed, "local-training", server_round, int(client))
+                train_as_configured(cfg, model, data, device=torch.device("cpu"), seed=seed)
                 for acc, w in zip(total, get_weights(model), strict=True):
                     acc += len(data) * w
                 examples += len(data)
@@ -178,16 +171,7 @@ class PlainClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         set_weights(self.model, parameters)
-        train(
-            self.model,
-            self.data,
-            epochs=self.cfg.local_epochs,
-            batch_size=self.cfg.batch_size,
-            learning_rate=self.cfg.learning_rate,
-            momentum=self.cfg.momentum,
-            device=torch.device("cpu"),
-            seed=0,
-        )
+        train_as_configured(self.cfg, self.model, self.data, device=torch.device("cpu"), seed=0)
         return get_weights(self.model), len(self.data), {}
 
 

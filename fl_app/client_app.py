@@ -27,7 +27,7 @@ from fl_app.data import ClientData, DataSpec, data_spec, load_client_data, task_
 from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
 from fl_app.seeds import seed_for
-from fl_app.training import evaluate, get_weights, pick_device, set_weights, train
+from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
 LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")
@@ -73,16 +73,9 @@ class FlowerClient(NumPyClient):
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
-        train_loss = train(
-            self.model,
-            self.data.train,
-            epochs=self.cfg.local_epochs,
-            batch_size=self.cfg.batch_size,
-            learning_rate=self.cfg.learning_rate,
-            momentum=self.cfg.momentum,
-            device=self.device,
-            seed=seed_for(self.cfg.seed, "local-training", server_round, self.partition_id),
-            task=self.task,
+        seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id)
+        train_loss = train_as_configured(
+            self.cfg, self.model, self.data.train, device=self.device, seed=seed
         )
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}

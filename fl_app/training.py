@@ -6,13 +6,17 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from fl_app.data import ArrayDataset
+from fl_app.data import ArrayDataset, task_of
+
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
 
 Weights = list[NDArray[np.float32]]
 
@@ -106,6 +110,23 @@ def train(
             loss_sum += loss.item() * len(yb)
             seen += len(yb)
     return loss_sum / seen if seen else math.nan
+
+
+def train_as_configured(
+    cfg: RunConfig, model: nn.Module, data: ArrayDataset, *, device: torch.device, seed: int
+) -> float:
+    """:func:`train` with the run's local-training knobs (epochs, batch size, SGD)."""
+    return train(
+        model,
+        data,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+        device=device,
+        seed=seed,
+        task=task_of(cfg.dataset),
+    )
 
 
 def loss_function(task: str, reduction: str = "mean") -> nn.Module:

@@ -138,3 +138,23 @@ def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path, ap
     rounds = history["rounds"]
     assert [r["lambda"] for r in rounds[1:]] == [1.0, 0.0]  # the linear schedule
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.2
+
+
+def test_a_comparison_with_the_centralized_reference_row(tmp_path: Path) -> None:
+    done = run_python(
+        [
+            "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "gap",
+            "--compare", "fedavg", "centralized",
+            "--num-clients", "4", "--num-server-rounds", "2", "--local-epochs", "1",
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (tmp_path / "gap" / "comparison.md").read_text()
+    assert "| fedavg |" in table
+    assert "| centralized |" in table
+    federated = read_history(tmp_path / "gap" / "fedavg")["rounds"]
+    centralized = read_history(tmp_path / "gap" / "centralized")["rounds"]
+    assert [r["round"] for r in centralized] == [r["round"] for r in federated] == [0, 1, 2]
+    # The same initial model and server test set: round 0 is the same evaluation.
+    assert centralized[0]["central_loss"] == federated[0]["central_loss"]
+    assert centralized[-1]["central_accuracy"] > centralized[0]["central_accuracy"] + 0.5

@@ -1,0 +1,53 @@
+"""The centralized reference: the union of the clients' training data, the same budget."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import run_simulation
+from fl_app.centralized import CENTRALIZED, pooled_training_data, train_centrally
+from fl_app.config import ConfigError, RunConfig
+from fl_app.data import load_client_data
+from tests.processes import read_history
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NUM_CLIENTS = 5
+
+
+def test_the_pooled_data_is_every_clients_training_split() -> None:
+    cfg = RunConfig(partitioner="dirichlet")
+    pooled = pooled_training_data(cfg, NUM_CLIENTS)
+    parts = [load_client_data(cfg, pid, NUM_CLIENTS).train for pid in range(NUM_CLIENTS)]
+    assert len(pooled) == sum(len(p) for p in parts)
+    rows = Counter((x.tobytes(), int(y)) for x, y in zip(pooled.x, pooled.y, strict=True))
+    want = Counter((x.tobytes(), int(y)) for p in parts for x, y in zip(p.x, p.y, strict=True))
+    assert rows == want  # nobody's validation split, the server's sets not included
+
+
+def test_centralized_training_learns_and_writes_a_run_folder(tmp_path: Path) -> None:
+    cfg = RunConfig(
+        num_server_rounds=2, local_epochs=1, device="cpu", output_dir=str(tmp_path), run_name="c"
+    )
+    rounds = train_centrally(cfg, NUM_CLIENTS)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.5
+    assert read_history(tmp_path / "c")["rounds"] == rounds
+    assert (tmp_path / "c" / "final_model.pt").is_file()
+
+
+def test_compare_takes_centralized_as_a_row() -> None:
+    invocation = run_simulation.parse(["--compare", "fedavg", CENTRALIZED])
+    assert invocation.variants == {"fedavg": {"strategy": "fedavg"}, CENTRALIZED: {}}
+
+
+def test_centralized_needs_a_dataset_with_a_pooled_form() -> None:
+    with pytest.raises(ConfigError) as info:
+        run_simulation.parse(["--compare", "fedavg", CENTRALIZED, "--dataset", "synthetic"])
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "'synthetic'" in message
+    assert "no pooled training set" in message
