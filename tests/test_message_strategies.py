@@ -251,11 +251,11 @@ def test_layers_are_matched_by_name_and_the_result_keeps_the_names() -> None:
         np.testing.assert_allclose(layer, 2.0, rtol=1e-6)
 
 
-def test_federated_evaluation_is_the_same_on_both_halves_and_skips_odd_replies() -> None:
-    rng = np.random.default_rng(3)
-    answers = [(int(n), float(x), float(a)) for n, x, a in zip(
-        rng.integers(1, 50, 6), rng.uniform(0.1, 2, 6), rng.uniform(0, 1, 6), strict=True
-    )]  # fmt: skip
+def evaluated_on_the_legacy_half(
+    answers: list[tuple[int, float, float]],
+) -> tuple[float | None, dict[str, Any], list[Message]]:
+    """The legacy twin's aggregate of (num_examples, loss, accuracy) evaluate answers, and
+    the same answers as Message-API replies."""
     legacy_results = [
         (Proxy(str(i)), EvaluateRes(OK, loss, n, {"accuracy": acc}))
         for i, (n, loss, acc) in enumerate(answers)
@@ -268,6 +268,15 @@ def test_federated_evaluation_is_the_same_on_both_halves_and_skips_odd_replies()
         )
         for i, (n, x, a) in enumerate(answers)
     ]
+    return loss, metrics, replies
+
+
+def test_federated_evaluation_is_the_same_on_both_halves_and_skips_odd_replies() -> None:
+    rng = np.random.default_rng(3)
+    answers = [(int(n), float(x), float(a)) for n, x, a in zip(
+        rng.integers(1, 50, 6), rng.uniform(0.1, 2, 6), rng.uniform(0, 1, 6), strict=True
+    )]  # fmt: skip
+    loss, metrics, replies = evaluated_on_the_legacy_half(answers)
     odd = Message(RecordDict({"metrics": MetricRecord({"loss": 0.0})}), reply_to=sent_to(9))
     message = message_with(GLOBAL, "fedavg", nodes=2)
     record = message.aggregate_evaluate(1, [*reversed(replies), odd])
@@ -327,18 +336,7 @@ def test_message_classes_take_flowers_message_api_names_keyword_only() -> None:
 
 def test_a_non_finite_client_loss_shows_in_the_federated_loss_on_both_halves() -> None:
     answers = [(10, 0.5, 0.9), (20, math.inf, 0.1), (30, 0.25, 0.8)]
-    legacy_results = [
-        (Proxy(str(i)), EvaluateRes(OK, loss, n, {"accuracy": acc}))
-        for i, (n, loss, acc) in enumerate(answers)
-    ]
-    loss, metrics = legacy_with(GLOBAL, "fedavg").aggregate_evaluate(1, legacy_results, [])
-    replies = [
-        Message(
-            RecordDict({"metrics": MetricRecord({"loss": x, "accuracy": a, "num-examples": n})}),
-            reply_to=sent_to(i + 1),
-        )
-        for i, (n, x, a) in enumerate(answers)
-    ]
+    loss, metrics, replies = evaluated_on_the_legacy_half(answers)
     record = message_with(GLOBAL, "fedavg", nodes=2).aggregate_evaluate(1, replies)
     assert record is not None
     assert loss == record["loss"] == math.inf  # as Flower's weighted_loss_avg reports it
