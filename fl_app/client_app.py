@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,13 +141,14 @@ def is_legacy(message: Message) -> bool:
     return any(key.startswith(LEGACY_RECORD_PREFIXES) for key in message.content)
 
 
-def _the_one(records: Any, key: str, what: str) -> Any:
-    """The record named ``key`` (Flower's default), or the message's only record of its kind."""
+def _the_one(records: Any, key: str, what: str, *, optional: bool = False) -> Any:
+    """The record named ``key`` (Flower's default), or the message's only record of its
+    kind; None when there is none and it is ``optional``."""
     if key in records:
         return records[key]
     if len(records) == 1:
         return next(iter(records.values()))
-    if what == "ConfigRecord" and not records:
+    if optional and not records:
         return None
     raise ValueError(f"expected one {what} (named {key!r}) in the message, got {list(records)}")
 
@@ -155,7 +157,7 @@ def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]
     """The layer names, arrays and config a Message-API server sent."""
     content = message.content
     arrays = _the_one(content.array_records, "arrays", "ArrayRecord")
-    received = _the_one(content.config_records, "config", "ConfigRecord")
+    received = _the_one(content.config_records, "config", "ConfigRecord", optional=True)
     config: dict[str, Any] = {} if received is None else dict(received.items())
     return list(arrays.keys()), arrays.to_numpy_ndarrays(), config
 
@@ -184,7 +186,7 @@ class DualClientApp(ClientApp):
     """A ClientApp whose Message-API functions are registered with ``@app.train()`` and
     ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
 
-    def __init__(self, client_fn: Any) -> None:
+    def __init__(self, client_fn: Callable[[Context], Client]) -> None:
         super().__init__()
         self.client_fn = client_fn
 

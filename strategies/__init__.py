@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from strategies.core import Rule, ScoreFn, ServerOptions
+from strategies.core import Rule, ScoreFn, ServerOptions, build_rule, take_knobs
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
@@ -59,19 +59,17 @@ def build(
     strategy's own arguments (``fraction_fit`` ... for legacy, ``fraction_train`` ... for
     message).
     """
-    rule = rule_type(name)
     if api not in FLOWER_APIS:
         raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(FLOWER_APIS)}")
-    if options is None:
-        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in rule.Options.field_names()}
-        options = rule.Options(**knobs)
-    if api == "legacy":
-        from strategies.legacy import LegacyStrategy
-
-        return LegacyStrategy(rule=rule(options, score_fn=score_fn), **kwargs)
+    chosen = rule_type(name)
+    rule = build_rule(
+        chosen, rule=None, options=options, score_fn=score_fn, knobs=take_knobs(chosen, kwargs)
+    )
+    from strategies.legacy import LegacyStrategy
     from strategies.message import MessageStrategy
 
-    return MessageStrategy(rule=rule(options, score_fn=score_fn), **kwargs)
+    adapter = LegacyStrategy if api == "legacy" else MessageStrategy
+    return adapter(rule=rule, **kwargs)
 
 
 _LEGACY_NAMES = ("SimpleAverage", "QualityWeighted", "FedAvg", "Hybrid", "LegacyStrategy")

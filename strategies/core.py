@@ -377,7 +377,7 @@ class Rule:
         accepted, rejected = self._validate(server_round, updates)
         metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
         if not accepted:
-            return self._empty_round(server_round, metrics, updates, rejected, failures)
+            return self._empty_round(server_round, metrics, rejected, failures)
         self.state.empty_rounds = 0
 
         chosen = self.coefficients(server_round, accepted)
@@ -435,7 +435,6 @@ class Rule:
         self,
         server_round: int,
         metrics: Metrics,
-        updates: Sequence[ClientUpdate],
         rejected: Sequence[tuple[ClientUpdate, str]],
         failures: Sequence[str],
     ) -> RoundResult:
@@ -479,18 +478,17 @@ class Rule:
         accepted: list[ClientUpdate] = []
         rejected: list[tuple[ClientUpdate, str]] = []
         for update in sorted(updates, key=ClientUpdate.sort_key):
-            reason: str | None = update.problem
-            try:
-                if reason is not None:
-                    raise ValueError(reason)
-                update.arrays = decode_tensors(update.tensors)
-            except (ValueError, TypeError) as err:
-                reason = reason or f"undecodable parameters ({err})"
-            else:
-                if template is None:  # no global model known: the first update sets the layout
-                    template = update.arrays
-                reason = self._check(server_round, update, template)
-                update.arrays = []
+            reason = update.problem
+            if reason is None:
+                try:
+                    update.arrays = decode_tensors(update.tensors)
+                except ValueError as err:
+                    reason = f"undecodable parameters ({err})"
+                else:
+                    if template is None:  # no global model known: the first sets the layout
+                        template = update.arrays
+                    reason = self._check(server_round, update, template)
+                    update.arrays = []
             if reason is None:
                 accepted.append(update)
             else:
@@ -517,6 +515,12 @@ class Rule:
         if self.needs_distance(server_round):
             update.distance = aggregate.distance(update.arrays, self.require_global())
         return self.check_update(server_round, update)
+
+
+def take_knobs(rule_type: type[Rule] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the rule's knobs (fields of its options) out of ``kwargs``, which keeps the rest."""
+    known = rule_type.Options.field_names() if rule_type is not None else ()
+    return {key: kwargs.pop(key) for key in list(kwargs) if key in known}
 
 
 def build_rule(

@@ -32,6 +32,7 @@ from strategies.core import (
     canonical_order,
     encode_tensors,
     evaluation_metrics,
+    take_knobs,
     weighted_metrics,
 )
 from strategies.fedavg import FedAvgRule
@@ -80,9 +81,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         score_fn: ScoreFn | None = None,
         **kwargs: Any,
     ) -> None:
-        known = set(self.rule_type.Options.field_names()) if self.rule_type else set()
-        knobs = {key: kwargs.pop(key) for key in list(kwargs) if key in known}
-        self.adopt(rule, options, score_fn, knobs)
+        self.adopt(rule, options, score_fn, take_knobs(self.rule_type, kwargs))
         for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
             kwargs.setdefault(metrics, weighted_metrics)
         super().__init__(**kwargs)
