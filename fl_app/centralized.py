@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import timeit
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from fl_app.config import ConfigError, RunConfig
-from fl_app.data import ArrayDataset, data_spec, dataset_of, load_client_data, load_server_data
-from fl_app.models import build_model
+from fl_app.data import ArrayDataset, dataset_of, load_client_data
 from fl_app.results import RoundRecord, RunListener, RunWriter, run_directory
 from fl_app.seeds import seed_for
-from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
+from fl_app.training import ServerModel, get_weights, train_as_configured
 
 CENTRALIZED = "centralized"
 
@@ -51,16 +46,9 @@ def train_centrally(
     The run's folder (``output-dir/run-name``) gets the same files as a federated run's.
     """
     data = pooled_training_data(cfg, num_clients)
-    server = load_server_data(cfg)
-    spec = data_spec(cfg)
-    device = pick_device(cfg.device)
-    model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(device)
-
-    def save(arrays: list[Any], path: Path) -> None:
-        set_weights(model, arrays)
-        torch.save(model.state_dict(), path)
-
-    listeners = [RunWriter(cfg, run_directory(cfg), save), *listeners]
+    # The federated server's model: the same initial weights, test set and files.
+    server = ServerModel(cfg)
+    listeners = [RunWriter(cfg, run_directory(cfg), server.save), *listeners]
     rounds: list[RoundRecord] = []
     start = timeit.default_timer()
     for server_round in range(cfg.num_server_rounds + 1):
@@ -68,14 +56,15 @@ def train_centrally(
         record: RoundRecord = {"round": server_round}
         if server_round:
             seed = seed_for(cfg.seed, "centralized-training", server_round)
-            record["train_loss"] = train_as_configured(cfg, model, data, device=device, seed=seed)
-        result = evaluate(model, server.test, device=device, task=spec.task)
-        record |= {f"central_{k}": v for k, v in result.metrics().items()}
+            record["train_loss"] = train_as_configured(
+                cfg, server.model, data, device=server.device, seed=seed
+            )
+        record |= server.central()
         now = timeit.default_timer()
         record |= {"seconds": now - round_start, "elapsed": now - start}
         rounds.append(record)
         for listener in listeners:
             listener.round_done(rounds)
     for listener in listeners:
-        listener.run_done(get_weights(model), rounds)
+        listener.run_done(get_weights(server.model), rounds)
     return rounds

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from logging import INFO
-from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context
-from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
+from flwr.common import Scalar, ndarrays_to_parameters
 from flwr.common.logger import log
 from flwr.server import ServerConfig, SimpleClientManager
 from flwr.server.compat import start_grid
@@ -24,43 +22,11 @@ from flwr.serverapp import Grid, ServerApp
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
-from fl_app.data import load_server_data
-from fl_app.models import build_model
 from fl_app.results import RunListener, RunWriter, run_directory
 from fl_app.server_loop import ExperimentServer, RoundRecorder, run_message_rounds
-from fl_app.training import evaluate, get_weights, pick_device, set_weights
+from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
-
-
-class ServerModel:
-    """The server's model and data: the initial global model, central evaluation, scoring."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.data = load_server_data(cfg)
-        self.device = pick_device(cfg.device)
-        spec = self.data.spec
-        self.model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(
-            self.device
-        )
-        self.initial = get_weights(self.model)
-
-    def central(self, arrays: NDArrays) -> dict[str, Scalar]:
-        """``central_loss`` / ``central_accuracy`` of ``arrays`` on the server test set."""
-        set_weights(self.model, arrays)
-        result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
-        return {f"central_{k}": v for k, v in result.metrics().items()}
-
-    def score(self, arrays: Sequence[Any]) -> dict[str, float]:
-        """A client model's ``val_*`` metrics on the server validation set."""
-        set_weights(self.model, list(arrays))
-        return evaluate(
-            self.model, self.data.val, device=self.device, task=self.data.spec.task
-        ).metrics(prefix="val_")
-
-    def save(self, arrays: NDArrays, path: Path) -> None:
-        set_weights(self.model, arrays)
-        torch.save(self.model.state_dict(), path)
 
 
 def round_config(server_round: int) -> dict[str, Scalar]:
@@ -85,19 +51,10 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
     }
     if cfg.flower_api == "message":
         return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
-
-    def central_evaluation(
-        server_round: int, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, dict[str, Scalar]]:
-        metrics = server.central(parameters)
-        loss = float(metrics.pop("central_loss"))
-        return loss, {k.removeprefix("central_"): v for k, v in metrics.items()}
-
     return LegacyStrategy(
         rule=rule,
         min_available_clients=cfg.min_available_clients,
         initial_parameters=ndarrays_to_parameters(server.initial),
-        evaluate_fn=central_evaluation,
         on_fit_config_fn=round_config,
         on_evaluate_config_fn=round_config,
         **sampling,
@@ -138,7 +95,10 @@ def run_server(
     start_grid(
         grid=grid,
         server=ExperimentServer(
-            client_manager=SimpleClientManager(), strategy=strategy, recorder=recorder
+            client_manager=SimpleClientManager(),
+            strategy=strategy,
+            recorder=recorder,
+            central_evaluation=server.central,
         ),
         config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout),
     )

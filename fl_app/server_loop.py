@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import Strategy as MessageStrategy
 
 from fl_app.checkpoint import Checkpoint, save_checkpoint
 from fl_app.results import RoundRecord, RunListener, format_round
-from strategies.core import NothingAggregatedError, RoundResult, Stateful, StrategyState
+from strategies.core import NothingAggregatedError, RuleAdapter, Stateful, StrategyState
 
 # Central evaluation of a global model: the record's ``central_*`` entries.
 CentralEvaluation = Callable[[NDArrays], dict[str, Scalar]]
@@ -117,7 +117,7 @@ def train_record(
     A project strategy's full round result (with ``weights`` and ``problem``) is read
     from ``last_result``; any other strategy gives its metrics. The loop's own counts win.
     """
-    last: RoundResult | None = getattr(strategy, "last_result", None)
+    last = strategy.last_result if isinstance(strategy, RuleAdapter) else None
     fit_metrics = dict(metrics)
     if last is not None:
         fit_metrics |= last.metrics
@@ -141,7 +141,11 @@ def stopped_record(server_round: int, error: NothingAggregatedError, **counts: i
 
 
 class ExperimentServer(Server):
-    """Flower's legacy ``Server`` whose ``fit`` records each round in a :class:`RoundRecorder`."""
+    """Flower's legacy ``Server`` whose ``fit`` records each round in a :class:`RoundRecorder`.
+
+    ``central_evaluation`` scores the global model after each round, as in the
+    Message-API loop (not through the strategy's ``evaluate_fn``).
+    """
 
     def __init__(
         self,
@@ -149,10 +153,12 @@ class ExperimentServer(Server):
         client_manager: ClientManager,
         strategy: LegacyStrategy,
         recorder: RoundRecorder | None = None,
+        central_evaluation: CentralEvaluation | None = None,
     ) -> None:
         super().__init__(client_manager=client_manager, strategy=strategy)
         self.set_max_workers(MESSAGE_THREADS)
         self.recorder = recorder or RoundRecorder()
+        self.central_evaluation = central_evaluation
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
         history = History()
@@ -161,9 +167,11 @@ class ExperimentServer(Server):
         if resumed is None:
             start = timeit.default_timer()
             self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
-            self._emit({"round": 0, **self._evaluate_centrally(0, history)}, start)
+            model = parameters_to_ndarrays(self.parameters)
+            recorder.emit({"round": 0, **self._central(model)}, start, model, self.strategy)
         else:
-            self.parameters = ndarrays_to_parameters(resumed)
+            model = resumed
+            self.parameters = ndarrays_to_parameters(model)
         for server_round in range(recorder.first_round, num_rounds + 1):
             round_start = timeit.default_timer()
             try:
@@ -171,11 +179,14 @@ class ExperimentServer(Server):
                 if fitted is None:  # nobody sampled: a round that aggregated nothing all the same
                     fitted = (*self.strategy.aggregate_fit(server_round, [], []), ([], []))
             except NothingAggregatedError as error:
-                self._emit(stopped_record(server_round, error), round_start)
+                recorder.emit(
+                    stopped_record(server_round, error), round_start, model, self.strategy
+                )
                 raise
             parameters, fit_metrics, (results, failures) = fitted
             if parameters is not None:
                 self.parameters = parameters
+                model = parameters_to_ndarrays(parameters)
             history.add_metrics_distributed_fit(server_round=server_round, metrics=fit_metrics)
             record = train_record(
                 server_round,
@@ -186,29 +197,19 @@ class ExperimentServer(Server):
                 metrics=fit_metrics,
                 aggregated=parameters is not None,
             )
-            record |= self._evaluate_centrally(server_round, history)
+            record |= self._central(model)
             evaluated = self.evaluate_round(server_round=server_round, timeout=timeout)
             loss, metrics, _ = evaluated if evaluated is not None else (None, {}, None)
             if loss is not None:
                 history.add_loss_distributed(server_round=server_round, loss=loss)
                 history.add_metrics_distributed(server_round=server_round, metrics=metrics)
                 record |= {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
-            self._emit(record, round_start)
-        recorder.done(parameters_to_ndarrays(self.parameters))
+            recorder.emit(record, round_start, model, self.strategy)
+        recorder.done(model)
         return history, timeit.default_timer() - recorder.start
 
-    def _evaluate_centrally(self, server_round: int, history: History) -> dict[str, Scalar]:
-        evaluated = self.strategy.evaluate(server_round, parameters=self.parameters)
-        if evaluated is None:
-            return {}
-        loss, metrics = evaluated
-        history.add_loss_centralized(server_round=server_round, loss=loss)
-        history.add_metrics_centralized(server_round=server_round, metrics=metrics)
-        return {"central_loss": loss, **{f"central_{k}": v for k, v in metrics.items()}}
-
-    def _emit(self, record: RoundRecord, round_start: float) -> None:
-        model = parameters_to_ndarrays(self.parameters)
-        self.recorder.emit(record, round_start, model, self.strategy)
+    def _central(self, model: NDArrays) -> dict[str, Scalar]:
+        return {} if self.central_evaluation is None else self.central_evaluation(model)
 
 
 def run_message_rounds(

@@ -1,19 +1,23 @@
-"""Local training and evaluation loops, and model <-> numpy weights. Knows nothing of Flower."""
+"""Local training and evaluation loops, model <-> numpy weights, and the server's model
+(initial weights, central evaluation, scoring) that the federated server and the
+centralized reference share. Knows nothing of Flower."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from fl_app.data import ArrayDataset, task_of
+from fl_app.data import ArrayDataset, load_server_data, task_of
+from fl_app.models import build_model
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -165,3 +169,36 @@ def evaluate(
     outputs_per_example = data.y.shape[1] if task == "regression" else 1
     accuracy = math.nan if task == "regression" else correct / len(data)
     return EvalResult(loss_sum / (len(data) * outputs_per_example), accuracy, len(data))
+
+
+class ServerModel:
+    """The server's model and data: the initial global model, central evaluation, scoring."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.data = load_server_data(cfg)
+        self.device = pick_device(cfg.device)
+        spec = self.data.spec
+        self.model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(
+            self.device
+        )
+        self.initial = get_weights(self.model)
+
+    def central(self, arrays: list[NDArray[Any]] | None = None) -> dict[str, Any]:
+        """``central_loss`` / ``central_accuracy`` of ``arrays`` (default: the model as it
+        is) on the server test set."""
+        if arrays is not None:
+            set_weights(self.model, arrays)
+        result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
+        return {f"central_{k}": v for k, v in result.metrics().items()}
+
+    def score(self, arrays: Sequence[Any]) -> dict[str, float]:
+        """A client model's ``val_*`` metrics on the server validation set."""
+        set_weights(self.model, list(arrays))
+        return evaluate(
+            self.model, self.data.val, device=self.device, task=self.data.spec.task
+        ).metrics(prefix="val_")
+
+    def save(self, arrays: Weights, path: Path) -> None:
+        """``arrays`` as the model's torch ``state_dict`` in ``path``."""
+        set_weights(self.model, arrays)
+        torch.save(self.model.state_dict(), path)
