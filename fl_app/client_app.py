@@ -16,7 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.client import Client, NumPyClient
 from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
 from flwr.clientapp import ClientApp
@@ -29,6 +37,7 @@ from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
 from fl_app.seeds import seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
+from strategies.sampling import PARTITION_KEY
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
 LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")
@@ -69,6 +78,10 @@ class FlowerClient(NumPyClient):
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(self.model)
 
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        # The server samples by partition id, reproducibly (strategies.sampling).
+        return {PARTITION_KEY: self.partition_id}
+
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
@@ -104,6 +117,9 @@ class FaultyClient(NumPyClient):
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return self.client.get_parameters(config)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        return self.client.get_properties(config)
 
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -182,6 +198,15 @@ def evaluate_reply(client: NumPyClient, message: Message) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
 
 
+def query_reply(context: Context, message: Message) -> Message:
+    """Answer a Message-API query: the node's partition id, for the server's seeded
+    sampling (nothing when the node config names none)."""
+    record = ConfigRecord()
+    if PARTITION_KEY in context.node_config:
+        record[PARTITION_KEY] = context.node_config[PARTITION_KEY]
+    return Message(content=RecordDict({"config": record}), reply_to=message)
+
+
 class DualClientApp(ClientApp):
     """A ClientApp whose Message-API functions are registered with ``@app.train()`` and
     ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
@@ -218,6 +243,10 @@ def client_app_for(cfg: RunConfig | None = None) -> ClientApp:
     @client_app.evaluate()
     def evaluate_message(message: Message, context: Context) -> Message:
         return evaluate_reply(client(context), message)
+
+    @client_app.query()
+    def query_message(message: Message, context: Context) -> Message:
+        return query_reply(context, message)
 
     return client_app
 

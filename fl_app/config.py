@@ -187,7 +187,11 @@ class RunConfig:
     )
     # Model and run
     model: str = option("mlp", "model architecture", choices=MODELS)
-    seed: int = option(42, "seed of data splits, partitioning, model init and training", at_least=0)
+    seed: int = option(
+        42,
+        "seed of data splits, partitioning, model init, client sampling and training",
+        at_least=0,
+    )
     device: str = option("auto", "torch device (auto: cuda when available)", choices=DEVICES)
     output_dir: str = option("outputs", "folder that receives <run-name>/history.json")
     run_name: str = option("", "name of this run's output folder (empty: strategy and time)")

@@ -44,7 +44,8 @@ class RoundRecorder:
     ``central_loss`` / ``central_accuracy`` (server test set), ``federated_loss`` /
     ``federated_accuracy`` (clients' validation splits), ``sampled``, ``results``,
     ``failures`` (counted by the loop itself, so a strategy or wrapper that drops its
-    metrics cannot hide them), every fit metric of the strategy (``rejected``,
+    metrics cannot hide them), ``sampled_partitions`` (the partition ids the seeded
+    sampling chose), every fit metric of the strategy (``rejected``,
     ``accepted``, ``weights``, the clients' mean ``train_loss`` ...) and, for a round that
     aggregated nothing, ``problem``. Round 0 is the initial model's evaluation.
     """
@@ -124,13 +125,16 @@ def train_record(
         if last.problem is not None:
             fit_metrics["problem"] = last.problem
     fit_metrics.setdefault("accepted", results if aggregated else 0)
-    return {
+    record: RoundRecord = {
         "round": server_round,
         **fit_metrics,
         "sampled": sampled,
         "results": results,
         "failures": failures,
     }
+    if isinstance(strategy, RuleAdapter) and strategy.last_sampled is not None:
+        record["sampled_partitions"] = strategy.last_sampled
+    return record
 
 
 def stopped_record(server_round: int, error: NothingAggregatedError, **counts: int) -> RoundRecord:

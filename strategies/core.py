@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from strategies import aggregate
 from strategies.aggregate import Array, Model
+from strategies.sampling import Node, SeededSampler
 
 Scalar = bool | bytes | float | int | str
 Metrics = dict[str, Scalar]
@@ -569,6 +570,11 @@ class RuleAdapter:
     rule_type: ClassVar[type[Rule] | None] = None
     rule: Rule
     last_result: RoundResult | None
+    # Seeded sampling (None: Flower's own, unseeded) and how long to wait for the nodes'
+    # partition ids; ``last_sampled`` names the nodes the last training round sampled.
+    sampler: SeededSampler | None
+    query_timeout: float | None
+    last_sampled: list[int | str] | None
 
     def adopt(
         self,
@@ -576,12 +582,59 @@ class RuleAdapter:
         options: ServerOptions | None,
         score_fn: ScoreFn | None,
         knobs: Mapping[str, Any],
+        *,
+        sampling_seed: int | None = None,
+        query_timeout: float | None = None,
     ) -> None:
         """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``."""
         self.rule = build_rule(
             self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
         )
         self.last_result = None
+        self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
+        self.query_timeout = query_timeout
+        self.last_sampled = None
+
+    def reseed(
+        self,
+        server_round: int,
+        purpose: str,
+        flower_sample: Sequence[Node],
+        available: Sequence[Node],
+        ask: Callable[[list[Node]], Mapping[Node, object]],
+    ) -> list[Node]:
+        """The nodes of this round: as many as Flower sampled (Flower decides how many
+        and waits for them), chosen by the seeded sampler among ``available``.
+
+        ``ask(nodes)`` asks nodes that have not reported yet for their partition id and
+        returns what those that answered reported; the others are asked again next round.
+        """
+        if self.sampler is None:
+            return list(flower_sample)
+        unknown = self.sampler.unknown(available) if flower_sample else []
+        if unknown:
+            for node, partition_id in ask(unknown).items():
+                self.sampler.learn(node, partition_id)
+        chosen = self.sampler.sample(server_round, purpose, available, len(flower_sample))
+        if len(chosen) < len(flower_sample):
+            LOG.warning(
+                "round %d: %d of %d nodes sampled for %s; the others have not reported "
+                "their partition id yet",
+                server_round,
+                len(chosen),
+                len(flower_sample),
+                purpose,
+            )
+        if purpose == "train":
+            self.last_sampled = [self.sampler.label(node) for node in chosen]
+        return chosen
+
+    def client_name(self, node: Hashable) -> str:
+        """How round results name ``node``: its partition id when it reported one (the same
+        in every run), else its Flower id."""
+        if self.sampler is not None and node in self.sampler.keys:
+            return str(self.sampler.label(node))
+        return str(node)
 
     @classmethod
     def of(cls, rule_type: type[Rule], name: str) -> type[Self]:

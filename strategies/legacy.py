@@ -13,10 +13,20 @@ bit on the same replies.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from logging import WARNING
 from typing import Any
 
-from flwr.common import EvaluateRes, FitRes, Metrics, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    EvaluateRes,
+    FitRes,
+    GetPropertiesIns,
+    Metrics,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
 from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -38,11 +48,14 @@ from strategies.core import (
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
+from strategies.sampling import PARTITION_KEY
 from strategies.simple_average import SimpleAverageRule
 
 MetricsFn = Callable[[list[tuple[int, Metrics]]], Metrics]
 EvaluateResults = list[tuple[ClientProxy, EvaluateRes]]
 EvaluateFailures = list[tuple[ClientProxy, EvaluateRes] | BaseException]
+# Clients asked for their partition id at once (each thread mostly waits for a reply).
+MAX_QUERIES = 64
 
 
 def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
@@ -64,6 +77,11 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     score_fn : callable, optional
         ``score_fn(arrays) -> metrics`` scores a client model on server-held data
         (``quality_source="server"``).
+    sampling_seed : int, optional
+        Sample clients reproducibly (:mod:`strategies.sampling`): each client is asked
+        once for its ``partition-id`` property; None keeps Flower's unseeded sampling.
+    query_timeout : float, optional
+        How long to wait for that answer (None: as long as it takes).
     **kwargs
         The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``), and
         Flower's ``FedAvg`` arguments: ``fraction_fit``, ``fraction_evaluate``,
@@ -79,9 +97,14 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         rule: Rule | None = None,
         options: ServerOptions | None = None,
         score_fn: ScoreFn | None = None,
+        sampling_seed: int | None = None,
+        query_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.adopt(rule, options, score_fn, take_knobs(self.rule_type, kwargs))
+        knobs = take_knobs(self.rule_type, kwargs)
+        self.adopt(
+            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
+        )
         for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
             kwargs.setdefault(metrics, weighted_metrics)
         super().__init__(**kwargs)
@@ -100,7 +123,14 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         # The server hands over the current global model here every round: keep it
         # to validate updates against and to take the server step from.
         self.rule.global_model = parameters_to_ndarrays(parameters)
-        return super().configure_fit(server_round, parameters, client_manager)
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        return self._reseeded(server_round, "train", pairs, client_manager)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        pairs = super().configure_evaluate(server_round, parameters, client_manager)
+        return self._reseeded(server_round, "evaluate", pairs, client_manager)
 
     def aggregate_fit(
         self,
@@ -121,7 +151,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
             return None, metrics
         result = self.rule.aggregate(
             server_round,
-            [rule_update(proxy.cid, res) for proxy, res in results],
+            [rule_update(self.client_name(proxy.cid), res) for proxy, res in results],
             [describe_failure(f) for f in failures],
         )
         self.last_result = result
@@ -154,6 +184,42 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
             ordered = canonical_order([(res.num_examples, res.metrics) for _, res in results])
             metrics = aggregation(ordered)  # type: ignore[arg-type]
         return loss, metrics
+
+    def _reseeded(
+        self,
+        server_round: int,
+        purpose: str,
+        pairs: list[tuple[ClientProxy, Any]],
+        client_manager: ClientManager,
+    ) -> list[tuple[ClientProxy, Any]]:
+        """Flower's sample, its clients swapped for the seeded sampler's (same number)."""
+        if self.sampler is None:
+            return pairs
+        proxies = client_manager.all()
+
+        def ask(cids: list[str]) -> dict[str, object]:
+            return ask_partition_ids([proxies[cid] for cid in cids], self.query_timeout)
+
+        chosen = self.reseed(server_round, purpose, [p.cid for p, _ in pairs], list(proxies), ask)
+        return [(proxies[cid], pairs[0][1]) for cid in chosen]
+
+
+def ask_partition_ids(proxies: list[ClientProxy], timeout: float | None) -> dict[str, object]:
+    """The ``partition-id`` property each client reports (None: it has none), asked in
+    parallel; a client that raises or does not answer in time is left out."""
+    ins = GetPropertiesIns(config={})
+    reports: dict[str, object] = {}
+    with ThreadPoolExecutor(max_workers=min(len(proxies), MAX_QUERIES)) as pool:
+        futures = {p.cid: pool.submit(p.get_properties, ins, timeout, None) for p in proxies}
+        for cid, future in futures.items():
+            try:
+                res = future.result()
+            except Exception as err:
+                log(WARNING, "client %s did not report its partition id: %s", cid, err)
+                continue
+            ok = res.status.code == Code.OK
+            reports[cid] = res.properties.get(PARTITION_KEY) if ok else None
+    return reports
 
 
 def rule_update(client_id: str, res: FitRes) -> ClientUpdate:

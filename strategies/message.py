@@ -17,10 +17,18 @@ model is bit for bit the legacy twin's (:mod:`strategies.legacy`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
@@ -38,6 +46,7 @@ from strategies.core import (
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
+from strategies.sampling import PARTITION_KEY
 from strategies.simple_average import SimpleAverageRule
 
 MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
@@ -58,6 +67,12 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
     options : the rule's options dataclass, optional
     score_fn : callable, optional
         ``score_fn(arrays) -> metrics`` scores a client model on server-held data.
+    sampling_seed : int, optional
+        Sample nodes reproducibly (:mod:`strategies.sampling`): each node is asked once,
+        with a ``query`` message, for its ``partition-id``; None keeps Flower's
+        unseeded sampling.
+    query_timeout : float, optional
+        How long to wait for those answers (None: as long as it takes).
     **knobs
         The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``).
 
@@ -81,9 +96,13 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         configrecord_key: str = "config",
         train_metrics_aggr_fn: MetricsAggregation | None = None,
         evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
+        sampling_seed: int | None = None,
+        query_timeout: float | None = None,
         **knobs: Any,
     ) -> None:
-        self.adopt(rule, options, score_fn, knobs)
+        self.adopt(
+            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
+        )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -111,8 +130,15 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = self._reseeded(server_round, "train", messages, grid)
         self._sampled = [m.metadata.dst_node_id for m in messages]
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return self._reseeded(server_round, "evaluate", messages, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -127,7 +153,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             if msg.has_error():
                 failures.append(f"node {node}: {msg.error.reason}")
                 continue
-            update = self._update_of(str(node), msg.content)
+            update = self._update_of(self.client_name(node), msg.content)
             contents[update.client_id] = msg.content
             updates.append(update)
         failures += [
@@ -178,6 +204,23 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
 
     # ---- internals ------------------------------------------------------------------
 
+    def _reseeded(
+        self, server_round: int, purpose: str, messages: list[Message], grid: Grid
+    ) -> list[Message]:
+        """Flower's messages, readdressed to the seeded sampler's nodes (same number)."""
+        if self.sampler is None:
+            return messages
+        flower_sample = [m.metadata.dst_node_id for m in messages]
+        available = sorted(grid.get_node_ids())
+
+        def ask(nodes: list[int]) -> dict[int, object]:
+            return ask_partition_ids(grid, nodes, self.query_timeout)
+
+        chosen = self.reseed(server_round, purpose, flower_sample, available, ask)
+        for message, node in zip(messages, chosen, strict=False):
+            message.metadata.dst_node_id = node
+        return messages[: len(chosen)]
+
     def _metric_record(self, content: RecordDict) -> MetricRecord:
         """The reply's MetricRecord holding ``weighted_by_key`` (or its only one)."""
         records = content.metric_records
@@ -219,6 +262,24 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         ):
             record[key] = Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
         return record
+
+
+def ask_partition_ids(grid: Grid, nodes: list[int], timeout: float | None) -> dict[int, object]:
+    """The ``partition-id`` each node reports to a ``query`` message (None: an error reply
+    or no such key); nodes that do not answer in time are left out."""
+    query = RecordDict({"config": ConfigRecord()})
+    messages = [Message(query, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    reports: dict[int, object] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        records: list[Mapping[str, Any]] = []
+        if not reply.has_error():
+            records = [
+                *reply.content.config_records.values(),
+                *reply.content.metric_records.values(),
+            ]
+        reported = (r[PARTITION_KEY] for r in records if PARTITION_KEY in r)
+        reports[reply.metadata.src_node_id] = next(reported, None)
+    return reports
 
 
 # The four rules as Message-API strategies, e.g. ``Hybrid(hybrid_lambda=0.3, ...)``.

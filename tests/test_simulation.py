@@ -12,7 +12,7 @@ import torch
 
 import strategies
 from fl_app.results import METRICS_COLUMNS
-from tests.processes import read_history, run_python
+from tests.processes import read_history, run_python, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +103,10 @@ def test_both_flower_apis_give_the_same_numbers_every_round(
     default_runs: Callable[[str, str], dict[str, Any]], strategy: str
 ) -> None:
     legacy, message = (default_runs(strategy, api)["rounds"] for api in strategies.FLOWER_APIS)
-    for key in ("central_loss", "central_accuracy", "accepted", "train_loss"):
+    for key in ("central_loss", "central_accuracy", "accepted", "train_loss", "weights"):
         assert [r.get(key) for r in legacy] == [r.get(key) for r in message], key
-    # The same clients got the same weights (node ids differ from run to run).
-    for old, new in zip(legacy[1:], message[1:], strict=True):
-        assert sorted(json.loads(old["weights"]).values()) == sorted(
-            json.loads(new["weights"]).values()
-        )
+    # Weights are named by partition id, the same on both halves and in every run.
+    assert sorted(json.loads(legacy[1]["weights"])) == [str(p) for p in range(NUM_CLIENTS)]
 
 
 @pytest.mark.parametrize("api", strategies.FLOWER_APIS)
@@ -138,6 +135,21 @@ def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path, ap
     rounds = history["rounds"]
     assert [r["lambda"] for r in rounds[1:]] == [1.0, 0.0]  # the linear schedule
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.2
+
+
+def test_two_runs_of_one_seed_sample_the_same_clients_on_both_halves(tmp_path: Path) -> None:
+    flags = ["--fraction-fit", "0.3", "--seed", "7", "--num-server-rounds", str(ROUNDS)]
+    runs = [
+        simulate(tmp_path / f"{api}-{i}", "--flower-api", api, *flags)
+        for api, i in (("legacy", 1), ("legacy", 2), ("message", 1))
+    ]
+    first, second, message = (without_timings(run) for run in runs)
+    sampled = [r["sampled_partitions"] for r in first["rounds"][1:]]
+    assert [len(s) for s in sampled] == [3] * ROUNDS  # 0.3 of 10 clients
+    assert len({tuple(s) for s in sampled}) > 1  # rounds draw different clients
+    assert second == first
+    message["config"]["flower-api"] = "legacy"
+    assert message == first
 
 
 def test_a_comparison_with_the_centralized_reference_row(tmp_path: Path) -> None:
