@@ -45,6 +45,7 @@ from rich.progress import (
 
 from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from fl_app.comparison import SeedRun, write_comparison
 from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
 from fl_app.results import (
@@ -55,7 +56,6 @@ from fl_app.results import (
     format_round,
     run_directory,
     summarize,
-    write_comparison,
     write_json_atomically,
 )
 from strategies.core import NothingAggregatedError
@@ -103,6 +103,20 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         metavar="STRATEGY",
         help="run these strategies on the same data and seed (and 'centralized': the same "
         "model on the pooled client data, the same epochs); write comparison.md and .png",
+    )
+    sim.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="run every compared configuration (or the one run) once per seed; "
+        "comparison.md gives mean ± std, 95%% intervals and paired tests over them",
+    )
+    sim.add_argument(
+        "--num-seeds",
+        type=int,
+        metavar="N",
+        help="the same with N seeds: --seed, --seed + 1, ..., --seed + N - 1",
     )
     sim.add_argument(
         "--target-accuracy",
@@ -156,6 +170,7 @@ class Invocation:
     variants: Variants = field(default_factory=dict)
     target_accuracy: float = 0.9
     resume: Path | None = None
+    seeds: tuple[int, ...] = ()  # several: every variant runs once per seed
 
 
 def parse(argv: Sequence[str] | None = None) -> Invocation:
@@ -163,7 +178,11 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset")
     first.add_argument("--resume", type=Path)
+    first.add_argument("--seeds", nargs="+")
+    first.add_argument("--num-seeds")
     known = first.parse_known_args(argv)[0]
+    if known.resume is not None and (known.seeds or known.num_seeds):
+        raise ConfigError("--seeds/--num-seeds is not allowed with --resume (it continues one run)")
     defaults = pyproject_defaults()
     num_clients = 10
     variants: Variants = {}
@@ -198,8 +217,32 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
             f"need at least {needed} (the run would wait forever)"
         )
+    seeds = seeds_of(args, cfg.seed)
+    for seed in seeds:
+        RunConfig.from_mapping(values | {"seed": seed})
+    if len(seeds) > 1 and not variants:  # one configuration over several seeds
+        variants = {cfg.strategy: {}}
     simulation = Simulation(args.num_clients, args.num_cpus, args.num_gpus, args.verbose)
-    return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume)
+    return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume, seeds)
+
+
+def seeds_of(args: argparse.Namespace, seed: int) -> tuple[int, ...]:
+    """The seeds asked for by ``--seeds`` or ``--num-seeds`` (just ``seed`` otherwise)."""
+    if args.seeds is not None and args.num_seeds is not None:
+        raise ConfigError("--seeds and --num-seeds are not allowed together: give one of them")
+    if args.num_seeds is not None:
+        if args.num_seeds < 1:
+            raise ConfigError(f"--num-seeds {args.num_seeds} is not allowed: must be >= 1")
+        return tuple(range(seed, seed + args.num_seeds))
+    if args.seeds is None:
+        return (seed,)
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--seeds {' '.join(map(str, args.seeds))} is not allowed: "
+            f"{', '.join(map(str, repeated))} repeated (each seed once)"
+        )
+    return tuple(args.seeds)
 
 
 def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
@@ -334,22 +377,26 @@ def simulate(
 
 
 def compare(invocation: Invocation) -> Path:
-    """One run per variant (same data and seed), then comparison.md and comparison.png."""
+    """One run per variant and seed (variants share data and clients for a seed), then
+    comparison.md, comparison.png and comparison.json."""
     cfg, simulation = invocation.cfg, invocation.simulation
+    seeds = invocation.seeds or (cfg.seed,)
     console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = run_directory(dataclasses.replace(cfg, run_name=name))
-    runs: dict[str, tuple[list[RoundRecord], float]] = {}
-    for variant, overrides in invocation.variants.items():
-        variant_cfg = RunConfig.from_mapping(
-            cfg.run_config | overrides | {"run-name": f"{name}/{variant}"}
-        )
-        start = time.perf_counter()
-        if variant == CENTRALIZED:
-            rounds = train_centrally(variant_cfg, simulation.num_clients)
-        else:
-            rounds = run(variant_cfg, simulation, console=console)
-        runs[variant] = (rounds, time.perf_counter() - start)
+    runs: dict[str, list[SeedRun]] = {variant: [] for variant in invocation.variants}
+    for seed in seeds:
+        for variant, overrides in invocation.variants.items():
+            folder = f"{name}/{variant}" + (f"/seed-{seed}" if len(seeds) > 1 else "")
+            variant_cfg = RunConfig.from_mapping(
+                cfg.run_config | overrides | {"seed": seed, "run-name": folder}
+            )
+            start = time.perf_counter()
+            if variant == CENTRALIZED:
+                rounds = train_centrally(variant_cfg, simulation.num_clients)
+            else:
+                rounds = run(variant_cfg, simulation, console=console)
+            runs[variant].append(SeedRun(seed, rounds, time.perf_counter() - start))
     varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset
     if "partitioner" not in varied:
@@ -357,7 +404,11 @@ def compare(invocation: Invocation) -> Path:
             f"({cfg.dirichlet_alpha:g})" if cfg.partitioner == "dirichlet" else ""
         )
     title = f"{data}, {simulation.num_clients} clients, {cfg.num_server_rounds} rounds"
-    table, plot = write_comparison(directory, runs, target=invocation.target_accuracy, title=title)
+    if len(seeds) > 1:
+        title += f", seeds {', '.join(map(str, seeds))}"
+    table, plot = write_comparison(
+        directory, runs, target=invocation.target_accuracy, title=title, references={CENTRALIZED}
+    )
     console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"comparison: {table} and {plot}", markup=False, highlight=False, soft_wrap=True)
     return directory

@@ -95,14 +95,15 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2, default=json_default))
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number."""
     return isinstance(value, int | float) and math.isfinite(value)
 
 
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
     """Final and best central accuracy (None for regression), final loss, wall time."""
-    accuracies = [r["central_accuracy"] for r in rounds if _finite(r.get("central_accuracy"))]
-    losses = [r["central_loss"] for r in rounds if _finite(r.get("central_loss"))]
+    accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
+    losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
     return {
         "rounds": max((r["round"] for r in rounds), default=0),
         "final_accuracy": accuracies[-1] if accuracies else None,
@@ -135,9 +136,15 @@ def metrics_csv(rounds: Sequence[RoundRecord]) -> str:
 
 
 def plot_curves(
-    curves: Mapping[str, Sequence[tuple[int, float]]], *, ylabel: str, title: str, path: Path
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    *,
+    ylabel: str,
+    title: str,
+    path: Path,
+    bands: Mapping[str, Sequence[tuple[int, float, float]]] | None = None,
 ) -> None:
-    """One line per named curve of (round, value) points, saved as a PNG."""
+    """One line per named curve of (round, value) points, saved as a PNG; a curve's
+    ``bands`` entry of (round, low, high) points is shaded around it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +155,11 @@ def plot_curves(
     for label, points in curves.items():
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            band = (bands or {}).get(label)
+            if band:
+                rounds, low, high = zip(*band, strict=True)
+                ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     values = [v for points in curves.values() for _, v in points]
     if "loss" in ylabel and values and min(values) > 0 and max(values) / min(values) > 50:
         ax.set_yscale("log")  # losses often fall by orders of magnitude
@@ -165,7 +176,7 @@ def plot_curves(
 
 
 def _points(rounds: Sequence[RoundRecord], key: str) -> list[tuple[int, float]]:
-    return [(r["round"], float(r[key])) for r in rounds if _finite(r.get(key))]
+    return [(r["round"], float(r[key])) for r in rounds if finite(r.get(key))]
 
 
 def plot_run(rounds: Sequence[RoundRecord], directory: Path, title: str) -> list[Path]:
@@ -227,65 +238,3 @@ class RunWriter(RunListener):
             self.directory,
             title=f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})",
         )
-
-
-def rounds_to_target(rounds: Sequence[RoundRecord], target: float) -> int | None:
-    """First round whose central accuracy reaches ``target`` (None if none does)."""
-    return next(
-        (
-            r["round"]
-            for r in rounds
-            if _finite(r.get("central_accuracy")) and r["central_accuracy"] >= target
-        ),
-        None,
-    )
-
-
-def comparison_table(runs: Mapping[str, tuple[Sequence[RoundRecord], float]], target: float) -> str:
-    """Markdown table of runs ``{name: (rounds, wall seconds)}``."""
-    regression = all(summarize(rounds)["final_accuracy"] is None for rounds, _ in runs.values())
-    if regression:
-        lines = ["| run | final loss | best loss | wall time (s) |", "| --- | ---: | ---: | ---: |"]
-    else:
-        lines = [
-            f"| run | final accuracy | best accuracy | rounds to {target:.0%} | wall time (s) |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-    for name, (rounds, seconds) in runs.items():
-        s = summarize(rounds)
-        if regression:
-            lines.append(
-                f"| {name} | {s['final_loss']:.4f} | {s['best_loss']:.4f} | {seconds:.1f} |"
-            )
-        else:
-            reached = rounds_to_target(rounds, target)
-            lines.append(
-                f"| {name} | {s['final_accuracy']:.2%} | {s['best_accuracy']:.2%} | "
-                f"{'not reached' if reached is None else reached} | {seconds:.1f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_comparison(
-    directory: Path,
-    runs: Mapping[str, tuple[Sequence[RoundRecord], float]],
-    *,
-    target: float,
-    title: str,
-) -> tuple[Path, Path]:
-    """``comparison.md`` (the table) and ``comparison.png`` (central accuracy or loss per round)."""
-    table = directory / "comparison.md"
-    write_text_atomically(table, f"# {title}\n\n" + comparison_table(runs, target))
-    key = (
-        "central_accuracy"
-        if any(_points(r, "central_accuracy") for r, _ in runs.values())
-        else "central_loss"
-    )
-    plot = directory / "comparison.png"
-    plot_curves(
-        {name: _points(rounds, key) for name, (rounds, _) in runs.items()},
-        ylabel=key.replace("central_", "central test "),
-        title=title,
-        path=plot,
-    )
-    return table, plot

@@ -599,3 +599,39 @@ def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) ->
     assert len(err) == 1
     assert "--preset 'nope'" in err[0]
     assert "linear-regression" in err[0]
+
+
+def test_seeds_and_num_seeds_give_the_seeds_of_a_comparison() -> None:
+    assert run_simulation.parse([]).seeds == (DEFAULTS.seed,)
+    assert run_simulation.parse(["--seeds", "3", "1", "2"]).seeds == (3, 1, 2)
+    invocation = run_simulation.parse(["--num-seeds", "3", "--seed", "7"])
+    assert invocation.seeds == (7, 8, 9)
+    assert invocation.variants == {DEFAULTS.strategy: {}}  # one configuration, three seeds
+    assert run_simulation.parse(
+        ["--compare", "simple", "fedavg", "--seeds", "1", "2"]
+    ).variants == {
+        "simple": {"strategy": "simple"},
+        "fedavg": {"strategy": "fedavg"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--seeds", "1", "2", "1", "3", "2"], "--seeds 1 2 1 3 2 is not allowed: 1, 2 repeated"),
+        (["--seeds", "1", "--num-seeds", "2"], "--seeds and --num-seeds are not allowed together"),
+        (["--num-seeds", "0"], "--num-seeds 0 is not allowed"),
+        (["--seeds", "1", "-1"], "'seed' = -1 is not allowed"),
+        (
+            ["--seeds", "1", "--resume", "outputs/x"],
+            "--seeds/--num-seeds is not allowed with --resume",
+        ),
+    ],
+)
+def test_a_bad_seed_list_is_one_line_at_start(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_simulation.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert names in lines[0]

@@ -13,11 +13,8 @@ from fl_app.config import RunConfig
 from fl_app.results import (
     METRICS_COLUMNS,
     RunWriter,
-    comparison_table,
     describe,
-    rounds_to_target,
     summarize,
-    write_comparison,
     write_text_atomically,
 )
 
@@ -105,32 +102,6 @@ def test_summary_headline_is_accuracy_or_loss() -> None:
     regression = summarize([record(0, None, 9.0), record(1, None, 0.25)])
     assert regression["final_accuracy"] is None
     assert describe(regression).startswith("final loss 0.2500, best 0.2500")
-
-
-def test_rounds_to_target() -> None:
-    assert rounds_to_target(ROUNDS, 0.6) == 1
-    assert rounds_to_target(ROUNDS, 0.85) == 2
-    assert rounds_to_target(ROUNDS, 0.9) is None
-
-
-def test_comparison_table_and_plot(tmp_path: Path) -> None:
-    slow = [record(0, 0.1, 2.3), record(1, 0.5, 1.2), record(2, 0.7, 0.9)]
-    runs = {"fedavg": (ROUNDS, 12.34), "simple": (slow, 10.0)}
-    table = comparison_table(runs, target=0.8)
-    assert table.splitlines() == [
-        "| run | final accuracy | best accuracy | rounds to 80% | wall time (s) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        "| fedavg | 80.00% | 85.00% | 2 | 12.3 |",
-        "| simple | 70.00% | 70.00% | not reached | 10.0 |",
-    ]
-    md, png = write_comparison(tmp_path, runs, target=0.8, title="t")
-    assert md.read_text().startswith("# t\n\n| run |")
-    assert png.read_bytes()[:8] == PNG
-
-
-def test_comparison_table_for_regression_uses_loss() -> None:
-    runs = {"a": ([record(0, None, 4.0), record(1, None, 0.5)], 3.0)}
-    assert comparison_table(runs, target=0.9).splitlines()[2] == "| a | 0.5000 | 0.5000 | 3.0 |"
 
 
 def test_atomic_write_replaces_whole_and_is_readable(tmp_path: Path) -> None:

@@ -1,0 +1,124 @@
+"""Comparisons over seeds: the table, its statistics against scipy's, the plot and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fl_app.comparison import (
+    Estimate,
+    SeedRun,
+    comparison_table,
+    mean_curve,
+    paired_p_value,
+    rounds_to_target,
+    write_comparison,
+)
+from tests.test_results import PNG, ROUNDS, record
+
+
+def curve(*accuracies: float) -> list[dict[str, float]]:
+    return [record(r, a, 1.0 - a) for r, a in enumerate(accuracies)]
+
+
+def test_rounds_to_target() -> None:
+    assert rounds_to_target(ROUNDS, 0.6) == 1
+    assert rounds_to_target(ROUNDS, 0.85) == 2
+    assert rounds_to_target(ROUNDS, 0.9) is None
+
+
+def test_one_seed_table_and_plot(tmp_path: Path) -> None:
+    slow = [record(0, 0.1, 2.3), record(1, 0.5, 1.2), record(2, 0.7, 0.9)]
+    runs = {"fedavg": [SeedRun(42, ROUNDS, 12.34)], "simple": [SeedRun(42, slow, 10.0)]}
+    assert comparison_table(runs, target=0.8).splitlines() == [
+        "| run | final accuracy (%) | best accuracy (%) | rounds to 80% | wall time (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| fedavg | 80.00 | 85.00 | 2 | 12.3 |",
+        "| simple | 70.00 | 70.00 | not reached | 10.0 |",
+    ]
+    md, png = write_comparison(tmp_path, runs, target=0.8, title="t")
+    assert md.read_text().startswith("# t\n\n| run |")
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_regression_table_uses_loss() -> None:
+    runs = {"a": [SeedRun(1, [record(0, None, 4.0), record(1, None, 0.5)], 3.0)]}
+    assert comparison_table(runs, target=0.9).splitlines()[2] == "| a | 0.5000 | 0.5000 | 3.0 |"
+
+
+def test_estimates_match_scipy_and_numpy() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.9, 0.02, size=5)
+    estimate = Estimate(tuple(values))
+    low, high = stats.t.interval(0.95, 4, loc=values.mean(), scale=stats.sem(values))
+    assert estimate.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert estimate.std == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert estimate.mean - estimate.half_width == pytest.approx(low, rel=1e-12)
+    assert estimate.mean + estimate.half_width == pytest.approx(high, rel=1e-12)
+    other = values + rng.normal(0.01, 0.01, size=5)
+    assert paired_p_value(values, other) == pytest.approx(
+        stats.ttest_rel(values, other).pvalue, rel=1e-10
+    )
+    assert paired_p_value([1.0, 2.0], [1.0, 2.0]) == 1.0  # no difference at all
+    assert paired_p_value([1.0, 2.0], [0.5, 1.5]) == 0.0  # the same difference every seed
+    assert math.isnan(Estimate((0.5,)).std)
+    assert Estimate((0.5, math.nan, 0.7)).describe(digits=1) == "0.6 ± 0.1 (-0.7–1.9), 2/3 reached"
+
+
+def test_several_seeds_give_intervals_and_a_paired_test(tmp_path: Path) -> None:
+    # b is worse than a by 3 to 5 points on every seed: significant although the seeds
+    # spread each variant by more than that; c differs from a by noise only.
+    a = [0.90, 0.80, 0.95, 0.85]
+    b = [0.86, 0.77, 0.90, 0.81]
+    c = [0.91, 0.79, 0.94, 0.86]
+    runs = {
+        name: [SeedRun(seed, curve(0.1, v), 2.0) for seed, v in enumerate(values, start=1)]
+        for name, values in {"a": a, "b": b, "c": c}.items()
+    }
+    lines = comparison_table(runs, target=0.85).splitlines()
+    assert lines[0].endswith("| final accuracy: Δ vs best, paired t-test |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:5]}
+    mean_a, half_a = np.mean(a), stats.t.ppf(0.975, 3) * stats.sem(a)
+    assert rows["a"][1] == (
+        f"{100 * mean_a:.2f} ± {100 * np.std(a, ddof=1):.2f} "
+        f"({100 * (mean_a - half_a):.2f}–{100 * (mean_a + half_a):.2f})"
+    )
+    assert rows["a"][3] == "1.0 ± 0.0 (1.0–1.0), 3/4 reached"  # seed 2 never reaches 85 %
+    assert rows["a"][-1] == "best |"
+    p_b, p_c = stats.ttest_rel(b, a).pvalue, stats.ttest_rel(c, a).pvalue
+    assert p_b < 0.05 < p_c
+    assert rows["b"][-1] == f"{100 * (np.mean(b) - mean_a):+.2f} pts, p = {p_b:.3f} * |"
+    assert rows["c"][-1] == f"{100 * (np.mean(c) - mean_a):+.2f} pts, p = {p_c:.3f} |"
+    assert "4 seeds: mean ± standard deviation" in "\n".join(lines)
+
+    _, png = write_comparison(tmp_path, runs, target=0.85, title="t")
+    assert png.read_bytes()[:8] == PNG
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["runs"]["b"]["seeds"] == [1, 2, 3, 4]
+    assert saved["runs"]["b"]["final_accuracy"] == b
+    assert saved["runs"]["a"]["rounds_to_target"] == [1.0, None, 1.0, 1.0]
+
+
+def test_the_mean_curve_and_its_band() -> None:
+    runs = [SeedRun(s, curve(0.1, v), 1.0) for s, v in enumerate([0.5, 0.7, 0.9])]
+    points, band = mean_curve(runs, "central_accuracy")
+    assert points == [(0, pytest.approx(0.1)), (1, pytest.approx(0.7))]
+    half = stats.t.ppf(0.975, 2) * stats.sem([0.5, 0.7, 0.9])
+    assert band[1] == (1, pytest.approx(0.7 - half), pytest.approx(0.7 + half))
+
+
+def test_a_reference_row_is_tested_but_never_the_best() -> None:
+    runs = {
+        name: [SeedRun(seed, curve(0.1, v), 1.0) for seed, v in enumerate(values, start=1)]
+        for name, values in {"a": [0.8, 0.7], "centralized": [0.95, 0.96]}.items()
+    }
+    rows = comparison_table(runs, target=0.9, references={"centralized"}).splitlines()[2:4]
+    assert rows[0].endswith("| best |")
+    p = stats.ttest_rel([0.95, 0.96], [0.8, 0.7]).pvalue
+    assert rows[1].endswith(f"| +20.50 pts, p = {p:.3f} |")
+    assert rows[1].split(" | ")[4] == "1.0 ± 0.0"  # wall time: mean ± std, no interval
