@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
 from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
+from fl_app.ray_cluster import local_head
 from fl_app.results import (
     RoundCollector,
     RoundRecord,
@@ -90,6 +92,13 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
     sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     sim.add_argument(
         "--num-gpus", type=float, default=0.0, help="GPUs reserved per client (e.g. 0.25)"
+    )
+    sim.add_argument(
+        "--ray-address",
+        default="",
+        help="run the clients on this running Ray cluster (e.g. 10.0.0.5:6379) instead of "
+        "starting Ray; the cluster is left running. Without it a comparison starts one "
+        "private local Ray for all its runs",
     )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.add_argument(
@@ -159,6 +168,7 @@ class Simulation:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     verbose: bool = False
+    ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
 
 
 @dataclass(frozen=True)
@@ -222,7 +232,9 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         RunConfig.from_mapping(values | {"seed": seed})
     if len(seeds) > 1 and not variants:  # one configuration over several seeds
         variants = {cfg.strategy: {}}
-    simulation = Simulation(args.num_clients, args.num_cpus, args.num_gpus, args.verbose)
+    simulation = Simulation(
+        args.num_clients, args.num_cpus, args.num_gpus, args.verbose, args.ray_address
+    )
     return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume, seeds)
 
 
@@ -319,7 +331,11 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
-    saved = {k: v for k, v in dataclasses.asdict(simulation).items() if k != "verbose"}
+    saved = {
+        k: v
+        for k, v in dataclasses.asdict(simulation).items()
+        if k not in ("verbose", "ray_address")
+    }
     write_json_atomically(directory / SIMULATION_FILE, saved)
     display = ProgressDisplay(cfg, console)
     collected = RoundCollector(resume.rounds if resume is not None else ())
@@ -370,6 +386,7 @@ def simulate(
             "init_args": {
                 "logging_level": "INFO" if simulation.verbose else "ERROR",
                 "log_to_driver": simulation.verbose,
+                **({"address": simulation.ray_address} if simulation.ray_address else {}),
             },
         },
         verbose_logging=simulation.verbose,
@@ -384,19 +401,12 @@ def compare(invocation: Invocation) -> Path:
     console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = run_directory(dataclasses.replace(cfg, run_name=name))
-    runs: dict[str, list[SeedRun]] = {variant: [] for variant in invocation.variants}
-    for seed in seeds:
-        for variant, overrides in invocation.variants.items():
-            folder = f"{name}/{variant}" + (f"/seed-{seed}" if len(seeds) > 1 else "")
-            variant_cfg = RunConfig.from_mapping(
-                cfg.run_config | overrides | {"seed": seed, "run-name": folder}
-            )
-            start = time.perf_counter()
-            if variant == CENTRALIZED:
-                rounds = train_centrally(variant_cfg, simulation.num_clients)
-            else:
-                rounds = run(variant_cfg, simulation, console=console)
-            runs[variant].append(SeedRun(seed, rounds, time.perf_counter() - start))
+    with ExitStack() as stack:
+        federated = [v for v in invocation.variants if v != CENTRALIZED] * len(seeds)
+        if len(federated) > 1 and not simulation.ray_address:  # one Ray start, not one per run
+            address = stack.enter_context(local_head())
+            simulation = dataclasses.replace(simulation, ray_address=address)
+        runs = run_variants(invocation, simulation, seeds, name, console)
     varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset
     if "partitioner" not in varied:
@@ -412,6 +422,31 @@ def compare(invocation: Invocation) -> Path:
     console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"comparison: {table} and {plot}", markup=False, highlight=False, soft_wrap=True)
     return directory
+
+
+def run_variants(
+    invocation: Invocation,
+    simulation: Simulation,
+    seeds: Sequence[int],
+    name: str,
+    console: Console,
+) -> dict[str, list[SeedRun]]:
+    """Every variant's runs, one per seed (seed by seed: each seed's runs finish together)."""
+    cfg = invocation.cfg
+    runs: dict[str, list[SeedRun]] = {variant: [] for variant in invocation.variants}
+    for seed in seeds:
+        for variant, overrides in invocation.variants.items():
+            folder = f"{name}/{variant}" + (f"/seed-{seed}" if len(seeds) > 1 else "")
+            variant_cfg = RunConfig.from_mapping(
+                cfg.run_config | overrides | {"seed": seed, "run-name": folder}
+            )
+            start = time.perf_counter()
+            if variant == CENTRALIZED:
+                rounds = train_centrally(variant_cfg, simulation.num_clients)
+            else:
+                rounds = run(variant_cfg, simulation, console=console)
+            runs[variant].append(SeedRun(seed, rounds, time.perf_counter() - start))
+    return runs
 
 
 def execute(invocation: Invocation) -> None:
