@@ -5,11 +5,10 @@ from __future__ import annotations
 import builtins
 import json
 import math
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from fl_app.tracking import TRACKERS, Tracker, start_tracker
 from tests.processes import ROOT, read_history, run_python
 
 TRACKING = sorted(name for name in TRACKERS if name != "none")
+WANDB = Path(sys.executable).with_name("wandb")
 
 # Round records as the server loop writes them: lists, text, None and NaN are not logged.
 ROUNDS: list[dict[str, Any]] = [
@@ -135,57 +135,36 @@ def mlflow_series(output_dir: Path, run: Any) -> dict[str, list[tuple[int, float
     }
 
 
-def wandb_records(path: Path) -> Iterator[Any]:
-    """The records of a ``.wandb`` file: a LevelDB-style log of protobufs after a 7-byte header.
-
-    wandb 0.31 has no Python reader of its own any more (its Go core reads them).
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, header, position, chunks = 32768, 7, 7, []
-    while position + header <= len(data):
-        left = block - position % block
-        if left < header:  # a block's tail too short for a record header is padding
-            position += left
-            continue
-        length, kind = struct.unpack("<HB", data[position + 4 : position + header])
-        chunks.append(data[position + header : position + header + length])
-        position += header + length
-        if kind in (1, 4):  # FULL, LAST
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(b"".join(chunks))
-            chunks = []
-            yield record
-
-
 def wandb_runs(run_dir: Path) -> list[dict[str, Any]]:
-    """Each offline W&B run in ``run_dir``, oldest first: name, project, config, series, exit code."""
+    """Each offline W&B run in ``run_dir``, oldest first: name, project, config, series, exit code.
+
+    Read with W&B's own reader of its ``.wandb`` log, ``wandb leet inspect --json``.
+    """
     runs = []
-    for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+    for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
+        records = subprocess.run(
+            [str(WANDB), "leet", "inspect", "--json", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.splitlines()
         run: dict[str, Any] = {"series": {}}
-        for record in wandb_records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                run["name"], run["project"] = record.run.display_name, record.run.project
-                run["start"] = record.run.start_time.ToNanoseconds()
+        for record in map(json.loads, records):
+            if record["type"] == "run":
+                info = record["run"]
+                run |= {"name": info["display_name"], "project": info["project"]}
+                run["start"] = info["start_time"]
                 run["config"] = {
-                    item.key: json.loads(item.value_json)
-                    for item in record.run.config.update
-                    if item.key != "_wandb"
+                    key: value for key, value in info["config"]["update"].items() if key != "_wandb"
                 }
-            elif kind == "history":
-                values = {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-                for key, value in values.items():
+            elif record["type"] == "history":
+                step = record["history"].get("step", {}).get("num", 0)
+                for key, value in record["history"]["item"].items():
                     if not key.startswith("_"):
-                        step = record.history.step.num
                         run["series"].setdefault(key, []).append((step, value))
-            elif kind == "exit":
-                run["exit_code"] = record.exit.exit_code
+            elif record["type"] == "exit":
+                run["exit_code"] = record["exit"].get("exit_code", 0)
         runs.append(run)
     return sorted(runs, key=lambda run: run["start"])
 
