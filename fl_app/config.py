@@ -86,6 +86,7 @@ DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<na
 PARTITIONERS = Registry("fl_app.data", "PARTITIONERS")
 MODELS = Registry("fl_app.models", "MODELS")
 FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
+TRACKERS = Registry("fl_app.tracking", "TRACKERS")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -195,6 +196,13 @@ class RunConfig:
     device: str = option("auto", "torch device (auto: cuda when available)", choices=DEVICES)
     output_dir: str = option("outputs", "folder that receives <run-name>/history.json")
     run_name: str = option("", "name of this run's output folder (empty: strategy and time)")
+    tracker: str = option(
+        "none",
+        "experiment tracking of each round's metrics: tensorboard (<run dir>/tensorboard), "
+        "mlflow (<output-dir>/mlflow.db), wandb (offline, <run dir>/wandb); "
+        'needs pip install -e ".[tracking]"',
+        choices=TRACKERS,
+    )
     # Strategy knobs (each strategy reads the fields of its options dataclass; the
     # defaults are the strategies' own)
     server_learning_rate: float = option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -24,6 +25,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
 from fl_app.results import RunListener, RunWriter, run_directory
 from fl_app.server_loop import ExperimentServer, RoundRecorder, run_message_rounds
+from fl_app.tracking import start_tracker
 from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
@@ -71,10 +73,25 @@ def run_server(
 ) -> None:
     """Run ``cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
 
-    The run is checkpointed there after every round; ``resume`` continues from one.
+    The run is checkpointed there after every round; ``resume`` continues from one. The
+    tracker ``cfg.tracker`` names (if any) logs every round too.
     """
-    server = ServerModel(cfg)
     directory = run_directory(cfg)
+    tracker = start_tracker(cfg, directory)  # first: a missing package stops the run at once
+    try:
+        _run_rounds(grid, cfg, directory, [*listeners, tracker], resume)
+    finally:
+        tracker.close(failed=True)  # a no-op after run_done: only a run that stopped fails
+
+
+def _run_rounds(
+    grid: Grid,
+    cfg: RunConfig,
+    directory: Path,
+    listeners: Sequence[RunListener],
+    resume: Checkpoint | None,
+) -> None:
+    server = ServerModel(cfg)
     log(INFO, "results of this run (%s Flower API): %s", cfg.flower_api, directory)
     recorder = RoundRecorder(
         [RunWriter(cfg, directory, server.save), *listeners],

@@ -18,6 +18,7 @@ from fl_app.config import ConfigError, RunConfig, key_of, with_generated_table
 from fl_app.config import main as config_main
 from fl_app.faults import FAULT_KINDS
 from fl_app.presets import PRESETS
+from fl_app.tracking import TRACKERS
 from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
 from tests.processes import ROOT
@@ -51,6 +52,7 @@ CHOICE_SOURCES: dict[str, Iterable[str]] = {
     "quality-weighting": QUALITY_WEIGHTINGS,
     "robust-filter": ROBUST_FILTERS,
     "fault-kind": FAULT_KINDS,
+    "tracker": TRACKERS,
 }
 CHOICE_FIELDS = {key: tuple(source) for key, source in CHOICE_SOURCES.items()}
 
@@ -78,6 +80,8 @@ BAD_CHOICES = [
     ("quality-weighting", "exp"),
     ("robust-filter", "krum"),
     ("robust-filter", ""),
+    ("tracker", "comet"),
+    ("tracker", "TensorBoard"),
 ]
 
 
