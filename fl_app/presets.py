@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_app.centralized import CENTRALIZED
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -57,9 +59,11 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "strategies": Preset(
-        "the four strategies on digits with Dirichlet(0.3) label skew, 10 clients",
+        "the four strategies on digits with Dirichlet(0.3) label skew, 10 clients, and the "
+        "centralized reference",
         {"partitioner": "dirichlet", "dirichlet-alpha": 0.3},
         num_clients=10,
-        variants={name: {"strategy": name} for name in ("simple", "quality", "fedavg", "hybrid")},
+        variants={name: {"strategy": name} for name in ("simple", "quality", "fedavg", "hybrid")}
+        | {CENTRALIZED: {}},
     ),
 }
