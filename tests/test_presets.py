@@ -74,10 +74,13 @@ def test_comparison_presets_write_a_table_and_a_plot(tmp_path: Path, preset: str
         assert config["seed"] == 42
 
 
-def test_compare_flag_runs_the_named_strategies_on_the_same_data(tmp_path: Path) -> None:
+def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
+    tmp_path: Path,
+) -> None:
     stdout = run_simulation_cli(
         tmp_path,
         "--compare", "simple", "fedavg",
+        "--seeds", "1", "2",
         "--run-name", "cmp",
         "--num-server-rounds", "2",
         "--num-clients", "3",
@@ -85,16 +88,24 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data(tmp_path: Path)
         "--target-accuracy", "0.5",
     )  # fmt: skip
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| run | final accuracy | best accuracy | rounds to 50% | wall time (s) |" in table
+    assert (
+        "| run | final accuracy (%) | best accuracy (%) | rounds to 50% | wall time (s) |" in table
+    )
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
     for strategy in ("simple", "fedavg"):
-        summary = read_history(tmp_path / "cmp" / strategy)["summary"]
+        finals = [
+            read_history(tmp_path / "cmp" / strategy / f"seed-{seed}")["summary"]["final_accuracy"]
+            for seed in (1, 2)
+        ]
+        assert saved[strategy]["seeds"] == [1, 2]
+        assert saved[strategy]["final_accuracy"] == finals
         row = next(line for line in table.splitlines() if line.startswith(f"| {strategy} |"))
-        assert f"{summary['final_accuracy']:.2%}" in row
-    # Unequal Dirichlet partitions: the same data, weighted differently.
-    simple = read_history(tmp_path / "cmp" / "simple")["rounds"][1]
-    fedavg = read_history(tmp_path / "cmp" / "fedavg")["rounds"][1]
-    assert simple["train_loss"] == pytest.approx(
-        fedavg["train_loss"]
-    )  # same first round of local training
-    assert simple["weights"] != fedavg["weights"]
+        assert row.split(" | ")[1].startswith(f"{100 * sum(finals) / 2:.2f} ± ")
+    for seed in (1, 2):
+        # Unequal Dirichlet partitions: the same data and clients, weighted differently.
+        simple = read_history(tmp_path / "cmp" / "simple" / f"seed-{seed}")["rounds"][1]
+        fedavg = read_history(tmp_path / "cmp" / "fedavg" / f"seed-{seed}")["rounds"][1]
+        assert simple["sampled_partitions"] == fedavg["sampled_partitions"]
+        assert simple["train_loss"] == pytest.approx(fedavg["train_loss"])
+        assert simple["weights"] != fedavg["weights"]
     assert "comparison:" in stdout
