@@ -49,7 +49,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
 from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
-from fl_app.ray_cluster import local_head
+from fl_app.ray_cluster import check_cluster, local_head
 from fl_app.results import (
     RoundCollector,
     RoundRecord,
@@ -451,6 +451,9 @@ def run_variants(
 
 def execute(invocation: Invocation) -> None:
     """One run, a comparison, or a resumed run, as the command line asked."""
+    simulation = invocation.simulation
+    if simulation.ray_address:  # a bad address or a cluster too small: one line, at start
+        print(check_cluster(simulation.ray_address, simulation.num_cpus, simulation.num_gpus))
     if invocation.variants:
         compare(invocation)
     elif invocation.resume is not None:

@@ -11,6 +11,7 @@ an ``ArrayRecord`` and a ``MetricRecord`` holding ``num-examples``. Either way t
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +36,10 @@ from fl_app.config import RunConfig
 from fl_app.data import ClientData, DataSpec, data_spec, load_client_data, task_of
 from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
 from fl_app.models import build_model
+from fl_app.results import RAY_NODE
 from fl_app.seeds import seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
+from strategies.message import TEXT_METRICS
 from strategies.sampling import PARTITION_KEY
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
@@ -93,7 +96,7 @@ class FlowerClient(NumPyClient):
         )
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        return get_weights(self.model), len(self.data.train), metrics
+        return get_weights(self.model), len(self.data.train), metrics | where_it_ran()
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -138,6 +141,16 @@ class FaultyClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         return self.client.evaluate(parameters, config)
+
+
+def where_it_ran() -> dict[str, Scalar]:
+    """``ray_node``: the Ray node this client trained on (the first 12 hex digits of its
+    node id, as ``ray list nodes`` shows it), when Flower's simulation engine runs it on
+    Ray; nothing elsewhere (a SuperNode)."""
+    ray = sys.modules.get("ray")  # loaded in a Ray worker; never imported here
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {RAY_NODE: str(ray.get_runtime_context().get_node_id())[:12]}
 
 
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
@@ -185,8 +198,16 @@ def train_reply(client: NumPyClient, message: Message) -> Message:
     # The server's layer names come back (a torch state_dict's names survive the round).
     names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
     record = ArrayRecord({name: Array(a) for name, a in zip(names, trained, strict=True)})
-    reported: dict[str, Any] = {**metrics, "num-examples": num_examples}
-    content = RecordDict({"arrays": record, "metrics": MetricRecord(reported)})
+    # A MetricRecord holds numbers only: text metrics (``ray_node``) go in a ConfigRecord.
+    text: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
+    reported: dict[str, Any] = {k: v for k, v in metrics.items() if k not in text}
+    content = RecordDict(
+        {
+            "arrays": record,
+            "metrics": MetricRecord(reported | {"num-examples": num_examples}),
+            **({TEXT_METRICS: ConfigRecord(text)} if text else {}),
+        }
+    )
     return Message(content=content, reply_to=message)
 
 

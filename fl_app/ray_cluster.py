@@ -12,7 +12,9 @@ outlives the invocation.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -21,10 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
+
+from fl_app.config import ConfigError
 
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 120.0
@@ -44,41 +48,98 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_head(num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[str]:
-    """A Ray head on 127.0.0.1 with this machine's CPUs (and GPUs), for the duration of
-    the ``with`` block; yields its address (``ray.init(address=...)`` connects to it)."""
-    port = _free_port()
+def ray_node(
+    join: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """A Ray node on this machine for the duration of the ``with`` block: a head (``join``
+    None, with this machine's CPUs unless ``num_cpus``) or a worker node joining the
+    cluster at ``join``; yields the cluster's address (``ray.init(address=...)``)."""
     # Its own temp dir: `ray start` leaves the head's address in <temp-dir>/ray_current_cluster,
     # which every later plain ray.init() on this machine would try to join (in /tmp/ray).
     temp_dir = tempfile.mkdtemp(prefix="fl-ray-")
+    address = join or f"127.0.0.1:{_free_port()}"
     command = [
         str(Path(sys.executable).parent / "ray"),
         "start",
-        "--head",
         "--block",
-        f"--port={port}",
         "--node-ip-address=127.0.0.1",
-        "--include-dashboard=false",
         "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-        f"--num-cpus={num_cpus if num_cpus is not None else os.cpu_count() or 1}",
+        f"--num-cpus={num_cpus if num_cpus is not None else os.cpu_count() or 1:g}",
     ]
+    if join is None:
+        port = address.rsplit(":", 1)[1]
+        command += [
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+        ]
+    else:
+        command.append(f"--address={join}")
     if num_gpus is not None:
-        command.append(f"--num-gpus={num_gpus}")
+        command.append(f"--num-gpus={num_gpus:g}")
     with tempfile.TemporaryFile("w+") as log:
-        head = subprocess.Popen(
+        node = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
             start_new_session=True,
             preexec_fn=_die_with_parent,  # before any thread of ours is started
         )
         try:
-            _wait_until_ready(head, log)
-            yield f"127.0.0.1:{port}"
+            _wait_until_ready(node, log)
+            yield address
         finally:
-            _stop(head)
+            _stop(node)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def local_head() -> contextlib.AbstractContextManager[str]:
+    """A private Ray head with this machine's CPUs and GPUs, for the runs of one command."""
+    return ray_node()
+
+
+def check_cluster(address: str, num_cpus: float, num_gpus: float) -> str:
+    """One line describing the running Ray cluster at ``address``; a ConfigError (one line)
+    when nothing answers there or when not even one client fits on it."""
+    flag = f"--ray-address {address!r}"
+    if "://" not in address and address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"{flag} is not allowed: no Ray cluster answers there ({err}); "
+                "expected HOST:PORT of a running head (`ray start --head` prints it)"
+            ) from err
+    import ray
+
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"{flag} is not allowed: cannot join that Ray cluster ({err})") from err
+    finally:
+        ray.shutdown()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    have = f"{len(nodes)} nodes with {cpus:g} CPUs and {gpus:g} GPUs in all"
+    # A client runs in one actor, on one node: some node must hold a whole client.
+    if not any(
+        n["Resources"].get("CPU", 0) >= num_cpus and n["Resources"].get("GPU", 0) >= num_gpus
+        for n in nodes
+    ):
+        raise ConfigError(
+            f"{flag} is not allowed here: each client needs --num-cpus {num_cpus:g} "
+            f"--num-gpus {num_gpus:g} on one node, and no node of the cluster ({have}) has "
+            "that, so none could run"
+        )
+    return f"Ray cluster at {address}: {have}"
 
 
 def _wait_until_ready(head: subprocess.Popen[bytes], log: IO[str]) -> None:

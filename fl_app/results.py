@@ -24,6 +24,8 @@ from fl_app.files import atomic_file, json_default
 
 # One flat record per round (see fl_app.server_loop.RoundRecorder for its keys).
 RoundRecord = dict[str, Any]
+# The fit metric naming the Ray node a client trained on (fl_app.client_app.where_it_ran).
+RAY_NODE = "ray_node"
 NDArrays = list[NDArray[Any]]
 
 
@@ -101,7 +103,8 @@ def finite(value: Any) -> bool:
 
 
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy (None for regression), final loss, wall time."""
+    """Final and best central accuracy (None for regression), final loss, wall time, and
+    the Ray nodes clients trained on (a simulation's)."""
     accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
     losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
     return {
@@ -111,6 +114,7 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "best_loss": min(losses) if losses else None,
         "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
+        "ray_nodes": sorted({node for r in rounds for node in r.get("ray_nodes", ())}),
     }
 
 
@@ -122,7 +126,8 @@ def describe(summary: Mapping[str, Any]) -> str:
         )
     else:
         headline = f"final loss {summary['final_loss']:.4f}, best {summary['best_loss']:.4f}"
-    return f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s"
+    where = f" on {len(summary['ray_nodes'])} Ray nodes" if len(summary["ray_nodes"]) > 1 else ""
+    return f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s{where}"
 
 
 def metrics_csv(rounds: Sequence[RoundRecord]) -> str:

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as MessageStrategy
 
 from fl_app.checkpoint import Checkpoint, save_checkpoint
-from fl_app.results import RoundRecord, RunListener, format_round
+from fl_app.results import RAY_NODE, RoundRecord, RunListener, format_round
 from strategies.core import NothingAggregatedError, RuleAdapter, Stateful, StrategyState
 
 # Central evaluation of a global model: the record's ``central_*`` entries.
@@ -45,7 +45,8 @@ class RoundRecorder:
     ``federated_accuracy`` (clients' validation splits), ``sampled``, ``results``,
     ``failures`` (counted by the loop itself, so a strategy or wrapper that drops its
     metrics cannot hide them), ``sampled_partitions`` (the partition ids the seeded
-    sampling chose), every fit metric of the strategy (``rejected``,
+    sampling chose), ``ray_nodes`` (the Ray nodes the aggregated clients trained on, in
+    a simulation), every fit metric of the strategy (``rejected``,
     ``accepted``, ``weights``, the clients' mean ``train_loss`` ...) and, for a round that
     aggregated nothing, ``problem``. Round 0 is the initial model's evaluation.
     """
@@ -134,6 +135,10 @@ def train_record(
     }
     if isinstance(strategy, RuleAdapter) and strategy.last_sampled is not None:
         record["sampled_partitions"] = strategy.last_sampled
+    if last is not None:
+        nodes = {u.metrics.get(RAY_NODE) for u in last.accepted} - {None}
+        if nodes:
+            record["ray_nodes"] = sorted(map(str, nodes))  # where the aggregated clients trained
     return record
 
 

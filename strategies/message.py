@@ -50,6 +50,8 @@ from strategies.sampling import PARTITION_KEY
 from strategies.simple_average import SimpleAverageRule
 
 MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
+# The ConfigRecord of a train reply holding its text metrics (a MetricRecord holds numbers).
+TEXT_METRICS = "text-metrics"
 
 
 class MessageStrategy(RuleAdapter, FlowerFedAvg):
@@ -236,7 +238,12 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         if array_record is None and len(array_records) == 1:
             array_record = next(iter(array_records.values()))
         metric_record = self._metric_record(content)
-        metrics = {k: v for k, v in metric_record.items() if k != self.weighted_by_key}
+        metrics: dict[str, Any] = {
+            k: v for k, v in metric_record.items() if k != self.weighted_by_key
+        }
+        text = content.config_records.get(TEXT_METRICS)
+        if text is not None:  # a MetricRecord holds numbers only
+            metrics |= {k: v for k, v in text.items() if isinstance(v, str)}
         update = ClientUpdate(client_id, [], metric_record.get(self.weighted_by_key), metrics)
         if array_record is None:
             update.problem = f"no ArrayRecord (expected one, {self.arrayrecord_key!r})"

@@ -77,6 +77,8 @@ def test_insecure_deployment_runs_a_project_strategy(
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["accepted"] for r in rounds[1:]] == [3, 3]  # every SuperNode's update aggregated
     assert [r["failures"] for r in rounds[1:]] == [0, 0]
+    # The SuperNodes told the server their partition ids (from --node-config).
+    assert [r["sampled_partitions"] for r in rounds[1:]] == [[0, 1, 2]] * 2
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
 
 

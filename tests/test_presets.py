@@ -83,7 +83,8 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
         "--seeds", "1", "2",
         "--run-name", "cmp",
         "--num-server-rounds", "2",
-        "--num-clients", "3",
+        "--num-clients", "4",
+        "--fraction-fit", "0.5",
         "--partitioner", "dirichlet",
         "--target-accuracy", "0.5",
     )  # fmt: skip
@@ -105,6 +106,7 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
         # Unequal Dirichlet partitions: the same data and clients, weighted differently.
         simple = read_history(tmp_path / "cmp" / "simple" / f"seed-{seed}")["rounds"][1]
         fedavg = read_history(tmp_path / "cmp" / "fedavg" / f"seed-{seed}")["rounds"][1]
+        assert len(simple["sampled_partitions"]) == 2  # of 4: the same 2 for both strategies
         assert simple["sampled_partitions"] == fedavg["sampled_partitions"]
         assert simple["train_loss"] == pytest.approx(fedavg["train_loss"])
         assert simple["weights"] != fedavg["weights"]

@@ -97,7 +97,17 @@ def test_summary_headline_is_accuracy_or_loss() -> None:
         "final_loss": 0.6,
         "best_loss": 0.5,
         "seconds": 4.0,
+        "ray_nodes": [],
     }
+    spread = summarize(
+        [
+            record(0, 0.1, 2.0),
+            record(1, 0.5, 1.0, ray_nodes=["b3", "a1"]),
+            record(2, 0.6, 0.9, ray_nodes=["b3", "c7"]),
+        ]
+    )
+    assert spread["ray_nodes"] == ["a1", "b3", "c7"]
+    assert describe(spread).endswith("2 rounds in 3.0 s on 3 Ray nodes")
     assert describe(summary).startswith("final accuracy 0.8000, best 0.8500, 3 rounds")
     regression = summarize([record(0, None, 9.0), record(1, None, 0.25)])
     assert regression["final_accuracy"] is None

@@ -1,0 +1,63 @@
+"""Simulation on a running Ray cluster: a real two-node cluster on this machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run_simulation
+from fl_app.ray_cluster import ray_node
+from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history, tagged_pids
+
+
+def test_an_address_where_no_ray_answers_is_one_line_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_simulation.main(["--ray-address", "127.0.0.1:1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: --ray-address '127.0.0.1:1' is not allowed: no Ray")
+
+
+@pytest.mark.slow
+def test_a_run_on_a_two_node_cluster_trains_on_both_and_leaves_it_running(
+    tmp_path: Path,
+) -> None:
+    def simulate(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "run_simulation.py", "--output-dir", str(tmp_path), *flags]
+        return subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    with isolated_env() as env:
+        env["PYTHONPATH"] = str(ROOT)
+        # The commands the README gives: `ray start --head`, then `ray start --address`.
+        with ray_node(num_cpus=1, env=env) as address, ray_node(address, num_cpus=1, env=env):
+            done = simulate(
+                "--ray-address", address,
+                "--run-name", "cluster",
+                "--num-clients", "4",
+                "--num-server-rounds", "3",
+                "--local-epochs", "1",
+            )  # fmt: skip
+            cluster = tagged_pids(env[TAG_VARIABLE])
+            too_big = simulate("--ray-address", address, "--num-cpus", "2")
+        assert leftovers(env[TAG_VARIABLE]) == []
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Ray cluster at {address}: 2 nodes with 2 CPUs and 0 GPUs in all" in done.stdout
+    assert cluster, "the run stopped the cluster it did not start"
+    history = read_history(tmp_path / "cluster")
+    assert len(history["summary"]["ray_nodes"]) == 2  # one client actor per 1-CPU node
+    assert "on 2 Ray nodes" in done.stdout
+    rounds = history["rounds"]
+    assert all(r["ray_nodes"] for r in rounds[1:])
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
+    assert too_big.returncode == 2
+    assert too_big.stderr.strip().splitlines() == [
+        f"error: --ray-address {address!r} is not allowed here: each client needs --num-cpus 2 "
+        "--num-gpus 0 on one node, and no node of the cluster (2 nodes with 2 CPUs and 0 GPUs "
+        "in all) has that, so none could run"
+    ]
