@@ -29,7 +29,9 @@ from flwr.app import (
 from flwr.client import Client, NumPyClient
 from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
 from flwr.clientapp import ClientApp
-from flwr.common import NDArrays, Scalar
+from flwr.common import Code, GetPropertiesRes, NDArrays, Scalar, Status
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
 from fl_app.config import RunConfig
@@ -81,10 +83,6 @@ class FlowerClient(NumPyClient):
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(self.model)
 
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        # The server samples by partition id, reproducibly (strategies.sampling).
-        return {PARTITION_KEY: self.partition_id}
-
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
@@ -120,9 +118,6 @@ class FaultyClient(NumPyClient):
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return self.client.get_parameters(config)
-
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return self.client.get_properties(config)
 
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -219,12 +214,18 @@ def evaluate_reply(client: NumPyClient, message: Message) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
 
 
+def node_properties(context: Context) -> GetPropertiesRes:
+    """The node's partition id, for the server's seeded sampling (nothing when the node
+    config names none)."""
+    reported: dict[str, Scalar] = {
+        k: v for k, v in context.node_config.items() if k == PARTITION_KEY
+    }
+    return GetPropertiesRes(Status(Code.OK, ""), reported)
+
+
 def query_reply(context: Context, message: Message) -> Message:
-    """Answer a Message-API query: the node's partition id, for the server's seeded
-    sampling (nothing when the node config names none)."""
-    record = ConfigRecord()
-    if PARTITION_KEY in context.node_config:
-        record[PARTITION_KEY] = context.node_config[PARTITION_KEY]
+    """Answer a Message-API query: the node's properties (its partition id)."""
+    record = ConfigRecord(dict(node_properties(context).properties))
     return Message(content=RecordDict({"config": record}), reply_to=message)
 
 
@@ -238,6 +239,11 @@ class DualClientApp(ClientApp):
 
     def __call__(self, message: Message, context: Context) -> Message:
         if is_legacy(message):
+            if message.metadata.message_type == MessageTypeLegacy.GET_PROPERTIES:
+                # The server's seeded sampling asks each node once for its partition id:
+                # answered from the node config, without loading the client's data.
+                properties = node_properties(context)
+                return Message(content=getpropertiesres_to_recorddict(properties), reply_to=message)
             return handle_legacy_message_from_msgtype(self.client_fn, message, context)
         return super().__call__(message, context)
 

@@ -11,22 +11,28 @@ from flwr.common import (
     Code,
     EvaluateIns,
     FitIns,
+    GetPropertiesIns,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common.recorddict_compat import (
     evaluateins_to_recorddict,
     fitins_to_recorddict,
+    getpropertiesins_to_recorddict,
     recorddict_to_evaluateres,
     recorddict_to_fitres,
+    recorddict_to_getpropertiesres,
 )
 
+from fl_app import client_app
 from fl_app import data as fl_data
 from fl_app.client_app import FlowerClient, app, make_client
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import data_spec, load_client_data
 from fl_app.models import build_model
 from fl_app.training import get_weights
+from strategies.sampling import PARTITION_KEY
 
 CFG = RunConfig(local_epochs=1, device="cpu")
 NUM_PARTITIONS = 5
@@ -145,6 +151,26 @@ def test_the_client_app_answers_legacy_fit_and_evaluate() -> None:
     assert ev.status.code == Code.OK
     assert ev.num_examples == len(load_client_data(CFG, 1, NUM_PARTITIONS).val)
     assert 0.0 <= float(ev.metrics["accuracy"]) <= 1.0
+
+
+def test_both_halves_ask_the_client_app_its_partition_id_without_loading_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_data(*args: object) -> None:
+        raise AssertionError("a partition-id question must not load the client's data")
+
+    monkeypatch.setattr(client_app, "load_client_data", no_data)
+    asked = Message(
+        getpropertiesins_to_recorddict(GetPropertiesIns({})),
+        dst_node_id=104,
+        message_type=MessageTypeLegacy.GET_PROPERTIES,
+    )
+    res = recorddict_to_getpropertiesres(app(asked, context(CFG.run_config, 4)).content)
+    assert res.status.code == Code.OK
+    assert res.properties == {PARTITION_KEY: 4}
+    query = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=104, message_type="query")
+    reply = app(query, context(CFG.run_config, 4))
+    assert dict(reply.content.config_records["config"]) == {PARTITION_KEY: 4}
 
 
 def test_the_client_app_answers_message_api_train_and_evaluate_with_the_same_model() -> None:
