@@ -31,6 +31,7 @@ from strategies.quality_weighted import (
     QualityWeightedRule,
     higher_is_better,
 )
+from strategies.sampling import SAMPLINGS
 
 
 class Registry:
@@ -146,6 +147,12 @@ class RunConfig:
     min_evaluate_clients: int = option(2, "minimum clients to evaluate per round", at_least=0)
     min_available_clients: int = option(
         2, "clients that must be connected before a round starts", at_least=1
+    )
+    client_sampling: str = option(
+        "seeded",
+        "how clients are sampled: seeded (a function of seed, round and partition ids; each "
+        "node is asked its partition id once) or flower (Flower's own, unseeded)",
+        choices=SAMPLINGS,
     )
     round_timeout: float = option(
         0.0, "seconds to wait for clients per round (0: no limit)", at_least=0

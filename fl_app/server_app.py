@@ -52,7 +52,11 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
         for name, key in zip(SAMPLING_ARGUMENTS[cfg.flower_api], SAMPLING_KEYS, strict=True)
     }
     # Clients are sampled by (seed, round, partition ids): reproducible, also on resume.
-    sampling |= {"sampling_seed": cfg.seed, "query_timeout": cfg.round_timeout or None}
+    seeded = cfg.client_sampling == "seeded"
+    sampling |= {
+        "sampling_seed": cfg.seed if seeded else None,
+        "query_timeout": cfg.round_timeout or None,
+    }
     if cfg.flower_api == "message":
         return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
     return LegacyStrategy(

@@ -29,6 +29,9 @@ NodeKey = tuple[int, int, str]
 PURPOSES = ("train", "evaluate")
 # The config key a node reports its partition under (the simulation engine's node-config key).
 PARTITION_KEY = "partition-id"
+# How a run samples clients: seeded (here), or flower (Flower's unseeded random.sample,
+# which asks nothing: for federations too large to ask every node once).
+SAMPLINGS = ("seeded", "flower")
 
 
 class SeededSampler:

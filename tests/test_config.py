@@ -21,6 +21,7 @@ from fl_app.presets import PRESETS
 from fl_app.tracking import TRACKERS
 from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
+from strategies.sampling import SAMPLINGS
 from tests.processes import ROOT
 
 DEFAULTS = RunConfig()
@@ -53,6 +54,7 @@ CHOICE_SOURCES: dict[str, Iterable[str]] = {
     "robust-filter": ROBUST_FILTERS,
     "fault-kind": FAULT_KINDS,
     "tracker": TRACKERS,
+    "client-sampling": SAMPLINGS,
 }
 CHOICE_FIELDS = {key: tuple(source) for key, source in CHOICE_SOURCES.items()}
 
@@ -82,6 +84,7 @@ BAD_CHOICES = [
     ("robust-filter", ""),
     ("tracker", "comet"),
     ("tracker", "TensorBoard"),
+    ("client-sampling", "random"),
 ]
 
 

@@ -19,6 +19,9 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 import strategies
+from fl_app.config import RunConfig
+from fl_app.server_app import build_strategy
+from fl_app.training import ServerModel
 from strategies.sampling import PARTITION_KEY, SeededSampler
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -162,3 +165,13 @@ def test_a_legacy_client_that_does_not_answer_is_asked_again_and_not_sampled_mea
     assert len(strategy.configure_fit(2, parameters, manager)) == 3
     assert strategy.last_sampled == [0, 2, "node 8"]
     assert silent.asked == 2
+
+
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_the_run_config_chooses_seeded_or_flowers_sampling(api: str) -> None:
+    server = ServerModel(RunConfig())
+    seeded = build_strategy(RunConfig(flower_api=api, seed=5), server)
+    assert seeded.sampler is not None
+    assert seeded.sampler.seed == 5
+    flowers = build_strategy(RunConfig(flower_api=api, client_sampling="flower"), server)
+    assert flowers.sampler is None
