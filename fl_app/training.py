@@ -69,17 +69,23 @@ class EvalResult:
 def _batches(
     data: ArrayDataset, batch_size: int, device: torch.device, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches on ``device``, shuffled when a ``generator`` is given."""
-    x = torch.from_numpy(data.x)
-    y = torch.from_numpy(data.y)
+    """Mini-batches on ``device``, shuffled when a ``generator`` is given.
+
+    The data goes to the device once per call (one copy per client and round on a GPU,
+    not one per batch); the shuffle is drawn on the CPU, so it is the same on any device.
+    """
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
     order = torch.randperm(len(data), generator=generator) if generator is not None else None
+    if order is not None:
+        order = order.to(device)
     for start in range(0, len(data), batch_size):
         rows = (
             order[start : start + batch_size]
             if order is not None
             else slice(start, start + batch_size)
         )
-        yield x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
+        yield x[rows], y[rows]
 
 
 def train(
