@@ -6,9 +6,9 @@
 
 ``up`` makes one Linux network namespace per host: the SuperLink (198.51.100.1), SuperNode i
 (198.51.100.11+i) and the user who runs ``flwr`` (198.51.100.100), plus a switch namespace
-whose bridge joins them: each host has one end of a veth pair (``eth0``, with ``lo`` up, as
-Flower's processes also talk to their own subprocesses over loopback), the other end is a
-port of the bridge. Nothing is configured in the root namespace, so no traffic leaves the
+whose bridge joins them: each host has one end of a veth pair (``eth0``, and ``lo`` up, as
+Flower's processes also talk to their own subprocesses), the other end is a port of the
+bridge. Nothing is configured in the root namespace, so no traffic leaves the
 namespaces. Names carry a random suffix (``flnet-<suffix>-superlink``, ...), so runs side by
 side and leftovers never collide.
 
@@ -116,7 +116,8 @@ def build_network(deployment: NetnsDeployment) -> None:
     ip("link", "set", BRIDGE, "up", namespace=switch)
     for host, namespace in deployment.namespaces.items():
         ip("netns", "add", namespace)
-        # Flower's SuperLink and SuperNode reach their own app processes over loopback.
+        # A host's traffic to itself (a SuperNode's ClientApps on 127.0.0.1, the SuperLink's
+        # ServerApp runner dialling 198.51.100.1) goes over lo, down in a new namespace.
         ip("link", "set", "lo", "up", namespace=namespace)
         # Made inside the switch, the pair never exists in the root namespace.
         ip("link", "add", "name", host, "type", "veth", "peer", "name", "eth0", "netns", namespace,
