@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import tomli_w
 
@@ -81,11 +81,25 @@ class Deployment:
     def certificates(self) -> Path:
         return Path(self.directory) / "certificates"
 
+    @property
+    def superlink_host(self) -> str:
+        return self.address.rpartition(":")[0]
+
+    @property
+    def superlink_port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def on(self, host: str) -> list[str]:
+        """The command prefix that runs a program on ``host``: ``superlink``,
+        ``supernode_<i>`` or ``user`` (where the flwr CLI runs). Here all of them are this
+        machine; a deployment over several (simulated) hosts overrides it."""
+        return []
+
     def save(self) -> None:
         (Path(self.directory) / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, directory: Path) -> Deployment:
+    def load(cls, directory: Path) -> Self:
         path = directory / STATE_FILE
         if not path.is_file():
             raise DeploymentError(f"no deployment recorded in {path}")
@@ -101,18 +115,34 @@ def spawn(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> subp
         )
 
 
+def _port_open(host: str, port: int, on: Sequence[str]) -> bool:
+    """Whether ``host:port`` accepts a connection, seen from where the prefix ``on`` runs."""
+    if not on:
+        with socket.socket() as s:
+            return s.connect_ex((host, port)) == 0
+    probe = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2)"
+    done = subprocess.run(
+        [*on, sys.executable, "-I", "-S", "-c", probe, host, str(port)], capture_output=True
+    )
+    return done.returncode == 0
+
+
 def _wait_for_port(
-    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
+    port: int,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 60.0,
+    host: str = "127.0.0.1",
+    on: Sequence[str] = (),
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise DeploymentError(f"{log.stem} exited with code {process.returncode}; see {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if _port_open(host, port, on):
+            return
         time.sleep(0.2)
-    raise DeploymentError(f"nothing listens on port {port} after {timeout:.0f} s; see {log}")
+    raise DeploymentError(f"nothing listens on {host}:{port} after {timeout:.0f} s; see {log}")
 
 
 def register_connection(
@@ -159,11 +189,16 @@ def make_node_key(path: Path) -> Path:
 
 
 def flwr(
-    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 120
+    env: dict[str, str],
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    on: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run a ``flwr`` CLI command with ``--format json`` and return its JSON answer."""
+    """Run a ``flwr`` CLI command (behind the prefix ``on``) with ``--format json`` and
+    return its JSON answer."""
     done = subprocess.run(
-        [str(BIN / "flwr"), *args, "--format", "json"],
+        [*on, str(BIN / "flwr"), *args, "--format", "json"],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     try:
@@ -182,6 +217,7 @@ def start_supernode(
 ) -> subprocess.Popen[bytes]:
     """Start SuperNode ``partition_id`` (with its key when authentication is on)."""
     directory = Path(deployment.directory)
+    host = f"supernode_{partition_id}"
     port = free_port()
     command = [
         str(BIN / "flower-supernode"),
@@ -196,12 +232,68 @@ def start_supernode(
     if deployment.auth:
         key = directory / "keys" / f"supernode_{partition_id}"
         public = make_node_key(key)
-        flwr(env, "supernode", "register", str(public), deployment.connection)
+        flwr(
+            env, "supernode", "register", str(public), deployment.connection,
+            on=deployment.on("user"),
+        )  # fmt: skip
         command += ["--auth-supernode-private-key", str(key)]
-    log = directory / "logs" / f"supernode_{partition_id}.log"
-    process = spawn(command, log, env, directory)
-    _wait_for_port(port, process, log)
+    log = directory / "logs" / f"{host}.log"
+    process = spawn([*deployment.on(host), *command], log, env, directory)
+    _wait_for_port(port, process, log, on=deployment.on(host))
     return process
+
+
+def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> None:
+    """Start the SuperLink of ``deployment`` on ``deployment.address`` and ``num_supernodes``
+    SuperNodes (each where ``deployment.on`` puts it); register the connection.
+
+    The state file is written before the first process starts and after each one, so
+    ``down`` can stop what was started even when this fails half-way.
+    """
+    directory = Path(deployment.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    deployment.save()
+    host, port = deployment.superlink_host, deployment.superlink_port
+    command = [
+        str(BIN / "flower-superlink"),
+        "--host", host,
+        "--port", str(port),
+        "--database", str(directory / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    if deployment.tls:
+        # The certificate must name the address SuperNodes and the flwr CLI dial.
+        names = [] if host in ("127.0.0.1", "localhost") else [host]
+        subprocess.run(
+            ["bash", str(SCRIPTS / "generate_certs.sh"), str(deployment.certificates), *names],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        certs = deployment.certificates
+        command += [
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"),
+        ]  # fmt: skip
+    else:
+        command += ["--insecure"]
+    if deployment.auth:
+        command += ["--enable-supernode-auth"]
+    log = directory / "logs" / "superlink.log"
+    superlink = spawn([*deployment.on("superlink"), *command], log, env, directory)
+    deployment.superlink_pid = superlink.pid
+    deployment.save()
+    # Reachable from where the flwr CLI runs, not only from the SuperLink's own host.
+    _wait_for_port(port, superlink, log, host=host, on=deployment.on("user"))
+    register_connection(
+        env,
+        deployment.connection,
+        deployment.address,
+        deployment.certificates / "ca.crt" if deployment.tls else None,
+    )
+    for partition_id in range(num_supernodes):
+        node = start_supernode(deployment, partition_id, num_supernodes, env)
+        deployment.supernode_pids.append(node.pid)
+        deployment.save()
 
 
 def up(
@@ -213,52 +305,13 @@ def up(
     env: dict[str, str] | None = None,
     connection: str = CONNECTION,
 ) -> Deployment:
-    """Start a SuperLink and ``num_supernodes`` SuperNodes; register the connection."""
-    env = flower_env(env)
+    """Start a SuperLink and ``num_supernodes`` SuperNodes on loopback; register the connection."""
     directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     deployment = Deployment(
-        str(directory), f"127.0.0.1:{port}", connection, tls=tls or auth, auth=auth
+        str(directory), f"127.0.0.1:{free_port()}", connection, tls=tls or auth, auth=auth
     )
-    command = [
-        str(BIN / "flower-superlink"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--database", str(directory / "state.db"),
-        "--disable-runtime-dependency-installation",
-    ]  # fmt: skip
-    if deployment.tls:
-        subprocess.run(
-            ["bash", str(SCRIPTS / "generate_certs.sh"), str(deployment.certificates)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        certs = deployment.certificates
-        command += [
-            "--ssl-ca-certfile", str(certs / "ca.crt"),
-            "--ssl-certfile", str(certs / "server.pem"),
-            "--ssl-keyfile", str(certs / "server.key"),
-        ]  # fmt: skip
-    else:
-        command += ["--insecure"]
-    if auth:
-        command += ["--enable-supernode-auth"]
-    log = directory / "logs" / "superlink.log"
-    superlink = spawn(command, log, env, directory)
-    deployment.superlink_pid = superlink.pid
-    deployment.save()  # from here on, `down` can stop what was started, even on failure
     try:
-        _wait_for_port(port, superlink, log)
-        register_connection(
-            env,
-            connection,
-            deployment.address,
-            deployment.certificates / "ca.crt" if deployment.tls else None,
-        )
-        for partition_id in range(num_supernodes):
-            node = start_supernode(deployment, partition_id, num_supernodes, env)
-            deployment.supernode_pids.append(node.pid)
-            deployment.save()
+        start(deployment, num_supernodes, flower_env(env))
     except BaseException:
         down(directory)
         raise
@@ -288,12 +341,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def down(directory: Path) -> Deployment:
-    """Stop every process of the deployment recorded in ``directory``, SuperNodes first."""
-    deployment = Deployment.load(directory.resolve())
+def stop(deployment: Deployment) -> None:
+    """Stop every process of ``deployment`` by PID, SuperNodes first."""
     for pid in [*deployment.supernode_pids, deployment.superlink_pid]:
         if pid:
             stop_process_group(pid)
+
+
+def down(directory: Path) -> Deployment:
+    """Stop every process of the deployment recorded in ``directory``."""
+    deployment = Deployment.load(directory.resolve())
+    stop(deployment)
     return deployment
 
 
@@ -304,7 +362,7 @@ def submit(
     args = ["run", str(app), deployment.connection]
     if run_config:
         args += ["--run-config", run_config]
-    return str(flwr(flower_env(env), *args)["run-id"])
+    return str(flwr(flower_env(env), *args, on=deployment.on("user"))["run-id"])
 
 
 def wait_for_run(
@@ -317,12 +375,25 @@ def wait_for_run(
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = flwr(flower_env(env), "list", deployment.connection, "--run-id", run_id)["runs"]
+        runs = flwr(
+            flower_env(env), "list", deployment.connection, "--run-id", run_id,
+            on=deployment.on("user"),
+        )["runs"]  # fmt: skip
         status = str(runs[0]["status"])
         if status.startswith("finished"):
             return status
         time.sleep(2)
     raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+
+def run_app(deployment: Deployment, app: Path, run_config: str) -> int:
+    """``run`` of the command line: submit, wait, say how it ended; 0 if it completed."""
+    run_id = submit(deployment, app.resolve(), run_config)
+    cli = " ".join([*deployment.on("user"), "flwr"])
+    print(f"run {run_id} submitted; waiting ({cli} log {run_id} {deployment.connection} --show)")
+    status = wait_for_run(deployment, run_id)
+    print(f"run {run_id}: {status}")
+    return 0 if status == "finished:completed" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,12 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             d = down(args.dir)
             print(f"stopped SuperLink {d.superlink_pid} and SuperNodes {d.supernode_pids}")
         else:
-            d = Deployment.load(args.dir.resolve())
-            run_id = submit(d, args.app.resolve(), args.run_config)
-            print(f"run {run_id} submitted; waiting (flwr log {run_id} {d.connection} --show)")
-            status = wait_for_run(d, run_id)
-            print(f"run {run_id}: {status}")
-            return 0 if status == "finished:completed" else 1
+            return run_app(Deployment.load(args.dir.resolve()), args.app, args.run_config)
     except DeploymentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
