@@ -396,23 +396,31 @@ def run_app(deployment: Deployment, app: Path, run_config: str) -> int:
     return 0 if status == "finished:completed" else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_parser(doc: str | None, directory: str) -> argparse.ArgumentParser:
+    """The ``up`` / ``down`` / ``run`` command line both deployment scripts share."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=("up", "down", "run"))
     parser.add_argument(
-        "--dir", type=Path, default=Path("deployment"), help="state, logs, certificates, keys"
+        "--dir", type=Path, default=Path(directory), help="state, logs, certificates, keys"
     )
     parser.add_argument("--supernodes", type=int, default=2, help="up: number of SuperNodes")
-    parser.add_argument("--tls", action="store_true", help="up: TLS with a generated CA")
     parser.add_argument(
-        "--auth", action="store_true", help="up: SuperNode authentication (implies --tls)"
+        "--auth",
+        action="store_true",
+        help="up: SuperNode authentication (keys registered; implies TLS)",
     )
     parser.add_argument("--app", type=Path, default=Path("."), help="run: the app folder")
     parser.add_argument(
         "--run-config", default="", help="run: e.g. \"num-server-rounds=3 strategy='hybrid'\""
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(__doc__, "deployment")
+    parser.add_argument("--tls", action="store_true", help="up: TLS with a generated CA")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":

@@ -24,7 +24,6 @@ Logs: ``<dir>/logs/``; a relative ``output-dir`` of the app lands in ``<dir>/<ou
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import shutil
 import subprocess
@@ -174,22 +173,7 @@ def down(directory: Path) -> NetnsDeployment:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", choices=("up", "down", "run"))
-    parser.add_argument(
-        "--dir", type=Path, default=Path("netns-deployment"), help="state, logs, certificates"
-    )
-    parser.add_argument("--supernodes", type=int, default=2, help="up: number of SuperNodes")
-    parser.add_argument(
-        "--auth", action="store_true", help="up: SuperNode authentication (keys registered)"
-    )
-    parser.add_argument("--app", type=Path, default=Path("."), help="run: the app folder")
-    parser.add_argument(
-        "--run-config", default="", help="run: e.g. \"num-server-rounds=3 strategy='hybrid'\""
-    )
-    args = parser.parse_args(argv)
+    args = ld.command_parser(__doc__, "netns-deployment").parse_args(argv)
     try:
         if args.command == "up":
             reason = unavailable()
