@@ -62,17 +62,20 @@ def read_history(run_dir: Path) -> dict[str, Any]:
 
 
 # The only entries of a history that differ between two runs of the same config: wall
-# times, and where the run was written.
-TIMINGS = ("seconds", "elapsed")
+# times, the Ray nodes (new ids with every Ray), and where the run was written.
+CIRCUMSTANCES = ("seconds", "elapsed", "ray_nodes")
 PLACES = ("run-name", "output-dir")
 
 
 def without_timings(history: dict[str, Any]) -> dict[str, Any]:
-    """``history`` less its wall times and places: what two runs of one seed share bit for bit."""
+    """``history`` less its wall times, Ray nodes and places: what two runs of one seed
+    share bit for bit."""
     return {
         "config": {k: v for k, v in history["config"].items() if k not in PLACES},
-        "rounds": [{k: v for k, v in r.items() if k not in TIMINGS} for r in history["rounds"]],
-        "summary": {k: v for k, v in history["summary"].items() if k not in TIMINGS},
+        "rounds": [
+            {k: v for k, v in r.items() if k not in CIRCUMSTANCES} for r in history["rounds"]
+        ],
+        "summary": {k: v for k, v in history["summary"].items() if k not in CIRCUMSTANCES},
     }
 
 
