@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import IO
 
 from fl_app.config import ConfigError
@@ -63,7 +62,9 @@ def ray_node(
     temp_dir = tempfile.mkdtemp(prefix="fl-ray-")
     address = join or f"127.0.0.1:{_free_port()}"
     command = [
-        str(Path(sys.executable).parent / "ray"),
+        sys.executable,  # the `ray` command of this environment, wherever its scripts are
+        "-m",
+        "ray.scripts.scripts",
         "start",
         "--block",
         "--node-ip-address=127.0.0.1",

@@ -121,7 +121,15 @@ class QualityWeightedRule(Rule):
         metric = self.options.quality_metric
         if not any(reason.startswith(f"quality metric {metric!r}") for _, reason in rejected):
             return super().explain_rejections(rejected)
-        sent = sorted({key for update, _ in rejected for key in update.metrics})
+        # The numbers only: a text metric (such as the Ray node) cannot be a quality.
+        sent = sorted(
+            {
+                key
+                for update, _ in rejected
+                for key, value in update.metrics.items()
+                if isinstance(value, numbers.Real) and not isinstance(value, bool)
+            }
+        )
         return (
             f"the clients sent the metrics [{', '.join(sent)}]: set quality-metric "
             "(quality_metric) to one of them, or quality-source=server "

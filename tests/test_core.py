@@ -77,6 +77,7 @@ def test_missing_quality_says_what_the_clients_sent_and_which_keys_to_change() -
     rule = QualityWeightedRule()
     rule.global_model = GLOBAL
     sent = [update("a", 1.0, train_loss=0.5), update("b", 2.0, train_loss=0.4)]
+    sent[0].metrics["ray_node"] = "5434810aa09d"  # text: never a quality, not listed
     result = rule.aggregate(1, sent, failures=[])
     assert result.arrays is None
     assert result.problem is not None
