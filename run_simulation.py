@@ -49,7 +49,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
 from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
-from fl_app.ray_cluster import check_cluster, local_head
+from fl_app.ray_cluster import check_cluster, ray_node
 from fl_app.results import (
     RoundCollector,
     RoundRecord,
@@ -404,7 +404,7 @@ def compare(invocation: Invocation) -> Path:
     with ExitStack() as stack:
         federated = [v for v in invocation.variants if v != CENTRALIZED] * len(seeds)
         if len(federated) > 1 and not simulation.ray_address:  # one Ray start, not one per run
-            address = stack.enter_context(local_head())
+            address = stack.enter_context(ray_node())  # a private local head
             simulation = dataclasses.replace(simulation, ray_address=address)
         runs = run_variants(invocation, simulation, seeds, name, console)
     varied = {key for overrides in invocation.variants.values() for key in overrides}

@@ -211,10 +211,10 @@ def mean_curve(
         for record in run.rounds:
             if finite(record.get(key)):
                 per_round.setdefault(record["round"], []).append(float(record[key]))
-    curve = [(r, Estimate(tuple(v)).mean) for r, v in sorted(per_round.items())]
-    band = []
+    curve, band = [], []
     for r, values in sorted(per_round.items()):
         estimate = Estimate(tuple(values))
+        curve.append((r, estimate.mean))
         if len(values) > 1:
             band.append(
                 (r, estimate.mean - estimate.half_width, estimate.mean + estimate.half_width)

@@ -12,7 +12,6 @@ outlives the invocation.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -98,11 +97,6 @@ def ray_node(
         finally:
             _stop(node)
             shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def local_head() -> contextlib.AbstractContextManager[str]:
-    """A private Ray head with this machine's CPUs and GPUs, for the runs of one command."""
-    return ray_node()
 
 
 def check_cluster(address: str, num_cpus: float, num_gpus: float) -> str:

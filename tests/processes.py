@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from scripts.local_deployment import flower_env
+from scripts.local_deployment import flower_env, free_port
 
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,26 @@ def without_timings(history: dict[str, Any]) -> dict[str, Any]:
         ],
         "summary": {k: v for k, v in history["summary"].items() if k not in CIRCUMSTANCES},
     }
+
+
+def flwr_run_local(
+    env: dict[str, str], run_config: str, federation_config: str, timeout: float = 420
+) -> subprocess.CompletedProcess[str]:
+    """``flwr run . --stream`` on the local simulation federation, from the project root.
+
+    ``flwr`` starts a detached local SuperLink on ports picked here and leaves it running:
+    stop it afterwards (:func:`stop_tagged`)."""
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    command = [
+        str(Path(sys.executable).with_name("flwr")), "run", ".",
+        "--run-config", run_config,
+        "--federation-config", federation_config,
+        "--stream",
+    ]  # fmt: skip
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tagged_pids(tag: str) -> list[int]:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import strategies
-from scripts.local_deployment import free_port
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
+    flwr_run_local,
     isolated_env,
     leftovers,
     read_history,
@@ -22,8 +20,6 @@ from tests.processes import (
 
 pytestmark = pytest.mark.slow
 
-FLWR = Path(sys.executable).with_name("flwr")
-
 
 @pytest.mark.parametrize("api", strategies.FLOWER_APIS)
 def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
@@ -31,21 +27,11 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
 ) -> None:
     pyproject_before = (ROOT / "pyproject.toml").read_bytes()
     with isolated_env() as env:
-        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
         run_config = (
             f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke' "
             f"flower-api='{api}'"
         )
-        command = [
-            str(FLWR), "run", ".",
-            "--run-config", run_config,
-            "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-            "--stream",
-        ]  # fmt: skip
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
-        )
+        done = flwr_run_local(env, run_config, "num-supernodes=3 client-resources-num-cpus=1")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         tag = env[TAG_VARIABLE]
         # flwr started a detached local SuperLink that keeps running: stop it by PID.

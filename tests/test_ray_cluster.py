@@ -10,10 +10,10 @@ import pytest
 
 import run_simulation
 from fl_app.ray_cluster import ray_node
-from scripts.local_deployment import free_port
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
+    flwr_run_local,
     isolated_env,
     leftovers,
     read_history,
@@ -75,21 +75,14 @@ def test_a_run_on_a_two_node_cluster_trains_on_both_and_leaves_it_running(
 @pytest.mark.slow
 def test_flwr_run_joins_the_cluster_named_by_ray_address(tmp_path: Path) -> None:
     with isolated_env() as env:
-        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
         with ray_node(num_cpus=1, env=env) as address, ray_node(address, num_cpus=1, env=env):
             # The local SuperLink flwr starts, and its simulation, inherit the variable;
             # Flower's ray.init() then joins that cluster instead of starting a Ray.
             env["RAY_ADDRESS"] = address
-            command = [
-                str(Path(sys.executable).with_name("flwr")), "run", ".",
-                "--run-config",
+            done = flwr_run_local(
+                env,
                 f"num-server-rounds=2 output-dir='{tmp_path}' run-name='joined' local-epochs=1",
-                "--federation-config", "num-supernodes=4 client-resources-num-cpus=1",
-                "--stream",
-            ]  # fmt: skip
-            done = subprocess.run(
-                command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420
+                "num-supernodes=4 client-resources-num-cpus=1",
             )
         stop_tagged(env[TAG_VARIABLE])  # the detached local SuperLink flwr started
         assert leftovers(env[TAG_VARIABLE], wait_seconds=0) == []
