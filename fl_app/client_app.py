@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import (
     Array,
@@ -35,8 +36,15 @@ from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
 from fl_app.config import RunConfig
-from fl_app.data import ClientData, DataSpec, data_spec, load_client_data, task_of
-from fl_app.faults import BEFORE_TRAINING, is_faulty, poison
+from fl_app.data import (
+    ArrayDataset,
+    ClientData,
+    DataSpec,
+    data_spec,
+    load_client_data,
+    task_of,
+)
+from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
 from fl_app.models import build_model
 from fl_app.results import RAY_NODE
 from fl_app.seeds import seed_for
@@ -86,15 +94,21 @@ class FlowerClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        set_weights(self.model, parameters)
-        server_round = int(config.get("server-round", 0))
-        seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id)
-        train_loss = train_as_configured(
-            self.cfg, self.model, self.data.train, device=self.device, seed=seed
-        )
+        train_loss = self.train_on(self.data.train, parameters, config)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
         return get_weights(self.model), len(self.data.train), metrics | where_it_ran()
+
+    def train_on(
+        self, data: ArrayDataset, parameters: NDArrays, config: dict[str, Scalar], part: int = 0
+    ) -> float:
+        """Train the model from ``parameters`` on ``data`` (seeded by round, partition and
+        ``part``); return the training loss. The trained weights stay in ``self.model``."""
+        set_weights(self.model, parameters)
+        server_round = int(config.get("server-round", 0))
+        shard = (part,) if part else ()  # part 0, the whole data, keeps the honest seed
+        seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id, *shard)
+        return train_as_configured(self.cfg, self.model, data, device=self.device, seed=seed)
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -130,7 +144,20 @@ class FaultyClient(NumPyClient):
         trained, num_examples, metrics = self.client.fit(parameters, config)
         if self.kind in BEFORE_TRAINING:
             return trained, num_examples, metrics
+        if self.kind == "little-is-enough":
+            return self.little_is_enough(parameters, config), num_examples, metrics
         return poison(self.kind, parameters, trained, num_examples, metrics, cfg.fault_scale)
+
+    def little_is_enough(self, parameters: NDArrays, config: dict[str, Scalar]) -> NDArrays:
+        """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data, then send
+        :func:`fl_app.faults.little_is_enough` of the shard models."""
+        client = self.client
+        train = client.data.train
+        shard_models = []
+        for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
+            client.train_on(train.subset(indices), parameters, config, part)
+            shard_models.append(get_weights(client.model))
+        return little_is_enough(parameters, shard_models, client.cfg.fault_scale)
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]

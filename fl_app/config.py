@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import strategies
+from strategies.flower_robust import FlowerRobustOptions
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
@@ -91,8 +92,10 @@ TRACKERS = Registry("fl_app.tracking", "TRACKERS")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-# Every strategy knob with the strategies' own default (Hybrid's options hold them all).
+# Every strategy knob with the strategies' own default (Hybrid's options hold them all),
+# and the knobs of Flower's robust aggregators with Flower's defaults.
 KNOBS = HybridOptions()
+BASELINE_KNOBS = FlowerRobustOptions()
 
 
 _BOUNDS = (
@@ -129,7 +132,11 @@ class RunConfig:
     """Every knob of a run, with its default."""
 
     # Strategy and rounds
-    strategy: str = option("fedavg", "aggregation strategy", choices=tuple(strategies.REGISTRY))
+    strategy: str = option(
+        "fedavg",
+        "aggregation strategy (flower-*: Flower's robust aggregators, as baselines)",
+        choices=tuple(strategies.CHOICES),
+    )
     flower_api: str = option(
         "legacy",
         "Flower API half the server runs: legacy (flwr.server.strategy, NumPyClient "
@@ -248,9 +255,33 @@ class RunConfig:
     robust_filter: str = option(
         KNOBS.robust_filter, "hybrid: robust filter", choices=ROBUST_FILTERS
     )
-    robust_mad_k: float = option(KNOBS.robust_mad_k, "mad filter: k of median + k·MAD", above=0)
+    robust_mad_k: float = option(
+        KNOBS.robust_mad_k, "mad and direction filters: k of median + k·MAD", above=0
+    )
     robust_clip_norm: float = option(
         KNOBS.robust_clip_norm, "clip filter: max update norm (0: the round's median)", at_least=0
+    )
+    robust_min_cosine: float = option(
+        KNOBS.robust_min_cosine,
+        "direction filter: least cosine to the clipped mean update that is kept",
+        at_least=-1,
+        below=1,
+    )
+    num_malicious_clients: int = option(
+        BASELINE_KNOBS.num_malicious_clients,
+        "flower-krum, -multikrum, -bulyan: attackers f assumed per round",
+        at_least=0,
+    )
+    num_clients_to_keep: int = option(
+        BASELINE_KNOBS.num_clients_to_keep,
+        "flower-multikrum: updates averaged (0: clients − f)",
+        at_least=0,
+    )
+    trimmed_beta: float = option(
+        BASELINE_KNOBS.trimmed_beta,
+        "flower-trimmed-mean: share cut at each end of every coordinate",
+        at_least=0,
+        below=0.5,
     )
     # Fault injection, for tests and robustness experiments (off by default)
     fault_kind: str = option(
@@ -325,7 +356,7 @@ class RunConfig:
                 self.partitioner,
                 f"iid with regression dataset {self.dataset!r} (the others split by class)",
             )
-        uses_quality = issubclass(strategies.REGISTRY[self.strategy], QualityWeightedRule)
+        uses_quality = issubclass(strategies.rule_type(self.strategy), QualityWeightedRule)
         if regression and uses_quality and "accuracy" in self.quality_metric:
             _fail(
                 "quality-metric",

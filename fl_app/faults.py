@@ -12,6 +12,11 @@ clients is faulty for the whole run; each of them, in every round:
 - ``sign-flip``: sends ``θ_g − Δ``;
 - ``lie-quality``: sends ``θ_g − s·Δ`` and reports perfect quality (``val_accuracy`` 1,
   ``val_loss`` 0): the attack quality weighting from client metrics cannot see.
+- ``little-is-enough`` (after Baruch et al. 2019, "A little is enough"): sends
+  ``θ_g + μ − s·σ``, with ``μ`` and ``σ`` the per-coordinate mean and standard deviation
+  of the updates it trains on ``LIE_SHARDS`` disjoint shards of its own data (its estimate
+  of what honest clients send): close to the honest updates in norm and direction, a
+  small shift in every coordinate. Its metrics are those of its honest training.
 
 Numpy only, no torch or Flower: ``FaultyClient`` (in :mod:`fl_app.client_app`) wraps an
 honest client, fails or straggles before it trains, and applies :func:`poison` to what it
@@ -39,7 +44,10 @@ POISONINGS = (
     "scale",
     "sign-flip",
     "lie-quality",
+    "little-is-enough",
 )
+# Shards a little-is-enough client trains on to estimate the honest updates' spread.
+LIE_SHARDS = 4
 FAULT_KINDS = ("none", *BEFORE_TRAINING, *POISONINGS)
 
 
@@ -78,3 +86,14 @@ def poison(
         if kind == "lie-quality":
             metrics = {**metrics, "val_accuracy": 1.0, "val_loss": 0.0}
     return arrays, num_examples, metrics
+
+
+def little_is_enough(received: Arrays, shard_models: list[Arrays], scale: float) -> Arrays:
+    """``θ_g + μ − s·σ``: ``μ``, ``σ`` the per-coordinate mean and (population) standard
+    deviation of the shard updates ``θ_k − θ_g``."""
+    sent = []
+    for index, g in enumerate(received):
+        deltas = np.stack([model[index] - g for model in shard_models]).astype(np.float64)
+        shifted = g + deltas.mean(axis=0) - scale * deltas.std(axis=0)
+        sent.append(shifted.astype(g.dtype))
+    return sent

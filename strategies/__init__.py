@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from strategies.core import Rule, ScoreFn, ServerOptions, build_rule, take_knobs
 from strategies.fedavg import FedAvgRule
+from strategies.flower_robust import BASELINES
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.simple_average import SimpleAverageRule
@@ -38,11 +39,16 @@ REGISTRY: dict[str, type[Rule]] = {
 FLOWER_APIS = ("legacy", "message")
 
 
+# What a run can name as its strategy: the four, and Flower's robust aggregators as
+# experiment baselines (strategies.flower_robust; not part of the strategies' API).
+CHOICES: dict[str, type[Rule]] = {**REGISTRY, **BASELINES}
+
+
 def rule_type(name: str) -> type[Rule]:
-    """The rule registered as ``name``."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    """The rule registered as ``name`` (one of :data:`CHOICES`)."""
+    if name not in CHOICES:
+        raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(CHOICES)}")
+    return CHOICES[name]
 
 
 def build(
@@ -86,6 +92,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BASELINES",
+    "CHOICES",
     "FLOWER_APIS",
     "REGISTRY",
     "FedAvg",

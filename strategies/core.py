@@ -384,13 +384,7 @@ class Rule:
         chosen = self.coefficients(server_round, accepted)
         self._check_coefficients(chosen, len(accepted))
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
-        # Decoded one update at a time, as the fold reaches it.
-        terms: Iterator[tuple[Sequence[Array], float]] = (
-            (decode_tensors(u.tensors), c) for u, c in folded
-        )
-        if chosen.global_model != 0.0:
-            terms = itertools.chain(terms, [(self.require_global(), chosen.global_model)])
-        average = aggregate.weighted_sum(terms, template=decode_tensors(accepted[0].tensors))
+        average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
         options = self.options
         if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
             average, self.state.velocity = aggregate.server_step(
@@ -410,6 +404,22 @@ class Rule:
             f"({len(rejected)} rejected, {len(failures)} failures)"
         )
         return RoundResult(average, metrics, accepted)
+
+    def combine(
+        self,
+        folded: Sequence[tuple[ClientUpdate, float]],
+        global_share: float,
+        template: Sequence[Array],
+    ) -> Model:
+        """``θ_avg = Σ c_i θ_i + c_g θ_g`` over ``folded`` (``(update, c_i)`` with c_i ≠ 0),
+        streamed: each update is decoded as the fold reaches it. ``template`` gives the
+        layers' shapes and dtypes."""
+        terms: Iterator[tuple[Sequence[Array], float]] = (
+            (decode_tensors(u.tensors), c) for u, c in folded
+        )
+        if global_share != 0.0:
+            terms = itertools.chain(terms, [(self.require_global(), global_share)])
+        return aggregate.weighted_sum(terms, template=template)
 
     def require_global(self) -> list[Array]:
         if self.global_model is None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from strategies import aggregate
-from strategies.core import ClientUpdate, Coefficients
+from strategies.core import ClientUpdate, Coefficients, decode_tensors
 from strategies.quality_weighted import QualityOptions, QualityWeightedRule
 
-ROBUST_FILTERS = ("none", "mad", "clip")
+ROBUST_FILTERS = ("none", "mad", "clip", "direction")
 LambdaSchedule = float | Callable[[int], float]
 
 
@@ -36,9 +37,12 @@ class HybridOptions(QualityOptions):
     hybrid_lambda_end : λ at round ``num_server_rounds``, reached linearly from
         ``hybrid_lambda`` at round 1; a negative value (-1) keeps λ constant.
     num_server_rounds : the rounds over which that schedule runs.
-    robust_filter : "none", "mad" (drop norms above median + k·MAD) or "clip".
-    robust_mad_k : k > 0 of the mad filter.
+    robust_filter : "none", "mad" (drop norms above median + k·MAD), "clip", or
+        "direction" (mad, then drop updates pointing away from the clipped mean update).
+    robust_mad_k : k > 0 of the mad and direction filters.
     robust_clip_norm : the clip filter's bound c >= 0 (0: this round's median norm).
+    robust_min_cosine : the direction filter keeps updates whose cosine to the reference
+        direction is at least this, in [-1, 1).
     """
 
     hybrid_lambda: LambdaSchedule = 0.5
@@ -47,6 +51,7 @@ class HybridOptions(QualityOptions):
     robust_filter: str = "none"
     robust_mad_k: float = 3.0
     robust_clip_norm: float = 0.0
+    robust_min_cosine: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +80,8 @@ class HybridOptions(QualityOptions):
             raise ValueError(
                 f"robust_clip_norm={self.robust_clip_norm!r}: must be >= 0 (0: median)"
             )
+        if not -1.0 <= self.robust_min_cosine < 1.0:
+            raise ValueError(f"robust_min_cosine={self.robust_min_cosine!r}: must be in [-1, 1)")
 
     def lambda_at(self, server_round: int) -> float:
         """λ of ``server_round``, clipped to [0, 1]."""
@@ -93,9 +100,15 @@ class HybridOptions(QualityOptions):
 class HybridRule(QualityWeightedRule):
     """One rule that has the other rules as special cases.
 
-    1. Robust filter on ``‖θ_i − θ_g‖`` (optional): ``"mad"`` drops updates whose norm
-       exceeds ``median + k · MAD``; ``"clip"`` scales each update ``Δ_i = θ_i − θ_g`` to
-       norm at most ``c`` (``c = robust_clip_norm``, or this round's median norm when 0).
+    1. Robust filter (optional), on the updates ``Δ_i = θ_i − θ_g``: ``"mad"`` drops
+       updates whose norm exceeds ``median + k · MAD``; ``"clip"`` scales each update to
+       norm at most ``c`` (``c = robust_clip_norm``, or this round's median norm when 0);
+       ``"direction"`` drops what ``"mad"`` drops and every update whose cosine to the
+       reference ``r = (1/K) Σ min(1, m/‖Δ_i‖) Δ_i`` (the mean of the updates clipped to
+       their median norm ``m``, which no minority can turn around) is below
+       ``robust_min_cosine``: sign-flipped updates keep their norm but not their
+       direction. It reads the updates twice more (for ``r``, then the cosines) and holds
+       ``r``, one model.
     2. Weights ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates, with ``q_i``
        the quality weights of :class:`QualityWeightedRule` (same knobs). λ is a constant,
        a linear schedule (``hybrid_lambda`` → ``hybrid_lambda_end``) or a function.
@@ -124,13 +137,18 @@ class HybridRule(QualityWeightedRule):
         count = len(updates)
         kept = np.ones(count, dtype=bool)
         scale = np.ones(count)
+        turned = 0
         if options.robust_filter != "none":
             norms = [u.distance for u in updates]
-            if options.robust_filter == "mad":
-                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
-            else:
+            if options.robust_filter == "clip":
                 bound = options.robust_clip_norm or float(np.median(norms))
                 scale = aggregate.clip_factors(norms, bound)
+            else:
+                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
+            if options.robust_filter == "direction":
+                aligned = self.cosines(updates, norms) >= options.robust_min_cosine
+                turned = int(np.sum(kept & ~aligned))
+                kept &= aligned
 
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
         lam = options.lambda_at(server_round)
@@ -151,6 +169,27 @@ class HybridRule(QualityWeightedRule):
                 "lambda": lam,
                 "quality_fallback": int(fallback),
                 "filtered": int(count - kept.sum()),
+                "filtered_direction": turned,
                 "clipped": int(np.sum(scale < 1.0)),
             },
         )
+
+    def cosines(self, updates: list[ClientUpdate], norms: list[float]) -> np.ndarray[Any, Any]:
+        """Cosine of each update ``Δ_i`` to ``r``, the mean of the updates clipped to their
+        median norm (0 where ``Δ_i`` or ``r`` is zero)."""
+        global_model = self.require_global()
+        factors = aggregate.clip_factors(norms, float(np.median(norms))) / len(updates)
+        reference = aggregate.weighted_sum(
+            ((decode_tensors(u.tensors), float(f)) for u, f in zip(updates, factors, strict=True)),
+            template=[
+                np.empty(g.shape, np.promote_types(g.dtype, np.float32)) for g in global_model
+            ],
+            relative_to=global_model,
+        )
+        length = aggregate.norm(reference)
+        cosines = np.zeros(len(updates))
+        for index, (update, size) in enumerate(zip(updates, norms, strict=True)):
+            if size > 0 and length > 0:
+                inner = aggregate.inner(decode_tensors(update.tensors), global_model, reference)
+                cosines[index] = inner / (size * length)
+        return cosines

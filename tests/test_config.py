@@ -42,7 +42,7 @@ def assert_one_line_error(err: ConfigError, key: str, value: Any) -> str:
 
 # Each choice list is defined once, where it is implemented; the config reads it there.
 CHOICE_SOURCES: dict[str, Iterable[str]] = {
-    "strategy": strategies.REGISTRY,
+    "strategy": strategies.CHOICES,
     "flower-api": strategies.FLOWER_APIS,
     "dataset": fl_data.DATASETS,
     "partitioner": fl_data.PARTITIONERS,
@@ -184,6 +184,11 @@ OUT_OF_RANGE = [
     ("hybrid-lambda-end", 1.01, "<= 1"),
     ("robust-mad-k", 0.0, "> 0"),
     ("robust-clip-norm", -1.0, ">= 0"),
+    ("robust-min-cosine", -1.5, ">= -1"),
+    ("robust-min-cosine", 1.0, "< 1"),
+    ("num-malicious-clients", -1, ">= 0"),
+    ("num-clients-to-keep", -1, ">= 0"),
+    ("trimmed-beta", 0.5, "< 0.5"),
     ("fault-fraction", -0.1, ">= 0"),
     ("fault-fraction", 1.1, "<= 1"),
     ("fault-scale", 0.0, "> 0"),

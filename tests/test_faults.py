@@ -14,7 +14,7 @@ from fl_app import client_app
 from fl_app.client_app import FaultyClient, FlowerClient, make_client
 from fl_app.config import RunConfig
 from fl_app.data import data_spec
-from fl_app.faults import FAULT_KINDS, is_faulty
+from fl_app.faults import FAULT_KINDS, LIE_SHARDS, is_faulty
 from fl_app.models import build_model
 from fl_app.training import get_weights
 from tests.fakes import make, results_of
@@ -111,7 +111,32 @@ def test_every_poisoned_update_is_rejected_and_the_model_stays_finite(kind: str,
         np.testing.assert_array_equal(a, b)
 
 
+def test_little_is_enough_sends_the_shard_mean_shifted_by_s_standard_deviations() -> None:
+    g = global_model()
+    config = {"server-round": 1}
+    attacker = make_client(
+        cfg_with("little-is-enough", fault_scale=1.5), {"partition-id": 1, "num-partitions": 5}
+    )
+    assert isinstance(attacker, FaultyClient)
+    arrays, n, metrics = attacker.fit([p.copy() for p in g], config)
+    # The shard models, trained one by one, and the formula in plain numpy.
+    honest_client = attacker.client
+    train = honest_client.data.train
+    shards = []
+    for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
+        honest_client.train_on(train.subset(indices), g, config, part)
+        shards.append(get_weights(honest_client.model))
+    for index, (sent, w) in enumerate(zip(arrays, g, strict=True)):
+        deltas = np.stack([shard[index] - w for shard in shards]).astype(np.float64)
+        want = w + deltas.mean(axis=0) - 1.5 * deltas.std(axis=0)
+        assert sent.dtype == w.dtype
+        np.testing.assert_allclose(sent, want, rtol=1e-5, atol=1e-6)
+    # It looks honest: the honest example count and metrics.
+    _, honest_n, honest_metrics = fit(cfg_with("none"), 1, g)
+    assert (n, metrics) == (honest_n, honest_metrics)
+
+
 def test_fault_kinds_are_all_exercised() -> None:
-    tested = {"none", "raise", "straggle", *MOVED, *POISONED}
+    tested = {"none", "raise", "straggle", "little-is-enough", *MOVED, *POISONED}
     assert tested == set(FAULT_KINDS)
     assert math.isclose(cfg_with("scale").fault_scale, 10.0)

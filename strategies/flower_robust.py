@@ -1,0 +1,145 @@
+"""Flower's own robust aggregators as rules, to compare against (not part of the four).
+
+Krum, MultiKrum, Bulyan, FedMedian and FedTrimmedAvg combine the updates with the very
+functions Flower's legacy strategies call in ``aggregate_fit``
+(``flwr.server.strategy.aggregate``), with the same arguments. Everything around the
+combination is the project's: validation and rejection, seeded sampling, records,
+checkpoints and the server step, on both Flower API halves. So a robustness table
+compares aggregation rules, and nothing else.
+
+They are experiment baselines (``strategy = flower-krum`` ...), registered in
+:data:`BASELINES`, not in :data:`strategies.REGISTRY`. Unlike the project's rules they
+hold every update in memory at once (Flower's functions stack them), and Krum/Bulyan
+compute all K² pairwise distances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from strategies import aggregate
+from strategies.aggregate import Array, Model
+from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions, decode_tensors
+
+Results = list[tuple[list[Array], int]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowerRobustOptions(ServerOptions):
+    """Knobs of Flower's robust aggregators (Flower's own names and defaults).
+
+    num_malicious_clients : f, the attackers Krum, MultiKrum and Bulyan assume (Bulyan
+        needs at least 4f + 3 updates).
+    num_clients_to_keep : MultiKrum's m (0: K − f, the updates that are not attackers).
+    trimmed_beta : FedTrimmedAvg's β in [0, 0.5): the share cut at each end of every
+        coordinate.
+    """
+
+    num_malicious_clients: int = 0
+    num_clients_to_keep: int = 0
+    trimmed_beta: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_malicious_clients", "num_clients_to_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be an int >= 0")
+        if not 0.0 <= self.trimmed_beta < 0.5:
+            raise ValueError(f"trimmed_beta={self.trimmed_beta!r}: must be in [0, 0.5)")
+
+
+class FlowerRobustRule(Rule):
+    """A Flower aggregation function over every accepted update, in place of the weighted
+    sum. Weights reported: uniform (the function sees every accepted update)."""
+
+    Options = FlowerRobustOptions
+    options: FlowerRobustOptions
+
+    def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
+        return Coefficients(aggregate.uniform_weights(len(updates)))
+
+    def combine(
+        self,
+        folded: Sequence[tuple[ClientUpdate, float]],
+        global_share: float,
+        template: Sequence[Array],
+    ) -> Model:
+        results: Results = [(decode_tensors(u.tensors), int(u.num_examples)) for u, _ in folded]
+        combined = self.flower(results)
+        # A writable copy in the model's dtypes (Krum returns one client's read-only view).
+        return [np.array(a, dtype=t.dtype) for a, t in zip(combined, template, strict=True)]
+
+    def flower(self, results: Results) -> list[Array]:
+        """What Flower's aggregation function makes of ``results``."""
+        raise NotImplementedError
+
+
+class KrumRule(FlowerRobustRule):
+    """Krum (Blanchard et al. 2017): the update with the least summed squared distance to
+    its K − f − 2 nearest others (Flower's ``Krum``)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate_krum
+
+        return aggregate_krum(results, self.options.num_malicious_clients, 0)
+
+
+class MultiKrumRule(FlowerRobustRule):
+    """MultiKrum: the example-weighted mean of the m best Krum scores (Flower's ``Krum``
+    with ``num_clients_to_keep = m``; m = K − f when 0)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate_krum
+
+        options = self.options
+        keep = options.num_clients_to_keep or len(results) - options.num_malicious_clients
+        return aggregate_krum(results, options.num_malicious_clients, max(keep, 1))
+
+
+class BulyanRule(FlowerRobustRule):
+    """Bulyan (El Mhamdi et al. 2018): K − 2f updates chosen by repeated Krum, then the
+    coordinate-wise mean of the K − 4f values closest to their median (Flower's
+    ``Bulyan``; it needs K >= 4f + 3)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum
+
+        f = self.options.num_malicious_clients
+        if len(results) < 4 * f + 3:
+            raise ValueError(
+                f"Bulyan needs at least 4f + 3 = {4 * f + 3} updates (num-malicious-clients "
+                f"= {f}), got {len(results)}"
+            )
+        return aggregate_bulyan(results, f, aggregate_krum, to_keep=0)
+
+
+class MedianRule(FlowerRobustRule):
+    """Coordinate-wise median (Yin et al. 2018; Flower's ``FedMedian``)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate_median
+
+        return aggregate_median(results)
+
+
+class TrimmedMeanRule(FlowerRobustRule):
+    """Coordinate-wise mean without the β share of smallest and largest values (Flower's
+    ``FedTrimmedAvg``)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate_trimmed_avg
+
+        return aggregate_trimmed_avg(results, self.options.trimmed_beta)
+
+
+BASELINES: dict[str, type[FlowerRobustRule]] = {
+    "flower-krum": KrumRule,
+    "flower-multikrum": MultiKrumRule,
+    "flower-bulyan": BulyanRule,
+    "flower-median": MedianRule,
+    "flower-trimmed-mean": TrimmedMeanRule,
+}
