@@ -7,8 +7,12 @@ Prints a Markdown table: best-of-R wall time, its ratio to Flower's in-place Fed
 the peak memory allocated during the call (tracemalloc, which numpy reports to) in MB
 and in model sizes.
 
+Flower's FedMedian and FedTrimmedAvg (the robust aggregators that scale to these sizes;
+Krum and Bulyan compute all N² distances in a Python loop) stack every update at once.
+
     python benchmarks/aggregation.py                 # N in {10, 100, 1000}, P in {1e5, 1e6}, 1e7 for N <= 100
     python benchmarks/aggregation.py --quick         # N in {10, 100}, P = 1e5 (seconds)
+    python benchmarks/aggregation.py --size 1000 1000000   # one size
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from typing import Any
 import numpy as np
 from flwr.common import Code, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters
 from flwr.server.strategy import FedAvg as FlowerFedAvg
+from flwr.server.strategy import FedMedian, FedTrimmedAvg
 
 import strategies
 
 # Configurations whose inputs plus Flower's non-streaming copies would not fit are skipped.
 MEMORY_BUDGET_BYTES = 14 * 2**30
+# The contenders that hold every update at once (Flower's).
+ALL_AT_ONCE = ("inplace=False", "FedMedian", "FedTrimmedAvg")
 
 
 @dataclass
@@ -83,6 +90,11 @@ def contenders(global_parameters: Parameters) -> dict[str, Callable[[], Any]]:
         "quality": project("quality"),
         "hybrid": project("hybrid"),
         "hybrid + mad filter": project("hybrid", robust_filter="mad"),
+        "hybrid + direction filter": project("hybrid", robust_filter="direction"),
+        "flower FedMedian": lambda: FedMedian(fit_metrics_aggregation_fn=lambda m: {}),
+        "flower FedTrimmedAvg (β=0.2)": lambda: FedTrimmedAvg(
+            beta=0.2, fit_metrics_aggregation_fn=lambda m: {}
+        ),
         "fedavg + server momentum": project("fedavg", server_momentum=0.9),
     }
 
@@ -114,8 +126,18 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("CLIENTS", "PARAMETERS"),
+        help="only this size (repeatable)",
+    )
     args = parser.parse_args()
-    if args.quick:
+    if args.size:
+        grid = [(n, p) for n, p in args.size]
+    elif args.quick:
         grid = [(10, 10**5), (100, 10**5)]
     else:
         grid = [(n, p) for p in (10**5, 10**6) for n in (10, 100, 1000)] + [
@@ -131,7 +153,8 @@ def main() -> None:
         model_bytes = num_params * 4
         reference = None
         for name, build in contenders(global_parameters).items():
-            if "inplace=False" in name and 3 * num_clients * model_bytes > MEMORY_BUDGET_BYTES:
+            all_at_once = any(tag in name for tag in ALL_AT_ONCE)
+            if all_at_once and 3 * num_clients * model_bytes > MEMORY_BUDGET_BYTES:
                 print(
                     f"| {num_clients} | {num_params:.0e} | {name} | skipped: needs > {MEMORY_BUDGET_BYTES >> 30} GB | | | |"
                 )

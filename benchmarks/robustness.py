@@ -56,6 +56,14 @@ KRUM = ["--num-malicious-clients", "2"]
 ROWS = {
     "fedavg": ["--strategy", "fedavg"],
     "hybrid + direction": ["--strategy", "hybrid", "--robust-filter", "direction"],
+    "hybrid λ=1 + direction": [
+        "--strategy",
+        "hybrid",
+        "--robust-filter",
+        "direction",
+        "--hybrid-lambda",
+        "1",
+    ],
     "flower-krum (f=2)": ["--strategy", "flower-krum", *KRUM],
     "flower-multikrum (f=2)": ["--strategy", "flower-multikrum", *KRUM],
     "flower-bulyan (f=1)": ["--strategy", "flower-bulyan", "--num-malicious-clients", "1"],
@@ -102,7 +110,7 @@ def aggregation_ms(flags: list[str], num_clients: int, repeats: int = 5) -> floa
 def cell(values: list[float]) -> str:
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1%} ± {spread:.1%}".replace("% ±", " ±")
+    return f"{100 * mean:.1f} ± {100 * spread:.1f}"
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import strategies
 from strategies.flower_robust import FlowerRobustOptions
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
+from strategies.privacy import DP_MODES
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -283,6 +284,22 @@ class RunConfig:
         at_least=0,
         below=0.5,
     )
+    # Differential privacy (strategies/privacy.py)
+    dp: str = option(
+        KNOBS.dp,
+        "differential privacy: none, or central (the server clips each update to "
+        "dp-clipping-norm and adds Gaussian noise; each round reports epsilon)",
+        choices=DP_MODES,
+    )
+    dp_noise_multiplier: float = option(
+        KNOBS.dp_noise_multiplier,
+        "noise standard deviation over the most one client can move the aggregate",
+        at_least=0,
+    )
+    dp_clipping_norm: float = option(
+        KNOBS.dp_clipping_norm, "largest update norm ‖θ_i − θ_g‖ that counts", above=0
+    )
+    dp_delta: float = option(KNOBS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
     # Fault injection, for tests and robustness experiments (off by default)
     fault_kind: str = option(
         "none", "what the faulty clients do (see fl_app/faults.py)", choices=FAULT_KINDS
@@ -362,6 +379,13 @@ class RunConfig:
                 "quality-metric",
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
+            )
+        if self.dp != "none" and self.strategy in strategies.BASELINES:
+            _fail(
+                "dp",
+                self.dp,
+                f"none with strategy {self.strategy!r} (Flower's robust aggregators combine "
+                "the updates their own way; central DP needs the weighted sum of clipped updates)",
             )
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:

@@ -27,8 +27,9 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
-from strategies import aggregate
+from strategies import aggregate, privacy
 from strategies.aggregate import Array, Model
+from strategies.privacy import DP_MODES
 from strategies.sampling import Node, SeededSampler
 
 Scalar = bool | bytes | float | int | str
@@ -242,15 +243,21 @@ class StrategyState:
     """Everything a strategy carries from one round to the next (for checkpoints).
 
     ``velocity``: the server momentum buffer (None while β = 0 or before round 1);
-    ``empty_rounds``: rounds in a row that aggregated nothing.
+    ``empty_rounds``: rounds in a row that aggregated nothing; ``private_rounds``: the
+    ``(sampled, available)`` clients of each round released under central DP (what the
+    privacy accountant composes).
     """
 
     velocity: Model | None = None
     empty_rounds: int = 0
+    private_rounds: list[tuple[int, int]] = field(default_factory=list)
 
     def to_arrays(self) -> dict[str, list[Array]]:
         """The state as named lists of arrays (what a checkpoint stores)."""
-        arrays = {"empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)]}
+        arrays = {
+            "empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)],
+            "private_rounds": [np.array(self.private_rounds, dtype=np.int64).reshape(-1, 2)],
+        }
         if self.velocity is not None:
             arrays["velocity"] = [v.copy() for v in self.velocity]
         return arrays
@@ -259,9 +266,11 @@ class StrategyState:
     def from_arrays(cls, arrays: Mapping[str, Sequence[Array]]) -> StrategyState:
         velocity = arrays.get("velocity")
         empty = arrays.get("empty_rounds")
+        private = arrays.get("private_rounds")
         return cls(
             velocity=None if velocity is None else [np.array(v) for v in velocity],
             empty_rounds=int(empty[0]) if empty else 0,
+            private_rounds=[] if not private else [(int(m), int(n)) for m, n in private[0]],
         )
 
 
@@ -285,11 +294,23 @@ class ServerOptions:
     server_momentum : β in [0, 1). 0.0 disables server momentum.
     max_empty_rounds : stop with :class:`NothingAggregatedError` after this many rounds in a
         row that aggregated nothing (0: never stop).
+    dp : "none", or "central": clip every update to ``dp_clipping_norm`` and add Gaussian
+        noise to the aggregate (:mod:`strategies.privacy`); each round reports ``epsilon``.
+    dp_noise_multiplier : z >= 0, the noise's standard deviation over the largest change
+        one client can make to the aggregate.
+    dp_clipping_norm : C > 0, the largest update norm ``‖θ_i − θ_g‖`` that counts.
+    dp_delta : δ in (0, 1) of the reported (ε, δ).
+    seed : seed of the rule's randomness (the DP noise); None: fresh entropy every run.
     """
 
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
     max_empty_rounds: int = 3
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.server_learning_rate < math.inf:
@@ -302,6 +323,16 @@ class ServerOptions:
             isinstance(self.max_empty_rounds, int) and self.max_empty_rounds >= 0
         ):
             raise ValueError(f"max_empty_rounds={self.max_empty_rounds!r}: must be an int >= 0")
+        if self.dp not in DP_MODES:
+            raise ValueError(f"dp={self.dp!r}: choose one of {', '.join(DP_MODES)}")
+        if not 0 <= self.dp_noise_multiplier < math.inf:
+            raise ValueError(
+                f"dp_noise_multiplier={self.dp_noise_multiplier!r}: must be finite and >= 0"
+            )
+        if not 0 < self.dp_clipping_norm < math.inf:
+            raise ValueError(f"dp_clipping_norm={self.dp_clipping_norm!r}: must be finite and > 0")
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"dp_delta={self.dp_delta!r}: must be in (0, 1)")
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -344,6 +375,9 @@ class Rule:
         self.score_fn = score_fn
         self.state = StrategyState()
         self.global_model: list[Array] | None = None
+        # (sampled, available) clients of the current round, told by the Flower adapter
+        # (for the privacy accountant; None: every client that answered was sampled).
+        self.sampling: tuple[int, int] | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------
 
@@ -383,8 +417,14 @@ class Rule:
 
         chosen = self.coefficients(server_round, accepted)
         self._check_coefficients(chosen, len(accepted))
+        weights = chosen.clients if chosen.weights is None else chosen.weights
+        private = self.options.dp == "central"
+        if private:
+            chosen = self._clipped(chosen, accepted)
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
         average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
+        if private:
+            metrics |= self._privatize(server_round, average, weights, len(updates) + len(failures))
         options = self.options
         if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
             average, self.state.velocity = aggregate.server_step(
@@ -394,7 +434,6 @@ class Rule:
                 learning_rate=options.server_learning_rate,
                 momentum=options.server_momentum,
             )
-        weights = chosen.clients if chosen.weights is None else chosen.weights
         metrics |= chosen.metrics
         metrics["weights"] = json.dumps(
             {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}
@@ -420,6 +459,34 @@ class Rule:
         if global_share != 0.0:
             terms = itertools.chain(terms, [(self.require_global(), global_share)])
         return aggregate.weighted_sum(terms, template=template)
+
+    def _clipped(self, chosen: Coefficients, accepted: list[ClientUpdate]) -> Coefficients:
+        """``chosen`` with every update scaled to norm at most ``dp_clipping_norm`` (the
+        share taken off the updates stays on the global model)."""
+        factors = aggregate.clip_factors(
+            [u.distance for u in accepted], self.options.dp_clipping_norm
+        )
+        clients = np.asarray(chosen.clients, dtype=np.float64)
+        return Coefficients(
+            clients * factors,
+            global_model=chosen.global_model + float(np.sum(clients * (1.0 - factors))),
+            weights=chosen.weights,
+            metrics={**chosen.metrics, "dp_clipped": int(np.sum(factors < 1.0))},
+        )
+
+    def _privatize(
+        self, server_round: int, average: Model, weights: Array, answered: int
+    ) -> Metrics:
+        """Add the round's Gaussian noise to ``average`` in place; account the round."""
+        options = self.options
+        std = privacy.noise_std(options.dp_noise_multiplier, options.dp_clipping_norm, weights)
+        seed = None if options.seed is None else [options.seed, server_round]
+        privacy.add_noise(average, std, np.random.default_rng(seed))
+        self.state.private_rounds.append(self.sampling or (answered, answered))
+        spent = privacy.epsilon(
+            self.state.private_rounds, options.dp_noise_multiplier, options.dp_delta
+        )
+        return {"dp_noise_std": std, "epsilon": spent}
 
     def require_global(self) -> list[Array]:
         if self.global_model is None:
@@ -523,7 +590,7 @@ class Rule:
             return shape_problem
         if not aggregate.all_finite(update.arrays):
             return "parameters contain NaN or Inf"
-        if self.needs_distance(server_round):
+        if self.needs_distance(server_round) or self.options.dp == "central":
             update.distance = aggregate.distance(update.arrays, self.require_global())
         return self.check_update(server_round, update)
 

@@ -5,7 +5,9 @@ functions Flower's legacy strategies call in ``aggregate_fit``
 (``flwr.server.strategy.aggregate``), with the same arguments. Everything around the
 combination is the project's: validation and rejection, seeded sampling, records,
 checkpoints and the server step, on both Flower API halves. So a robustness table
-compares aggregation rules, and nothing else.
+compares aggregation rules, and nothing else. (The rules see the updates in a canonical
+order, by content, so a run is reproducible; Flower's Bulyan breaks its repeated Krum's
+ties by that order.)
 
 They are experiment baselines (``strategy = flower-krum`` ...), registered in
 :data:`BASELINES`, not in :data:`strategies.REGISTRY`. Unlike the project's rules they
@@ -50,6 +52,11 @@ class FlowerRobustOptions(ServerOptions):
                 raise ValueError(f"{name}={value!r}: must be an int >= 0")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ValueError(f"trimmed_beta={self.trimmed_beta!r}: must be in [0, 0.5)")
+        if self.dp != "none":
+            raise ValueError(
+                f"dp={self.dp!r}: Flower's robust aggregators combine the updates their own "
+                "way, and central DP needs the weighted sum of clipped updates: use dp='none'"
+            )
 
 
 class FlowerRobustRule(Rule):

@@ -124,7 +124,9 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         # to validate updates against and to take the server step from.
         self.rule.global_model = parameters_to_ndarrays(parameters)
         pairs = super().configure_fit(server_round, parameters, client_manager)
-        return self._reseeded(server_round, "train", pairs, client_manager)
+        pairs = self._reseeded(server_round, "train", pairs, client_manager)
+        self.rule.sampling = (len(pairs), client_manager.num_available())
+        return pairs
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

@@ -134,6 +134,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         messages = self._reseeded(server_round, "train", messages, grid)
         self._sampled = [m.metadata.dst_node_id for m in messages]
+        self.rule.sampling = (len(messages), len(list(grid.get_node_ids())))
         return messages
 
     def configure_evaluate(

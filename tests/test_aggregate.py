@@ -20,9 +20,11 @@ from strategies.aggregate import (
     clip_factors,
     distance,
     example_weights,
+    inner,
     mad_inliers,
     mismatch,
     mix_weights,
+    norm,
     quality_weights,
     server_step,
     uniform_weights,
@@ -165,7 +167,18 @@ def test_weighted_sum_fortran_input_chunked(monkeypatch):
     np.testing.assert_allclose(out[0], 0.3 * fortran + 0.7 * c_order, rtol=1e-12)
 
 
-# ---- distance -----------------------------------------------------------------------
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_weighted_sum_relative_to_sums_the_differences(monkeypatch, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(aggregate, "CHUNK_ELEMENTS", chunk)
+    # 0.5·([3, 5] − [1, 1]) + 0.25·([1, 9] − [1, 1]) = [1, 2] + [0, 2] = [1, 4]
+    reference = [np.array([1.0, 1.0])]
+    models = [[np.array([3.0, 5.0])], [np.array([1.0, 9.0])]]
+    out = weighted_sum(zip(models, [0.5, 0.25], strict=True), models[0], relative_to=reference)
+    np.testing.assert_array_equal(out[0], [1.0, 4.0])
+
+
+# ---- distance, inner, norm ----------------------------------------------------------
 
 
 def test_distance_hand_example():
@@ -186,6 +199,20 @@ def test_distance_matches_linalg_norm(monkeypatch, chunk):
     b = [rng.normal(size=s) for s in shapes]
     want = np.linalg.norm(np.concatenate([(x - y).ravel() for x, y in zip(a, b, strict=True)]))
     assert distance(a, b) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_inner_and_norm_by_hand(monkeypatch, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(aggregate, "CHUNK_ELEMENTS", chunk)
+    # ⟨([3, 1, 2, 0], [[4]]) − ([1, 1, 1, 1], [[1]]), ([1, 0, 2, 5], [[-1]])⟩
+    #   = ⟨([2, 0, 1, −1], [[3]]), ...⟩ = 2 + 0 + 2 − 5 − 3 = −4
+    theta = [np.array([3.0, 1.0, 2.0, 0.0]), np.array([[4.0]])]
+    reference = [np.ones(4), np.ones((1, 1))]
+    direction = [np.array([1.0, 0.0, 2.0, 5.0], dtype=np.float32), np.array([[-1.0]])]
+    assert inner(theta, reference, direction) == pytest.approx(-4.0, rel=1e-15)
+    # ‖([1, 0, 2, 5], [[-1]])‖ = sqrt(1 + 4 + 25 + 1)
+    assert norm(direction) == pytest.approx(np.sqrt(31.0), rel=1e-7)
 
 
 def test_distance_float32_and_fortran_inputs():

@@ -100,6 +100,13 @@ FLAGS = [
     "0.5",
     "--local-epochs",
     "1",
+    # Central DP: the noise, the clipping and the privacy accountant's rounds resume too.
+    "--dp",
+    "central",
+    "--dp-noise-multiplier",
+    "0.1",
+    "--dp-clipping-norm",
+    "5",
 ]
 
 
@@ -153,3 +160,5 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: s
     assert [r["round"] for r in resumed_history["rounds"]] == list(range(7))
     assert [len(r["sampled_partitions"]) for r in resumed_history["rounds"][1:]] == [2] * 6
     assert resumed_history == whole_history
+    epsilons = [r["epsilon"] for r in resumed_history["rounds"][1:]]
+    assert epsilons == sorted(set(epsilons))  # the privacy spent grows every round

@@ -20,6 +20,7 @@ from fl_app.faults import FAULT_KINDS
 from fl_app.presets import PRESETS
 from fl_app.tracking import TRACKERS
 from strategies.hybrid import ROBUST_FILTERS
+from strategies.privacy import DP_MODES
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
 from strategies.sampling import SAMPLINGS
 from tests.processes import ROOT
@@ -55,6 +56,7 @@ CHOICE_SOURCES: dict[str, Iterable[str]] = {
     "fault-kind": FAULT_KINDS,
     "tracker": TRACKERS,
     "client-sampling": SAMPLINGS,
+    "dp": DP_MODES,
 }
 CHOICE_FIELDS = {key: tuple(source) for key, source in CHOICE_SOURCES.items()}
 
@@ -85,6 +87,7 @@ BAD_CHOICES = [
     ("tracker", "comet"),
     ("tracker", "TensorBoard"),
     ("client-sampling", "random"),
+    ("dp", "local-ish"),
 ]
 
 
@@ -185,6 +188,10 @@ OUT_OF_RANGE = [
     ("robust-mad-k", 0.0, "> 0"),
     ("robust-clip-norm", -1.0, ">= 0"),
     ("robust-min-cosine", -1.5, ">= -1"),
+    ("dp-noise-multiplier", -0.1, ">= 0"),
+    ("dp-clipping-norm", 0.0, "> 0"),
+    ("dp-delta", 0.0, "> 0"),
+    ("dp-delta", 1.0, "< 1"),
     ("robust-min-cosine", 1.0, "< 1"),
     ("num-malicious-clients", -1, ">= 0"),
     ("num-clients-to-keep", -1, ">= 0"),

@@ -167,10 +167,22 @@ def test_options_read_from_any_config_object() -> None:
         server_learning_rate = 0.5
         server_momentum = 0.9
         max_empty_rounds = 0
+        dp = "central"
+        dp_noise_multiplier = 0.5
+        dp_clipping_norm = 2.0
+        dp_delta = 1e-6
+        seed = 3
         unrelated = "ignored"
 
     assert ServerOptions.from_config(Config()) == ServerOptions(
-        server_learning_rate=0.5, server_momentum=0.9, max_empty_rounds=0
+        server_learning_rate=0.5,
+        server_momentum=0.9,
+        max_empty_rounds=0,
+        dp="central",
+        dp_noise_multiplier=0.5,
+        dp_clipping_norm=2.0,
+        dp_delta=1e-6,
+        seed=3,
     )
 
 

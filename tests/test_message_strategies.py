@@ -91,7 +91,7 @@ KNOBS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "hybrid": st.fixed_dictionaries(
         {
             "hybrid_lambda": st.floats(0.0, 1.0),
-            "robust_filter": st.sampled_from(["none", "mad", "clip"]),
+            "robust_filter": st.sampled_from(["none", "mad", "clip", "direction"]),
             "server_momentum": st.sampled_from([0.0, 0.5]),
         }
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 
 import strategies
+from fl_app.config import RunConfig
+from fl_app.faults import is_faulty
 from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
@@ -44,23 +47,32 @@ def test_nan_updates_are_rejected_and_the_model_stays_finite(tmp_path: Path, api
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.4
 
 
-def test_robust_hybrid_resists_scaled_updates_that_break_fedavg(tmp_path: Path, api: str) -> None:
-    attack = ["--fault-kind", "scale", "--fault-fraction", "0.2", "--fault-scale", "10"]
-    clean = rounds_of(tmp_path, api, "clean")[-1]["central_accuracy"]
-    fedavg = rounds_of(tmp_path, api, "fedavg", *attack)[-1]["central_accuracy"]
-    robust = rounds_of(
-        tmp_path,
-        api,
-        "hybrid",
-        *attack,
-        "--strategy",
-        "hybrid",
-        "--robust-filter",
-        "mad",
-        "--hybrid-lambda",
-        "1",
-    )
+def test_robust_hybrid_stops_scaled_and_sign_flipped_updates(tmp_path: Path, api: str) -> None:
+    direction = ["--strategy", "hybrid", "--robust-filter", "direction"]
+    clean_rounds = rounds_of(tmp_path, api, "clean", *direction)
+    # No false positives: on IID digits every honest update is kept, every round.
+    assert [r["filtered"] for r in clean_rounds[1:]] == [0, 0, 0]
+    clean = clean_rounds[-1]["central_accuracy"]
+
+    # ×10 updates: FedAvg breaks, the norm filter (mad) drops them.
+    scale = ["--fault-kind", "scale", "--fault-fraction", "0.2", "--fault-scale", "10"]
+    fedavg = rounds_of(tmp_path, api, "fedavg", *scale)[-1]["central_accuracy"]
+    mad = ["--strategy", "hybrid", "--robust-filter", "mad", "--hybrid-lambda", "1"]
+    robust = rounds_of(tmp_path, api, "hybrid", *scale, *mad)
     # The two attackers every round, and at most one honest update with them (MAD, k = 3).
     assert all(2 <= r["filtered"] <= 3 for r in robust[1:]), [r["filtered"] for r in robust]
     assert robust[-1]["central_accuracy"] > clean - 0.05
     assert fedavg < robust[-1]["central_accuracy"] - 0.2
+
+    # Sign-flipped updates keep their norm; the direction filter drops exactly them, and
+    # the model ends within 3 points of the clean run (the goal of the robustness table).
+    flip = ["--fault-kind", "sign-flip", "--fault-fraction", "0.2"]
+    flipped = rounds_of(tmp_path, api, "sign-flip", *direction, *flip)
+    cfg = RunConfig(fault_kind="sign-flip", fault_fraction=0.2)
+    attackers = {str(pid) for pid in range(10) if is_faulty(cfg, pid, 10)}
+    assert len(attackers) == 2
+    for record in flipped[1:]:
+        assert record["filtered_direction"] == 2
+        weights = json.loads(record["weights"])
+        assert {c for c, w in weights.items() if w == 0.0} >= attackers
+    assert flipped[-1]["central_accuracy"] >= clean - 0.03

@@ -25,7 +25,13 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import strategies
 from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage
-from strategies.core import NothingAggregatedError, Rule, decode_tensors, encode_tensors
+from strategies.core import (
+    ClientUpdate,
+    NothingAggregatedError,
+    Rule,
+    decode_tensors,
+    encode_tensors,
+)
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule, linear_schedule
 from strategies.legacy import LegacyStrategy
@@ -675,6 +681,78 @@ def test_hybrid_mad_filter_drops_a_scaled_update():
     assert np.abs(unfiltered[0] - want[0]).max() > 10
 
 
+def _sign_flip_round(rng, global_model, attackers=(2, 6)):
+    """Eight updates around one direction, non-IID-like (each its own noise of about the
+    same norm as the shared part), two of them sign-flipped: ``θ_g − Δ_i``.
+
+    Norms [1, 1.1, 0.9, 1.05, 0.95, 1, 1.02, 0.98]: median 1, MAD 0.035, so the mad
+    threshold (k = 3) is 1.105 and the norm filter keeps every update.
+    """
+    shared = [rng.normal(size=g.shape) for g in global_model]
+    models = []
+    for i, size in enumerate((1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.02, 0.98)):
+        delta = [s + rng.normal(size=s.shape) for s in shared]
+        length = np.sqrt(sum(np.sum(d**2) for d in delta))
+        sign = -1.0 if i in attackers else 1.0
+        models.append(
+            [g + sign * size * d / length for g, d in zip(global_model, delta, strict=True)]
+        )
+    return models, [40, 10, 30, 20, 50, 25, 35, 15]
+
+
+def test_hybrid_direction_filter_drops_exactly_the_sign_flipped_updates():
+    rng = np.random.default_rng(3)
+    global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
+    models, counts = _sign_flip_round(rng, global_model)
+    # The flipped updates keep their norms: the norm filter keeps them all.
+    _, by_norm = aggregate(
+        make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="mad"),
+        results_of(models, counts),
+    )
+    assert by_norm["filtered"] == 0
+    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
+    out, metrics = aggregate(strategy, results_of(models, counts))
+    assert (metrics["filtered"], metrics["filtered_direction"]) == (2, 2)
+    weights = reported_weights(metrics)
+    assert {c for c, w in weights.items() if w == 0.0} == {"c2", "c6"}
+    honest = [i for i in range(8) if i not in (2, 6)]
+    total = sum(counts[i] for i in honest)
+    want = [sum(counts[i] * models[i][j] for i in honest) / total for j in range(2)]
+    assert_model(out, want, rtol=1e-10)
+
+
+def test_hybrid_direction_filter_cosines_match_numpy():
+    rng = np.random.default_rng(4)
+    global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
+    models, counts = _sign_flip_round(rng, global_model)
+    models[0] = [g + 30 * (m - g) for g, m in zip(global_model, models[0], strict=True)]
+    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
+    rule = strategy.rule
+    updates, _ = rule._validate(1, strategies_core_updates(models, counts))
+    norms = [u.distance for u in updates]
+    got = rule.cosines(updates, norms)
+    # r = (1/K) Σ min(1, m/‖Δ_i‖) Δ_i with m the median norm, in plain numpy.
+    deltas = [
+        np.concatenate(
+            [(a - g).ravel() for a, g in zip(decode_tensors(u.tensors), global_model, strict=True)]
+        )
+        for u in updates
+    ]
+    sizes = np.array([np.linalg.norm(d) for d in deltas])
+    r = sum(min(1.0, np.median(sizes) / s) * d for s, d in zip(sizes, deltas, strict=True)) / len(
+        deltas
+    )
+    want = [d @ r / (np.linalg.norm(d) * np.linalg.norm(r)) for d in deltas]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def strategies_core_updates(models, counts):
+    return [
+        ClientUpdate(f"c{i}", encode_tensors([a.copy() for a in m]), n, {})
+        for i, (m, n) in enumerate(zip(models, counts, strict=True))
+    ]
+
+
 @pytest.mark.parametrize("lam", [1.0, 0.5])
 @pytest.mark.parametrize("clip", [0.5, 3.0, 0.0])
 def test_hybrid_clip_filter_matches_numpy_reference(lam, clip):
@@ -839,6 +917,7 @@ def test_a_knob_of_another_rule_is_refused():
         (Hybrid, {"robust_filter": "x"}, "robust_filter"),
         (Hybrid, {"robust_mad_k": 0.0}, "robust_mad_k"),
         (Hybrid, {"robust_clip_norm": -1.0}, "robust_clip_norm"),
+        (Hybrid, {"robust_min_cosine": 1.0}, "robust_min_cosine"),
         (Hybrid, {"quality_temperature": 0.0}, "quality_temperature"),
     ],
 )

@@ -1,0 +1,105 @@
+"""Flower's robust aggregators as baseline rules: the same model as Flower's own strategies.
+
+Each baseline is checked against the Flower strategy class it stands for (legacy
+``aggregate_fit``, Flower's code end to end), on a round with two far-off updates, and on
+the Message-API half against the legacy half.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.common import parameters_to_ndarrays
+from flwr.server.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Strategy
+
+import strategies
+from strategies.flower_robust import BASELINES, FlowerRobustOptions
+from tests.fakes import results_of
+from tests.test_message_strategies import legacy_with, message_with, reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+NUM_CLIENTS = 9
+ATTACKERS = 2
+# Each baseline's Flower strategy, and the project knobs that ask for the same setting.
+FLOWER: dict[str, tuple[Strategy, dict[str, Any]]] = {
+    "flower-krum": (
+        Krum(num_malicious_clients=ATTACKERS, num_clients_to_keep=0),
+        {"num_malicious_clients": ATTACKERS},
+    ),
+    "flower-multikrum": (
+        Krum(num_malicious_clients=ATTACKERS, num_clients_to_keep=NUM_CLIENTS - ATTACKERS),
+        {"num_malicious_clients": ATTACKERS},
+    ),
+    "flower-bulyan": (Bulyan(num_malicious_clients=1, to_keep=0), {"num_malicious_clients": 1}),
+    "flower-median": (FedMedian(), {}),
+    "flower-trimmed-mean": (FedTrimmedAvg(beta=0.2), {"trimmed_beta": 0.2}),
+}
+GLOBAL = [np.zeros((4, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
+
+
+def a_round() -> tuple[list[list[np.ndarray]], list[int]]:
+    """Seven honest float32 updates around 1, two attackers far off, unequal sizes."""
+    rng = np.random.default_rng(8)
+    models = [
+        [(1 + rng.normal(scale=0.1, size=g.shape)).astype(np.float32) for g in GLOBAL]
+        for _ in range(NUM_CLIENTS)
+    ]
+    models[3] = [-10 * m for m in models[3]]
+    models[7] = [50 + m for m in models[7]]
+    return models, [31, 7, 12, 45, 26, 9, 38, 17, 22]
+
+
+def test_every_baseline_is_compared_with_flower() -> None:
+    assert set(FLOWER) == set(BASELINES)
+    assert not set(BASELINES) & set(strategies.REGISTRY)  # not one of the four
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baseline_gives_flowers_model_on_both_halves(name: str) -> None:
+    models, counts = a_round()
+    flower, knobs = FLOWER[name]
+    # The rules take the updates in a canonical order, smallest num_examples first; so
+    # does Flower here (Bulyan's repeated Krum breaks ties by order).
+    by_size = sorted(range(NUM_CLIENTS), key=counts.__getitem__)
+    flower_parameters, _ = flower.aggregate_fit(
+        1, results_of([models[i] for i in by_size], sorted(counts)), []
+    )
+    assert flower_parameters is not None
+    want = parameters_to_ndarrays(flower_parameters)
+
+    legacy = legacy_with(GLOBAL, name, **knobs)
+    parameters, metrics = legacy.aggregate_fit(1, results_of(models, counts), [])
+    assert parameters is not None
+    got = parameters_to_ndarrays(parameters)
+    assert metrics["accepted"] == NUM_CLIENTS
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    # Far from both attackers.
+    assert all(np.abs(layer - 1).max() < 0.5 for layer in got)
+
+    message = message_with(GLOBAL, name, nodes=NUM_CLIENTS, **knobs)
+    replies = [reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, counts, strict=True))]
+    arrays, _ = message.aggregate_train(1, replies)
+    assert arrays is not None
+    for g, m in zip(got, arrays.to_numpy_ndarrays(), strict=True):
+        np.testing.assert_array_equal(g, m)
+
+
+def test_bulyan_with_too_few_updates_says_how_many_it_needs() -> None:
+    models, counts = a_round()
+    legacy = legacy_with(GLOBAL, "flower-bulyan", num_malicious_clients=2)
+    with pytest.raises(ValueError, match=r"at least 4f \+ 3 = 11 updates .* got 9"):
+        legacy.aggregate_fit(1, results_of(models, counts), [])
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [("num_malicious_clients", -1), ("num_clients_to_keep", 1.5), ("trimmed_beta", 0.5)],
+)
+def test_bad_baseline_knobs_name_the_knob(knob: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=knob):
+        FlowerRobustOptions(**{knob: value})

@@ -1,0 +1,155 @@
+"""Central differential privacy: clipping, noise calibrated to the largest weight, ε.
+
+ε is checked against Opacus's RDP accountant, an implementation the project does not
+use; the aggregate against the formula in plain numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.common import parameters_to_ndarrays
+from opacus.accountants import RDPAccountant
+
+import strategies
+from strategies.core import StrategyState
+from strategies.privacy import epsilon
+from tests.fakes import make, results_of
+from tests.processes import read_history, run_simulation_cli
+
+GLOBAL = [np.zeros((50, 40), dtype=np.float64), np.zeros(40, dtype=np.float64)]
+
+
+def a_round(seed: int = 0) -> tuple[list[list[np.ndarray]], list[int]]:
+    """Four updates of norms about 2, 6, 20, 0.5 and unequal sizes."""
+    rng = np.random.default_rng(seed)
+    models = []
+    for size in (2.0, 6.0, 20.0, 0.5):
+        delta = [rng.normal(size=g.shape) for g in GLOBAL]
+        length = np.sqrt(sum(np.sum(d**2) for d in delta))
+        models.append([g + size * d / length for g, d in zip(GLOBAL, delta, strict=True)])
+    return models, [10, 40, 20, 30]
+
+
+def private(name: str = "fedavg", **knobs: Any) -> Any:
+    options = {"dp": "central", "dp_clipping_norm": 3.0, "dp_noise_multiplier": 0.0}
+    return make(lambda **kw: strategies.build(name, **kw), GLOBAL, **(options | knobs))
+
+
+def aggregated(
+    strategy: Any,
+    models: Sequence[Sequence[np.ndarray]],
+    counts: list[int],
+    metrics_in: list[dict[str, Any]] | None = None,
+):
+    parameters, metrics = strategy.aggregate_fit(1, results_of(models, counts, metrics_in), [])
+    assert parameters is not None
+    return parameters_to_ndarrays(parameters), metrics
+
+
+def test_each_update_is_clipped_to_the_norm_then_weighted_by_the_rule() -> None:
+    models, counts = a_round()
+    got, metrics = aggregated(private(), models, counts)
+    # θ_g + Σ (n_i/Σn) · min(1, C/‖Δ_i‖) Δ_i, C = 3: the updates of norms 6 and 20 are cut.
+    weights = np.array(counts) / sum(counts)
+    norms = [
+        np.sqrt(sum(np.sum((a - g) ** 2) for a, g in zip(m, GLOBAL, strict=True))) for m in models
+    ]
+    want = [
+        g
+        + sum(
+            w * min(1.0, 3.0 / n) * (m[j] - g)
+            for w, n, m in zip(weights, norms, models, strict=True)
+        )
+        for j, g in enumerate(GLOBAL)
+    ]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert metrics["dp_clipped"] == 2
+    assert metrics["dp_noise_std"] == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_one_clients_influence_is_at_most_the_clipping_norm_times_its_weight(name: str) -> None:
+    models, counts = a_round()
+    metrics_in = [{"val_accuracy": q} for q in (0.9, 0.5, 0.7, 0.8)]
+    with_it, metrics = aggregated(private(name), models, counts, metrics_in)
+    weights = json.loads(metrics["weights"])
+    for k in range(len(models)):
+        changed = [list(m) for m in models]
+        changed[k] = [g.copy() for g in GLOBAL]  # client k sends no change at all
+        without, _ = private(name).aggregate_fit(1, results_of(changed, counts, metrics_in), [])
+        assert without is not None
+        after = parameters_to_ndarrays(without)
+        moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(with_it, after, strict=True)))
+        assert moved <= 3.0 * (weights[f"c{k}"] + 1e-6)  # weights are reported to 6 places
+
+
+def test_the_noise_is_z_times_c_times_the_largest_weight_and_seeded() -> None:
+    models, counts = a_round()
+    clean, _ = aggregated(private(), models, counts)
+    noisy, metrics = aggregated(private(dp_noise_multiplier=2.0, seed=5), models, counts)
+    again, _ = aggregated(private(dp_noise_multiplier=2.0, seed=5), models, counts)
+    std = 2.0 * 3.0 * max(counts) / sum(counts)  # z · C · max w_i
+    assert metrics["dp_noise_std"] == pytest.approx(std)
+    noise = np.concatenate([(a - b).ravel() for a, b in zip(noisy, clean, strict=True)])
+    assert noise.std() == pytest.approx(std, rel=0.05)  # 2,040 coordinates
+    assert abs(noise.mean()) < 4 * std / np.sqrt(noise.size)
+    for a, b in zip(noisy, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("noise", "rounds"), [(1.0, 10), (0.6, 3), (4.0, 100)])
+def test_epsilon_with_every_client_each_round_equals_opacus(noise: float, rounds: int) -> None:
+    # Replace-one: the clipped sum moves by up to 2C, so the accountant sees z/2.
+    opacus = RDPAccountant()
+    opacus.history = [(noise / 2, 1.0, rounds)]
+    want = opacus.get_epsilon(1e-5)
+    assert epsilon([(8, 8)] * rounds, noise, 1e-5) == pytest.approx(want, rel=1e-9)
+
+
+def test_sampling_fewer_clients_spends_less_and_every_round_spends_more() -> None:
+    spent = [epsilon([(10, 100)] * t, 1.0, 1e-5) for t in range(1, 6)]
+    assert spent == sorted(set(spent))
+    assert spent[-1] < epsilon([(100, 100)] * 5, 1.0, 1e-5)
+    assert epsilon([], 1.0, 1e-5) == 0.0
+    assert epsilon([(3, 3)], 0.0, 1e-5) == float("inf")
+
+
+def test_a_failing_client_does_not_stop_the_round_and_state_keeps_the_accountant() -> None:
+    models, counts = a_round()
+    strategy = private(dp_noise_multiplier=1.0, seed=1, server_momentum=0.9)
+    results = results_of(models, counts)
+    parameters, metrics = strategy.aggregate_fit(1, results[:3], [RuntimeError("crashed")])
+    assert parameters is not None
+    assert (metrics["accepted"], metrics["failures"]) == (3, 1)
+    # The accountant's rounds travel through a checkpoint with the momentum.
+    state = StrategyState.from_arrays(strategy.get_state().to_arrays())
+    assert state.private_rounds == [(4, 4)]
+    assert state.velocity is not None
+    assert metrics["epsilon"] == epsilon([(4, 4)], 1.0, 1e-5)
+
+
+def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
+    with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
+        strategies.build("flower-median", dp="central")
+
+
+@pytest.mark.slow
+def test_central_dp_learns_at_small_noise_and_not_at_large(tmp_path: Path) -> None:
+    flags = ["--dp", "central", "--dp-clipping-norm", "5", "--num-server-rounds", "4"]
+    final = {}
+    for noise in ("0.05", "50"):
+        run_simulation_cli(tmp_path, "--run-name", noise, *flags, "--dp-noise-multiplier", noise)
+        rounds = read_history(tmp_path / noise)["rounds"]
+        epsilons = [r["epsilon"] for r in rounds[1:]]
+        assert epsilons == sorted(set(epsilons))  # grows every round
+        final[noise] = rounds[-1]["central_accuracy"]
+        assert rounds[-1]["dp_noise_std"] > 0
+    assert final["0.05"] > 0.8
+    assert final["50"] < 0.5
