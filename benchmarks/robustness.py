@@ -2,8 +2,8 @@
 
 Digits, Dirichlet(0.3) label skew, 10 clients, every client in every round, 5 rounds;
 every cell is the mean ± standard deviation over 3 seeds (the same seeds, data splits and
-attackers for every row). Rows: FedAvg, the Hybrid with its direction filter (its
-default λ = 0.5), and Flower's own robust aggregators run through the same app
+attackers for every row). Rows: FedAvg, the Hybrid with data-size weights (λ = 1) and
+its norm (mad) or direction filter, and Flower's own robust aggregators run through the same app
 (``strategies.flower_robust``; f = 2 assumed attackers, Bulyan f = 1 as it needs
 K >= 4f + 3). Columns: clean; 30 % of clients raising in fit; 20 % sending sign-flipped
 updates; 20 % sending updates scaled ×10; 20 % sending −10× updates while reporting
@@ -13,7 +13,7 @@ column is each rule's aggregation time for one round of 10 updates of this model
 
 All runs share one private Ray (started once). Prints a Markdown table.
 
-    python benchmarks/robustness.py                  # about 20 minutes on 2 cores
+    python benchmarks/robustness.py                  # about 23 minutes on 2 cores
     python benchmarks/robustness.py --rounds 10 --seeds 1 2 3 4 5
 """
 
@@ -55,7 +55,7 @@ SCENARIOS = {
 KRUM = ["--num-malicious-clients", "2"]
 ROWS = {
     "fedavg": ["--strategy", "fedavg"],
-    "hybrid + direction": ["--strategy", "hybrid", "--robust-filter", "direction"],
+    "hybrid λ=1 + mad": ["--strategy", "hybrid", "--robust-filter", "mad", "--hybrid-lambda", "1"],
     "hybrid λ=1 + direction": [
         "--strategy",
         "hybrid",

@@ -256,11 +256,11 @@ class RunConfig:
     robust_filter: str = option(
         KNOBS.robust_filter, "hybrid: robust filter", choices=ROBUST_FILTERS
     )
-    robust_mad_k: float = option(
-        KNOBS.robust_mad_k, "mad and direction filters: k of median + k·MAD", above=0
-    )
+    robust_mad_k: float = option(KNOBS.robust_mad_k, "mad filter: k of median + k·MAD", above=0)
     robust_clip_norm: float = option(
-        KNOBS.robust_clip_norm, "clip filter: max update norm (0: the round's median)", at_least=0
+        KNOBS.robust_clip_norm,
+        "clip and direction filters: max update norm (0: the round's median)",
+        at_least=0,
     )
     robust_min_cosine: float = option(
         KNOBS.robust_min_cosine,

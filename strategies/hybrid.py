@@ -38,9 +38,10 @@ class HybridOptions(QualityOptions):
         ``hybrid_lambda`` at round 1; a negative value (-1) keeps λ constant.
     num_server_rounds : the rounds over which that schedule runs.
     robust_filter : "none", "mad" (drop norms above median + k·MAD), "clip", or
-        "direction" (mad, then drop updates pointing away from the clipped mean update).
-    robust_mad_k : k > 0 of the mad and direction filters.
-    robust_clip_norm : the clip filter's bound c >= 0 (0: this round's median norm).
+        "direction" (clip, then drop updates pointing away from the clipped mean update).
+    robust_mad_k : k > 0 of the mad filter.
+    robust_clip_norm : the clip and direction filters' bound c >= 0 (0: this round's
+        median norm).
     robust_min_cosine : the direction filter keeps updates whose cosine to the reference
         direction is at least this, in [-1, 1).
     """
@@ -103,12 +104,12 @@ class HybridRule(QualityWeightedRule):
     1. Robust filter (optional), on the updates ``Δ_i = θ_i − θ_g``: ``"mad"`` drops
        updates whose norm exceeds ``median + k · MAD``; ``"clip"`` scales each update to
        norm at most ``c`` (``c = robust_clip_norm``, or this round's median norm when 0);
-       ``"direction"`` drops what ``"mad"`` drops and every update whose cosine to the
-       reference ``r = (1/K) Σ min(1, m/‖Δ_i‖) Δ_i`` (the mean of the updates clipped to
-       their median norm ``m``, which no minority can turn around) is below
-       ``robust_min_cosine``: sign-flipped updates keep their norm but not their
-       direction. It reads the updates twice more (for ``r``, then the cosines) and holds
-       ``r``, one model.
+       ``"direction"`` clips as ``"clip"`` does and drops every update whose cosine to
+       the reference ``r = (1/K) Σ min(1, c/‖Δ_i‖) Δ_i`` (the mean of the clipped
+       updates, which a minority cannot turn around) is below ``robust_min_cosine``:
+       sign-flipped updates keep their norm but not their direction, and no update is
+       dropped for its norm alone. It reads the updates twice more (for ``r``, then the
+       cosines) and holds ``r``, one model.
     2. Weights ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates, with ``q_i``
        the quality weights of :class:`QualityWeightedRule` (same knobs). λ is a constant,
        a linear schedule (``hybrid_lambda`` → ``hybrid_lambda_end``) or a function.
@@ -137,18 +138,15 @@ class HybridRule(QualityWeightedRule):
         count = len(updates)
         kept = np.ones(count, dtype=bool)
         scale = np.ones(count)
-        turned = 0
         if options.robust_filter != "none":
             norms = [u.distance for u in updates]
-            if options.robust_filter == "clip":
+            if options.robust_filter == "mad":
+                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
+            else:
                 bound = options.robust_clip_norm or float(np.median(norms))
                 scale = aggregate.clip_factors(norms, bound)
-            else:
-                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
             if options.robust_filter == "direction":
-                aligned = self.cosines(updates, norms) >= options.robust_min_cosine
-                turned = int(np.sum(kept & ~aligned))
-                kept &= aligned
+                kept = self.cosines(updates, scale) >= options.robust_min_cosine
 
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
         lam = options.lambda_at(server_round)
@@ -169,16 +167,17 @@ class HybridRule(QualityWeightedRule):
                 "lambda": lam,
                 "quality_fallback": int(fallback),
                 "filtered": int(count - kept.sum()),
-                "filtered_direction": turned,
                 "clipped": int(np.sum(scale < 1.0)),
             },
         )
 
-    def cosines(self, updates: list[ClientUpdate], norms: list[float]) -> np.ndarray[Any, Any]:
-        """Cosine of each update ``Δ_i`` to ``r``, the mean of the updates clipped to their
-        median norm (0 where ``Δ_i`` or ``r`` is zero)."""
+    def cosines(
+        self, updates: list[ClientUpdate], scale: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, Any]:
+        """Cosine of each update ``Δ_i`` to ``r = (1/K) Σ s_i Δ_i``, the mean of the updates
+        scaled by their clip factors ``s_i`` (0 where ``Δ_i`` or ``r`` is zero)."""
         global_model = self.require_global()
-        factors = aggregate.clip_factors(norms, float(np.median(norms))) / len(updates)
+        factors = scale / len(updates)
         reference = aggregate.weighted_sum(
             ((decode_tensors(u.tensors), float(f)) for u, f in zip(updates, factors, strict=True)),
             template=[
@@ -188,7 +187,8 @@ class HybridRule(QualityWeightedRule):
         )
         length = aggregate.norm(reference)
         cosines = np.zeros(len(updates))
-        for index, (update, size) in enumerate(zip(updates, norms, strict=True)):
+        for index, update in enumerate(updates):
+            size = update.distance
             if size > 0 and length > 0:
                 inner = aggregate.inner(decode_tensors(update.tensors), global_model, reference)
                 cosines[index] = inner / (size * length)

@@ -72,7 +72,6 @@ def test_robust_hybrid_stops_scaled_and_sign_flipped_updates(tmp_path: Path, api
     attackers = {str(pid) for pid in range(10) if is_faulty(cfg, pid, 10)}
     assert len(attackers) == 2
     for record in flipped[1:]:
-        assert record["filtered_direction"] == 2
         weights = json.loads(record["weights"])
-        assert {c for c, w in weights.items() if w == 0.0} >= attackers
+        assert {c for c, w in weights.items() if w == 0.0} == attackers
     assert flipped[-1]["central_accuracy"] >= clean - 0.03

@@ -1,0 +1,107 @@
+"""Final central accuracy against the privacy spent, central (client-level) DP.
+
+Digits, IID, every client in every round, the same seeds for every cell; each column's
+noise multiplier z is the one that spends exactly that ε at δ after the last round (found
+by bisection on the same accountant the runs report with); ∞ is no DP at all. Prints a
+Markdown table and the noise multipliers.
+
+    python benchmarks/privacy.py                       # 10 clients, 10 rounds, 3 seeds
+    python benchmarks/privacy.py --num-clients 100 --epsilons 8 3 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import math
+import statistics
+import tempfile
+import time
+
+from rich.console import Console
+
+import run_simulation
+from fl_app.ray_cluster import ray_node
+from fl_app.results import summarize
+from strategies.privacy import epsilon
+
+ROWS = {
+    "fedavg": ["--strategy", "fedavg"],
+    "hybrid": ["--strategy", "hybrid"],
+}
+
+
+def noise_for(target: float, rounds: int, delta: float) -> float:
+    """The noise multiplier that spends ``target`` ε at ``delta`` over ``rounds`` rounds of
+    every client (bisection; ε falls as the noise grows)."""
+    low, high = 1e-3, 1e4
+    for _ in range(100):
+        middle = math.sqrt(low * high)
+        if epsilon([(1, 1)] * rounds, middle, delta) > target:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def final_accuracy(flags: list[str], ray_address: str) -> float:
+    invocation = run_simulation.parse(flags)
+    simulation = dataclasses.replace(invocation.simulation, ray_address=ray_address)
+    with contextlib.redirect_stdout(io.StringIO()):
+        rounds = run_simulation.run(invocation.cfg, simulation, console=Console(file=io.StringIO()))
+    accuracy = summarize(rounds)["final_accuracy"]
+    return float("nan") if accuracy is None else float(accuracy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0, 1.0])
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--clipping-norm", type=float, default=1.0)
+    options = parser.parse_args()
+    noises = {
+        target: noise_for(target, options.rounds, options.delta) for target in options.epsilons
+    }
+    print(
+        f"Final central accuracy (%), digits IID, {options.num_clients} clients, "
+        f"{options.rounds} rounds, central DP (C = {options.clipping_norm:g}, δ = "
+        f"{options.delta:g}), mean ± std over seeds {', '.join(map(str, options.seeds))}\n"
+    )
+    columns = ["ε = ∞ (no DP)", *(f"ε = {t:g} (z = {noises[t]:.2f})" for t in options.epsilons)]
+    print("| strategy | " + " | ".join(columns) + " |")
+    print("| --- |" + " ---: |" * len(columns), flush=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out, ray_node() as address:
+        base = [
+            "--output-dir", out,
+            "--run-name", "run",
+            "--num-clients", str(options.num_clients),
+            "--num-server-rounds", str(options.rounds),
+        ]  # fmt: skip
+        private = ["--dp", "central", "--dp-clipping-norm", str(options.clipping_norm)]
+        private += ["--dp-delta", str(options.delta)]
+        settings = [[]] + [
+            [*private, "--dp-noise-multiplier", str(noises[t])] for t in options.epsilons
+        ]
+        for row, flags in ROWS.items():
+            cells = []
+            for dp in settings:
+                values = [
+                    final_accuracy([*base, *flags, *dp, "--seed", str(seed)], address)
+                    for seed in options.seeds
+                ]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{100 * statistics.fmean(values):.1f} ± {100 * spread:.1f}")
+            print(f"| {row} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
