@@ -258,9 +258,12 @@ class RunConfig:
     )
     robust_mad_k: float = option(KNOBS.robust_mad_k, "mad filter: k of median + k·MAD", above=0)
     robust_clip_norm: float = option(
-        KNOBS.robust_clip_norm,
-        "clip and direction filters: max update norm (0: the round's median)",
-        at_least=0,
+        KNOBS.robust_clip_norm, "clip filter: max update norm (0: the round's median)", at_least=0
+    )
+    robust_norm_ratio: float = option(
+        KNOBS.robust_norm_ratio,
+        "direction filter: drop update norms above this many times the round's median",
+        above=1,
     )
     robust_min_cosine: float = option(
         KNOBS.robust_min_cosine,

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 Array = NDArray[Any]
 Model = list[Array]
 Weighting = Literal["softmax", "linear"]
+Floats = Sequence[float] | NDArray[np.float64]
 
 # Elements per fold step: 64 Ki float32 = 256 KiB, small enough to stay in L2 cache.
 CHUNK_ELEMENTS = 1 << 16
@@ -192,7 +193,7 @@ def mix_weights(lam: float, first: Array, second: Array) -> NDArray[np.float64]:
     return lam * np.asarray(first, dtype=np.float64) + (1.0 - lam) * np.asarray(second)
 
 
-def mad_inliers(norms: Sequence[float], k: float) -> NDArray[np.bool_]:
+def mad_inliers(norms: Floats, k: float) -> NDArray[np.bool_]:
     """Mask of the norms kept by ``norm ≤ median + k · MAD`` (MAD: median absolute deviation)."""
     values = np.asarray(norms, dtype=np.float64)
     median = np.median(values)
@@ -200,7 +201,7 @@ def mad_inliers(norms: Sequence[float], k: float) -> NDArray[np.bool_]:
     return np.asarray(values <= median + k * mad)
 
 
-def clip_factors(norms: Sequence[float], max_norm: float) -> NDArray[np.float64]:
+def clip_factors(norms: Floats, max_norm: float) -> NDArray[np.float64]:
     """Factors ``min(1, c / ‖Δ_i‖)`` that scale each update to norm at most ``c``."""
     values = np.asarray(norms, dtype=np.float64)
     return np.asarray(np.minimum(1.0, max_norm / np.maximum(values, np.finfo(np.float64).tiny)))

@@ -38,10 +38,10 @@ class HybridOptions(QualityOptions):
         ``hybrid_lambda`` at round 1; a negative value (-1) keeps λ constant.
     num_server_rounds : the rounds over which that schedule runs.
     robust_filter : "none", "mad" (drop norms above median + k·MAD), "clip", or
-        "direction" (clip, then drop updates pointing away from the clipped mean update).
+        "direction" (drop norms above ρ·median and updates pointing away from the others).
     robust_mad_k : k > 0 of the mad filter.
-    robust_clip_norm : the clip and direction filters' bound c >= 0 (0: this round's
-        median norm).
+    robust_clip_norm : the clip filter's bound c >= 0 (0: this round's median norm).
+    robust_norm_ratio : ρ > 1 of the direction filter.
     robust_min_cosine : the direction filter keeps updates whose cosine to the reference
         direction is at least this, in [-1, 1).
     """
@@ -53,6 +53,7 @@ class HybridOptions(QualityOptions):
     robust_mad_k: float = 3.0
     robust_clip_norm: float = 0.0
     robust_min_cosine: float = 0.0
+    robust_norm_ratio: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +82,8 @@ class HybridOptions(QualityOptions):
             raise ValueError(
                 f"robust_clip_norm={self.robust_clip_norm!r}: must be >= 0 (0: median)"
             )
+        if not self.robust_norm_ratio > 1.0:
+            raise ValueError(f"robust_norm_ratio={self.robust_norm_ratio!r}: must be > 1")
         if not -1.0 <= self.robust_min_cosine < 1.0:
             raise ValueError(f"robust_min_cosine={self.robust_min_cosine!r}: must be in [-1, 1)")
 
@@ -104,12 +107,14 @@ class HybridRule(QualityWeightedRule):
     1. Robust filter (optional), on the updates ``Δ_i = θ_i − θ_g``: ``"mad"`` drops
        updates whose norm exceeds ``median + k · MAD``; ``"clip"`` scales each update to
        norm at most ``c`` (``c = robust_clip_norm``, or this round's median norm when 0);
-       ``"direction"`` clips as ``"clip"`` does and drops every update whose cosine to
-       the reference ``r = (1/K) Σ min(1, c/‖Δ_i‖) Δ_i`` (the mean of the clipped
-       updates, which a minority cannot turn around) is below ``robust_min_cosine``:
-       sign-flipped updates keep their norm but not their direction, and no update is
-       dropped for its norm alone. It reads the updates twice more (for ``r``, then the
-       cosines) and holds ``r``, one model.
+       ``"direction"`` drops every update whose norm exceeds ``ρ · median``
+       (``robust_norm_ratio``, 3: a bound honest updates do not reach, unlike MAD's,
+       which drops honest updates of IID rounds) and every update whose cosine to the
+       reference ``r = (1/K) Σ min(1, m/‖Δ_i‖) Δ_i`` (the mean of the updates clipped to
+       their median norm ``m``, which a minority cannot turn around) is below
+       ``robust_min_cosine``: sign-flipped updates keep their norm but not their
+       direction. The kept updates are not changed. It reads the updates twice more (for
+       ``r``, then the cosines) and holds ``r``, one model.
     2. Weights ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates, with ``q_i``
        the quality weights of :class:`QualityWeightedRule` (same knobs). λ is a constant,
        a linear schedule (``hybrid_lambda`` → ``hybrid_lambda_end``) or a function.
@@ -139,14 +144,17 @@ class HybridRule(QualityWeightedRule):
         kept = np.ones(count, dtype=bool)
         scale = np.ones(count)
         if options.robust_filter != "none":
-            norms = [u.distance for u in updates]
+            norms = np.array([u.distance for u in updates])
+            median = float(np.median(norms))
             if options.robust_filter == "mad":
                 kept = aggregate.mad_inliers(norms, options.robust_mad_k)
-            else:
-                bound = options.robust_clip_norm or float(np.median(norms))
-                scale = aggregate.clip_factors(norms, bound)
-            if options.robust_filter == "direction":
-                kept = self.cosines(updates, scale) >= options.robust_min_cosine
+            elif options.robust_filter == "clip":
+                scale = aggregate.clip_factors(norms, options.robust_clip_norm or median)
+            else:  # direction: the reference is the mean of the updates clipped to the median
+                aligned = self.cosines(updates, aggregate.clip_factors(norms, median))
+                kept = (norms <= options.robust_norm_ratio * median) & (
+                    aligned >= options.robust_min_cosine
+                )
 
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
         lam = options.lambda_at(server_round)

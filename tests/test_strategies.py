@@ -716,19 +716,24 @@ def test_hybrid_direction_filter_drops_exactly_the_sign_flipped_updates():
     assert metrics["filtered"] == 2
     weights = reported_weights(metrics)
     assert {c for c, w in weights.items() if w == 0.0} == {"c2", "c6"}
-    # FedAvg of the six honest updates, each clipped to the median norm 1 (norms 1.1 and
-    # 1.05 are cut to 1), by the textbook formula.
+    # FedAvg of the six honest updates, by the textbook formula.
     honest = [i for i in range(8) if i not in (2, 6)]
     total = sum(counts[i] for i in honest)
-    deltas = {i: [m - g for m, g in zip(models[i], global_model, strict=True)] for i in honest}
-    norms = {i: np.sqrt(sum(np.sum(d**2) for d in deltas[i])) for i in honest}
-    want = [
-        global_model[j]
-        + sum(counts[i] * min(1.0, 1.0 / norms[i]) * deltas[i][j] for i in honest) / total
-        for j in range(2)
-    ]
+    want = [sum(counts[i] * models[i][j] for i in honest) / total for j in range(2)]
     assert_model(out, want, rtol=1e-10)
-    assert metrics["clipped"] == 3  # norms 1.1, 1.05 and the flipped 1.02
+
+
+def test_hybrid_direction_filter_drops_norms_above_ratio_times_the_median():
+    rng = np.random.default_rng(3)
+    global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
+    models, counts = _sign_flip_round(rng, global_model, attackers=())
+    # Norms [1, 1.1, 0.9, 1.05, 0.95, 1, 1.02, 0.98]: the second scaled to 3.3 and the
+    # fifth to 2.85, against the median (about 1.01) × 3.
+    models[1] = [g + 3 * (m - g) for g, m in zip(global_model, models[1], strict=True)]
+    models[4] = [g + 3 * (m - g) for g, m in zip(global_model, models[4], strict=True)]
+    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
+    _, metrics = aggregate(strategy, results_of(models, counts))
+    assert {c for c, w in reported_weights(metrics).items() if w == 0.0} == {"c1"}
 
 
 def test_hybrid_direction_filter_cosines_match_numpy():
