@@ -187,6 +187,7 @@ OUT_OF_RANGE = [
     ("hybrid-lambda-end", 1.01, "<= 1"),
     ("robust-mad-k", 0.0, "> 0"),
     ("robust-clip-norm", -1.0, ">= 0"),
+    ("robust-norm-ratio", 1.0, "> 1"),
     ("robust-min-cosine", -1.5, ">= -1"),
     ("dp-noise-multiplier", -0.1, ">= 0"),
     ("dp-clipping-norm", 0.0, "> 0"),

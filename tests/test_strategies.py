@@ -933,6 +933,7 @@ def test_a_knob_of_another_rule_is_refused():
         (Hybrid, {"robust_mad_k": 0.0}, "robust_mad_k"),
         (Hybrid, {"robust_clip_norm": -1.0}, "robust_clip_norm"),
         (Hybrid, {"robust_min_cosine": 1.0}, "robust_min_cosine"),
+        (Hybrid, {"robust_norm_ratio": 1.0}, "robust_norm_ratio"),
         (Hybrid, {"quality_temperature": 0.0}, "quality_temperature"),
     ],
 )
