@@ -2,11 +2,12 @@
 
 Digits, IID, every client in every round, the same seeds for every cell; each column's
 noise multiplier z is the one that spends exactly that ε at δ after the last round (found
-by bisection on the same accountant the runs report with); ∞ is no DP at all. Prints a
-Markdown table and the noise multipliers.
+by bisection on the same accountant the runs report with), or, with
+``--noise-multipliers``, the given z with the ε it spends; ∞ is no DP at all. Prints a
+Markdown table.
 
-    python benchmarks/privacy.py                       # 10 clients, 10 rounds, 3 seeds
-    python benchmarks/privacy.py --num-clients 100 --epsilons 8 3 1
+    python benchmarks/privacy.py                       # ε 8, 3, 1: 10 clients, 10 rounds, 3 seeds
+    python benchmarks/privacy.py --noise-multipliers 0.1 0.3 1
 """
 
 from __future__ import annotations
@@ -62,19 +63,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0, 1.0])
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0, 1.0])
+    choice.add_argument("--noise-multipliers", type=float, nargs="+")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--clipping-norm", type=float, default=1.0)
     options = parser.parse_args()
-    noises = {
-        target: noise_for(target, options.rounds, options.delta) for target in options.epsilons
-    }
+    every_round = [(1, 1)] * options.rounds
+    if options.noise_multipliers:
+        noises = {epsilon(every_round, z, options.delta): z for z in options.noise_multipliers}
+    else:
+        noises = {t: noise_for(t, options.rounds, options.delta) for t in options.epsilons}
     print(
         f"Final central accuracy (%), digits IID, {options.num_clients} clients, "
         f"{options.rounds} rounds, central DP (C = {options.clipping_norm:g}, δ = "
         f"{options.delta:g}), mean ± std over seeds {', '.join(map(str, options.seeds))}\n"
     )
-    columns = ["ε = ∞ (no DP)", *(f"ε = {t:g} (z = {noises[t]:.2f})" for t in options.epsilons)]
+    columns = ["ε = ∞ (no DP)", *(f"ε = {t:.3g} (z = {z:.3g})" for t, z in noises.items())]
     print("| strategy | " + " | ".join(columns) + " |")
     print("| --- |" + " ---: |" * len(columns), flush=True)
     start = time.perf_counter()
@@ -87,9 +92,7 @@ def main() -> None:
         ]  # fmt: skip
         private = ["--dp", "central", "--dp-clipping-norm", str(options.clipping_norm)]
         private += ["--dp-delta", str(options.delta)]
-        settings = [[]] + [
-            [*private, "--dp-noise-multiplier", str(noises[t])] for t in options.epsilons
-        ]
+        settings = [[]] + [[*private, "--dp-noise-multiplier", str(z)] for z in noises.values()]
         for row, flags in ROWS.items():
             cells = []
             for dp in settings:
