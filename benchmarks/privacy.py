@@ -13,19 +13,14 @@ Markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import io
 import math
-import statistics
 import tempfile
 import time
 
-from rich.console import Console
+# benchmarks/ is on the path when a script in it runs: the same quiet run as the robustness table.
+from robustness import cell, final_accuracy
 
-import run_simulation
 from fl_app.ray_cluster import ray_node
-from fl_app.results import summarize
 from strategies.privacy import epsilon
 
 ROWS = {
@@ -45,15 +40,6 @@ def noise_for(target: float, rounds: int, delta: float) -> float:
         else:
             high = middle
     return high
-
-
-def final_accuracy(flags: list[str], ray_address: str) -> float:
-    invocation = run_simulation.parse(flags)
-    simulation = dataclasses.replace(invocation.simulation, ray_address=ray_address)
-    with contextlib.redirect_stdout(io.StringIO()):
-        rounds = run_simulation.run(invocation.cfg, simulation, console=Console(file=io.StringIO()))
-    accuracy = summarize(rounds)["final_accuracy"]
-    return float("nan") if accuracy is None else float(accuracy)
 
 
 def main() -> None:
@@ -100,8 +86,7 @@ def main() -> None:
                     final_accuracy([*base, *flags, *dp, "--seed", str(seed)], address)
                     for seed in options.seeds
                 ]
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{100 * statistics.fmean(values):.1f} ± {100 * spread:.1f}")
+                cells.append(cell(values))
             print(f"| {row} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
 
