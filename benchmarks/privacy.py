@@ -78,7 +78,9 @@ def main() -> None:
         ]  # fmt: skip
         private = ["--dp", "central", "--dp-clipping-norm", str(options.clipping_norm)]
         private += ["--dp-delta", str(options.delta)]
-        settings = [[]] + [[*private, "--dp-noise-multiplier", str(z)] for z in noises.values()]
+        settings: list[list[str]] = [[]] + [
+            [*private, "--dp-noise-multiplier", str(z)] for z in noises.values()
+        ]
         for row, flags in ROWS.items():
             cells = []
             for dp in settings:
