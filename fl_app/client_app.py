@@ -47,9 +47,10 @@ from fl_app.data import (
 from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
 from fl_app.models import build_model
 from fl_app.results import RAY_NODE
-from fl_app.seeds import seed_for
+from fl_app.seeds import rng_for, seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
 from strategies.message import TEXT_METRICS
+from strategies.privacy import privatize_update
 from strategies.sampling import PARTITION_KEY
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
@@ -97,7 +98,14 @@ class FlowerClient(NumPyClient):
         train_loss = self.train_on(self.data.train, parameters, config)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        return get_weights(self.model), len(self.data.train), metrics | where_it_ran()
+        trained = get_weights(self.model)
+        if self.cfg.dp == "local":  # clipped and noised here: the server never sees Δ
+            server_round = int(config.get("server-round", 0))
+            rng = rng_for(self.cfg.seed, "local-dp", server_round, self.partition_id)
+            trained = privatize_update(
+                parameters, trained, self.cfg.dp_clipping_norm, self.cfg.dp_noise_multiplier, rng
+            )
+        return trained, len(self.data.train), metrics | where_it_ran()
 
     def train_on(
         self, data: ArrayDataset, parameters: NDArrays, config: dict[str, Scalar], part: int = 0

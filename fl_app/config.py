@@ -290,8 +290,9 @@ class RunConfig:
     # Differential privacy (strategies/privacy.py)
     dp: str = option(
         KNOBS.dp,
-        "differential privacy: none, or central (the server clips each update to "
-        "dp-clipping-norm and adds Gaussian noise; each round reports epsilon)",
+        "differential privacy: none, central (the server clips each update to "
+        "dp-clipping-norm and adds Gaussian noise to the aggregate) or local (each client "
+        "does that to its own update); each round reports epsilon",
         choices=DP_MODES,
     )
     dp_noise_multiplier: float = option(

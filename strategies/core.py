@@ -245,18 +245,24 @@ class StrategyState:
     ``velocity``: the server momentum buffer (None while β = 0 or before round 1);
     ``empty_rounds``: rounds in a row that aggregated nothing; ``private_rounds``: the
     ``(sampled, available)`` clients of each round released under central DP (what the
-    privacy accountant composes).
+    privacy accountant composes); ``releases``: under local DP, how many updates each
+    client has sent.
     """
 
     velocity: Model | None = None
     empty_rounds: int = 0
     private_rounds: list[tuple[int, int]] = field(default_factory=list)
+    releases: dict[str, int] = field(default_factory=dict)
 
     def to_arrays(self) -> dict[str, list[Array]]:
         """The state as named lists of arrays (what a checkpoint stores)."""
-        arrays = {
+        arrays: dict[str, list[Array]] = {
             "empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)],
             "private_rounds": [np.array(self.private_rounds, dtype=np.int64).reshape(-1, 2)],
+            "releases": [
+                np.array(list(self.releases), dtype=np.str_),
+                np.array(list(self.releases.values()), dtype=np.int64),
+            ],
         }
         if self.velocity is not None:
             arrays["velocity"] = [v.copy() for v in self.velocity]
@@ -267,10 +273,14 @@ class StrategyState:
         velocity = arrays.get("velocity")
         empty = arrays.get("empty_rounds")
         private = arrays.get("private_rounds")
+        releases = arrays.get("releases")
         return cls(
             velocity=None if velocity is None else [np.array(v) for v in velocity],
             empty_rounds=int(empty[0]) if empty else 0,
             private_rounds=[] if not private else [(int(m), int(n)) for m, n in private[0]],
+            releases={}
+            if not releases
+            else {str(c): int(n) for c, n in zip(releases[0], releases[1], strict=True)},
         )
 
 
@@ -294,8 +304,9 @@ class ServerOptions:
     server_momentum : β in [0, 1). 0.0 disables server momentum.
     max_empty_rounds : stop with :class:`NothingAggregatedError` after this many rounds in a
         row that aggregated nothing (0: never stop).
-    dp : "none", or "central": clip every update to ``dp_clipping_norm`` and add Gaussian
-        noise to the aggregate (:mod:`strategies.privacy`); each round reports ``epsilon``.
+    dp : "none"; "central": clip every update to ``dp_clipping_norm`` and add Gaussian
+        noise to the aggregate; "local": the clients do that to their own updates, the
+        rule only accounts (:mod:`strategies.privacy`). Each round reports ``epsilon``.
     dp_noise_multiplier : z >= 0, the noise's standard deviation over the largest change
         one client can make to the aggregate.
     dp_clipping_norm : C > 0, the largest update norm ``‖θ_i − θ_g‖`` that counts.
@@ -409,6 +420,8 @@ class Rule:
         rounds in a row.
         """
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
+        if self.options.dp == "local":  # every update sent was a release, valid or not
+            metrics["epsilon"] = self._count_releases(updates)
         accepted, rejected = self._validate(server_round, updates)
         metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
         if not accepted:
@@ -487,6 +500,15 @@ class Rule:
             self.state.private_rounds, options.dp_noise_multiplier, options.dp_delta
         )
         return {"dp_noise_std": std, "epsilon": spent}
+
+    def _count_releases(self, updates: Sequence[ClientUpdate]) -> float:
+        """Count each client's local-DP release; ε of the client that sent most often."""
+        releases = self.state.releases
+        for update in updates:
+            releases[update.client_id] = releases.get(update.client_id, 0) + 1
+        most = max(releases.values(), default=0)
+        options = self.options
+        return privacy.epsilon([(1, 1)] * most, options.dp_noise_multiplier, options.dp_delta)
 
     def require_global(self) -> list[Array]:
         if self.global_model is None:

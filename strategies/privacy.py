@@ -1,4 +1,4 @@
-"""Central (client-level) differential privacy: clip, add Gaussian noise, account ε.
+"""Client-level differential privacy: clip, add Gaussian noise, account ε.
 
 What the server does each round under ``dp = central`` (:class:`~strategies.core.Rule`):
 
@@ -17,6 +17,13 @@ aggregate's sensitivity is ``2 · C · max w_i`` and the multiplier the accounta
 ``z/2``; a round that samples ``m`` of ``N`` clients (seeded sampling draws without
 replacement) is a sampled-without-replacement Gaussian, a round with every client a plain
 Gaussian. Rounds that aggregated nothing released nothing and cost nothing.
+
+Under ``dp = local`` each client clips its own update to ``C`` and adds ``N(0, (z·C)²)``
+to every coordinate before sending (:func:`privatize_update`), so not even the server
+sees its update; each release is a Gaussian with sensitivity ``2C`` (replace-one), and a
+round reports the ε of the client that has sent most often (no amplification: the server
+knows who was sampled). The noise of K clients adds up in the average, so local DP needs
+much more noise for the same model quality.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from strategies import aggregate
 from strategies.aggregate import Array, Model
 
-DP_MODES = ("none", "central")
+DP_MODES = ("none", "central", "local")
 
 
 def noise_std(noise_multiplier: float, clipping_norm: float, weights: Array) -> float:
@@ -41,6 +49,28 @@ def add_noise(model: Model, std: float, rng: np.random.Generator) -> None:
     for layer in model:
         if np.issubdtype(layer.dtype, np.floating):
             layer += rng.normal(scale=std, size=layer.shape).astype(layer.dtype)
+
+
+def privatize_update(
+    received: Model,
+    trained: Model,
+    clipping_norm: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> Model:
+    """``θ_g + min(1, C/‖Δ‖) Δ + N(0, (z·C)²)`` for the float layers (``Δ = θ − θ_g``);
+    other layers are sent as trained."""
+    size = aggregate.distance(trained, received)
+    factor = min(1.0, clipping_norm / size) if size > 0 else 1.0
+    sent = []
+    for g, t in zip(received, trained, strict=True):
+        if not np.issubdtype(t.dtype, np.floating):
+            sent.append(t)
+            continue
+        delta = factor * (t.astype(np.float64) - g)
+        delta += rng.normal(scale=noise_multiplier * clipping_norm, size=g.shape)
+        sent.append((g + delta).astype(t.dtype))
+    return sent
 
 
 def epsilon(rounds: Sequence[tuple[int, int]], noise_multiplier: float, delta: float) -> float:

@@ -17,8 +17,11 @@ from flwr.common import parameters_to_ndarrays
 from opacus.accountants import RDPAccountant
 
 import strategies
+from fl_app.client_app import make_client
+from fl_app.config import RunConfig
+from fl_app.seeds import rng_for
 from strategies.core import StrategyState
-from strategies.privacy import epsilon
+from strategies.privacy import epsilon, privatize_update
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_simulation_cli
 
@@ -135,21 +138,64 @@ def test_a_failing_client_does_not_stop_the_round_and_state_keeps_the_accountant
     assert metrics["epsilon"] == epsilon([(4, 4)], 1.0, 1e-5)
 
 
+def test_a_local_dp_client_sends_its_clipped_update_plus_noise() -> None:
+    rng = np.random.default_rng(2)
+    received = [rng.normal(size=(300, 20)).astype(np.float32), np.arange(3, dtype=np.int64)]
+    trained = [received[0] + 0.5, received[1] + 1]  # ‖Δ‖ = √(0.25 · 6000 + 3)
+    sent = privatize_update(received, trained, 2.0, 0.0, np.random.default_rng(0))
+    # Without noise: Δ scaled to norm C = 2; the integer layer goes as trained.
+    np.testing.assert_allclose(sent[0] - received[0], 0.5 * 2.0 / np.sqrt(1503), rtol=1e-4)
+    np.testing.assert_array_equal(sent[1], trained[1])
+    assert sent[0].dtype == np.float32
+    noisy = privatize_update(received, trained, 2.0, 0.5, np.random.default_rng(0))
+    noise = (noisy[0] - sent[0]).astype(np.float64)
+    assert noise.std() == pytest.approx(0.5 * 2.0, rel=0.03)  # z · C, 6,000 coordinates
+
+
+def test_the_client_privatizes_what_it_trained_under_dp_local() -> None:
+    cfg = RunConfig(local_epochs=1, device="cpu", dp="local", dp_noise_multiplier=0.3)
+    node = {"partition-id": 2, "num-partitions": 4}
+    honest = make_client(RunConfig(local_epochs=1, device="cpu"), node)
+    received = [a.copy() for a in honest.get_parameters({})]
+    trained, n, _ = honest.fit([a.copy() for a in received], {"server-round": 3})
+    sent, n_sent, _ = make_client(cfg, node).fit([a.copy() for a in received], {"server-round": 3})
+    want = privatize_update(received, trained, 1.0, 0.3, rng_for(cfg.seed, "local-dp", 3, 2))
+    assert n_sent == n
+    for a, b in zip(sent, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_local_dp_accounts_the_client_that_sent_most() -> None:
+    models, counts = a_round()
+    strategy = private(dp="local", dp_noise_multiplier=1.5)
+    results = results_of(models, counts)
+    _, first = strategy.aggregate_fit(1, results, [])
+    _, second = strategy.aggregate_fit(2, results[:2], [])
+    assert first["epsilon"] == epsilon([(1, 1)], 1.5, 1e-5)
+    assert second["epsilon"] == epsilon([(1, 1)] * 2, 1.5, 1e-5)
+    state = StrategyState.from_arrays(strategy.get_state().to_arrays())
+    assert state.releases == {"c0": 2, "c1": 2, "c2": 1, "c3": 1}
+    assert "dp_noise_std" not in second  # the server adds nothing
+
+
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
     with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
         strategies.build("flower-median", dp="central")
 
 
 @pytest.mark.slow
-def test_central_dp_learns_at_small_noise_and_not_at_large(tmp_path: Path) -> None:
-    flags = ["--dp", "central", "--dp-clipping-norm", "5", "--num-server-rounds", "4"]
+@pytest.mark.parametrize(("mode", "small", "large"), [("central", 0.05, 50), ("local", 0.01, 1)])
+def test_dp_learns_at_small_noise_and_not_at_large(
+    tmp_path: Path, mode: str, small: float, large: float
+) -> None:
+    flags = ["--dp", mode, "--dp-clipping-norm", "5", "--num-server-rounds", "4"]
     final = {}
-    for noise in ("0.05", "50"):
-        run_simulation_cli(tmp_path, "--run-name", noise, *flags, "--dp-noise-multiplier", noise)
-        rounds = read_history(tmp_path / noise)["rounds"]
+    for noise in (small, large):
+        name = str(noise)
+        run_simulation_cli(tmp_path, "--run-name", name, *flags, "--dp-noise-multiplier", name)
+        rounds = read_history(tmp_path / name)["rounds"]
         epsilons = [r["epsilon"] for r in rounds[1:]]
         assert epsilons == sorted(set(epsilons))  # grows every round
         final[noise] = rounds[-1]["central_accuracy"]
-        assert rounds[-1]["dp_noise_std"] > 0
-    assert final["0.05"] > 0.8
-    assert final["50"] < 0.5
+    assert final[small] > 0.8
+    assert final[large] < 0.5
