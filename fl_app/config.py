@@ -384,11 +384,11 @@ class RunConfig:
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
             )
-        if self.dp != "none" and self.strategy in strategies.BASELINES:
+        if self.dp == "central" and self.strategy in strategies.BASELINES:
             _fail(
                 "dp",
                 self.dp,
-                f"none with strategy {self.strategy!r} (Flower's robust aggregators combine "
+                f"none or local with strategy {self.strategy!r} (Flower's robust aggregators combine "
                 "the updates their own way; central DP needs the weighted sum of clipped updates)",
             )
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)

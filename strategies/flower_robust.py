@@ -52,10 +52,11 @@ class FlowerRobustOptions(ServerOptions):
                 raise ValueError(f"{name}={value!r}: must be an int >= 0")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ValueError(f"trimmed_beta={self.trimmed_beta!r}: must be in [0, 0.5)")
-        if self.dp != "none":
+        if self.dp == "central":
             raise ValueError(
                 f"dp={self.dp!r}: Flower's robust aggregators combine the updates their own "
-                "way, and central DP needs the weighted sum of clipped updates: use dp='none'"
+                "way, and central DP needs the weighted sum of clipped updates: use dp='none' "
+                "or 'local'"
             )
 
 
