@@ -132,9 +132,10 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        messages = self._reseeded(server_round, "train", messages, grid)
+        available = sorted(grid.get_node_ids())
+        messages = self._reseeded(server_round, "train", messages, grid, available)
         self._sampled = [m.metadata.dst_node_id for m in messages]
-        self.rule.sampling = (len(messages), len(list(grid.get_node_ids())))
+        self.rule.sampling = (len(messages), len(available))
         return messages
 
     def configure_evaluate(
@@ -208,13 +209,20 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
     # ---- internals ------------------------------------------------------------------
 
     def _reseeded(
-        self, server_round: int, purpose: str, messages: list[Message], grid: Grid
+        self,
+        server_round: int,
+        purpose: str,
+        messages: list[Message],
+        grid: Grid,
+        available: list[int] | None = None,
     ) -> list[Message]:
-        """Flower's messages, readdressed to the seeded sampler's nodes (same number)."""
+        """Flower's messages, readdressed to the seeded sampler's nodes (same number), among
+        ``available`` (the grid's nodes when not given)."""
         if self.sampler is None:
             return messages
         flower_sample = [m.metadata.dst_node_id for m in messages]
-        available = sorted(grid.get_node_ids())
+        if available is None:
+            available = sorted(grid.get_node_ids())
 
         def ask(nodes: list[int]) -> dict[int, object]:
             return ask_partition_ids(grid, nodes, self.query_timeout)
