@@ -162,7 +162,7 @@ def comparison_table(
             ("best accuracy (%)", "best_accuracy", 100.0, 2),
             (f"rounds to {target:.0%}", "rounds_to_target", 1.0, 1 if seeds > 1 else 0),
         ]
-    if any(s["epsilon"].present for s in stats.values()):  # central DP: the privacy spent
+    if any(s["epsilon"].present for s in stats.values()):  # DP runs: the privacy spent
         columns.append(("final ε", "epsilon", 1.0, 2))
     columns.append(("wall time (s)", "seconds", 1.0, 1))
     timing = len(columns) - 1  # the column without an interval

@@ -60,21 +60,22 @@ def privatize_update(
 ) -> Model:
     """``θ_g + min(1, C/‖Δ‖) Δ + N(0, (z·C)²)`` for the float layers (``Δ = θ − θ_g``);
     other layers are sent as trained."""
-    size = aggregate.distance(trained, received)
-    factor = min(1.0, clipping_norm / size) if size > 0 else 1.0
-    sent = []
-    for g, t in zip(received, trained, strict=True):
-        if not np.issubdtype(t.dtype, np.floating):
-            sent.append(t)
-            continue
-        delta = factor * (t.astype(np.float64) - g)
-        delta += rng.normal(scale=noise_multiplier * clipping_norm, size=g.shape)
-        sent.append((g + delta).astype(t.dtype))
+    factor = float(
+        aggregate.clip_factors([aggregate.distance(trained, received)], clipping_norm)[0]
+    )
+    sent = [
+        (g + factor * (t.astype(np.float64) - g)).astype(t.dtype)
+        if np.issubdtype(t.dtype, np.floating)
+        else t
+        for g, t in zip(received, trained, strict=True)
+    ]
+    add_noise(sent, noise_multiplier * clipping_norm, rng)
     return sent
 
 
 def epsilon(rounds: Sequence[tuple[int, int]], noise_multiplier: float, delta: float) -> float:
-    """ε at ``delta`` after ``rounds`` of central DP, each ``(sampled, available)`` clients.
+    """ε at ``delta`` after ``rounds`` Gaussian releases, each sampling ``(sampled,
+    available)`` clients (a local-DP client's own releases are ``(1, 1)``).
 
     Replace-one adjacency: the accountant's multiplier is ``noise_multiplier / 2``.
     ``inf`` without noise.
