@@ -50,7 +50,7 @@ from fl_app.results import RAY_NODE
 from fl_app.seeds import rng_for, seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
 from strategies.message import TEXT_METRICS
-from strategies.privacy import privatize_update
+from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
 from strategies.sampling import PARTITION_KEY
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
@@ -105,6 +105,11 @@ class FlowerClient(NumPyClient):
             trained = privatize_update(
                 parameters, trained, self.cfg.dp_clipping_norm, self.cfg.dp_noise_multiplier, rng
             )
+        elif self.cfg.dp == "dp-sgd":  # trained with DP-SGD: the server accounts the steps
+            schedule = dp_sgd_schedule(
+                len(self.data.train), self.cfg.batch_size, self.cfg.local_epochs
+            )
+            metrics |= dict(zip(DP_SGD_METRICS, schedule, strict=True))
         return trained, len(self.data.train), metrics | where_it_ran()
 
     def train_on(

@@ -291,8 +291,9 @@ class RunConfig:
     dp: str = option(
         KNOBS.dp,
         "differential privacy: none, central (the server clips each update to "
-        "dp-clipping-norm and adds Gaussian noise to the aggregate) or local (each client "
-        "does that to its own update); each round reports epsilon",
+        "dp-clipping-norm and adds Gaussian noise to the aggregate), local (each client "
+        "does that to its own update) or dp-sgd (sample-level: clients train with Opacus's "
+        "DP-SGD, per-example gradients clipped to dp-clipping-norm); each round reports epsilon",
         choices=DP_MODES,
     )
     dp_noise_multiplier: float = option(
@@ -301,7 +302,9 @@ class RunConfig:
         at_least=0,
     )
     dp_clipping_norm: float = option(
-        KNOBS.dp_clipping_norm, "largest update norm ‖θ_i − θ_g‖ that counts", above=0
+        KNOBS.dp_clipping_norm,
+        "largest update norm ‖θ_i − θ_g‖ that counts (dp-sgd: per-example gradient norm)",
+        above=0,
     )
     dp_delta: float = option(KNOBS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
     # Fault injection, for tests and robustness experiments (off by default)

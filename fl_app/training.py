@@ -5,8 +5,9 @@ centralized reference share. Knows nothing of Flower."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,16 @@ def _batches(
         yield x[rows], y[rows]
 
 
+@dataclass(frozen=True)
+class DpSgd:
+    """Sample-level DP-SGD (Opacus): every example's gradient clipped to
+    ``max_grad_norm``, ``N(0, (noise_multiplier · max_grad_norm)²)`` added to their sum,
+    batches Poisson-sampled (each example with probability ``batch_size / n``)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+
+
 def train(
     model: nn.Module,
     data: ArrayDataset,
@@ -99,26 +110,94 @@ def train(
     device: torch.device,
     seed: int,
     task: str = "classification",
+    dp_sgd: DpSgd | None = None,
 ) -> float:
     """SGD on ``data`` for ``epochs``; returns the mean training loss of the last epoch.
 
     The loss is cross-entropy for classification and mean squared error for regression.
+    With ``dp_sgd`` the steps are Opacus's DP-SGD steps (the same number of batches per
+    epoch, :func:`strategies.privacy.dp_sgd_schedule`); ``model`` is trained in place
+    either way.
     """
     model.to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     criterion = loss_function(task)
-    generator = torch.Generator().manual_seed(seed)
+    if dp_sgd is None:
+        generator = torch.Generator().manual_seed(seed)
+        return _epochs(
+            model,
+            optimizer,
+            criterion,
+            epochs,
+            lambda: _batches(data, batch_size, device, generator),
+        )
+    # Opacus draws the Poisson batches from torch's global generator: seeded, then put back.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # Opacus's hooks see inputs that need no gradient (the first layer's): harmless.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        torch.manual_seed(seed)
+        private, optimizer, loader = _make_private(model, optimizer, data, batch_size, dp_sgd, seed)
+        try:
+            return _epochs(
+                private,
+                optimizer,
+                criterion,
+                epochs,
+                lambda: ((x.to(device), y.to(device)) for x, y in loader),
+            )
+        finally:
+            private.to_standard_module()  # hooks off: the cached model is used again
+
+
+def _make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ArrayDataset,
+    batch_size: int,
+    dp_sgd: DpSgd,
+    seed: int,
+) -> tuple[Any, Any, Any]:
+    from opacus import PrivacyEngine
+
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y)),
+        batch_size=batch_size,
+    )
+    # Each call accounts its own steps: the server composes a client's rounds.
+    private = PrivacyEngine(accountant="rdp").make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=dp_sgd.noise_multiplier,
+        max_grad_norm=dp_sgd.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=torch.Generator(device=device).manual_seed(seed),
+    )
+    module, dp_optimizer, dp_loader = private[0], private[1], private[-1]
+    return module, dp_optimizer, dp_loader
+
+
+def _epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    epochs: int,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+) -> float:
+    """The training loop; returns the mean loss of the last epoch."""
     loss_sum, seen = 0.0, 0
     for _ in range(epochs):
         loss_sum, seen = 0.0, 0
-        for xb, yb in _batches(data, batch_size, device, generator):
+        for xb, yb in batches():
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
             loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(yb)
-            seen += len(yb)
+            optimizer.step()  # also on a Poisson batch that came out empty: DP-SGD's noise
+            if len(yb):
+                loss_sum += loss.item() * len(yb)
+                seen += len(yb)
     return loss_sum / seen if seen else math.nan
 
 
@@ -136,6 +215,7 @@ def train_as_configured(
         device=device,
         seed=seed,
         task=task_of(cfg.dataset),
+        dp_sgd=DpSgd(cfg.dp_noise_multiplier, cfg.dp_clipping_norm) if cfg.dp == "dp-sgd" else None,
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from strategies import aggregate, privacy
 from strategies.aggregate import Array, Model
-from strategies.privacy import DP_MODES
+from strategies.privacy import DP_MODES, DP_SGD_METRICS
 from strategies.sampling import Node, SeededSampler
 
 Scalar = bool | bytes | float | int | str
@@ -245,23 +245,25 @@ class StrategyState:
     ``velocity``: the server momentum buffer (None while β = 0 or before round 1);
     ``empty_rounds``: rounds in a row that aggregated nothing; ``private_rounds``: the
     ``(sampled, available)`` clients of each round released under central DP (what the
-    privacy accountant composes); ``releases``: under local DP, how many updates each
-    client has sent.
+    privacy accountant composes); ``releases``: under local DP and DP-SGD, every update a
+    client sent, as ``(client, sample rate, steps)`` (a local-DP release is ``(c, 1, 1)``).
     """
 
     velocity: Model | None = None
     empty_rounds: int = 0
     private_rounds: list[tuple[int, int]] = field(default_factory=list)
-    releases: dict[str, int] = field(default_factory=dict)
+    releases: list[tuple[str, float, int]] = field(default_factory=list)
 
     def to_arrays(self) -> dict[str, list[Array]]:
         """The state as named lists of arrays (what a checkpoint stores)."""
+        clients, rates, steps = zip(*self.releases, strict=True) if self.releases else ((), (), ())
         arrays: dict[str, list[Array]] = {
             "empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)],
             "private_rounds": [np.array(self.private_rounds, dtype=np.int64).reshape(-1, 2)],
             "releases": [
-                np.array(list(self.releases), dtype=np.str_),
-                np.array(list(self.releases.values()), dtype=np.int64),
+                np.array(clients, dtype=np.str_),
+                np.array(rates, dtype=np.float64),
+                np.array(steps, dtype=np.int64),
             ],
         }
         if self.velocity is not None:
@@ -278,9 +280,12 @@ class StrategyState:
             velocity=None if velocity is None else [np.array(v) for v in velocity],
             empty_rounds=int(empty[0]) if empty else 0,
             private_rounds=[] if not private else [(int(m), int(n)) for m, n in private[0]],
-            releases={}
+            releases=[]
             if not releases
-            else {str(c): int(n) for c, n in zip(releases[0], releases[1], strict=True)},
+            else [
+                (str(c), float(q), int(t))
+                for c, q, t in zip(releases[0], releases[1], releases[2], strict=True)
+            ],
         )
 
 
@@ -305,11 +310,14 @@ class ServerOptions:
     max_empty_rounds : stop with :class:`NothingAggregatedError` after this many rounds in a
         row that aggregated nothing (0: never stop).
     dp : "none"; "central": clip every update to ``dp_clipping_norm`` and add Gaussian
-        noise to the aggregate; "local": the clients do that to their own updates, the
-        rule only accounts (:mod:`strategies.privacy`). Each round reports ``epsilon``.
+        noise to the aggregate; "local": the clients do that to their own updates;
+        "dp-sgd": the clients train with sample-level DP-SGD and report their schedule
+        (an update without it is rejected). Under "local" and "dp-sgd" the rule only
+        accounts (:mod:`strategies.privacy`). Each round reports ``epsilon``.
     dp_noise_multiplier : z >= 0, the noise's standard deviation over the largest change
         one client can make to the aggregate.
-    dp_clipping_norm : C > 0, the largest update norm ``‖θ_i − θ_g‖`` that counts.
+    dp_clipping_norm : C > 0, the largest update norm ``‖θ_i − θ_g‖`` that counts
+        (DP-SGD: the largest per-example gradient norm).
     dp_delta : δ in (0, 1) of the reported (ε, δ).
     seed : seed of the rule's randomness (the DP noise); None: fresh entropy every run.
     """
@@ -420,7 +428,7 @@ class Rule:
         rounds in a row.
         """
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
-        if self.options.dp == "local":  # every update sent was a release, valid or not
+        if self.options.dp in ("local", "dp-sgd"):  # the clients' own releases
             metrics["epsilon"] = self._count_releases(updates)
         accepted, rejected = self._validate(server_round, updates)
         metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
@@ -502,13 +510,26 @@ class Rule:
         return {"dp_noise_std": std, "epsilon": spent}
 
     def _count_releases(self, updates: Sequence[ClientUpdate]) -> float:
-        """Count each client's local-DP release; ε of the client that sent most often."""
-        releases = self.state.releases
-        for update in updates:
-            releases[update.client_id] = releases.get(update.client_id, 0) + 1
-        most = max(releases.values(), default=0)
+        """Record each client's release (local DP: every update sent, valid or not;
+        DP-SGD: every update that reports its schedule); ε of the worst client."""
         options = self.options
-        return privacy.epsilon([(1, 1)] * most, options.dp_noise_multiplier, options.dp_delta)
+        sample_level = options.dp == "dp-sgd"
+        for update in updates:
+            if not sample_level:
+                self.state.releases.append((update.client_id, 1.0, 1))
+            elif (schedule := dp_sgd_schedule_of(update)) is not None:
+                self.state.releases.append((update.client_id, *schedule))
+        per_client: dict[str, list[tuple[float, int]]] = {}
+        for client, rate, steps in self.state.releases:
+            per_client.setdefault(client, []).append((rate, steps))
+        # Clients with the same releases have the same ε: each distinct history once.
+        histories = {tuple(sorted(h)) for h in per_client.values()}
+        z, delta = options.dp_noise_multiplier, options.dp_delta
+        if sample_level:
+            spent = [privacy.sample_epsilon(h, z, delta) for h in histories]
+        else:
+            spent = [privacy.epsilon([(1, 1)] * len(h), z, delta) for h in histories]
+        return max(spent, default=0.0)
 
     def require_global(self) -> list[Array]:
         if self.global_model is None:
@@ -614,7 +635,22 @@ class Rule:
             return "parameters contain NaN or Inf"
         if self.needs_distance(server_round) or self.options.dp == "central":
             update.distance = aggregate.distance(update.arrays, self.require_global())
+        if self.options.dp == "dp-sgd" and dp_sgd_schedule_of(update) is None:
+            return (
+                f"dp = dp-sgd, but it reported no {' and '.join(DP_SGD_METRICS)} "
+                "(it did not train with DP-SGD, so its privacy cannot be accounted)"
+            )
         return self.check_update(server_round, update)
+
+
+def dp_sgd_schedule_of(update: ClientUpdate) -> tuple[float, int] | None:
+    """The ``(sample rate, steps)`` a DP-SGD client reported, or None (absent or malformed)."""
+    rate, steps = (update.metrics.get(key) for key in DP_SGD_METRICS)
+    if not isinstance(rate, float | int) or not isinstance(steps, int) or isinstance(steps, bool):
+        return None
+    if not 0 < rate <= 1 or steps < 0:
+        return None
+    return float(rate), int(steps)
 
 
 def take_knobs(rule_type: type[Rule] | None, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -24,10 +24,18 @@ sees its update; each release is a Gaussian with sensitivity ``2C`` (replace-one
 round reports the ε of the client that has sent most often (no amplification: the server
 knows who was sampled). The noise of K clients adds up in the average, so local DP needs
 much more noise for the same model quality.
+
+Under ``dp = dp-sgd`` the privacy is sample-level: each client trains with Opacus's DP-SGD
+(every example's gradient clipped to ``C``, ``N(0, (z·C)²)`` added to the batch's sum,
+Poisson-sampled batches), so what is protected is one training example of one client
+(add/remove-one adjacency), not a client's participation. Each round a client reports its
+schedule (sample rate ``q``, steps); the server composes each client's rounds with
+Opacus's RDP accountant and reports the ε of the worst client.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -36,7 +44,9 @@ import numpy as np
 from strategies import aggregate
 from strategies.aggregate import Array, Model
 
-DP_MODES = ("none", "central", "local")
+DP_MODES = ("none", "central", "local", "dp-sgd")
+# What a DP-SGD client reports each round: its Poisson sample rate and its steps.
+DP_SGD_METRICS = ("dp_sample_rate", "dp_steps")
 
 
 def noise_std(noise_multiplier: float, clipping_norm: float, weights: Array) -> float:
@@ -71,6 +81,31 @@ def privatize_update(
     ]
     add_noise(sent, noise_multiplier * clipping_norm, rng)
     return sent
+
+
+def dp_sgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """``(q, steps)`` of DP-SGD on ``num_examples`` as Opacus runs it: ``ceil(n / B)``
+    Poisson batches per epoch, each example in a batch with probability ``q = 1 / ceil(n / B)``."""
+    batches = max(1, math.ceil(num_examples / batch_size))
+    return 1.0 / batches, epochs * batches
+
+
+def sample_epsilon(
+    schedules: Sequence[tuple[float, int]], noise_multiplier: float, delta: float
+) -> float:
+    """ε at ``delta`` of one client's DP-SGD rounds, each ``(q, steps)``, with Opacus's RDP
+    accountant (Poisson-subsampled Gaussian steps, add/remove-one example). ``inf``
+    without noise."""
+    from opacus.accountants import RDPAccountant
+
+    if not schedules:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    accountant = RDPAccountant()
+    for (rate, steps), count in Counter(schedules).items():
+        accountant.history.append((noise_multiplier, rate, steps * count))
+    return float(accountant.get_epsilon(delta))
 
 
 def epsilon(rounds: Sequence[tuple[int, int]], noise_multiplier: float, delta: float) -> float:

@@ -1,4 +1,5 @@
-"""Central differential privacy: clipping, noise calibrated to the largest weight, ε.
+"""Differential privacy: central clipping and noise calibrated to the largest weight,
+local DP, sample-level DP-SGD, and the ε each reports.
 
 ε is checked against Opacus's RDP accountant, an implementation the project does not
 use; the aggregate against the formula in plain numpy.
@@ -11,17 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import pytest
+import torch
+from dp_accounting.rdp import RdpAccountant
 from flwr.common import parameters_to_ndarrays
 from opacus.accountants import RDPAccountant
+from opacus.data_loader import DPDataLoader
 
 import strategies
 from fl_app.client_app import make_client
 from fl_app.config import RunConfig
 from fl_app.seeds import rng_for
 from strategies.core import StrategyState
-from strategies.privacy import epsilon, privatize_update
+from strategies.privacy import dp_sgd_schedule, epsilon, privatize_update, sample_epsilon
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_simulation_cli
 
@@ -174,8 +179,77 @@ def test_local_dp_accounts_the_client_that_sent_most() -> None:
     assert first["epsilon"] == epsilon([(1, 1)], 1.5, 1e-5)
     assert second["epsilon"] == epsilon([(1, 1)] * 2, 1.5, 1e-5)
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
-    assert state.releases == {"c0": 2, "c1": 2, "c2": 1, "c3": 1}
+    assert sorted(state.releases) == sorted(
+        [(c, 1.0, 1) for c in ("c0", "c1", "c2", "c3")] + [(c, 1.0, 1) for c in ("c0", "c1")]
+    )
     assert "dp_noise_std" not in second  # the server adds nothing
+
+
+@pytest.mark.parametrize(
+    ("noise", "rate", "steps", "rounds"), [(1.0, 0.05, 100, 5), (2.0, 0.01, 30, 1)]
+)
+def test_dp_sgd_epsilon_equals_dp_accountings_poisson_sampled_gaussian(
+    noise: float, rate: float, steps: int, rounds: int
+) -> None:
+    # Google's accountant, the same orders; the two convert RDP to (ε, δ) slightly apart.
+    independent = RdpAccountant(
+        orders=RDPAccountant.DEFAULT_ALPHAS,
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    )
+    sampled = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))
+    independent.compose(sampled, steps * rounds)
+    got = sample_epsilon([(rate, steps)] * rounds, noise, 1e-5)
+    assert got == pytest.approx(independent.get_epsilon(1e-5), rel=1e-3)
+    assert sample_epsilon([(rate, steps)] * (rounds + 1), noise, 1e-5) > got
+
+
+def test_the_dp_sgd_schedule_is_opacus_poisson_loader() -> None:
+    for n, batch in ((115, 16), (64, 16), (5, 32)):
+        data = torch.utils.data.TensorDataset(torch.zeros(n, 2))
+        loader = DPDataLoader.from_data_loader(torch.utils.data.DataLoader(data, batch_size=batch))
+        assert dp_sgd_schedule(n, batch, 3) == (loader.sample_rate, 3 * len(loader))
+
+
+def test_a_dp_sgd_client_trains_privately_and_reports_its_schedule() -> None:
+    node = {"partition-id": 1, "num-partitions": 4}
+    cfg = RunConfig(local_epochs=2, device="cpu", dp="dp-sgd", dp_noise_multiplier=0.7)
+    received = make_client(cfg, node).get_parameters({})
+    runs = [make_client(c, node).fit(list(received), {"server-round": 2}) for c in (cfg, cfg)]
+    plain, n, _ = make_client(RunConfig(local_epochs=2, device="cpu"), node).fit(
+        list(received), {"server-round": 2}
+    )
+    (sent, n_sent, metrics), (again, _, _) = runs
+    assert n_sent == n
+    rate, steps = dp_sgd_schedule(n, cfg.batch_size, 2)
+    assert (metrics["dp_sample_rate"], metrics["dp_steps"]) == (rate, steps)
+    for a, b in zip(sent, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # seeded: the same batches and noise
+    assert not all(np.array_equal(a, c) for a, c in zip(sent, plain, strict=True))
+
+
+def test_dp_sgd_accounts_each_clients_rounds_and_rejects_updates_without_a_schedule() -> None:
+    models, counts = a_round()
+    strategy = private(dp="dp-sgd", dp_noise_multiplier=1.2)
+    schedules = [(0.1, 30), (0.05, 60), (0.1, 30), None]
+    metrics_in = [
+        {} if s is None else dict(zip(("dp_sample_rate", "dp_steps"), s, strict=True))
+        for s in schedules
+    ]
+    results = results_of(models, counts, metrics_in)
+    _, first = strategy.aggregate_fit(1, results, [])
+    assert (first["accepted"], first["rejected"]) == (3, 1)
+    _, second = strategy.aggregate_fit(2, results[1:2], [])  # only c1 again
+    # Worst client: c0 or c2 once at q = 0.1, or c1 twice at q = 0.05.
+    once = sample_epsilon([(0.1, 30)], 1.2, 1e-5)
+    assert first["epsilon"] == once
+    assert second["epsilon"] == max(once, sample_epsilon([(0.05, 60)] * 2, 1.2, 1e-5))
+    state = StrategyState.from_arrays(strategy.get_state().to_arrays())
+    assert sorted(state.releases) == [
+        ("c0", 0.1, 30),
+        ("c1", 0.05, 60),
+        ("c1", 0.05, 60),
+        ("c2", 0.1, 30),
+    ]
 
 
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
@@ -184,7 +258,10 @@ def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "small", "large"), [("central", 0.05, 50), ("local", 0.01, 1)])
+@pytest.mark.parametrize(
+    ("mode", "small", "large"),
+    [("central", 0.05, 50), ("local", 0.01, 1), ("dp-sgd", 0.1, 10)],
+)
 def test_dp_learns_at_small_noise_and_not_at_large(
     tmp_path: Path, mode: str, small: float, large: float
 ) -> None:
