@@ -27,14 +27,18 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.app.message_type import MessageType
 from flwr.client import Client, NumPyClient
 from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, GetPropertiesRes, NDArrays, Scalar, Status
 from flwr.common.constant import MessageTypeLegacy
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
+import strategies
 from fl_app.config import RunConfig
 from fl_app.data import (
     ArrayDataset,
@@ -110,7 +114,36 @@ class FlowerClient(NumPyClient):
                 len(self.data.train), self.cfg.batch_size, self.cfg.local_epochs
             )
             metrics |= dict(zip(DP_SGD_METRICS, schedule, strict=True))
-        return trained, len(self.data.train), metrics | where_it_ran()
+        weight = (
+            self.secure_weight(trained) if self.cfg.secure_aggregation else len(self.data.train)
+        )
+        return trained, weight, metrics | where_it_ran()
+
+    def secure_weight(self, trained: NDArrays) -> int:
+        """The weight SecAgg+ multiplies this client's model by (sent as num_examples),
+        after checking that the masked sum can carry it and the model exactly enough.
+
+        FedAvg's is ``n_i``; a uniform weight is ``secagg-max-weight`` itself (any common
+        weight gives the plain mean, and the largest one is quantized most finely).
+        """
+        cfg = self.cfg
+        rule_type = strategies.rule_type(cfg.strategy)
+        per_example = rule_type.secure_weight(rule_type.Options.from_config(cfg)) == "examples"
+        weight = len(self.data.train) if per_example else max(1, int(cfg.secagg_max_weight))
+        if weight > cfg.secagg_max_weight:
+            raise ValueError(
+                f"secure aggregation: this client's weight {weight} (its num_examples) exceeds "
+                f"secagg-max-weight = {cfg.secagg_max_weight:g} and would overflow the masked "
+                "sum: raise secagg-max-weight"
+            )
+        largest = max((float(np.max(np.abs(a))) for a in trained if a.size), default=0.0)
+        if largest > cfg.secagg_clipping_range:
+            raise ValueError(
+                f"secure aggregation: a model value of magnitude {largest:.3g} is outside "
+                f"secagg-clipping-range = {cfg.secagg_clipping_range:g} and would be clipped "
+                "in the masked sum: raise secagg-clipping-range"
+            )
+        return weight
 
     def train_on(
         self, data: ArrayDataset, parameters: NDArrays, config: dict[str, Scalar], part: int = 0
@@ -278,6 +311,14 @@ class DualClientApp(ClientApp):
         self.client_fn = client_fn
 
     def __call__(self, message: Message, context: Context) -> Message:
+        secure = RECORD_KEY_CONFIGS in message.content.config_records
+        if secure and message.metadata.message_type == MessageType.TRAIN:
+            # A SecAgg+ stage: Flower's client mod runs the protocol (its state lives in
+            # the node's context) and has the legacy handler train at its masking stage.
+            return secaggplus_mod(message, context, self._answer)
+        return self._answer(message, context)
+
+    def _answer(self, message: Message, context: Context) -> Message:
         if is_legacy(message):
             if message.metadata.message_type == MessageTypeLegacy.GET_PROPERTIES:
                 # The server's seeded sampling asks each node once for its partition id:

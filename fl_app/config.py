@@ -307,6 +307,30 @@ class RunConfig:
         above=0,
     )
     dp_delta: float = option(KNOBS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
+    # Secure aggregation (Flower's SecAgg+, legacy API)
+    secure_aggregation: bool = option(
+        False,
+        "run training rounds through Flower's SecAgg+ (the server sees only the sum of the "
+        "clients' weighted models): legacy flower-api; simple, fedavg, or hybrid "
+        "with hybrid-lambda 1 and no robust filter; dp none, local or dp-sgd",
+    )
+    secagg_num_shares: int = option(
+        3, "SecAgg+: shares each client's secret is split into (its neighbours + 1)", at_least=3
+    )
+    secagg_reconstruction_threshold: int = option(
+        2, "SecAgg+: shares that recover a dropped client's secret", at_least=2
+    )
+    secagg_max_weight: float = option(
+        1000.0,
+        "SecAgg+: the largest client weight (num_examples for fedavg): larger ones overflow, "
+        "so such a client fails instead",
+        above=0,
+    )
+    secagg_clipping_range: float = option(
+        8.0,
+        "SecAgg+: model values are quantized in [-r, r]; a client whose model leaves it fails",
+        above=0,
+    )
     # Fault injection, for tests and robustness experiments (off by default)
     fault_kind: str = option(
         "none", "what the faulty clients do (see fl_app/faults.py)", choices=FAULT_KINDS
@@ -394,6 +418,8 @@ class RunConfig:
                 f"none or local with strategy {self.strategy!r} (Flower's robust aggregators combine "
                 "the updates their own way; central DP needs the weighted sum of clipped updates)",
             )
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
             _fail(
@@ -401,6 +427,26 @@ class RunConfig:
                 self.quality_floor,
                 "> 0 for a lower-is-better metric (it is the worst loss that still gets weight)",
             )
+
+    def _check_secure_aggregation(self) -> None:
+        if self.flower_api != "legacy":
+            _fail(
+                "flower-api",
+                self.flower_api,
+                "legacy with secure-aggregation = true (Flower 1.41 has SecAgg+ for the "
+                "legacy API only)",
+            )
+        if self.secagg_reconstruction_threshold > self.secagg_num_shares:
+            _fail(
+                "secagg-reconstruction-threshold",
+                self.secagg_reconstruction_threshold,
+                f"at most secagg-num-shares ({self.secagg_num_shares})",
+            )
+        rule_type = strategies.rule_type(self.strategy)
+        rule = rule_type(rule_type.Options.from_config(self))
+        problem = strategies.secure_aggregation_problem(rule)
+        if problem is not None:
+            _fail("secure-aggregation", True, f"false with strategy {self.strategy!r}: {problem}")
 
     @property
     def run_config(self) -> dict[str, Any]:

@@ -24,7 +24,13 @@ import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
 from fl_app.results import RunListener, RunWriter, run_directory
-from fl_app.server_loop import ExperimentServer, RoundRecorder, run_message_rounds
+from fl_app.server_loop import (
+    ExperimentServer,
+    RoundRecorder,
+    SecureAggregationServer,
+    SecureRound,
+    run_message_rounds,
+)
 from fl_app.tracking import start_tracker
 from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
@@ -61,6 +67,7 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
         return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
     return LegacyStrategy(
         rule=rule,
+        secure_aggregation=cfg.secure_aggregation,
         min_available_clients=cfg.min_available_clients,
         initial_parameters=ndarrays_to_parameters(server.initial),
         on_fit_config_fn=round_config,
@@ -115,15 +122,29 @@ def _run_rounds(
             recorder=recorder,
         )
         return
+    loop: dict[str, Any] = {
+        "client_manager": SimpleClientManager(),
+        "strategy": strategy,
+        "recorder": recorder,
+        "central_evaluation": server.central,
+    }
     start_grid(
         grid=grid,
-        server=ExperimentServer(
-            client_manager=SimpleClientManager(),
-            strategy=strategy,
-            recorder=recorder,
-            central_evaluation=server.central,
-        ),
+        server=SecureAggregationServer(grid=grid, workflow=secure_round(cfg), **loop)
+        if cfg.secure_aggregation
+        else ExperimentServer(**loop),
         config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout),
+    )
+
+
+def secure_round(cfg: RunConfig) -> SecureRound:
+    """Flower's SecAgg+ workflow with the run's protocol knobs."""
+    return SecureRound(
+        num_shares=cfg.secagg_num_shares,
+        reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+        max_weight=cfg.secagg_max_weight,
+        clipping_range=cfg.secagg_clipping_range,
+        timeout=cfg.round_timeout or None,
     )
 
 

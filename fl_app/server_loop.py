@@ -13,13 +13,21 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.common import NDArrays, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import NDArrays, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
-from flwr.server import Server
+from flwr.compat.common.recorddict_compat import (
+    arrayrecord_to_parameters,
+    parameters_to_arrayrecord,
+)
+from flwr.server import LegacyContext, Server
 from flwr.server.client_manager import ClientManager
 from flwr.server.history import History
+from flwr.server.server import FitResultsAndFailures
 from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as MessageStrategy
 
@@ -219,6 +227,83 @@ class ExperimentServer(Server):
 
     def _central(self, model: NDArrays) -> dict[str, Scalar]:
         return {} if self.central_evaluation is None else self.central_evaluation(model)
+
+
+class SecureRound(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow for one training round, keeping the protocol's state
+    (who was sampled, what came back, what failed) for the round's record."""
+
+    state: WorkflowState | None = None
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        self.state = state
+        return super().setup_stage(grid, context, state)
+
+
+class SecureAggregationServer(ExperimentServer):
+    """:class:`ExperimentServer` whose training rounds run Flower's SecAgg+ workflow.
+
+    Flower's ``DefaultWorkflow`` would run the rounds itself, past this server's loop;
+    here the loop stays (records, checkpoints, central and federated evaluation, the
+    empty-round stop) and only ``fit_round`` hands the round to the protocol. The
+    strategy's ``aggregate_fit`` gets the unmasked weighted mean in every result; a
+    round the protocol halts before it (too few clients answered to unmask) aggregates
+    nothing, with that as its problem.
+    """
+
+    def __init__(self, *, grid: Grid, workflow: SecureRound, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.grid = grid
+        self.workflow = workflow
+
+    def fit_round(
+        self, server_round: int, timeout: float | None
+    ) -> tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures] | None:
+        blank = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        context = LegacyContext(blank, strategy=self.strategy, client_manager=self.client_manager())
+        context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
+            self.parameters, keep_input=True
+        )
+        context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+            {Key.CURRENT_ROUND: server_round, Key.START_TIME: timeit.default_timer()}
+        )
+        strategy = self.strategy
+        assert isinstance(strategy, RuleAdapter)
+        strategy.last_result = None
+        self.workflow.state = None
+        self.workflow(self.grid, context)
+        state = self.workflow.state
+        if state is None:  # nobody sampled
+            return None
+        results: list[Any] = list(state.legacy_results)
+        # Flower appends a failed reply's error once per pass over the replies: once each.
+        failures: list[Any] = [RuntimeError(e) for e in dict.fromkeys(map(str, state.failures))]
+        if strategy.last_result is None:  # halted before aggregation: nothing was unmasked
+            halted = (
+                f"SecAgg+ halted: {len(state.active_node_ids)} of {len(state.nid_to_proxies)} "
+                f"sampled clients left, the protocol needs {max(state.threshold, 2)} "
+                "(secagg-reconstruction-threshold)"
+            )
+            failures = [*failures[:1], RuntimeError(halted), *failures[1:]]  # the cause first
+            failures = one_per_client(failures, len(state.nid_to_proxies))
+            parameters, metrics = self.strategy.aggregate_fit(server_round, [], failures)
+            return parameters, metrics, ([], failures)
+        failures = one_per_client(failures, len(state.nid_to_proxies) - len(results))
+        fitted = context.history.metrics_distributed_fit
+        metrics = {name: values[-1][1] for name, values in fitted.items()}
+        parameters = None
+        if strategy.last_result.arrays is not None:
+            parameters = arrayrecord_to_parameters(
+                context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+            )
+        return parameters, metrics, (results, failures)
+
+
+def one_per_client(failures: list[Any], count: int) -> list[Any]:
+    """``count`` failures: the first of ``failures``, then "no reply" for clients that
+    failed without a message."""
+    missing = count - len(failures)
+    return failures[:count] + [TimeoutError("no reply in time")] * max(missing, 0)
 
 
 def run_message_rounds(

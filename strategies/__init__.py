@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from strategies.core import Rule, ScoreFn, ServerOptions, build_rule, take_knobs
+from strategies.core import (
+    Rule,
+    ScoreFn,
+    ServerOptions,
+    build_rule,
+    secure_aggregation_problem,
+    take_knobs,
+)
 from strategies.fedavg import FedAvgRule
 from strategies.flower_robust import BASELINES
 from strategies.hybrid import HybridRule
@@ -109,4 +116,5 @@ __all__ = [
     "SimpleAverageRule",
     "build",
     "rule_type",
+    "secure_aggregation_problem",
 ]

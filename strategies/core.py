@@ -238,6 +238,10 @@ class RoundResult:
     problem: str | None = None
 
 
+# Client-side weights a SecAgg+ sum can apply: each client's n_i, or 1 for every client.
+SECURE_WEIGHTS = ("examples", "one")
+
+
 @dataclass
 class StrategyState:
     """Everything a strategy carries from one round to the next (for checkpoints).
@@ -400,6 +404,13 @@ class Rule:
 
     # ---- hooks for subclasses -------------------------------------------------------
 
+    @classmethod
+    def secure_weight(cls, options: ServerOptions) -> str | None:
+        """The weight each client sends when only the masked sum of the weighted updates
+        reaches the server (SecAgg+, which divides by the sum of the weights): one of
+        :data:`SECURE_WEIGHTS`, or None when the rule needs the individual updates."""
+        return None
+
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
         raise NotImplementedError
@@ -473,9 +484,14 @@ class Rule:
     ) -> Model:
         """``θ_avg = Σ c_i θ_i + c_g θ_g`` over ``folded`` (``(update, c_i)`` with c_i ≠ 0),
         streamed: each update is decoded as the fold reaches it. ``template`` gives the
-        layers' shapes and dtypes."""
+        layers' shapes and dtypes. Updates that share their tensors (SecAgg+ hands every
+        client the one unmasked mean) are folded once, with their coefficients summed."""
+        shared: dict[int, tuple[ClientUpdate, float]] = {}
+        for u, c in folded:
+            first, total = shared.get(id(u.tensors), (u, 0.0))
+            shared[id(u.tensors)] = (first, total + c)
         terms: Iterator[tuple[Sequence[Array], float]] = (
-            (decode_tensors(u.tensors), c) for u, c in folded
+            (decode_tensors(u.tensors), c) for u, c in shared.values()
         )
         if global_share != 0.0:
             terms = itertools.chain(terms, [(self.require_global(), global_share)])
@@ -641,6 +657,22 @@ class Rule:
                 "(it did not train with DP-SGD, so its privacy cannot be accounted)"
             )
         return self.check_update(server_round, update)
+
+
+def secure_aggregation_problem(rule: Rule) -> str | None:
+    """Why ``rule`` cannot run under SecAgg+ (None: it can)."""
+    if rule.options.dp == "central":
+        return (
+            "central DP clips each update, and SecAgg+ shows the server only their sum: "
+            "use dp = local or dp-sgd (the clients privatize) or none"
+        )
+    if rule.secure_weight(rule.options) is None:
+        return (
+            f"{type(rule).__name__} weighs, scores or filters each update with these options, "
+            "and SecAgg+ shows the server only the weighted sum: use simple, fedavg, "
+            "or hybrid with hybrid-lambda = 1 and robust-filter = none"
+        )
+    return None
 
 
 def dp_sgd_schedule_of(update: ClientUpdate) -> tuple[float, int] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from strategies.aggregate import example_weights
-from strategies.core import ClientUpdate, Coefficients, Rule
+from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions
 
 
 class FedAvgRule(Rule):
@@ -14,6 +14,10 @@ class FedAvgRule(Rule):
     The defaults η=1, β=0 reproduce Flower's built-in ``FedAvg`` to float tolerance.
     Use it as the baseline; server momentum helps on non-IID data.
     """
+
+    @classmethod
+    def secure_weight(cls, options: ServerOptions) -> str | None:
+        return "examples"
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(example_weights([u.num_examples for u in updates]))

@@ -12,8 +12,10 @@ bit on the same replies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from logging import WARNING
 from typing import Any
 
@@ -40,8 +42,10 @@ from strategies.core import (
     ScoreFn,
     ServerOptions,
     canonical_order,
+    decode_tensors,
     encode_tensors,
     evaluation_metrics,
+    secure_aggregation_problem,
     take_knobs,
     weighted_metrics,
 )
@@ -58,10 +62,16 @@ EvaluateFailures = list[tuple[ClientProxy, EvaluateRes] | BaseException]
 MAX_QUERIES = 64
 
 
+# Where Flower's error for a ClientApp that raised quotes the client's own message.
+CLIENT_MESSAGE = re.compile(r"ClientAppException occurred\. Message: (.+?)(?:\\n|\n|'>|$)")
+
+
 def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
-    """One line for a failed client: what it raised, or the status it answered with."""
+    """One line for a failed client: what it raised (the client's own message when
+    Flower wrapped it in a traceback), or the status it answered with."""
     if isinstance(failure, BaseException):
-        return f"{type(failure).__name__}: {failure}"
+        quoted = CLIENT_MESSAGE.findall(str(failure))
+        return f"client error: {quoted[-1]}" if quoted else f"{type(failure).__name__}: {failure}"
     proxy, res = failure
     return f"client {proxy.cid}: {res.status.code.name} {res.status.message}"
 
@@ -82,6 +92,12 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         once for its ``partition-id`` property; None keeps Flower's unseeded sampling.
     query_timeout : float, optional
         How long to wait for that answer (None: as long as it takes).
+    secure_aggregation : bool
+        The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
+        float64 weighted mean of the clients' models (the clients weighted themselves by
+        :meth:`~strategies.core.Rule.secure_weight`); it is cast to the global model's
+        dtypes once and stands for each client's update (its metrics and example count
+        are its own). Only rules with a client-side weight and no central DP allow it.
     **kwargs
         The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``), and
         Flower's ``FedAvg`` arguments: ``fraction_fit``, ``fraction_evaluate``,
@@ -99,12 +115,18 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         score_fn: ScoreFn | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
+        secure_aggregation: bool = False,
         **kwargs: Any,
     ) -> None:
         knobs = take_knobs(self.rule_type, kwargs)
         self.adopt(
             rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
         )
+        if secure_aggregation:
+            problem = secure_aggregation_problem(self.rule)
+            if problem is not None:
+                raise ValueError(f"secure_aggregation=True: {problem}")
+        self.secure_aggregation = secure_aggregation
         for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
             kwargs.setdefault(metrics, weighted_metrics)
         super().__init__(**kwargs)
@@ -151,11 +173,10 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
             log(WARNING, "%s", problem)
             self.last_result = RoundResult(None, metrics, [], problem)
             return None, metrics
-        result = self.rule.aggregate(
-            server_round,
-            [rule_update(self.client_name(proxy.cid), res) for proxy, res in results],
-            [describe_failure(f) for f in failures],
-        )
+        updates = [rule_update(self.client_name(proxy.cid), res) for proxy, res in results]
+        if self.secure_aggregation and updates:
+            updates = self._unmasked_mean(updates)
+        result = self.rule.aggregate(server_round, updates, [describe_failure(f) for f in failures])
         self.last_result = result
         metrics = dict(result.metrics)
         if self.fit_metrics_aggregation_fn is not None and result.accepted:
@@ -168,6 +189,16 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         if result.arrays is None:
             return None, metrics
         return Parameters(encode_tensors(result.arrays), "numpy.ndarray"), metrics
+
+    def _unmasked_mean(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """SecAgg+'s float64 mean (the same in every result), cast once to the global
+        model's dtypes, as every client's update."""
+        mean = decode_tensors(updates[0].tensors)
+        template = self.rule.require_global()
+        if len(mean) == len(template):
+            mean = [m.astype(g.dtype, copy=False) for m, g in zip(mean, template, strict=True)]
+        tensors = encode_tensors(mean)  # a wrong layout is rejected by the rule, not here
+        return [replace(u, tensors=tensors) for u in updates]
 
     def aggregate_evaluate(
         self, server_round: int, results: EvaluateResults, failures: EvaluateFailures

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from strategies.aggregate import uniform_weights
-from strategies.core import ClientUpdate, Coefficients, Rule
+from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions
 
 
 class SimpleAverageRule(Rule):
@@ -13,6 +13,10 @@ class SimpleAverageRule(Rule):
     hold similar amounts of data, or when their reported example counts cannot be
     trusted. Knobs: :class:`~strategies.core.ServerOptions` (the server step).
     """
+
+    @classmethod
+    def secure_weight(cls, options: ServerOptions) -> str | None:
+        return "one"
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(uniform_weights(len(updates)))

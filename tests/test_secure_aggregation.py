@@ -1,0 +1,162 @@
+"""SecAgg+ (Flower's workflow and client mod, legacy API): what runs under it, what refuses.
+
+End to end, a secure run is compared with the same run in the clear: the protocol only
+quantizes, so the models agree to the quantization step, and the records are written
+the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+import strategies
+from fl_app.client_app import make_client
+from fl_app.config import ConfigError, RunConfig
+from strategies.core import SECURE_WEIGHTS, StrategyState
+from tests.fakes import make, results_of
+from tests.processes import read_history, run_python, run_simulation_cli
+
+GLOBAL = [np.zeros((6, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        ({"flower_api": "message"}, "legacy API only"),
+        ({"dp": "central"}, "central DP clips each update"),
+        ({"strategy": "quality"}, "'quality': QualityWeightedRule weighs, scores or filters"),
+        ({"strategy": "hybrid", "hybrid_lambda": 0.5}, "'hybrid': HybridRule weighs"),
+        ({"strategy": "hybrid", "hybrid_lambda": 1.0, "robust_filter": "mad"}, "HybridRule"),
+        ({"strategy": "flower-median"}, "'flower-median': MedianRule weighs"),
+        ({"secagg_num_shares": 3, "secagg_reconstruction_threshold": 4}, "at most secagg-num"),
+    ],
+)
+def test_what_secure_aggregation_cannot_run_is_refused_in_one_line(
+    settings: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(ConfigError, match=why) as refused:
+        RunConfig(secure_aggregation=True, **settings)
+    assert "\n" not in str(refused.value)
+
+
+def test_each_rule_that_allows_it_names_a_client_side_weight() -> None:
+    allowed = {
+        name: rule.secure_weight(rule.Options())
+        for name, rule in strategies.CHOICES.items()
+        if rule.secure_weight(rule.Options()) is not None
+    }
+    assert allowed == {"simple": "one", "fedavg": "examples"}
+    assert set(allowed.values()) <= set(SECURE_WEIGHTS)
+    hybrid = strategies.HybridRule.Options
+    assert strategies.HybridRule.secure_weight(hybrid(hybrid_lambda=1.0)) == "examples"
+    ramp = hybrid(hybrid_lambda=1.0, hybrid_lambda_end=0.8, num_server_rounds=5)
+    assert strategies.HybridRule.secure_weight(ramp) is None
+    with pytest.raises(ValueError, match="secure_aggregation=True: QualityWeightedRule weighs"):
+        strategies.QualityWeighted(secure_aggregation=True)
+
+
+def test_the_unmasked_float64_mean_is_cast_once_and_stands_for_every_client() -> None:
+    strategy = make(strategies.FedAvg, GLOBAL, secure_aggregation=True, dp="local")
+    mean = [np.full((6, 4), 0.25), np.arange(4, dtype=np.float64) / 3]  # float64, as SecAgg+
+    results = results_of([mean] * 3, [10, 30, 60])
+    for _, res in results:
+        res.parameters = ndarrays_to_parameters(mean)  # one Parameters object, as SecAgg+
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert parameters is not None
+    got = parameters_to_ndarrays(parameters)
+    assert [a.dtype for a in got] == [np.float32, np.float32]
+    for a, m in zip(got, mean, strict=True):
+        np.testing.assert_array_equal(a, m.astype(np.float32))
+    assert (metrics["accepted"], metrics["rejected"]) == (3, 0)
+    # Each client's own example count and release: local DP accounts every client.
+    assert metrics["weights"] == '{"c0": 0.1, "c1": 0.3, "c2": 0.6}'
+    state = StrategyState.from_arrays(strategy.get_state().to_arrays())
+    assert sorted(c for c, _, _ in state.releases) == ["c0", "c1", "c2"]
+
+
+def test_a_wrong_layout_under_secure_aggregation_is_rejected_not_cast() -> None:
+    strategy = make(strategies.FedAvg, GLOBAL, secure_aggregation=True, max_empty_rounds=0)
+    (proxy, res), *_ = results_of([GLOBAL[:1]], [5])  # one layer of two
+    _, metrics = strategy.aggregate_fit(1, [(proxy, res)], [])
+    assert (metrics["accepted"], metrics["rejected"]) == (0, 1)
+
+
+@pytest.mark.parametrize(("strategy", "weight"), [("simple", 1000), ("fedavg", None)])
+def test_a_secure_client_sends_its_rules_weight_and_checks_the_protocols_bounds(
+    strategy: str, weight: int | None
+) -> None:
+    node = {"partition-id": 0, "num-partitions": 4}
+    cfg = RunConfig(strategy=strategy, local_epochs=1, device="cpu", secure_aggregation=True)
+    client = make_client(cfg, node)
+    received = client.get_parameters({})
+    trained, sent_weight, _ = client.fit(list(received), {"server-round": 1})
+    n = len(client.data.train)  # type: ignore[attr-defined]
+    assert sent_weight == (n if weight is None else weight)
+    tight = RunConfig(
+        strategy=strategy, device="cpu", secure_aggregation=True, secagg_max_weight=0.5
+    )
+    with pytest.raises(ValueError, match="exceeds secagg-max-weight = 0"):
+        make_client(tight, node).fit(list(received), {"server-round": 1})
+    largest = max(float(np.max(np.abs(a))) for a in trained)
+    narrow = RunConfig(
+        strategy=strategy, local_epochs=1, device="cpu", secure_aggregation=True,
+        secagg_clipping_range=largest / 2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="outside secagg-clipping-range"):
+        make_client(narrow, node).fit(list(received), {"server-round": 1})
+
+
+def final_model(run_dir: Path) -> list[np.ndarray]:
+    return [t.numpy() for t in torch.load(run_dir / "final_model.pt").values()]
+
+
+@pytest.mark.slow
+def test_secagg_plus_runs_fedavg_and_simple_average_with_local_dp_like_the_clear(
+    tmp_path: Path,
+) -> None:
+    flags = ["--compare", "fedavg", "simple", "--num-clients", "5", "--num-server-rounds", "1"]
+    flags += ["--local-epochs", "1", "--dp", "local", "--dp-noise-multiplier", "0.001"]
+    flags += ["--dp-clipping-norm", "5"]
+    run_simulation_cli(tmp_path, "--run-name", "clear", *flags)
+    run_simulation_cli(tmp_path, "--run-name", "secure", *flags, "--secure-aggregation")
+    for strategy in ("fedavg", "simple"):
+        secure = read_history(tmp_path / "secure" / strategy)["rounds"]
+        clear = read_history(tmp_path / "clear" / strategy)["rounds"]
+        # Records of the round, the clients' own counts and releases.
+        assert [r["round"] for r in secure] == [0, 1]
+        assert [(r["accepted"], r["failures"]) for r in secure[1:]] == [(5, 0)]
+        weights = [[json.loads(r["weights"]) for r in run[1:]] for run in (secure, clear)]
+        assert weights[0] == weights[1]
+        assert [r["epsilon"] for r in secure[1:]] == [r["epsilon"] for r in clear[1:]]
+        assert secure[-1]["central_accuracy"] > secure[0]["central_accuracy"] + 0.3
+        assert (tmp_path / "secure" / strategy / "checkpoint.npz").exists()
+        # Quantized masked sums (steps of 16 / 2²² of each weighted value): the model
+        # agrees with the clear one to about 1e-5.
+        for a, b in zip(
+            final_model(tmp_path / "secure" / strategy),
+            final_model(tmp_path / "clear" / strategy),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_secure_run_whose_clients_all_fail_stops_with_their_reason(tmp_path: Path) -> None:
+    flags = ["--secure-aggregation", "--secagg-clipping-range", "0.01", "--num-clients", "3"]
+    flags += ["--num-server-rounds", "2", "--max-empty-rounds", "1", "--run-name", "narrow"]
+    done = run_python(["run_simulation.py", "--output-dir", str(tmp_path), *flags])
+    assert done.returncode != 0
+    error = next(
+        line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")
+    )
+    assert "all 3 sampled clients failed" in error
+    assert "outside secagg-clipping-range = 0.01" in error
+    rounds = read_history(tmp_path / "narrow")["rounds"]
+    assert [(r["round"], r.get("failures")) for r in rounds] == [(0, None), (1, 3)]
