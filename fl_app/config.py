@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import strategies
 from strategies.flower_robust import FlowerRobustOptions
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
-from strategies.privacy import DP_MODES
+from strategies.privacy import DP_CLIPPINGS, DP_MODES
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -307,6 +307,27 @@ class RunConfig:
         above=0,
     )
     dp_delta: float = option(KNOBS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
+    dp_clipping: str = option(
+        KNOBS.dp_clipping,
+        "central DP's clipping norm: fixed (dp-clipping-norm) or adaptive (starts at "
+        "dp-clipping-norm, follows dp-target-quantile of the update norms)",
+        choices=DP_CLIPPINGS,
+    )
+    dp_target_quantile: float = option(
+        KNOBS.dp_target_quantile,
+        "adaptive clipping: share of updates left unclipped",
+        at_least=0,
+        at_most=1,
+    )
+    dp_clip_learning_rate: float = option(
+        KNOBS.dp_clip_learning_rate, "adaptive clipping: step of C ← C·exp(−η(b − γ))", above=0
+    )
+    dp_clipped_count_stddev: float = option(
+        KNOBS.dp_clipped_count_stddev,
+        "adaptive clipping: noise on the unclipped count (0: accepted updates / 20); must "
+        "exceed dp-noise-multiplier / 2",
+        at_least=0,
+    )
     # Secure aggregation (Flower's SecAgg+, legacy API)
     secure_aggregation: bool = option(
         False,
@@ -417,6 +438,20 @@ class RunConfig:
                 self.dp,
                 f"none or local with strategy {self.strategy!r} (Flower's robust aggregators combine "
                 "the updates their own way; central DP needs the weighted sum of clipped updates)",
+            )
+        if self.dp_clipping == "adaptive" and self.dp != "central":
+            _fail(
+                "dp-clipping",
+                self.dp_clipping,
+                f"fixed with dp = {self.dp!r} (adaptive is central DP's)",
+            )
+        adaptive = self.dp_clipping == "adaptive" and self.dp_clipped_count_stddev > 0
+        if adaptive and self.dp_noise_multiplier >= 2 * self.dp_clipped_count_stddev:
+            _fail(
+                "dp-clipped-count-stddev",
+                self.dp_clipped_count_stddev,
+                f"> dp-noise-multiplier / 2 = {self.dp_noise_multiplier / 2:g} under adaptive "
+                "clipping (the noisy count would take the whole privacy budget)",
             )
         if self.secure_aggregation:
             self._check_secure_aggregation()

@@ -29,7 +29,7 @@ import numpy as np
 
 from strategies import aggregate, privacy
 from strategies.aggregate import Array, Model
-from strategies.privacy import DP_MODES, DP_SGD_METRICS
+from strategies.privacy import DP_CLIPPINGS, DP_MODES, DP_SGD_METRICS
 from strategies.sampling import Node, SeededSampler
 
 Scalar = bool | bytes | float | int | str
@@ -250,13 +250,15 @@ class StrategyState:
     ``empty_rounds``: rounds in a row that aggregated nothing; ``private_rounds``: the
     ``(sampled, available)`` clients of each round released under central DP (what the
     privacy accountant composes); ``releases``: under local DP and DP-SGD, every update a
-    client sent, as ``(client, sample rate, steps)`` (a local-DP release is ``(c, 1, 1)``).
+    client sent, as ``(client, sample rate, steps)`` (a local-DP release is ``(c, 1, 1)``);
+    ``clipping_norm``: the next round's clipping norm under adaptive clipping.
     """
 
     velocity: Model | None = None
     empty_rounds: int = 0
     private_rounds: list[tuple[int, int]] = field(default_factory=list)
     releases: list[tuple[str, float, int]] = field(default_factory=list)
+    clipping_norm: float | None = None
 
     def to_arrays(self) -> dict[str, list[Array]]:
         """The state as named lists of arrays (what a checkpoint stores)."""
@@ -272,6 +274,8 @@ class StrategyState:
         }
         if self.velocity is not None:
             arrays["velocity"] = [v.copy() for v in self.velocity]
+        if self.clipping_norm is not None:
+            arrays["clipping_norm"] = [np.array(self.clipping_norm, dtype=np.float64)]
         return arrays
 
     @classmethod
@@ -280,6 +284,7 @@ class StrategyState:
         empty = arrays.get("empty_rounds")
         private = arrays.get("private_rounds")
         releases = arrays.get("releases")
+        clipping_norm = arrays.get("clipping_norm")
         return cls(
             velocity=None if velocity is None else [np.array(v) for v in velocity],
             empty_rounds=int(empty[0]) if empty else 0,
@@ -290,6 +295,7 @@ class StrategyState:
                 (str(c), float(q), int(t))
                 for c, q, t in zip(releases[0], releases[1], releases[2], strict=True)
             ],
+            clipping_norm=float(clipping_norm[0]) if clipping_norm else None,
         )
 
 
@@ -323,6 +329,14 @@ class ServerOptions:
     dp_clipping_norm : C > 0, the largest update norm ``‖θ_i − θ_g‖`` that counts
         (DP-SGD: the largest per-example gradient norm).
     dp_delta : δ in (0, 1) of the reported (ε, δ).
+    dp_clipping : "fixed" (``dp_clipping_norm`` throughout) or "adaptive" (central DP
+        only: ``dp_clipping_norm`` is the first round's norm, then it follows the
+        ``dp_target_quantile`` of the update norms, Andrew et al. 2021; see
+        :mod:`strategies.privacy`).
+    dp_target_quantile : γ in [0, 1], the share of updates left unclipped.
+    dp_clip_learning_rate : η_C > 0 of ``C ← C · exp(−η_C (b̃ − γ))``.
+    dp_clipped_count_stddev : σ_b >= 0 of the noise on the unclipped count (0: m/20 for
+        the round's m accepted updates).
     seed : seed of the rule's randomness (the DP noise); None: fresh entropy every run.
     """
 
@@ -333,6 +347,10 @@ class ServerOptions:
     dp_noise_multiplier: float = 1.0
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    dp_clipping: str = "fixed"
+    dp_target_quantile: float = 0.5
+    dp_clip_learning_rate: float = 0.2
+    dp_clipped_count_stddev: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -356,6 +374,26 @@ class ServerOptions:
             raise ValueError(f"dp_clipping_norm={self.dp_clipping_norm!r}: must be finite and > 0")
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"dp_delta={self.dp_delta!r}: must be in (0, 1)")
+        if self.dp_clipping not in DP_CLIPPINGS:
+            raise ValueError(
+                f"dp_clipping={self.dp_clipping!r}: choose one of {', '.join(DP_CLIPPINGS)}"
+            )
+        if self.dp_clipping == "adaptive" and self.dp != "central":
+            raise ValueError(
+                f"dp_clipping='adaptive' needs dp='central', not {self.dp!r} (the server "
+                "learns the clipping norm from the clients' noisy clipped count)"
+            )
+        if not 0 <= self.dp_target_quantile <= 1:
+            raise ValueError(f"dp_target_quantile={self.dp_target_quantile!r}: must be in [0, 1]")
+        if not 0 < self.dp_clip_learning_rate < math.inf:
+            raise ValueError(
+                f"dp_clip_learning_rate={self.dp_clip_learning_rate!r}: must be finite and > 0"
+            )
+        stddev = self.dp_clipped_count_stddev
+        if not 0 <= stddev < math.inf:
+            raise ValueError(f"dp_clipped_count_stddev={stddev!r}: must be finite and >= 0")
+        if self.dp_clipping == "adaptive" and stddev > 0:
+            privacy.update_noise_multiplier(self.dp_noise_multiplier, stddev)  # raises if z too big
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -456,7 +494,8 @@ class Rule:
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
         average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
         if private:
-            metrics |= self._privatize(server_round, average, weights, len(updates) + len(failures))
+            answered = len(updates) + len(failures)
+            metrics |= self._privatize(server_round, average, weights, answered, accepted)
         options = self.options
         if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
             average, self.state.velocity = aggregate.server_step(
@@ -500,30 +539,62 @@ class Rule:
     def _clipped(self, chosen: Coefficients, accepted: list[ClientUpdate]) -> Coefficients:
         """``chosen`` with every update scaled to norm at most ``dp_clipping_norm`` (the
         share taken off the updates stays on the global model)."""
-        factors = aggregate.clip_factors(
-            [u.distance for u in accepted], self.options.dp_clipping_norm
-        )
+        factors = aggregate.clip_factors([u.distance for u in accepted], self.clipping_norm)
         clients = np.asarray(chosen.clients, dtype=np.float64)
         return Coefficients(
             clients * factors,
             global_model=chosen.global_model + float(np.sum(clients * (1.0 - factors))),
             weights=chosen.weights,
-            metrics={**chosen.metrics, "dp_clipped": int(np.sum(factors < 1.0))},
+            metrics={
+                **chosen.metrics,
+                "dp_clipped": int(np.sum(factors < 1.0)),
+                "dp_clipping_norm": self.clipping_norm,
+            },
         )
 
+    @property
+    def clipping_norm(self) -> float:
+        """This round's clipping norm C (adaptive clipping moves it after each round)."""
+        norm = self.state.clipping_norm
+        return self.options.dp_clipping_norm if norm is None else norm
+
     def _privatize(
-        self, server_round: int, average: Model, weights: Array, answered: int
+        self,
+        server_round: int,
+        average: Model,
+        weights: Array,
+        answered: int,
+        accepted: Sequence[ClientUpdate],
     ) -> Metrics:
-        """Add the round's Gaussian noise to ``average`` in place; account the round."""
+        """Add the round's Gaussian noise to ``average`` in place; account the round;
+        under adaptive clipping, move the clipping norm with a noisy unclipped count."""
         options = self.options
-        std = privacy.noise_std(options.dp_noise_multiplier, options.dp_clipping_norm, weights)
+        z = options.dp_noise_multiplier
+        adaptive = options.dp_clipping == "adaptive"
+        stddev = options.dp_clipped_count_stddev or len(accepted) / 20
+        if adaptive:  # the count's noise takes its share of the privacy budget
+            z = privacy.update_noise_multiplier(z, stddev)
+        std = privacy.noise_std(z, self.clipping_norm, weights)
         seed = None if options.seed is None else [options.seed, server_round]
-        privacy.add_noise(average, std, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        privacy.add_noise(average, std, rng)
         self.state.private_rounds.append(self.sampling or (answered, answered))
         spent = privacy.epsilon(
             self.state.private_rounds, options.dp_noise_multiplier, options.dp_delta
         )
-        return {"dp_noise_std": std, "epsilon": spent}
+        metrics: Metrics = {"dp_noise_std": std, "epsilon": spent}
+        if adaptive:
+            unclipped = sum(1 for u in accepted if u.distance <= self.clipping_norm)
+            self.state.clipping_norm, metrics["dp_unclipped_share"] = privacy.adapt_clipping_norm(
+                self.clipping_norm,
+                unclipped,
+                len(accepted),
+                stddev=stddev,
+                target_quantile=options.dp_target_quantile,
+                learning_rate=options.dp_clip_learning_rate,
+                rng=rng,
+            )
+        return metrics
 
     def _count_releases(self, updates: Sequence[ClientUpdate]) -> float:
         """Record each client's release (local DP: every update sent, valid or not;

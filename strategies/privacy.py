@@ -9,6 +9,12 @@ What the server does each round under ``dp = central`` (:class:`~strategies.core
    ``w_i · C``, so the noise is calibrated to the largest weight any client got this
    round: weighted rules (FedAvg's ``n_i/Σn``, quality weights) get more noise than the
    ``C/m`` Flower's wrappers assume, and ``z`` holds for every client.
+3. under ``dp_clipping = adaptive`` (Andrew et al. 2021, as Flower's adaptive-clipping
+   wrappers), ``C`` starts at ``dp_clipping_norm`` and after each round moves towards the
+   ``dp_target_quantile`` γ of the update norms: ``C ← C · exp(−η_C (b̃ − γ))`` with
+   ``b̃`` the share of updates with ``‖Δ_i‖ ≤ C``, counted with ``N(0, σ_b²)`` noise. That
+   count is a release too: the update's noise uses ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` so
+   that both together spend what one Gaussian of multiplier ``z`` spends.
 
 The privacy spent is accounted with Google's ``dp_accounting`` RDP accountant (Flower's
 ``flwr[dp]`` extra) for the mechanism as it runs: neighbouring federations differ in one
@@ -45,6 +51,8 @@ from strategies import aggregate
 from strategies.aggregate import Array, Model
 
 DP_MODES = ("none", "central", "local", "dp-sgd")
+# Central DP's clipping norm: fixed, or adapted to a quantile of the update norms.
+DP_CLIPPINGS = ("fixed", "adaptive")
 # What a DP-SGD client reports each round: its Poisson sample rate and its steps.
 DP_SGD_METRICS = ("dp_sample_rate", "dp_steps")
 
@@ -81,6 +89,38 @@ def privatize_update(
     ]
     add_noise(sent, noise_multiplier * clipping_norm, rng)
     return sent
+
+
+def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
+    """The multiplier ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` left for the update when the
+    unclipped count gets noise ``σ_b``, so that both releases together are one Gaussian
+    mechanism of multiplier ``z`` (Andrew et al. 2021, Thm 1; replace-one: the update's
+    sensitivity is ``2C·max w``, the count's 1). Needs ``z < 2σ_b``."""
+    if noise_multiplier == 0:
+        return 0.0
+    if noise_multiplier >= 2 * count_stddev:
+        raise ValueError(
+            f"dp_noise_multiplier={noise_multiplier!r} needs dp_clipped_count_stddev > "
+            f"{noise_multiplier / 2:g} under adaptive clipping (it is {count_stddev:g}): the "
+            "noisy count would take the whole privacy budget"
+        )
+    return float((noise_multiplier**-2 - (2 * count_stddev) ** -2) ** -0.5)
+
+
+def adapt_clipping_norm(
+    clipping_norm: float,
+    unclipped: int,
+    count: int,
+    *,
+    stddev: float,
+    target_quantile: float,
+    learning_rate: float,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """Andrew et al.'s geometric update: ``b̃ = (unclipped + N(0, σ_b²)) / count``,
+    ``C ← C · exp(−η_C (b̃ − γ))``; returns the next norm and ``b̃``."""
+    share = (unclipped + float(rng.normal(scale=stddev))) / count
+    return clipping_norm * math.exp(-learning_rate * (share - target_quantile)), share
 
 
 def dp_sgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:

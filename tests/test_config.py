@@ -20,7 +20,7 @@ from fl_app.faults import FAULT_KINDS
 from fl_app.presets import PRESETS
 from fl_app.tracking import TRACKERS
 from strategies.hybrid import ROBUST_FILTERS
-from strategies.privacy import DP_MODES
+from strategies.privacy import DP_CLIPPINGS, DP_MODES
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
 from strategies.sampling import SAMPLINGS
 from tests.processes import ROOT
@@ -57,6 +57,7 @@ CHOICE_SOURCES: dict[str, Iterable[str]] = {
     "tracker": TRACKERS,
     "client-sampling": SAMPLINGS,
     "dp": DP_MODES,
+    "dp-clipping": DP_CLIPPINGS,
 }
 CHOICE_FIELDS = {key: tuple(source) for key, source in CHOICE_SOURCES.items()}
 
@@ -88,6 +89,7 @@ BAD_CHOICES = [
     ("tracker", "TensorBoard"),
     ("client-sampling", "random"),
     ("dp", "local-ish"),
+    ("dp-clipping", "quantile"),
 ]
 
 
@@ -132,6 +134,8 @@ def test_every_allowed_choice_is_accepted(key: str, value: str) -> None:
         values["model"] = "mlp"
     if key == "model" and fl_models.MODELS[value].images_only:
         values["dataset"] = "digits"
+    if key == "dp-clipping" and value == "adaptive":
+        values["dp"] = "central"
     cfg = RunConfig.from_mapping(values)
     assert cfg.run_config[key] == value
 
@@ -193,6 +197,10 @@ OUT_OF_RANGE = [
     ("dp-clipping-norm", 0.0, "> 0"),
     ("dp-delta", 0.0, "> 0"),
     ("dp-delta", 1.0, "< 1"),
+    ("dp-target-quantile", -0.1, ">= 0"),
+    ("dp-target-quantile", 1.1, "<= 1"),
+    ("dp-clip-learning-rate", 0.0, "> 0"),
+    ("dp-clipped-count-stddev", -1.0, ">= 0"),
     ("robust-min-cosine", 1.0, "< 1"),
     ("secagg-num-shares", 2, ">= 3"),
     ("secagg-reconstruction-threshold", 1, ">= 2"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,27 +164,23 @@ def test_hybrid_owns_its_lambda_schedule() -> None:
 
 
 def test_options_read_from_any_config_object() -> None:
-    class Config:
-        server_learning_rate = 0.5
-        server_momentum = 0.9
-        max_empty_rounds = 0
-        dp = "central"
-        dp_noise_multiplier = 0.5
-        dp_clipping_norm = 2.0
-        dp_delta = 1e-6
-        seed = 3
-        unrelated = "ignored"
-
-    assert ServerOptions.from_config(Config()) == ServerOptions(
-        server_learning_rate=0.5,
-        server_momentum=0.9,
-        max_empty_rounds=0,
-        dp="central",
-        dp_noise_multiplier=0.5,
-        dp_clipping_norm=2.0,
-        dp_delta=1e-6,
-        seed=3,
-    )
+    values: dict[str, Any] = {
+        "server_learning_rate": 0.5,
+        "server_momentum": 0.9,
+        "max_empty_rounds": 0,
+        "dp": "central",
+        "dp_noise_multiplier": 0.5,
+        "dp_clipping_norm": 2.0,
+        "dp_delta": 1e-6,
+        "dp_clipping": "adaptive",
+        "dp_target_quantile": 0.7,
+        "dp_clip_learning_rate": 0.1,
+        "dp_clipped_count_stddev": 2.0,
+        "seed": 3,
+    }
+    assert set(values) == set(ServerOptions.field_names())  # every knob, none defaulted
+    config = type("Config", (), values | {"unrelated": "ignored"})()
+    assert ServerOptions.from_config(config) == ServerOptions(**values)
 
 
 def test_a_rule_refuses_another_rules_options() -> None:

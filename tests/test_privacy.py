@@ -23,10 +23,16 @@ from opacus.data_loader import DPDataLoader
 
 import strategies
 from fl_app.client_app import make_client
-from fl_app.config import RunConfig
+from fl_app.config import ConfigError, RunConfig
 from fl_app.seeds import rng_for
 from strategies.core import StrategyState
-from strategies.privacy import dp_sgd_schedule, epsilon, privatize_update, sample_epsilon
+from strategies.privacy import (
+    dp_sgd_schedule,
+    epsilon,
+    privatize_update,
+    sample_epsilon,
+    update_noise_multiplier,
+)
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_simulation_cli
 
@@ -252,6 +258,64 @@ def test_dp_sgd_accounts_each_clients_rounds_and_rejects_updates_without_a_sched
     ]
 
 
+@pytest.mark.parametrize(("noise", "count_stddev"), [(1.0, 0.8), (4.0, 5.0), (0.3, 0.5)])
+def test_the_update_and_the_noisy_count_together_spend_what_z_alone_spends(
+    noise: float, count_stddev: float
+) -> None:
+    z_update = update_noise_multiplier(noise, count_stddev)
+    assert z_update > noise  # the update gets more noise than z: the count took a share
+
+    def spent(*events: dp_accounting.DpEvent) -> float:
+        accountant = RdpAccountant()  # Google's: composes the two releases itself
+        for event in events:
+            accountant.compose(event, 5)
+        return float(accountant.get_epsilon(1e-5))
+
+    # Replace-one: the update moves by 2C·max w (multiplier z/2), the count by 1.
+    both = spent(
+        dp_accounting.GaussianDpEvent(z_update / 2), dp_accounting.GaussianDpEvent(count_stddev)
+    )
+    assert both == pytest.approx(spent(dp_accounting.GaussianDpEvent(noise / 2)), rel=1e-6)
+    with pytest.raises(ValueError, match=r"needs dp_clipped_count_stddev > 0.5"):
+        update_noise_multiplier(1.0, 0.5)
+
+
+def test_adaptive_clipping_moves_the_norm_to_the_target_quantile() -> None:
+    models, counts = a_round()  # update norms 2, 6, 20, 0.5
+    knobs = {"dp_clipping": "adaptive", "dp_noise_multiplier": 0.01}
+    strategy = private(dp_clipped_count_stddev=0.01, seed=4, **knobs)
+    results = results_of(models, counts)
+    _, first = strategy.aggregate_fit(1, results, [])
+    # C = 3 leaves 2 of 4 unclipped; the count's noise is tiny.
+    share = first["dp_unclipped_share"]
+    assert share == pytest.approx(0.5, abs=0.05)
+    assert strategy.rule.clipping_norm == 3.0 * np.exp(-0.2 * (share - 0.5))
+    z_update = update_noise_multiplier(0.01, 0.01)
+    assert first["dp_noise_std"] == pytest.approx(z_update * 3.0 * max(counts) / sum(counts))
+    assert first["dp_clipping_norm"] == 3.0
+    # The norm survives a checkpoint, and from far away it walks into the median's gap.
+    state = StrategyState.from_arrays(strategy.get_state().to_arrays())
+    assert state.clipping_norm == strategy.rule.clipping_norm
+    far = private(dp_clipping_norm=100.0, dp_clipped_count_stddev=0.01, **knobs)
+    norms = []
+    for server_round in range(1, 61):
+        far.aggregate_fit(server_round, results, [])
+        norms.append(far.rule.clipping_norm)
+    assert norms[0] < 100.0
+    assert 2.0 <= norms[-1] <= 6.0
+
+
+def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_count_noise() -> None:
+    with pytest.raises(ConfigError, match=r"'dp-clipping' = 'adaptive'.*fixed with dp = 'local'"):
+        RunConfig(dp="local", dp_clipping="adaptive")
+    with pytest.raises(
+        ConfigError, match=r"'dp-clipped-count-stddev' = 0.5.*> dp-noise-multiplier"
+    ):
+        RunConfig(dp="central", dp_clipping="adaptive", dp_clipped_count_stddev=0.5)
+    with pytest.raises(ValueError, match="dp_clipping='adaptive' needs dp='central'"):
+        strategies.build("fedavg", dp="dp-sgd", dp_clipping="adaptive")
+
+
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
     with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
         strategies.build("flower-median", dp="central")
@@ -266,6 +330,8 @@ def test_dp_learns_at_small_noise_and_not_at_large(
     tmp_path: Path, mode: str, small: float, large: float
 ) -> None:
     flags = ["--dp", mode, "--dp-clipping-norm", "5", "--num-server-rounds", "4"]
+    if mode == "central":  # adaptive clipping (fixed clipping: tests/test_checkpoint.py)
+        flags += ["--dp-clipping", "adaptive", "--dp-clipped-count-stddev", "30"]
     final = {}
     for noise in (small, large):
         name = str(noise)
@@ -273,6 +339,8 @@ def test_dp_learns_at_small_noise_and_not_at_large(
         rounds = read_history(tmp_path / name)["rounds"]
         epsilons = [r["epsilon"] for r in rounds[1:]]
         assert epsilons == sorted(set(epsilons))  # grows every round
+        if mode == "central":  # the clipping norm followed the update norms
+            assert len({r["dp_clipping_norm"] for r in rounds[1:]}) == 4
         final[noise] = rounds[-1]["central_accuracy"]
     assert final[small] > 0.8
     assert final[large] < 0.5
