@@ -227,6 +227,16 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
             f"need at least {needed} (the run would wait forever)"
         )
+    sampled = max(int(cfg.fraction_fit * args.num_clients), cfg.min_fit_clients)
+    if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev == 0:
+        stddev = sampled / 20  # the rule's default, for the clients a round samples
+        if cfg.dp_noise_multiplier >= 2 * stddev:
+            raise ConfigError(
+                f"config 'dp-noise-multiplier' = {cfg.dp_noise_multiplier!r} is not allowed with "
+                f"adaptive clipping and dp-clipped-count-stddev = 0 (m/20 = {stddev:g} for the "
+                f"{sampled} clients a round samples): must be < {2 * stddev:g}, or set "
+                "dp-clipped-count-stddev"
+            )
     seeds = seeds_of(args, cfg.seed)
     for seed in seeds:
         RunConfig.from_mapping(values | {"seed": seed})

@@ -21,6 +21,7 @@ from flwr.common import parameters_to_ndarrays
 from opacus.accountants import RDPAccountant
 from opacus.data_loader import DPDataLoader
 
+import run_simulation
 import strategies
 from fl_app.client_app import make_client
 from fl_app.config import ConfigError, RunConfig
@@ -314,6 +315,11 @@ def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_cou
         RunConfig(dp="central", dp_clipping="adaptive", dp_clipped_count_stddev=0.5)
     with pytest.raises(ValueError, match="dp_clipping='adaptive' needs dp='central'"):
         strategies.build("fedavg", dp="dp-sgd", dp_clipping="adaptive")
+    # The default σ_b = m/20 depends on the clients a round samples: checked where known.
+    flags = ["--dp", "central", "--dp-clipping", "adaptive", "--dp-noise-multiplier", "0.9"]
+    with pytest.raises(ConfigError, match=r"m/20 = 0.25 for the 5 clients .* must be < 0.5"):
+        run_simulation.parse([*flags, "--num-clients", "10", "--fraction-fit", "0.5"])
+    assert run_simulation.parse([*flags, "--num-clients", "20"]).cfg.dp_clipping == "adaptive"
 
 
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
