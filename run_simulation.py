@@ -62,6 +62,10 @@ from fl_app.results import (
 )
 from strategies.core import NothingAggregatedError
 
+# SecAgg+ sums values quantized to 2^22 levels modulo 2^32 (Flower's defaults): at most
+# 2^10 clients a round before the sum wraps.
+SECAGG_MAX_CLIENTS = 1024
+
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
 Variants = dict[str, dict[str, Any]]
@@ -228,6 +232,12 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"need at least {needed} (the run would wait forever)"
         )
     sampled = max(int(cfg.fraction_fit * args.num_clients), cfg.min_fit_clients)
+    if cfg.secure_aggregation and sampled > SECAGG_MAX_CLIENTS:
+        raise ConfigError(
+            f"--num-clients {args.num_clients} is not allowed with secure-aggregation = true and "
+            f"fraction-fit = {cfg.fraction_fit:g}: at most {SECAGG_MAX_CLIENTS} clients a round "
+            f"({sampled} now; more overflow SecAgg+'s 32-bit masked sum)"
+        )
     if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev == 0:
         stddev = sampled / 20  # the rule's default, for the clients a round samples
         if cfg.dp_noise_multiplier >= 2 * stddev:

@@ -3,7 +3,7 @@
 Digits, IID, every client in every round, the same seeds for every cell. Modes: central
 (client-level: the server clips and noises the aggregate), local (client-level: each
 client clips and noises its update), dp-sgd (sample-level: Opacus DP-SGD in each
-client's training; ε of the client with the fewest examples). Each column's noise
+client's training; ε of the client whose schedule spends most). Each column's noise
 multiplier z is the one that spends exactly that ε at δ after the last round (found by
 bisection on the accountant the runs report with), or, with ``--noise-multipliers``, the
 given z with the ε it spends; ∞ is no DP at all. Prints a Markdown table.
@@ -43,7 +43,8 @@ def client_level(rounds: int) -> Callable[[float, float], float]:
 
 
 def sample_level(cfg: RunConfig, num_clients: int) -> Callable[[float, float], float]:
-    """ε(z, δ) of the worst client after ``cfg.num_server_rounds`` rounds of DP-SGD."""
+    """ε(z, δ) of the client that spends most after ``cfg.num_server_rounds`` rounds of
+    DP-SGD (the largest sample rate; every client takes part in every round)."""
     sizes = {len(load_client_data(cfg, p, num_clients).train) for p in range(num_clients)}
     schedules = {dp_sgd_schedule(n, cfg.batch_size, cfg.local_epochs) for n in sizes}
     rounds = cfg.num_server_rounds

@@ -132,9 +132,14 @@ class FlowerClient(NumPyClient):
         weight = len(self.data.train) if per_example else max(1, int(cfg.secagg_max_weight))
         if weight > cfg.secagg_max_weight:
             raise ValueError(
-                f"secure aggregation: this client's weight {weight} (its num_examples) exceeds "
+                f"secure aggregation: this client's weight {weight} exceeds "
                 f"secagg-max-weight = {cfg.secagg_max_weight:g} and would overflow the masked "
                 "sum: raise secagg-max-weight"
+            )
+        if not all(np.isfinite(a).all() for a in trained):
+            raise ValueError(
+                "secure aggregation: the model holds NaN or Inf, which the masked sum would "
+                "turn into wrong finite values (and no server could reject them)"
             )
         largest = max((float(np.max(np.abs(a))) for a in trained if a.size), default=0.0)
         if largest > cfg.secagg_clipping_range:
@@ -306,17 +311,28 @@ class DualClientApp(ClientApp):
     """A ClientApp whose Message-API functions are registered with ``@app.train()`` and
     ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
 
-    def __init__(self, client_fn: Callable[[Context], Client]) -> None:
+    def __init__(
+        self, client_fn: Callable[[Context], Client], config: Callable[[Context], RunConfig]
+    ) -> None:
         super().__init__()
         self.client_fn = client_fn
+        self.config = config
 
     def __call__(self, message: Message, context: Context) -> Message:
         secure = RECORD_KEY_CONFIGS in message.content.config_records
-        if secure and message.metadata.message_type == MessageType.TRAIN:
-            # A SecAgg+ stage: Flower's client mod runs the protocol (its state lives in
-            # the node's context) and has the legacy handler train at its masking stage.
+        if not secure or message.metadata.message_type != MessageType.TRAIN:
+            return self._answer(message, context)
+        # A SecAgg+ stage: Flower's client mod runs the protocol (its state lives in the
+        # node's context) and has the legacy handler train at its masking stage. Its
+        # stochastic rounding draws from numpy's global generator: seeded here, then put back.
+        server_round = int(message.metadata.group_id or 0)
+        partition = int(context.node_config.get(PARTITION_KEY, 0))
+        before = np.random.get_state()
+        np.random.seed(seed_for(self.config(context).seed, "secagg", server_round, partition))
+        try:
             return secaggplus_mod(message, context, self._answer)
-        return self._answer(message, context)
+        finally:
+            np.random.set_state(before)
 
     def _answer(self, message: Message, context: Context) -> Message:
         if is_legacy(message):
@@ -335,14 +351,16 @@ def client_app_for(cfg: RunConfig | None = None) -> ClientApp:
     (The deprecated in-process simulation entry point gives clients no run config.)
     """
 
+    def config(context: Context) -> RunConfig:
+        return cfg or RunConfig.from_mapping(context.run_config)
+
     def client(context: Context) -> NumPyClient:
-        run_cfg = cfg or RunConfig.from_mapping(context.run_config)
-        return make_client(run_cfg, dict(context.node_config))
+        return make_client(config(context), dict(context.node_config))
 
     def legacy_client(context: Context) -> Client:
         return client(context).to_client()
 
-    client_app = DualClientApp(legacy_client)
+    client_app = DualClientApp(legacy_client, config)
 
     @client_app.train()
     def train_message(message: Message, context: Context) -> Message:

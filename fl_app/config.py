@@ -89,6 +89,8 @@ DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<na
 PARTITIONERS = Registry("fl_app.data", "PARTITIONERS")
 MODELS = Registry("fl_app.models", "MODELS")
 FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
+# Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.
+SECURE_FAULTS = ("none", "raise", "straggle")
 TRACKERS = Registry("fl_app.tracking", "TRACKERS")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -345,7 +347,7 @@ class RunConfig:
         1000.0,
         "SecAgg+: the largest client weight (num_examples for fedavg): larger ones overflow, "
         "so such a client fails instead",
-        above=0,
+        at_least=1,
     )
     secagg_clipping_range: float = option(
         8.0,
@@ -471,11 +473,25 @@ class RunConfig:
                 "legacy with secure-aggregation = true (Flower 1.41 has SecAgg+ for the "
                 "legacy API only)",
             )
-        if self.secagg_reconstruction_threshold > self.secagg_num_shares:
+        if self.secagg_reconstruction_threshold >= self.secagg_num_shares:
             _fail(
                 "secagg-reconstruction-threshold",
                 self.secagg_reconstruction_threshold,
-                f"at most secagg-num-shares ({self.secagg_num_shares})",
+                f"less than secagg-num-shares ({self.secagg_num_shares})",
+            )
+        if self.min_fit_clients < 2:
+            _fail(
+                "min-fit-clients",
+                self.min_fit_clients,
+                ">= 2 with secure-aggregation = true (SecAgg+ masks pairs of clients)",
+            )
+        if self.fault_kind not in SECURE_FAULTS:
+            _fail(
+                "fault-kind",
+                self.fault_kind,
+                f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a "
+                "poisoned update inside the masked sum cannot be rejected, and may break "
+                "the protocol)",
             )
         rule_type = strategies.rule_type(self.strategy)
         rule = rule_type(rule_type.Options.from_config(self))

@@ -258,7 +258,7 @@ class SecureAggregationServer(ExperimentServer):
 
     def fit_round(
         self, server_round: int, timeout: float | None
-    ) -> tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures] | None:
+    ) -> tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures]:
         blank = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
         context = LegacyContext(blank, strategy=self.strategy, client_manager=self.client_manager())
         context.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(
@@ -271,13 +271,15 @@ class SecureAggregationServer(ExperimentServer):
         assert isinstance(strategy, RuleAdapter)
         strategy.last_result = None
         self.workflow.state = None
-        self.workflow(self.grid, context)
+        try:
+            self.workflow(self.grid, context)
+        except NothingAggregatedError as error:  # the stop: with this round's own counts
+            results, failures = self._outcome()
+            error.metrics |= {"results": len(results), "failures": len(failures)}
+            raise
         state = self.workflow.state
-        if state is None:  # nobody sampled
-            return None
-        results: list[Any] = list(state.legacy_results)
-        # Flower appends a failed reply's error once per pass over the replies: once each.
-        failures: list[Any] = [RuntimeError(e) for e in dict.fromkeys(map(str, state.failures))]
+        assert state is not None  # set by the setup stage, which always runs
+        results, failures = self._outcome()
         if strategy.last_result is None:  # halted before aggregation: nothing was unmasked
             halted = (
                 f"SecAgg+ halted: {len(state.active_node_ids)} of {len(state.nid_to_proxies)} "
@@ -288,7 +290,6 @@ class SecureAggregationServer(ExperimentServer):
             failures = one_per_client(failures, len(state.nid_to_proxies))
             parameters, metrics = self.strategy.aggregate_fit(server_round, [], failures)
             return parameters, metrics, ([], failures)
-        failures = one_per_client(failures, len(state.nid_to_proxies) - len(results))
         fitted = context.history.metrics_distributed_fit
         metrics = {name: values[-1][1] for name, values in fitted.items()}
         parameters = None
@@ -297,6 +298,16 @@ class SecureAggregationServer(ExperimentServer):
                 context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
             )
         return parameters, metrics, (results, failures)
+
+    def _outcome(self) -> tuple[list[Any], list[Any]]:
+        """The round's results, and one failure per sampled client without one (Flower
+        appends a failed reply's error once per pass over the replies: once each here)."""
+        state = self.workflow.state
+        if state is None:
+            return [], []
+        results = list(state.legacy_results)
+        errors = [RuntimeError(e) for e in dict.fromkeys(map(str, state.failures))]
+        return results, one_per_client(errors, len(state.nid_to_proxies) - len(results))
 
 
 def one_per_client(failures: list[Any], count: int) -> list[Any]:

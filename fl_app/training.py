@@ -123,7 +123,7 @@ def train(
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     criterion = loss_function(task)
-    if dp_sgd is None:
+    if dp_sgd is None or len(data) == 0:  # (Opacus cannot sample from nothing)
         generator = torch.Generator().manual_seed(seed)
         return _epochs(
             model,

@@ -238,10 +238,6 @@ class RoundResult:
     problem: str | None = None
 
 
-# Client-side weights a SecAgg+ sum can apply: each client's n_i, or 1 for every client.
-SECURE_WEIGHTS = ("examples", "one")
-
-
 @dataclass
 class StrategyState:
     """Everything a strategy carries from one round to the next (for checkpoints).
@@ -294,6 +290,12 @@ class StrategyState:
             else [
                 (str(c), float(q), int(t))
                 for c, q, t in zip(releases[0], releases[1], releases[2], strict=True)
+            ]
+            if len(releases) == 3
+            else [  # a checkpoint of before DP-SGD: local-DP counts per client
+                (str(c), 1.0, 1)
+                for c, n in zip(releases[0], releases[1], strict=True)
+                for _ in range(int(n))
             ],
             clipping_norm=float(clipping_norm[0]) if clipping_norm else None,
         )
@@ -445,8 +447,9 @@ class Rule:
     @classmethod
     def secure_weight(cls, options: ServerOptions) -> str | None:
         """The weight each client sends when only the masked sum of the weighted updates
-        reaches the server (SecAgg+, which divides by the sum of the weights): one of
-        :data:`SECURE_WEIGHTS`, or None when the rule needs the individual updates."""
+        reaches the server (SecAgg+, which divides by the sum of the weights): "examples"
+        (each client's n_i), "one" (the same for every client), or None when the rule
+        needs the individual updates."""
         return None
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
@@ -468,18 +471,27 @@ class Rule:
     # ---- one round ------------------------------------------------------------------
 
     def aggregate(
-        self, server_round: int, updates: Sequence[ClientUpdate], failures: Sequence[str]
+        self,
+        server_round: int,
+        updates: Sequence[ClientUpdate],
+        failures: Sequence[str],
+        *,
+        indivisible: bool = False,
     ) -> RoundResult:
         """Validate ``updates``, fold the accepted ones, take the server step.
 
         ``failures`` describes the clients that raised, timed out or answered with an
-        error (one string each). Raises :class:`NothingAggregatedError` after too many empty
-        rounds in a row.
+        error (one string each). ``indivisible``: the updates are one masked sum (SecAgg+),
+        so a rejected update cannot be taken out and rejects the round. Raises
+        :class:`NothingAggregatedError` after too many empty rounds in a row.
         """
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
         if self.options.dp in ("local", "dp-sgd"):  # the clients' own releases
             metrics["epsilon"] = self._count_releases(updates)
         accepted, rejected = self._validate(server_round, updates)
+        if indivisible and rejected:  # its share is inside every other update
+            rejected += [(u, "inside a masked sum with a rejected update") for u in accepted]
+            accepted = []
         metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
         if not accepted:
             return self._empty_round(server_round, metrics, rejected, failures)
@@ -490,12 +502,13 @@ class Rule:
         weights = chosen.clients if chosen.weights is None else chosen.weights
         private = self.options.dp == "central"
         if private:
+            noise = self._noise_multipliers(server_round, len(updates) + len(failures), metrics)
             chosen = self._clipped(chosen, accepted)
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
         average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
         if private:
             answered = len(updates) + len(failures)
-            metrics |= self._privatize(server_round, average, weights, answered, accepted)
+            metrics |= self._privatize(server_round, average, weights, answered, accepted, noise)
         options = self.options
         if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
             average, self.state.velocity = aggregate.server_step(
@@ -558,6 +571,23 @@ class Rule:
         norm = self.state.clipping_norm
         return self.options.dp_clipping_norm if norm is None else norm
 
+    def _noise_multipliers(
+        self, server_round: int, answered: int, metrics: Metrics
+    ) -> tuple[float, float]:
+        """The update's noise multiplier this round and, under adaptive clipping, the
+        count's standard deviation σ_b (its default m/20 follows the clients sampled, not
+        those accepted, which depend on the data). A σ_b too small for z stops the run."""
+        options = self.options
+        if options.dp_clipping != "adaptive":
+            return options.dp_noise_multiplier, 0.0
+        sampled = (self.sampling or (answered, answered))[0]
+        stddev = options.dp_clipped_count_stddev or sampled / 20
+        try:  # the count's noise takes its share of the privacy budget
+            return privacy.update_noise_multiplier(options.dp_noise_multiplier, stddev), stddev
+        except ValueError as err:
+            problem = f"round {server_round}: nothing aggregated: {err}"
+            raise NothingAggregatedError(problem, metrics | {"accepted": 0}) from err
+
     def _privatize(
         self,
         server_round: int,
@@ -565,15 +595,12 @@ class Rule:
         weights: Array,
         answered: int,
         accepted: Sequence[ClientUpdate],
+        noise: tuple[float, float],
     ) -> Metrics:
         """Add the round's Gaussian noise to ``average`` in place; account the round;
         under adaptive clipping, move the clipping norm with a noisy unclipped count."""
         options = self.options
-        z = options.dp_noise_multiplier
-        adaptive = options.dp_clipping == "adaptive"
-        stddev = options.dp_clipped_count_stddev or len(accepted) / 20
-        if adaptive:  # the count's noise takes its share of the privacy budget
-            z = privacy.update_noise_multiplier(z, stddev)
+        z, stddev = noise
         std = privacy.noise_std(z, self.clipping_norm, weights)
         seed = None if options.seed is None else [options.seed, server_round]
         rng = np.random.default_rng(seed)
@@ -583,7 +610,7 @@ class Rule:
             self.state.private_rounds, options.dp_noise_multiplier, options.dp_delta
         )
         metrics: Metrics = {"dp_noise_std": std, "epsilon": spent}
-        if adaptive:
+        if options.dp_clipping == "adaptive":
             unclipped = sum(1 for u in accepted if u.distance <= self.clipping_norm)
             self.state.clipping_norm, metrics["dp_unclipped_share"] = privacy.adapt_clipping_norm(
                 self.clipping_norm,

@@ -95,9 +95,10 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     secure_aggregation : bool
         The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
         float64 weighted mean of the clients' models (the clients weighted themselves by
-        :meth:`~strategies.core.Rule.secure_weight`); it is cast to the global model's
-        dtypes once and stands for each client's update (its metrics and example count
-        are its own). Only rules with a client-side weight and no central DP allow it.
+        :meth:`~strategies.core.Rule.secure_weight` and sent that weight as their example
+        count); it is cast to the global model's dtypes once and stands for each client's
+        update (its metrics are its own). A rejected update rejects the round: its share
+        is inside the mean. Only rules with a client-side weight and no central DP allow it.
     **kwargs
         The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``), and
         Flower's ``FedAvg`` arguments: ``fraction_fit``, ``fraction_evaluate``,
@@ -176,7 +177,12 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         updates = [rule_update(self.client_name(proxy.cid), res) for proxy, res in results]
         if self.secure_aggregation and updates:
             updates = self._unmasked_mean(updates)
-        result = self.rule.aggregate(server_round, updates, [describe_failure(f) for f in failures])
+        result = self.rule.aggregate(
+            server_round,
+            updates,
+            [describe_failure(f) for f in failures],
+            indivisible=self.secure_aggregation,
+        )
         self.last_result = result
         metrics = dict(result.metrics)
         if self.fit_metrics_aggregation_fn is not None and result.accepted:

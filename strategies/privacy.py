@@ -124,10 +124,11 @@ def adapt_clipping_norm(
 
 
 def dp_sgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """``(q, steps)`` of DP-SGD on ``num_examples`` as Opacus runs it: ``ceil(n / B)``
-    Poisson batches per epoch, each example in a batch with probability ``q = 1 / ceil(n / B)``."""
-    batches = max(1, math.ceil(num_examples / batch_size))
-    return 1.0 / batches, epochs * batches
+    """``(q, steps)`` of DP-SGD on ``num_examples`` as Opacus runs it: each example in a
+    Poisson batch with probability ``q = 1 / ceil(n / B)``, ``int(1 / q)`` batches per
+    epoch (one fewer than ``ceil(n / B)`` where ``1 / (1 / k)`` rounds below ``k``)."""
+    rate = 1.0 / max(1, math.ceil(num_examples / batch_size))
+    return rate, epochs * int(1 / rate)
 
 
 def sample_epsilon(

@@ -204,7 +204,7 @@ OUT_OF_RANGE = [
     ("robust-min-cosine", 1.0, "< 1"),
     ("secagg-num-shares", 2, ">= 3"),
     ("secagg-reconstruction-threshold", 1, ">= 2"),
-    ("secagg-max-weight", 0.0, "> 0"),
+    ("secagg-max-weight", 0.5, ">= 1"),
     ("secagg-clipping-range", 0.0, "> 0"),
     ("num-malicious-clients", -1, ">= 0"),
     ("num-clients-to-keep", -1, ">= 0"),

@@ -211,7 +211,7 @@ def test_dp_sgd_epsilon_equals_dp_accountings_poisson_sampled_gaussian(
 
 
 def test_the_dp_sgd_schedule_is_opacus_poisson_loader() -> None:
-    for n, batch in ((115, 16), (64, 16), (5, 32)):
+    for n, batch in ((115, 16), (64, 16), (5, 32), (93 * 16, 16), (117 * 4, 4)):
         data = torch.utils.data.TensorDataset(torch.zeros(n, 2))
         loader = DPDataLoader.from_data_loader(torch.utils.data.DataLoader(data, batch_size=batch))
         assert dp_sgd_schedule(n, batch, 3) == (loader.sample_rate, 3 * len(loader))
@@ -320,6 +320,12 @@ def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_cou
     with pytest.raises(ConfigError, match=r"m/20 = 0.25 for the 5 clients .* must be < 0.5"):
         run_simulation.parse([*flags, "--num-clients", "10", "--fraction-fit", "0.5"])
     assert run_simulation.parse([*flags, "--num-clients", "20"]).cfg.dp_clipping == "adaptive"
+
+
+def test_a_checkpoint_of_local_dp_counts_from_before_dp_sgd_still_resumes() -> None:
+    old = {"releases": [np.array(["c0", "c1"]), np.array([2, 1], dtype=np.int64)]}
+    state = StrategyState.from_arrays(old)
+    assert state.releases == [("c0", 1.0, 1), ("c0", 1.0, 1), ("c1", 1.0, 1)]
 
 
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:

@@ -19,7 +19,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 import strategies
 from fl_app.client_app import make_client
 from fl_app.config import ConfigError, RunConfig
-from strategies.core import SECURE_WEIGHTS, StrategyState
+from strategies.core import StrategyState
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_python, run_simulation_cli
 
@@ -35,7 +35,9 @@ GLOBAL = [np.zeros((6, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
         ({"strategy": "hybrid", "hybrid_lambda": 0.5}, "'hybrid': HybridRule weighs"),
         ({"strategy": "hybrid", "hybrid_lambda": 1.0, "robust_filter": "mad"}, "HybridRule"),
         ({"strategy": "flower-median"}, "'flower-median': MedianRule weighs"),
-        ({"secagg_num_shares": 3, "secagg_reconstruction_threshold": 4}, "at most secagg-num"),
+        ({"secagg_num_shares": 3, "secagg_reconstruction_threshold": 3}, "less than secagg-num"),
+        ({"min_fit_clients": 1}, "masks pairs of clients"),
+        ({"fault_kind": "sign-flip", "fault_fraction": 0.2}, "cannot be rejected"),
     ],
 )
 def test_what_secure_aggregation_cannot_run_is_refused_in_one_line(
@@ -53,7 +55,6 @@ def test_each_rule_that_allows_it_names_a_client_side_weight() -> None:
         if rule.secure_weight(rule.Options()) is not None
     }
     assert allowed == {"simple": "one", "fedavg": "examples"}
-    assert set(allowed.values()) <= set(SECURE_WEIGHTS)
     hybrid = strategies.HybridRule.Options
     assert strategies.HybridRule.secure_weight(hybrid(hybrid_lambda=1.0)) == "examples"
     ramp = hybrid(hybrid_lambda=1.0, hybrid_lambda_end=0.8, num_server_rounds=5)
@@ -88,6 +89,15 @@ def test_a_wrong_layout_under_secure_aggregation_is_rejected_not_cast() -> None:
     assert (metrics["accepted"], metrics["rejected"]) == (0, 1)
 
 
+def test_one_rejected_update_rejects_the_masked_sum_it_is_inside() -> None:
+    strategy = make(strategies.FedAvg, GLOBAL, secure_aggregation=True, max_empty_rounds=0)
+    results = results_of([GLOBAL] * 3, [10, 0, 30])  # a client that claims no examples
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert parameters is None
+    assert (metrics["accepted"], metrics["rejected"]) == (0, 3)
+    assert "inside a masked sum with a rejected update" in strategy.last_result.problem
+
+
 @pytest.mark.parametrize(("strategy", "weight"), [("simple", 1000), ("fedavg", None)])
 def test_a_secure_client_sends_its_rules_weight_and_checks_the_protocols_bounds(
     strategy: str, weight: int | None
@@ -99,11 +109,12 @@ def test_a_secure_client_sends_its_rules_weight_and_checks_the_protocols_bounds(
     trained, sent_weight, _ = client.fit(list(received), {"server-round": 1})
     n = len(client.data.train)  # type: ignore[attr-defined]
     assert sent_weight == (n if weight is None else weight)
-    tight = RunConfig(
-        strategy=strategy, device="cpu", secure_aggregation=True, secagg_max_weight=0.5
-    )
-    with pytest.raises(ValueError, match="exceeds secagg-max-weight = 0"):
-        make_client(tight, node).fit(list(received), {"server-round": 1})
+    if weight is None:  # n_i can exceed the bound; a common weight is the bound itself
+        tight = RunConfig(
+            strategy=strategy, device="cpu", secure_aggregation=True, secagg_max_weight=n - 1
+        )
+        with pytest.raises(ValueError, match=f"weight {n} exceeds secagg-max-weight = {n - 1}"):
+            make_client(tight, node).fit(list(received), {"server-round": 1})
     largest = max(float(np.max(np.abs(a))) for a in trained)
     narrow = RunConfig(
         strategy=strategy, local_epochs=1, device="cpu", secure_aggregation=True,
@@ -111,6 +122,10 @@ def test_a_secure_client_sends_its_rules_weight_and_checks_the_protocols_bounds(
     )  # fmt: skip
     with pytest.raises(ValueError, match="outside secagg-clipping-range"):
         make_client(narrow, node).fit(list(received), {"server-round": 1})
+    broken = [a.copy() for a in received]
+    broken[0][0, 0] = np.nan
+    with pytest.raises(ValueError, match="holds NaN or Inf"):
+        client.secure_weight(broken)  # type: ignore[attr-defined]
 
 
 def final_model(run_dir: Path) -> list[np.ndarray]:
