@@ -26,7 +26,7 @@ import strategies
 from fl_app.client_app import make_client
 from fl_app.config import ConfigError, RunConfig
 from fl_app.seeds import rng_for
-from strategies.core import StrategyState
+from strategies.core import NothingAggregatedError, StrategyState
 from strategies.privacy import (
     dp_sgd_schedule,
     epsilon,
@@ -315,7 +315,12 @@ def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_cou
         RunConfig(dp="central", dp_clipping="adaptive", dp_clipped_count_stddev=0.5)
     with pytest.raises(ValueError, match="dp_clipping='adaptive' needs dp='central'"):
         strategies.build("fedavg", dp="dp-sgd", dp_clipping="adaptive")
-    # The default σ_b = m/20 depends on the clients a round samples: checked where known.
+    # The default σ_b = m/20 depends on the clients a round samples: a deployment learns
+    # it at the round, and stops there with the reason; run_simulation knows it at start.
+    models, counts = a_round()
+    strategy = private(dp_clipping="adaptive", dp_noise_multiplier=1.0)
+    with pytest.raises(NothingAggregatedError, match=r"needs dp_clipped_count_stddev > 0\.5"):
+        strategy.aggregate_fit(1, results_of(models, counts), [])
     flags = ["--dp", "central", "--dp-clipping", "adaptive", "--dp-noise-multiplier", "0.9"]
     with pytest.raises(ConfigError, match=r"m/20 = 0.25 for the 5 clients .* must be < 0.5"):
         run_simulation.parse([*flags, "--num-clients", "10", "--fraction-fit", "0.5"])
