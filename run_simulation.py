@@ -61,6 +61,7 @@ from fl_app.results import (
     write_json_atomically,
 )
 from strategies.core import NothingAggregatedError
+from strategies.privacy import count_stddev, update_noise_multiplier
 
 # SecAgg+ sums values quantized to 2^22 levels modulo 2^32 (Flower's defaults): at most
 # 2^10 clients a round before the sum wraps.
@@ -231,7 +232,7 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
             f"need at least {needed} (the run would wait forever)"
         )
-    sampled = max(int(cfg.fraction_fit * args.num_clients), cfg.min_fit_clients)
+    sampled = cfg.fit_clients(args.num_clients)
     if cfg.secure_aggregation and sampled > SECAGG_MAX_CLIENTS:
         raise ConfigError(
             f"--num-clients {args.num_clients} is not allowed with secure-aggregation = true and "
@@ -239,14 +240,16 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"({sampled} now; more overflow SecAgg+'s 32-bit masked sum)"
         )
     if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev == 0:
-        stddev = sampled / 20  # the rule's default, for the clients a round samples
-        if cfg.dp_noise_multiplier >= 2 * stddev:
+        stddev = count_stddev(cfg.dp_clipped_count_stddev, sampled)  # the rule's m/20
+        try:
+            update_noise_multiplier(cfg.dp_noise_multiplier, stddev)
+        except ValueError:
             raise ConfigError(
                 f"config 'dp-noise-multiplier' = {cfg.dp_noise_multiplier!r} is not allowed with "
                 f"adaptive clipping and dp-clipped-count-stddev = 0 (m/20 = {stddev:g} for the "
                 f"{sampled} clients a round samples): must be < {2 * stddev:g}, or set "
                 "dp-clipped-count-stddev"
-            )
+            ) from None
     seeds = seeds_of(args, cfg.seed)
     for seed in seeds:
         RunConfig.from_mapping(values | {"seed": seed})

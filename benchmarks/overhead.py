@@ -129,7 +129,7 @@ def plain_loop(flags: list[str]) -> Timing:
     invocation = run_simulation.parse(flags)
     cfg, simulation = invocation.cfg, invocation.simulation
     num_clients = simulation.num_clients
-    per_round = max(int(cfg.fraction_fit * num_clients), cfg.min_fit_clients)
+    per_round = cfg.fit_clients(num_clients)
 
     def body(marks: list[float]) -> None:
         spec = data_spec(cfg)

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import strategies
 from strategies.flower_robust import FlowerRobustOptions
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
-from strategies.privacy import DP_CLIPPINGS, DP_MODES
+from strategies.privacy import DP_CLIPPINGS, DP_MODES, update_noise_multiplier
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -326,8 +326,8 @@ class RunConfig:
     )
     dp_clipped_count_stddev: float = option(
         KNOBS.dp_clipped_count_stddev,
-        "adaptive clipping: noise on the unclipped count (0: accepted updates / 20); must "
-        "exceed dp-noise-multiplier / 2",
+        "adaptive clipping: noise on the unclipped count (0: clients sampled a round / 20); "
+        "must exceed dp-noise-multiplier / 2",
         at_least=0,
     )
     # Secure aggregation (Flower's SecAgg+, legacy API)
@@ -447,14 +447,16 @@ class RunConfig:
                 self.dp_clipping,
                 f"fixed with dp = {self.dp!r} (adaptive is central DP's)",
             )
-        adaptive = self.dp_clipping == "adaptive" and self.dp_clipped_count_stddev > 0
-        if adaptive and self.dp_noise_multiplier >= 2 * self.dp_clipped_count_stddev:
-            _fail(
-                "dp-clipped-count-stddev",
-                self.dp_clipped_count_stddev,
-                f"> dp-noise-multiplier / 2 = {self.dp_noise_multiplier / 2:g} under adaptive "
-                "clipping (the noisy count would take the whole privacy budget)",
-            )
+        if self.dp_clipping == "adaptive" and self.dp_clipped_count_stddev > 0:
+            try:
+                update_noise_multiplier(self.dp_noise_multiplier, self.dp_clipped_count_stddev)
+            except ValueError:
+                _fail(
+                    "dp-clipped-count-stddev",
+                    self.dp_clipped_count_stddev,
+                    f"> dp-noise-multiplier / 2 = {self.dp_noise_multiplier / 2:g} under adaptive "
+                    "clipping (the noisy count would take the whole privacy budget)",
+                )
         if self.secure_aggregation:
             self._check_secure_aggregation()
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
@@ -498,6 +500,11 @@ class RunConfig:
         problem = strategies.secure_aggregation_problem(rule)
         if problem is not None:
             _fail("secure-aggregation", True, f"false with strategy {self.strategy!r}: {problem}")
+
+    def fit_clients(self, available: int) -> int:
+        """Clients a training round samples of ``available`` (Flower's FedAvg:
+        ``max(int(fraction-fit · available), min-fit-clients)``)."""
+        return max(int(self.fraction_fit * available), self.min_fit_clients)
 
     @property
     def run_config(self) -> dict[str, Any]:

@@ -338,7 +338,7 @@ class ServerOptions:
     dp_target_quantile : γ in [0, 1], the share of updates left unclipped.
     dp_clip_learning_rate : η_C > 0 of ``C ← C · exp(−η_C (b̃ − γ))``.
     dp_clipped_count_stddev : σ_b >= 0 of the noise on the unclipped count (0: m/20 for
-        the round's m accepted updates).
+        the round's m sampled clients).
     seed : seed of the rule's randomness (the DP noise); None: fresh entropy every run.
     """
 
@@ -501,13 +501,13 @@ class Rule:
         self._check_coefficients(chosen, len(accepted))
         weights = chosen.clients if chosen.weights is None else chosen.weights
         private = self.options.dp == "central"
+        answered = len(updates) + len(failures)
         if private:
-            noise = self._noise_multipliers(server_round, len(updates) + len(failures), metrics)
+            noise = self._noise_multipliers(server_round, answered, metrics)
             chosen = self._clipped(chosen, accepted)
         folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
         average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
         if private:
-            answered = len(updates) + len(failures)
             metrics |= self._privatize(server_round, average, weights, answered, accepted, noise)
         options = self.options
         if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
@@ -581,7 +581,7 @@ class Rule:
         if options.dp_clipping != "adaptive":
             return options.dp_noise_multiplier, 0.0
         sampled = (self.sampling or (answered, answered))[0]
-        stddev = options.dp_clipped_count_stddev or sampled / 20
+        stddev = privacy.count_stddev(options.dp_clipped_count_stddev, sampled)
         try:  # the count's noise takes its share of the privacy budget
             return privacy.update_noise_multiplier(options.dp_noise_multiplier, stddev), stddev
         except ValueError as err:

@@ -91,6 +91,12 @@ def privatize_update(
     return sent
 
 
+def count_stddev(configured: float, sampled: int) -> float:
+    """σ_b of adaptive clipping's unclipped count: ``configured``, or m/20 for the ``sampled``
+    clients of a round when 0 (Andrew et al.'s choice, Flower's default)."""
+    return configured or sampled / 20
+
+
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
     """The multiplier ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`` left for the update when the
     unclipped count gets noise ``σ_b``, so that both releases together are one Gaussian
