@@ -279,17 +279,16 @@ class SecureAggregationServer(ExperimentServer):
             raise
         state = self.workflow.state
         assert state is not None  # set by the setup stage, which always runs
-        results, failures = self._outcome()
         if strategy.last_result is None:  # halted before aggregation: nothing was unmasked
             halted = (
                 f"SecAgg+ halted: {len(state.active_node_ids)} of {len(state.nid_to_proxies)} "
                 f"sampled clients left, the protocol needs {max(state.threshold, 2)} "
                 "(secagg-reconstruction-threshold)"
             )
-            failures = [*failures[:1], RuntimeError(halted), *failures[1:]]  # the cause first
-            failures = one_per_client(failures, len(state.nid_to_proxies))
+            _, failures = self._outcome(halted)
             parameters, metrics = self.strategy.aggregate_fit(server_round, [], failures)
             return parameters, metrics, ([], failures)
+        results, failures = self._outcome()
         fitted = context.history.metrics_distributed_fit
         metrics = {name: values[-1][1] for name, values in fitted.items()}
         parameters = None
@@ -299,14 +298,17 @@ class SecureAggregationServer(ExperimentServer):
             )
         return parameters, metrics, (results, failures)
 
-    def _outcome(self) -> tuple[list[Any], list[Any]]:
+    def _outcome(self, halted: str | None = None) -> tuple[list[Any], list[Any]]:
         """The round's results, and one failure per sampled client without one (Flower
-        appends a failed reply's error once per pass over the replies: once each here)."""
+        appends a failed reply's error once per pass over the replies: once each here).
+        A round the protocol ``halted`` has no results, and its cause after the first error."""
         state = self.workflow.state
         if state is None:
             return [], []
-        results = list(state.legacy_results)
+        results = [] if halted else list(state.legacy_results)
         errors = [RuntimeError(e) for e in dict.fromkeys(map(str, state.failures))]
+        if halted:
+            errors.insert(min(1, len(errors)), RuntimeError(halted))
         return results, one_per_client(errors, len(state.nid_to_proxies) - len(results))
 
 
