@@ -20,10 +20,9 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Before Flower and Ray are imported: no telemetry, no update check, quiet Ray.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -47,9 +46,9 @@ from rich.progress import (
 from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
-from fl_app.config import ConfigError, RunConfig, describe_choices, key_of
+from fl_app.config import SWEEP_RUN_KEY, ConfigError, RunConfig, describe_choices, key_of
 from fl_app.presets import PRESETS
-from fl_app.ray_cluster import check_cluster, ray_node
+from fl_app.ray_cluster import check_cluster
 from fl_app.results import (
     RoundCollector,
     RoundRecord,
@@ -63,12 +62,18 @@ from fl_app.results import (
 from strategies.core import NothingAggregatedError
 from strategies.privacy import count_stddev, update_noise_multiplier
 
+if TYPE_CHECKING:
+    from fl_app.server_app import SweepOutcome
+
 # SecAgg+ sums values quantized to 2^22 levels modulo 2^32 (Flower's defaults): at most
 # 2^10 clients a round before the sum wraps.
 SECAGG_MAX_CLIENTS = 1024
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
+# --num-nodes: a pool sized by the clients a round asks for, or one node per client.
+AUTO_NODES = "auto"
+PER_CLIENT = "per-client"
 Variants = dict[str, dict[str, Any]]
 
 
@@ -92,7 +97,16 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         "--num-clients",
         type=int,
         default=num_clients,
-        help="number of virtual clients (SuperNodes)",
+        help="number of clients (data partitions): logical clients that the engine's "
+        "virtual nodes (--num-nodes) run",
+    )
+    sim.add_argument(
+        "--num-nodes",
+        default=AUTO_NODES,
+        metavar="N",
+        help=f"virtual nodes of Flower's engine: a number (a pool; each message names the "
+        f"client it is for), {AUTO_NODES!r} (a pool of the clients a round asks for), or "
+        f"{PER_CLIENT!r} (one node per client, as a deployment has)",
     )
     sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     sim.add_argument(
@@ -174,6 +188,26 @@ class Simulation:
     num_gpus: float = 0.0
     verbose: bool = False
     ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
+    num_nodes: str = AUTO_NODES  # a number, AUTO_NODES or PER_CLIENT
+
+    def pool_size(self, configs: Sequence[RunConfig]) -> int | None:
+        """The engine's virtual nodes for ``configs`` run in it (None: one per client).
+
+        Auto: as many as the most clients any round of theirs asks for (training or
+        evaluation), so that every node gets one message a round; one per client under
+        SecAgg+, whose protocol keeps a client's state in its node.
+        """
+        if self.num_nodes == PER_CLIENT:
+            return None
+        if self.num_nodes != AUTO_NODES:
+            return int(self.num_nodes)
+        if any(cfg.secure_aggregation for cfg in configs):
+            return None
+        asked = max(
+            max(c.fit_clients(self.num_clients), c.evaluate_clients(self.num_clients))
+            for c in configs
+        )
+        return max(1, min(self.num_clients, asked))
 
 
 @dataclass(frozen=True)
@@ -226,6 +260,18 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         check_pooled(cfg)
     if args.num_clients < 1:
         raise ConfigError(f"--num-clients {args.num_clients} is not allowed: must be >= 1")
+    if args.num_nodes not in (AUTO_NODES, PER_CLIENT) and not (
+        args.num_nodes.isdigit() and int(args.num_nodes) >= 1
+    ):
+        raise ConfigError(
+            f"--num-nodes {args.num_nodes!r} is not allowed: must be a number >= 1, "
+            f"{AUTO_NODES!r} or {PER_CLIENT!r}"
+        )
+    if cfg.secure_aggregation and args.num_nodes not in (AUTO_NODES, PER_CLIENT):
+        raise ConfigError(
+            f"--num-nodes {args.num_nodes} is not allowed with secure-aggregation = true: "
+            f"SecAgg+ keeps each client's protocol state in its node (use {PER_CLIENT!r})"
+        )
     needed = max(cfg.min_available_clients, cfg.min_fit_clients)
     if needed > args.num_clients:
         raise ConfigError(
@@ -256,7 +302,12 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     if len(seeds) > 1 and not variants:  # one configuration over several seeds
         variants = {cfg.strategy: {}}
     simulation = Simulation(
-        args.num_clients, args.num_cpus, args.num_gpus, args.verbose, args.ray_address
+        args.num_clients,
+        args.num_cpus,
+        args.num_gpus,
+        args.verbose,
+        args.ray_address,
+        args.num_nodes,
     )
     return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume, seeds)
 
@@ -297,11 +348,16 @@ def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
 
 
 class ProgressDisplay(RunListener):
-    """A line per round, and (in a terminal) a progress bar with elapsed time, ETA, last score."""
+    """A line per round, and (in a terminal) a progress bar with elapsed time, ETA, last score.
 
-    def __init__(self, cfg: RunConfig, console: Console) -> None:
+    ``header``, when given, is printed before the first round's line (a sweep's runs
+    start one after another inside one engine).
+    """
+
+    def __init__(self, cfg: RunConfig, console: Console, header: str | None = None) -> None:
         self.cfg = cfg
         self.console = console
+        self.header = header
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -318,18 +374,77 @@ class ProgressDisplay(RunListener):
 
     def round_done(self, rounds: Sequence[RoundRecord]) -> None:
         record = rounds[-1]
-        self.console.print(
-            format_round(record, self.cfg.num_server_rounds),
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        if self.header is not None:
+            say(self.console, self.header)
+            self.header = None
+        say(self.console, format_round(record, self.cfg.num_server_rounds))
         last = (
             f"accuracy {record['central_accuracy']:.4f}"
             if "central_accuracy" in record
             else f"loss {record.get('central_loss', float('nan')):.4f}"
         )
         self.progress.update(self.task, completed=record["round"], last=last)
+
+
+def say(console: Console, line: str) -> None:
+    """Print ``line`` as it is (no markup, highlighting or wrapping by rich)."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class PlannedRun:
+    """A run about to start: its config (run name fixed), folder, display and records."""
+
+    cfg: RunConfig
+    directory: Path
+    display: ProgressDisplay
+    collected: RoundCollector
+    listeners: list[RunListener]
+    resume: Checkpoint | None = None
+
+
+def plan(
+    cfg: RunConfig,
+    simulation: Simulation,
+    console: Console,
+    *,
+    resume: Checkpoint | None = None,
+    listeners: Sequence[RunListener] = (),
+    announce: bool = True,
+) -> PlannedRun:
+    """Fix the run's name and folder, save its simulation flags, set up its display
+    (the header printed now when ``announce``, else before its first round)."""
+    directory = run_directory(cfg)
+    cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
+    header = (
+        f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {simulation.num_clients} clients, "
+        f"{cfg.num_server_rounds} rounds, model {cfg.model}"
+    )
+    if announce:
+        say(console, header)
+    saved = {
+        k: v
+        for k, v in dataclasses.asdict(simulation).items()
+        if k not in ("verbose", "ray_address")
+    }
+    write_json_atomically(directory / SIMULATION_FILE, saved)
+    display = ProgressDisplay(cfg, console, None if announce else header)
+    collected = RoundCollector(resume.rounds if resume is not None else ())
+    if resume is not None:
+        display.progress.update(display.task, completed=resume.round)
+    return PlannedRun(cfg, directory, display, collected, [display, collected, *listeners], resume)
+
+
+def finish(planned: PlannedRun, console: Console) -> list[RoundRecord]:
+    """The run's records, after its summary line; an error when it stopped early."""
+    rounds, cfg = planned.collected.rounds, planned.cfg
+    if len(rounds) < cfg.num_server_rounds + 1:
+        raise RuntimeError(
+            f"the simulation stopped after {max(len(rounds) - 1, 0)} of "
+            f"{cfg.num_server_rounds} rounds; rerun with --verbose to see Flower's and Ray's logs"
+        )
+    say(console, f"done: {describe(summarize(rounds))}; results: {planned.directory}")
+    return list(rounds)
 
 
 def run(
@@ -345,65 +460,57 @@ def run(
     ``listeners`` are told about every round too (benchmarks use them to take timings).
     """
     console = console or Console()
-    directory = run_directory(cfg)
-    cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
-    console.print(
-        f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {simulation.num_clients} clients, "
-        f"{cfg.num_server_rounds} rounds, model {cfg.model}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    saved = {
-        k: v
-        for k, v in dataclasses.asdict(simulation).items()
-        if k not in ("verbose", "ray_address")
-    }
-    write_json_atomically(directory / SIMULATION_FILE, saved)
-    display = ProgressDisplay(cfg, console)
-    collected = RoundCollector(resume.rounds if resume is not None else ())
-    if resume is not None:
-        display.progress.update(display.task, completed=resume.round)
-    with display.progress:
-        simulate(cfg, simulation, [display, collected, *listeners], resume)
-    if len(collected.rounds) < cfg.num_server_rounds + 1:
-        raise RuntimeError(
-            f"the simulation stopped after {max(len(collected.rounds) - 1, 0)} of "
-            f"{cfg.num_server_rounds} rounds; rerun with --verbose to see Flower's and Ray's logs"
-        )
-    console.print(
-        f"done: {describe(summarize(collected.rounds))}; results: {directory}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    return list(collected.rounds)
+    planned = plan(cfg, simulation, console, resume=resume, listeners=listeners)
+    with planned.display.progress:
+        simulate([planned], simulation)
+    return finish(planned, console)
 
 
 def simulate(
-    cfg: RunConfig,
-    simulation: Simulation,
-    listeners: Sequence[RunListener],
-    resume: Checkpoint | None,
+    runs: Sequence[PlannedRun], simulation: Simulation, outcome: SweepOutcome | None = None
 ) -> None:
-    """Run the app on Flower's simulation engine, in this process.
+    """Run ``runs`` one after another on one start of Flower's simulation engine, in this
+    process: one run (its error stops it), or a sweep (``outcome`` collects each run's end).
 
-    The one call of ``flwr.simulation.run_simulation``, deprecated in Flower 1.41 (which
-    points to ``flwr run``): when Flower removes it, this function is what changes, to
-    ``flwr run . --run-config ...`` on the local simulation federation (see the README).
+    Every message of a sweep names its run (``SWEEP_RUN_KEY``), so one set of client
+    actors serves all of them. The one call of ``flwr.simulation.run_simulation``,
+    deprecated since Flower 1.41 (which points to ``flwr run``): when Flower removes it,
+    this function is what changes, to ``flwr run . --run-config ...`` on the local
+    simulation federation (see the README).
     """
     from flwr.simulation import run_simulation
 
     from fl_app.client_app import client_app_for
-    from fl_app.server_app import server_app_for
+    from fl_app.server_app import ServerRun, server_app_for, sweep_server_app
 
     if not simulation.verbose:  # after Flower's import, which sets its logger's level
         logging.getLogger("flwr").setLevel(logging.ERROR)
 
+    pool = simulation.pool_size([r.cfg for r in runs])
+    partitions = None if pool is None else simulation.num_clients
+    tagged = outcome is not None
+    server_runs = [
+        ServerRun(
+            r.cfg,
+            r.listeners,
+            r.resume,
+            num_partitions=partitions,
+            tags={SWEEP_RUN_KEY: r.cfg.run_name} if tagged else {},
+        )
+        for r in runs
+    ]
+    pooled = pool is not None
+    if outcome is None:
+        (only,) = server_runs
+        server_app = server_app_for(only)
+        client_app = client_app_for(only.cfg, pooled=pooled)
+    else:
+        server_app = sweep_server_app(server_runs, outcome)
+        client_app = client_app_for(pooled=pooled, sweep={r.cfg.run_name: r.cfg for r in runs})
     run_simulation(
-        server_app=server_app_for(cfg, listeners=listeners, resume=resume),
-        client_app=client_app_for(cfg),
-        num_supernodes=simulation.num_clients,
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=simulation.num_clients if pool is None else pool,
         backend_config={
             "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
             "init_args": {
@@ -416,20 +523,23 @@ def simulate(
     )
 
 
+class RunsFailedError(Exception):
+    """Some runs of a sweep failed (the others finished and were compared)."""
+
+
 def compare(invocation: Invocation) -> Path:
-    """One run per variant and seed (variants share data and clients for a seed), then
-    comparison.md, comparison.png and comparison.json."""
+    """One run per variant and seed (variants share data and clients for a seed), all in
+    one start of Flower's engine, then comparison.md, comparison.png and comparison.json.
+
+    A run that fails is reported and left out, the others go on; Ctrl-C stops after the
+    run in progress and still compares the finished ones.
+    """
     cfg, simulation = invocation.cfg, invocation.simulation
     seeds = invocation.seeds or (cfg.seed,)
     console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = run_directory(dataclasses.replace(cfg, run_name=name))
-    with ExitStack() as stack:
-        federated = [v for v in invocation.variants if v != CENTRALIZED] * len(seeds)
-        if len(federated) > 1 and not simulation.ray_address:  # one Ray start, not one per run
-            address = stack.enter_context(ray_node())  # a private local head
-            simulation = dataclasses.replace(simulation, ray_address=address)
-        runs = run_variants(invocation, simulation, seeds, name, console)
+    runs, failed, interrupted = run_variants(invocation, seeds, name, console)
     varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset
     if "partitioner" not in varied:
@@ -439,37 +549,71 @@ def compare(invocation: Invocation) -> Path:
     title = f"{data}, {simulation.num_clients} clients, {cfg.num_server_rounds} rounds"
     if len(seeds) > 1:
         title += f", seeds {', '.join(map(str, seeds))}"
-    table, plot = write_comparison(
-        directory, runs, target=invocation.target_accuracy, title=title, references={CENTRALIZED}
-    )
-    console.print(table.read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"comparison: {table} and {plot}", markup=False, highlight=False, soft_wrap=True)
+    compared = {variant: seed_runs for variant, seed_runs in runs.items() if seed_runs}
+    if compared:
+        table, plot = write_comparison(
+            directory,
+            compared,
+            target=invocation.target_accuracy,
+            title=title,
+            references={CENTRALIZED},
+        )
+        say(console, table.read_text())
+        say(console, f"comparison: {table} and {plot}")
+    if interrupted:
+        raise KeyboardInterrupt
+    if failed:
+        raise RunsFailedError(
+            f"{len(failed)} run(s) failed: "
+            + "; ".join(f"{run}: {error}" for run, error in failed.items())
+        )
     return directory
 
 
 def run_variants(
-    invocation: Invocation,
-    simulation: Simulation,
-    seeds: Sequence[int],
-    name: str,
-    console: Console,
-) -> dict[str, list[SeedRun]]:
-    """Every variant's runs, one per seed (seed by seed: each seed's runs finish together)."""
-    cfg = invocation.cfg
+    invocation: Invocation, seeds: Sequence[int], name: str, console: Console
+) -> tuple[dict[str, list[SeedRun]], dict[str, BaseException], bool]:
+    """Every variant's runs, one per seed (seed by seed), the federated ones in one engine;
+    with the runs that failed (by folder) and whether Ctrl-C stopped the sweep."""
+    from fl_app.server_app import SweepOutcome
+
+    cfg, simulation = invocation.cfg, invocation.simulation
     runs: dict[str, list[SeedRun]] = {variant: [] for variant in invocation.variants}
+    planned: list[tuple[str, int, PlannedRun]] = []
+    centralized: list[tuple[int, RunConfig]] = []
     for seed in seeds:
         for variant, overrides in invocation.variants.items():
             folder = f"{name}/{variant}" + (f"/seed-{seed}" if len(seeds) > 1 else "")
             variant_cfg = RunConfig.from_mapping(
                 cfg.run_config | overrides | {"seed": seed, "run-name": folder}
             )
-            start = time.perf_counter()
             if variant == CENTRALIZED:
-                rounds = train_centrally(variant_cfg, simulation.num_clients)
+                centralized.append((seed, variant_cfg))
             else:
-                rounds = run(variant_cfg, simulation, console=console)
-            runs[variant].append(SeedRun(seed, rounds, time.perf_counter() - start))
-    return runs
+                planned.append(
+                    (variant, seed, plan(variant_cfg, simulation, console, announce=False))
+                )
+    outcome = SweepOutcome()
+    interrupted = False
+    if planned:
+        try:
+            simulate([p for _, _, p in planned], simulation, outcome)
+        except KeyboardInterrupt:  # the finished runs stay; the one in progress is dropped
+            outcome.stop.set()
+            interrupted = True
+    for variant, seed, p in planned:
+        if p.cfg.run_name in outcome.failed:
+            say(console, f"run {p.cfg.run_name} failed: {outcome.failed[p.cfg.run_name]}")
+        elif p.cfg.run_name in outcome.finished:
+            rounds = finish(p, console)
+            runs[variant].append(SeedRun(seed, rounds, float(rounds[-1]["elapsed"])))
+    for seed, variant_cfg in centralized:
+        if not interrupted:
+            start = time.perf_counter()
+            rounds = train_centrally(variant_cfg, simulation.num_clients)
+            runs[CENTRALIZED].append(SeedRun(seed, rounds, time.perf_counter() - start))
+    runs = {v: sorted(r, key=lambda x: seeds.index(x.seed)) for v, r in runs.items()}
+    return runs, outcome.failed, interrupted
 
 
 def execute(invocation: Invocation) -> None:
@@ -490,9 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
     try:
         execute(parse(argv))
-    except (ConfigError, NothingAggregatedError) as err:
+    except (ConfigError, NothingAggregatedError, RunsFailedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        # The server's thread may still wait for replies the stopped engine will never
+        # send: results are written, so leave without joining it.
+        print("interrupted: the finished runs' results are kept", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
 import strategies
-from fl_app.config import RunConfig
+from fl_app.config import SWEEP_RUN_KEY, RunConfig
 from fl_app.data import (
     ArrayDataset,
     ClientData,
@@ -55,7 +55,7 @@ from fl_app.seeds import rng_for, seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
 from strategies.message import TEXT_METRICS
 from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
-from strategies.sampling import PARTITION_KEY
+from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
 LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")
@@ -228,14 +228,45 @@ def where_it_ran() -> dict[str, Scalar]:
 
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     """The client of the node whose ``node_config`` names its partition (faulty if chosen)."""
-    partition_id = int(node_config["partition-id"])
-    num_partitions = int(node_config["num-partitions"])
+    partition_id = int(node_config[PARTITION_KEY])
+    num_partitions = int(node_config[NUM_PARTITIONS_KEY])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
     client = FlowerClient(cfg, partition_id, data, model)
     if is_faulty(cfg, partition_id, num_partitions):
         return FaultyClient(client, cfg.fault_kind)
     return client
+
+
+def sent_config(message: Message, key: str) -> Any:
+    """The value of ``key`` in the message's config (either half's ConfigRecord), or None."""
+    for record in message.content.config_records.values():
+        if key in record:
+            return record[key]
+    return None
+
+
+def partition_config(message: Message, context: Context, *, pooled: bool) -> dict[str, Any]:
+    """The node config the message's client runs with.
+
+    A node of a simulation's pool runs whichever partition the message names; a
+    deployed node is one client, so a message naming another partition is refused.
+    """
+    node = dict(context.node_config)
+    named = {k: sent_config(message, k) for k in (PARTITION_KEY, NUM_PARTITIONS_KEY)}
+    if named[PARTITION_KEY] is None:
+        return node
+    if pooled:
+        return node | named
+    own = {k: node.get(k) for k in named}
+    if own != named:
+        raise ValueError(
+            f"this node is partition {own[PARTITION_KEY]} of {own[NUM_PARTITIONS_KEY]} "
+            f"(its node config), the server sent a message for partition "
+            f"{named[PARTITION_KEY]} of {named[NUM_PARTITIONS_KEY]}: a deployed node runs "
+            "its own partition only"
+        )
+    return node
 
 
 def is_legacy(message: Message) -> bool:
@@ -312,7 +343,9 @@ class DualClientApp(ClientApp):
     ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
 
     def __init__(
-        self, client_fn: Callable[[Context], Client], config: Callable[[Context], RunConfig]
+        self,
+        client_fn: Callable[[Context, Message], Client],
+        config: Callable[[Context, Message], RunConfig],
     ) -> None:
         super().__init__()
         self.client_fn = client_fn
@@ -328,7 +361,9 @@ class DualClientApp(ClientApp):
         server_round = int(message.metadata.group_id or 0)
         partition = int(context.node_config.get(PARTITION_KEY, 0))
         before = np.random.get_state()
-        np.random.seed(seed_for(self.config(context).seed, "secagg", server_round, partition))
+        np.random.seed(
+            seed_for(self.config(context, message).seed, "secagg", server_round, partition)
+        )
         try:
             return secaggplus_mod(message, context, self._answer)
         finally:
@@ -341,34 +376,49 @@ class DualClientApp(ClientApp):
                 # answered from the node config, without loading the client's data.
                 properties = node_properties(context)
                 return Message(content=getpropertiesres_to_recorddict(properties), reply_to=message)
-            return handle_legacy_message_from_msgtype(self.client_fn, message, context)
+            return handle_legacy_message_from_msgtype(
+                lambda context: self.client_fn(context, message), message, context
+            )
         return super().__call__(message, context)
 
 
-def client_app_for(cfg: RunConfig | None = None) -> ClientApp:
+def client_app_for(
+    cfg: RunConfig | None = None,
+    *,
+    pooled: bool = False,
+    sweep: Mapping[str, RunConfig] | None = None,
+) -> ClientApp:
     """A ClientApp bound to ``cfg``, or reading it from the run config when None.
 
     (The deprecated in-process simulation entry point gives clients no run config.)
+    ``pooled``: its nodes are a simulation's pool, each running the partition every
+    message names. ``sweep``: the configs of several runs in one engine, by the name
+    each message carries under ``SWEEP_RUN_KEY``.
     """
+    runs = dict(sweep or {})
 
-    def config(context: Context) -> RunConfig:
+    def config(context: Context, message: Message) -> RunConfig:
+        name = sent_config(message, SWEEP_RUN_KEY)
+        if name is not None and name in runs:
+            return runs[name]
         return cfg or RunConfig.from_mapping(context.run_config)
 
-    def client(context: Context) -> NumPyClient:
-        return make_client(config(context), dict(context.node_config))
+    def client(context: Context, message: Message) -> NumPyClient:
+        node_config = partition_config(message, context, pooled=pooled)
+        return make_client(config(context, message), node_config)
 
-    def legacy_client(context: Context) -> Client:
-        return client(context).to_client()
+    def legacy_client(context: Context, message: Message) -> Client:
+        return client(context, message).to_client()
 
     client_app = DualClientApp(legacy_client, config)
 
     @client_app.train()
     def train_message(message: Message, context: Context) -> Message:
-        return train_reply(client(context), message)
+        return train_reply(client(context, message), message)
 
     @client_app.evaluate()
     def evaluate_message(message: Message, context: Context) -> Message:
-        return evaluate_reply(client(context), message)
+        return evaluate_reply(client(context, message), message)
 
     @client_app.query()
     def query_message(message: Message, context: Context) -> Message:

@@ -93,6 +93,9 @@ FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
 SECURE_FAULTS = ("none", "raise", "straggle")
 TRACKERS = Registry("fl_app.tracking", "TRACKERS")
 DEVICES = ("auto", "cpu", "cuda")
+# The message-config key naming the run a message is for, when one simulation engine runs
+# several runs one after another (a sweep): each client looks its run's config up by it.
+SWEEP_RUN_KEY = "sweep-run"
 
 
 # Every strategy knob with the strategies' own default (Hybrid's options hold them all),
@@ -505,6 +508,12 @@ class RunConfig:
         """Clients a training round samples of ``available`` (Flower's FedAvg:
         ``max(int(fraction-fit · available), min-fit-clients)``)."""
         return max(int(self.fraction_fit * available), self.min_fit_clients)
+
+    def evaluate_clients(self, available: int) -> int:
+        """Clients an evaluation round asks of ``available`` (none at fraction-evaluate 0)."""
+        if self.fraction_evaluate == 0:
+            return 0
+        return max(int(self.fraction_evaluate * available), self.min_evaluate_clients)
 
     @property
     def run_config(self) -> dict[str, Any]:

@@ -8,8 +8,11 @@ messages). Both record the same rounds, write the same files and give the same m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from logging import INFO
+import functools
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from flwr.common.logger import log
 from flwr.server import ServerConfig, SimpleClientManager
 from flwr.server.compat import start_grid
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
@@ -36,9 +40,13 @@ from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
 
+# How often the server looks for replies in a simulation (Flower's default: every 0.1 s,
+# which a round pays once for training and once for evaluation).
+SIMULATION_PULL_INTERVAL = 0.005
 
-def round_config(server_round: int) -> dict[str, Scalar]:
-    return {"server-round": server_round}
+
+def round_config(tags: Mapping[str, Scalar], server_round: int) -> dict[str, Scalar]:
+    return {**tags, "server-round": server_round}
 
 
 # Flower's names of the sampling arguments on each API half, in the order of SAMPLING_KEYS.
@@ -49,8 +57,18 @@ SAMPLING_ARGUMENTS = {
 SAMPLING_KEYS = ("fraction_fit", "fraction_evaluate", "min_fit_clients", "min_evaluate_clients")
 
 
-def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | MessageStrategy:
-    """The strategy named by ``cfg.strategy``, for the half named by ``cfg.flower_api``."""
+def build_strategy(
+    cfg: RunConfig,
+    server: ServerModel,
+    *,
+    num_partitions: int | None = None,
+    tags: Mapping[str, Scalar] | None = None,
+) -> LegacyStrategy | MessageStrategy:
+    """The strategy named by ``cfg.strategy``, for the half named by ``cfg.flower_api``.
+
+    ``num_partitions``: the logical clients a simulation's pool of nodes serves (None:
+    one client a node). ``tags`` go into every message's config (a sweep's run name).
+    """
     rule_type = strategies.rule_type(cfg.strategy)
     rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
     sampling: dict[str, Any] = {
@@ -62,6 +80,7 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
     sampling |= {
         "sampling_seed": cfg.seed if seeded else None,
         "query_timeout": cfg.round_timeout or None,
+        "num_partitions": num_partitions,
     }
     if cfg.flower_api == "message":
         return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
@@ -70,46 +89,53 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> LegacyStrategy | Mess
         secure_aggregation=cfg.secure_aggregation,
         min_available_clients=cfg.min_available_clients,
         initial_parameters=ndarrays_to_parameters(server.initial),
-        on_fit_config_fn=round_config,
-        on_evaluate_config_fn=round_config,
+        on_fit_config_fn=functools.partial(round_config, dict(tags or {})),
+        on_evaluate_config_fn=functools.partial(round_config, dict(tags or {})),
         **sampling,
     )
 
 
-def run_server(
-    grid: Grid,
-    cfg: RunConfig,
-    listeners: Sequence[RunListener] = (),
-    resume: Checkpoint | None = None,
-) -> None:
-    """Run ``cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
+@dataclass
+class ServerRun:
+    """One run of the server: its config, who is told about its rounds, where it resumes,
+    the logical clients of a simulation's pool, and the tags its messages carry."""
 
-    The run is checkpointed there after every round; ``resume`` continues from one. The
-    tracker ``cfg.tracker`` names (if any) logs every round too.
+    cfg: RunConfig
+    listeners: Sequence[RunListener] = ()
+    resume: Checkpoint | None = None
+    num_partitions: int | None = None
+    tags: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+def run_server(grid: Grid, run: ServerRun) -> None:
+    """Run ``run.cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
+
+    The run is checkpointed there after every round; ``run.resume`` continues from one.
+    The tracker ``cfg.tracker`` names (if any) logs every round too.
     """
+    if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies wait less
+        grid.pull_interval = SIMULATION_PULL_INTERVAL
+    cfg = run.cfg
     directory = run_directory(cfg)
     tracker = start_tracker(cfg, directory)  # first: a missing package stops the run at once
     try:
-        _run_rounds(grid, cfg, directory, [*listeners, tracker], resume)
+        _run_rounds(grid, run, directory, [*run.listeners, tracker])
     finally:
         tracker.close(failed=True)  # a no-op after run_done: only a run that stopped fails
 
 
 def _run_rounds(
-    grid: Grid,
-    cfg: RunConfig,
-    directory: Path,
-    listeners: Sequence[RunListener],
-    resume: Checkpoint | None,
+    grid: Grid, run: ServerRun, directory: Path, listeners: Sequence[RunListener]
 ) -> None:
+    cfg = run.cfg
     server = ServerModel(cfg)
     log(INFO, "results of this run (%s Flower API): %s", cfg.flower_api, directory)
     recorder = RoundRecorder(
         [RunWriter(cfg, directory, server.save), *listeners],
         checkpoint_path=directory / CHECKPOINT_FILE,
-        resume=resume,
+        resume=run.resume,
     )
-    strategy = build_strategy(cfg, server)
+    strategy = build_strategy(cfg, server, num_partitions=run.num_partitions, tags=run.tags)
     timeout = cfg.round_timeout or None
     if isinstance(strategy, MessageStrategy):
         run_message_rounds(
@@ -120,6 +146,7 @@ def _run_rounds(
             timeout=timeout,
             central_evaluation=server.central,
             recorder=recorder,
+            config=run.tags,
         )
         return
     loop: dict[str, Any] = {
@@ -148,12 +175,8 @@ def secure_round(cfg: RunConfig) -> SecureRound:
     )
 
 
-def server_app_for(
-    cfg: RunConfig | None = None,
-    listeners: Sequence[RunListener] = (),
-    resume: Checkpoint | None = None,
-) -> ServerApp:
-    """A ServerApp bound to ``cfg``, or reading it from the run config when None.
+def server_app_for(run: ServerRun | None = None) -> ServerApp:
+    """A ServerApp for ``run``, or for the run config when None.
 
     (The deprecated in-process simulation entry point passes no run config.)
     """
@@ -161,9 +184,42 @@ def server_app_for(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg or RunConfig.from_mapping(context.run_config), listeners, resume)
+        run_server(grid, run or ServerRun(RunConfig.from_mapping(context.run_config)))
 
     return server_app
+
+
+def sweep_server_app(runs: Sequence[ServerRun], outcome: SweepOutcome) -> ServerApp:
+    """A ServerApp running ``runs`` one after another on one grid (one simulation engine
+    for a whole sweep). A run that fails is recorded in ``outcome.failed`` with its
+    error and the next one starts; ``outcome.stop`` set ends the sweep after the current
+    run."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        for run in runs:
+            if outcome.stop.is_set():
+                return
+            try:
+                run_server(grid, run)
+            except Exception as error:  # recorded; the sweep goes on
+                log(WARNING, "run %s failed: %s", run.cfg.run_name, error)
+                outcome.failed[run.cfg.run_name] = error
+            else:
+                outcome.finished.append(run.cfg.run_name)
+
+    return server_app
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep's runs came to: their names in finishing order, the failed ones'
+    errors, and the event that stops the sweep between runs."""
+
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 app = server_app_for()

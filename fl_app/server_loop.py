@@ -8,7 +8,7 @@ files, progress) and checkpoints are the same whichever half ran the round.
 from __future__ import annotations
 
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -328,12 +328,14 @@ def run_message_rounds(
     timeout: float | None,
     central_evaluation: CentralEvaluation,
     recorder: RoundRecorder,
+    config: Mapping[str, Scalar] | None = None,
 ) -> NDArrays:
     """The Message-API rounds, as Flower's ``Strategy.start`` runs them, recorded.
 
     Like ``start``: ``configure_train`` → ``send_and_receive`` → ``aggregate_train``, then
     central and federated evaluation; unlike it, each round is recorded, checkpointed
-    and resumable, and a reply that did not come back counts as a failure.
+    and resumable, and a reply that did not come back counts as a failure. ``config``
+    goes into every train and evaluate message's ConfigRecord.
     """
     resumed = recorder.restore(strategy)
     model = initial_model if resumed is None else resumed
@@ -343,7 +345,9 @@ def run_message_rounds(
         recorder.emit({"round": 0, **central_evaluation(model)}, start, model, strategy)
     for server_round in range(recorder.first_round, num_rounds + 1):
         round_start = timeit.default_timer()
-        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        sent = list(
+            strategy.configure_train(server_round, arrays, ConfigRecord(dict(config or {})), grid)
+        )
         replies = _exchange(grid, sent, timeout)
         ok = sum(1 for reply in replies if not reply.has_error())
         counts = {"sampled": len(sent), "results": ok, "failures": len(sent) - ok}
@@ -365,7 +369,11 @@ def run_message_rounds(
             aggregated=new_arrays is not None,
         )
         record |= central_evaluation(model)
-        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        asked = list(
+            strategy.configure_evaluate(
+                server_round, arrays, ConfigRecord(dict(config or {})), grid
+            )
+        )
         federated = strategy.aggregate_evaluate(server_round, _exchange(grid, asked, timeout))
         if federated is not None and "loss" in federated:
             record |= {

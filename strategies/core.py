@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import math
+import random
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import numpy as np
 from strategies import aggregate, privacy
 from strategies.aggregate import Array, Model
 from strategies.privacy import DP_CLIPPINGS, DP_MODES, DP_SGD_METRICS
-from strategies.sampling import Node, SeededSampler
+from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, Node, SeededSampler
 
 Scalar = bool | bytes | float | int | str
 Metrics = dict[str, Scalar]
@@ -840,6 +841,9 @@ class RuleAdapter:
     sampler: SeededSampler | None
     query_timeout: float | None
     last_sampled: list[int | str] | None
+    # Logical clients (partitions) served by a pool of nodes: every message names the
+    # partition it is for (None: each node is one client, its own partition).
+    num_partitions: int | None
 
     def adopt(
         self,
@@ -850,6 +854,7 @@ class RuleAdapter:
         *,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
+        num_partitions: int | None = None,
     ) -> None:
         """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``."""
         self.rule = build_rule(
@@ -859,6 +864,35 @@ class RuleAdapter:
         self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
         self.query_timeout = query_timeout
         self.last_sampled = None
+        if num_partitions is not None and num_partitions < 1:
+            raise ValueError(f"num_partitions={num_partitions} is not allowed: must be >= 1")
+        self.num_partitions = num_partitions
+
+    def assign(
+        self, server_round: int, purpose: str, size: int, nodes: Sequence[Node]
+    ) -> list[tuple[Node, dict[str, int]]]:
+        """A pool's round: ``size`` of the ``num_partitions`` logical clients, each with
+        the node that runs it (dealt in turn over ``nodes`` in the order given) and the
+        message config naming it.
+
+        Seeded, the partitions are the very ones the seeded sampler draws among nodes
+        that report partitions 0..N-1, one a node: a pool repeats one node per client.
+        """
+        total = self.num_partitions
+        assert total is not None, "assign() is for a pool (num_partitions set)"
+        if not nodes or size <= 0:
+            return []
+        size = min(size, total)
+        if self.sampler is None:  # Flower's way: unseeded
+            partitions = sorted(random.sample(range(total), size))
+        else:
+            partitions = self.sampler.draw(server_round, purpose, total, size)
+        if purpose == "train":
+            self.last_sampled = list(partitions)
+        return [
+            (nodes[i % len(nodes)], {PARTITION_KEY: p, NUM_PARTITIONS_KEY: total})
+            for i, p in enumerate(partitions)
+        ]
 
     def reseed(
         self,

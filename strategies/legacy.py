@@ -21,11 +21,18 @@ from typing import Any
 
 from flwr.common import (
     Code,
+    DisconnectRes,
+    EvaluateIns,
     EvaluateRes,
+    FitIns,
     FitRes,
+    GetParametersIns,
+    GetParametersRes,
     GetPropertiesIns,
+    GetPropertiesRes,
     Metrics,
     Parameters,
+    ReconnectIns,
     Scalar,
     parameters_to_ndarrays,
 )
@@ -92,6 +99,12 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         once for its ``partition-id`` property; None keeps Flower's unseeded sampling.
     query_timeout : float, optional
         How long to wait for that answer (None: as long as it takes).
+    num_partitions : int, optional
+        Logical clients served by a pool of nodes (a simulation's virtual nodes): each
+        round samples ``fraction_fit`` of these partitions, not of the nodes, deals them
+        over the nodes and names each one in its ``FitIns``/``EvaluateIns`` config
+        (``partition-id``, ``num-partitions``); results are named by partition. None:
+        each node is one client.
     secure_aggregation : bool
         The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
         float64 weighted mean of the clients' models (the clients weighted themselves by
@@ -116,12 +129,19 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         score_fn: ScoreFn | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
+        num_partitions: int | None = None,
         secure_aggregation: bool = False,
         **kwargs: Any,
     ) -> None:
         knobs = take_knobs(self.rule_type, kwargs)
         self.adopt(
-            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
+            rule,
+            options,
+            score_fn,
+            knobs,
+            sampling_seed=sampling_seed,
+            query_timeout=query_timeout,
+            num_partitions=num_partitions,
         )
         if secure_aggregation:
             problem = secure_aggregation_problem(self.rule)
@@ -146,6 +166,15 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         # The server hands over the current global model here every round: keep it
         # to validate updates against and to take the server step from.
         self.rule.global_model = parameters_to_ndarrays(parameters)
+        if self.num_partitions is not None:
+            config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
+            size = self.num_fit_clients(self.num_partitions)[0]
+            pairs = [
+                (proxy, FitIns(parameters, config | named))
+                for proxy, named in self._pooled(server_round, "train", size, client_manager)
+            ]
+            self.rule.sampling = (len(pairs), self.num_partitions)
+            return pairs
         pairs = super().configure_fit(server_round, parameters, client_manager)
         pairs = self._reseeded(server_round, "train", pairs, client_manager)
         self.rule.sampling = (len(pairs), client_manager.num_available())
@@ -154,8 +183,30 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, Any]]:
+        if self.num_partitions is not None:
+            if self.fraction_evaluate == 0.0:
+                return []
+            fn = self.on_evaluate_config_fn
+            config = fn(server_round) if fn else {}
+            size = self.num_evaluation_clients(self.num_partitions)[0]
+            return [
+                (proxy, EvaluateIns(parameters, config | named))
+                for proxy, named in self._pooled(server_round, "evaluate", size, client_manager)
+            ]
         pairs = super().configure_evaluate(server_round, parameters, client_manager)
         return self._reseeded(server_round, "evaluate", pairs, client_manager)
+
+    def _pooled(
+        self, server_round: int, purpose: str, size: int, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, dict[str, Scalar]]]:
+        """A pool's round: each sampled partition's proxy (named by the partition, sent
+        through its node) and the config entries that name it."""
+        nodes = client_manager.all()
+        order = sorted(nodes, key=lambda cid: (len(cid), cid))  # node ids, numerically
+        return [
+            (PartitionProxy(nodes[cid], int(named[PARTITION_KEY])), dict(named))
+            for cid, named in self.assign(server_round, purpose, size, order)
+        ]
 
     def aggregate_fit(
         self,
@@ -241,6 +292,38 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
 
         chosen = self.reseed(server_round, purpose, [p.cid for p, _ in pairs], list(proxies), ask)
         return [(proxies[cid], pairs[0][1]) for cid in chosen]
+
+
+class PartitionProxy(ClientProxy):
+    """One logical client of a pool: ``cid`` is its partition id, messages go through the
+    proxy of the node that runs it (several partitions may share a node in one round)."""
+
+    def __init__(self, node: ClientProxy, partition_id: int) -> None:
+        super().__init__(str(partition_id))
+        self.node = node
+
+    def get_properties(
+        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
+    ) -> GetPropertiesRes:
+        return self.node.get_properties(ins, timeout, group_id)
+
+    def get_parameters(
+        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
+    ) -> GetParametersRes:
+        return self.node.get_parameters(ins, timeout, group_id)
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        return self.node.fit(ins, timeout, group_id)
+
+    def evaluate(
+        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
+    ) -> EvaluateRes:
+        return self.node.evaluate(ins, timeout, group_id)
+
+    def reconnect(
+        self, ins: ReconnectIns, timeout: float | None, group_id: int | None
+    ) -> DisconnectRes:
+        return self.node.reconnect(ins, timeout, group_id)
 
 
 def ask_partition_ids(proxies: list[ClientProxy], timeout: float | None) -> dict[str, object]:

@@ -75,6 +75,11 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         unseeded sampling.
     query_timeout : float, optional
         How long to wait for those answers (None: as long as it takes).
+    num_partitions : int, optional
+        Logical clients served by a pool of nodes (a simulation's virtual nodes): each
+        round samples ``fraction_train`` of these partitions, not of the nodes, deals them
+        over the nodes and names each one in its message's ConfigRecord (``partition-id``,
+        ``num-partitions``); replies are named by partition. None: each node is one client.
     **knobs
         The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``).
 
@@ -100,10 +105,17 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
+        num_partitions: int | None = None,
         **knobs: Any,
     ) -> None:
         self.adopt(
-            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
+            rule,
+            options,
+            score_fn,
+            knobs,
+            sampling_seed=sampling_seed,
+            query_timeout=query_timeout,
+            num_partitions=num_partitions,
         )
         super().__init__(
             fraction_train=fraction_train,
@@ -121,6 +133,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self.custom_evaluate_metrics = evaluate_metrics_aggr_fn is not None
         self._keys: list[str] = []
         self._sampled: list[int] = []
+        self._sent: list[Message] = []  # a pool's train messages (their ids name the replies)
 
     # ---- Flower Strategy API --------------------------------------------------------
 
@@ -131,6 +144,14 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         # name the layers of the result (a torch state_dict's names survive).
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
+        if self.num_partitions is not None:
+            size = max(int(self.num_partitions * self.fraction_train), self.min_train_nodes)
+            messages = self._pooled(
+                server_round, MessageType.TRAIN, self.fraction_train, size, arrays, config, grid
+            )
+            self._sent = messages
+            self.rule.sampling = (len(messages), self.num_partitions)
+            return messages
         messages = list(super().configure_train(server_round, arrays, config, grid))
         available = sorted(grid.get_node_ids())
         messages = self._reseeded(server_round, "train", messages, grid, available)
@@ -141,30 +162,84 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.num_partitions is not None:
+            size = max(int(self.num_partitions * self.fraction_evaluate), self.min_evaluate_nodes)
+            return self._pooled(
+                server_round,
+                MessageType.EVALUATE,
+                self.fraction_evaluate,
+                size,
+                arrays,
+                config,
+                grid,
+            )
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         return self._reseeded(server_round, "evaluate", messages, grid)
+
+    def _pooled(
+        self,
+        server_round: int,
+        message_type: str,
+        fraction: float,
+        size: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+    ) -> list[Message]:
+        """A pool's round: one message per sampled partition, to the node that runs it,
+        its config naming the partition (Flower's ``FedAvg`` sends none at fraction 0)."""
+        if fraction == 0.0:
+            return []
+        sent = dict(config.items()) | {"server-round": server_round}
+        purpose = "train" if message_type == MessageType.TRAIN else "evaluate"
+        nodes = sorted(grid.get_node_ids())
+        return [
+            Message(
+                RecordDict(
+                    {
+                        self.arrayrecord_key: arrays,
+                        self.configrecord_key: ConfigRecord(sent | named),
+                    }
+                ),
+                dst_node_id=node,
+                message_type=message_type,
+            )
+            for node, named in self.assign(server_round, purpose, size, nodes)
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates: list[ClientUpdate] = []
         failures: list[str] = []
-        answered: set[int] = set()
+        answered: set[int | str] = set()
         contents: dict[str, RecordDict] = {}
+        # A pool's replies are named by the partition their message was for.
+        partitions = {
+            m.metadata.message_id: str(m.content[self.configrecord_key][PARTITION_KEY])
+            for m in self._sent
+        }
         for msg in replies:
             node = msg.metadata.src_node_id
-            answered.add(node)
+            partition = partitions.get(msg.metadata.reply_to_message_id)
+            answered.add(node if partition is None else msg.metadata.reply_to_message_id)
+            who = f"node {node}" if partition is None else f"client {partition} (node {node})"
             if msg.has_error():
-                failures.append(f"node {node}: {msg.error.reason}")
+                failures.append(f"{who}: {msg.error.reason}")
                 continue
-            update = self._update_of(self.client_name(node), msg.content)
+            name = self.client_name(node) if partition is None else partition
+            update = self._update_of(name, msg.content)
             contents[update.client_id] = msg.content
             updates.append(update)
-        failures += [
-            f"node {node}: no reply (round timeout)"
-            for node in self._sampled
-            if node not in answered
-        ]
+        if self.num_partitions is None:
+            missing = [f"node {node}" for node in self._sampled if node not in answered]
+        else:
+            missing = [
+                f"client {partitions[m.metadata.message_id]} (node {m.metadata.dst_node_id})"
+                for m in self._sent
+                if m.metadata.message_id not in answered
+            ]
+        failures += [f"{who}: no reply (round timeout)" for who in missing]
         result = self.rule.aggregate(server_round, updates, failures)
         self.last_result = result
         metrics: dict[str, Any] = {

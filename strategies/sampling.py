@@ -29,6 +29,9 @@ NodeKey = tuple[int, int, str]
 PURPOSES = ("train", "evaluate")
 # The config key a node reports its partition under (the simulation engine's node-config key).
 PARTITION_KEY = "partition-id"
+# The node-config key of the number of partitions; with PARTITION_KEY, what a message to a
+# node of a pool names: the logical client it is for (see ``RuleAdapter.assign``).
+NUM_PARTITIONS_KEY = "num-partitions"
 # How a run samples clients: seeded (here), or flower (Flower's unseeded random.sample,
 # which asks nothing: for federations too large to ask every node once).
 SAMPLINGS = ("seeded", "flower")
@@ -87,8 +90,12 @@ class SeededSampler:
         ordered: Sequence[Node] = sorted(
             (node for node in nodes if node in self.keys), key=self.keys.__getitem__
         )
-        size = max(0, min(size, len(ordered)))
+        return [ordered[i] for i in self.draw(server_round, purpose, len(ordered), size)]
+
+    def draw(self, server_round: int, purpose: str, population: int, size: int) -> list[int]:
+        """``size`` of ``range(population)`` (all if fewer), ascending, from (seed, round,
+        purpose) only: partitions 0..N-1 drawn directly are the nodes reporting them."""
+        size = max(0, min(size, population))
         stream = [self.seed, server_round, PURPOSES.index(purpose)]
         rng = np.random.default_rng(np.random.SeedSequence(stream))
-        picked = np.sort(rng.choice(len(ordered), size=size, replace=False))
-        return [ordered[int(i)] for i in picked]
+        return [int(i) for i in np.sort(rng.choice(population, size=size, replace=False))]

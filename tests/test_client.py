@@ -28,7 +28,7 @@ from flwr.compat.common.recorddict_compat import (
 from fl_app import client_app
 from fl_app import data as fl_data
 from fl_app.client_app import FlowerClient, app, make_client
-from fl_app.config import ConfigError, RunConfig
+from fl_app.config import SWEEP_RUN_KEY, ConfigError, RunConfig
 from fl_app.data import data_spec, load_client_data
 from fl_app.models import build_model
 from fl_app.training import get_weights
@@ -229,3 +229,61 @@ def test_client_data_is_reused_across_make_client_calls() -> None:
     assert info.misses == misses
     assert info.hits >= 1
     assert numpy_client(CFG, 4).data is not first.data
+
+
+def named_train(weights: list[np.ndarray], **config: int | str) -> tuple[Message, Message]:
+    """The same train message from each half, its config naming ``config`` (a partition,
+    a run)."""
+    ins = FitIns(ndarrays_to_parameters(weights), {"server-round": 1, **config})
+    legacy = Message(
+        fitins_to_recorddict(ins, keep_input=True), dst_node_id=101, message_type="train"
+    )
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 1, **config})}
+    )
+    return legacy, Message(content, dst_node_id=101, message_type="train")
+
+
+def loss_of(reply: Message) -> float:
+    """The training loss either half's train reply reports."""
+    if "metrics" in reply.content:
+        return float(reply.content["metrics"]["train_loss"])
+    return float(recorddict_to_fitres(reply.content, keep_input=False).metrics["train_loss"])
+
+
+def trained_loss(cfg: RunConfig, partition_id: int) -> float:
+    """What partition ``partition_id``'s own client reports after round 1's training."""
+    _, _, metrics = numpy_client(cfg, partition_id).fit(global_weights(), {"server-round": 1})
+    return float(metrics["train_loss"])
+
+
+def test_a_pool_node_runs_the_partition_each_message_names_on_both_halves() -> None:
+    pooled = client_app.client_app_for(CFG, pooled=True)
+    for partition in (3, 4):
+        want = trained_loss(CFG, partition)
+        assert want != trained_loss(CFG, 1)
+        for message in named_train(global_weights(), **node(partition)):
+            reply = pooled(message, context(CFG.run_config, partition_id=1))  # node 1 of a pool
+            assert loss_of(reply) == want
+
+
+def test_a_deployed_node_refuses_a_message_for_another_partition() -> None:
+    for message in named_train(global_weights(), **node(3)):
+        with pytest.raises(ValueError, match="runs its own partition only") as refused:
+            app(message, context(CFG.run_config, partition_id=1))
+        assert "partition 1 of 5" in str(refused.value)
+        assert "partition 3 of 5" in str(refused.value)
+    for message in named_train(global_weights(), **node(1)):  # its own: answered
+        assert loss_of(app(message, context(CFG.run_config, partition_id=1))) == trained_loss(
+            CFG, 1
+        )
+
+
+def test_a_sweep_client_app_trains_with_the_config_of_the_run_each_message_names() -> None:
+    runs = {"a": CFG, "b": RunConfig(local_epochs=1, device="cpu", val_fraction=0.3)}
+    swept = client_app.client_app_for(pooled=True, sweep=runs)
+    for name, cfg in runs.items():
+        for message in named_train(global_weights(), **node(2), **{SWEEP_RUN_KEY: name}):
+            reply = swept(message, context({}, partition_id=0))
+            assert loss_of(reply) == trained_loss(cfg, 2)
+    assert trained_loss(runs["a"], 2) != trained_loss(runs["b"], 2)

@@ -137,19 +137,80 @@ def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path, ap
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.2
 
 
-def test_two_runs_of_one_seed_sample_the_same_clients_on_both_halves(tmp_path: Path) -> None:
-    flags = ["--fraction-fit", "0.3", "--seed", "7", "--num-server-rounds", str(ROUNDS)]
-    runs = [
-        simulate(tmp_path / f"{api}-{i}", "--flower-api", api, *flags)
-        for api, i in (("legacy", 1), ("legacy", 2), ("message", 1))
-    ]
-    first, second, message = (without_timings(run) for run in runs)
-    sampled = [r["sampled_partitions"] for r in first["rounds"][1:]]
-    assert [len(s) for s in sampled] == [3] * ROUNDS  # 0.3 of 10 clients
+def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_both_halves(
+    tmp_path: Path,
+) -> None:
+    """50 logical clients, 10 a round: a pool of 10 virtual nodes (the default) and one
+    node per client sample the same partitions and give the same history, bit for bit."""
+    flags = ["--num-clients", "50", "--fraction-fit", "0.2", "--seed", "7"]
+    flags += ["--num-server-rounds", str(ROUNDS)]
+    runs = {
+        (api, nodes): without_timings(
+            simulate(tmp_path / f"{api}-{nodes}", "--flower-api", api, "--num-nodes", nodes, *flags)
+        )
+        for api in strategies.FLOWER_APIS
+        for nodes in ("per-client", "auto")
+    }
+    for run in runs.values():
+        run["config"].pop("flower-api")
+    reference = runs["legacy", "per-client"]
+    sampled = [r["sampled_partitions"] for r in reference["rounds"][1:]]
+    assert [len(s) for s in sampled] == [10] * ROUNDS  # 0.2 of 50 clients
     assert len({tuple(s) for s in sampled}) > 1  # rounds draw different clients
-    assert second == first
-    message["config"]["flower-api"] = "legacy"
-    assert message == first
+    assert max(max(s) for s in sampled) >= 10  # partitions beyond the pool's 10 nodes
+    assert reference["rounds"][-1]["central_accuracy"] > reference["rounds"][0]["central_accuracy"]
+    for run in runs.values():
+        assert run == reference
+
+
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_a_sweep_in_one_engine_gives_each_run_its_history_alone(
+    default_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
+) -> None:
+    """2 strategies x 2 seeds in one start of the engine: every run's history and final
+    model are those of the same run started alone (seed 42: the shared default runs)."""
+    compared = ["fedavg", "hybrid"]
+    done = run_python(
+        [
+            "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "sweep",
+            "--compare", *compared, "--seeds", "42", "43", "--flower-api", api,
+            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| fedavg |" in (tmp_path / "sweep" / "comparison.md").read_text()
+    for strategy in compared:
+        alone = {42: default_runs(strategy, api)}
+        alone[43] = simulate(
+            tmp_path / f"{strategy}-43",
+            "--strategy", strategy, "--seed", "43", "--flower-api", api,
+            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
+        )  # fmt: skip
+        for seed, run in alone.items():
+            swept = tmp_path / "sweep" / strategy / f"seed-{seed}"
+            assert without_timings(read_history(swept)) == without_timings(run), (strategy, seed)
+            mine, theirs = (
+                torch.load(d / "final_model.pt") for d in (swept, Path(run["directory"]))
+            )
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_a_sweep_records_a_failed_run_and_compares_the_others(tmp_path: Path) -> None:
+    # No client reports "nope": quality weighting rejects every update, and stops.
+    done = run_python(
+        [
+            "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "sweep",
+            "--compare", "quality", "fedavg", "--quality-metric", "nope",
+            "--max-empty-rounds", "1", "--num-clients", "2", "--num-server-rounds", "2",
+        ]
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "run sweep/quality failed: round 1: nothing aggregated" in done.stdout
+    assert "1 run(s) failed: sweep/quality" in done.stderr
+    table = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "| fedavg |" in table
+    assert "| quality |" not in table
+    assert len(read_history(tmp_path / "sweep" / "fedavg")["rounds"]) == 3
 
 
 def test_a_comparison_with_the_centralized_reference_row(tmp_path: Path) -> None:
