@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -481,7 +483,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fl_app.client_app import client_app_for
-    from fl_app.server_app import ServerRun, server_app_for, sweep_server_app
+    from fl_app.server_app import ServerRun, poll_interval, server_app_for, sweep_server_app
 
     if not simulation.verbose:  # after Flower's import, which sets its logger's level
         logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -500,6 +502,7 @@ def simulate(
         for r in runs
     ]
     pooled = pool is not None
+    nodes = simulation.num_clients if pool is None else pool
     if outcome is None:
         (only,) = server_runs
         server_app = server_app_for(only)
@@ -507,20 +510,54 @@ def simulate(
     else:
         server_app = sweep_server_app(server_runs, outcome)
         client_app = client_app_for(pooled=pooled, sweep={r.cfg.run_name: r.cfg for r in runs})
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=simulation.num_clients if pool is None else pool,
-        backend_config={
-            "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
-            "init_args": {
-                "logging_level": "INFO" if simulation.verbose else "ERROR",
-                "log_to_driver": simulation.verbose,
-                **({"address": simulation.ray_address} if simulation.ray_address else {}),
+    with engine_polls(poll_interval(nodes)):
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=nodes,
+            backend_config={
+                "client_resources": {
+                    "num_cpus": simulation.num_cpus,
+                    "num_gpus": simulation.num_gpus,
+                },
+                "init_args": {
+                    "logging_level": "INFO" if simulation.verbose else "ERROR",
+                    "log_to_driver": simulation.verbose,
+                    **({"address": simulation.ray_address} if simulation.ray_address else {}),
+                },
             },
-        },
-        verbose_logging=simulation.verbose,
-    )
+            verbose_logging=simulation.verbose,
+        )
+
+
+@contextmanager
+def engine_polls(interval: float) -> Iterator[None]:
+    """Flower's simulation engine checking its nodes for messages every ``interval`` s.
+
+    Flower's ``add_messages_to_queue`` (``flwr/server/superlink/fleet/vce/vce_api.py``,
+    line 168) passes over every node, then waits 0.1 s (line 180, no setting): a message
+    waits 50 ms on average before a node picks it up, twice a round. This is that loop
+    with another wait, in place while the engine runs (``run_api`` looks the function
+    up when it starts its thread).
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    flowers = vce_api.add_messages_to_queue
+
+    def add_messages_to_queue(
+        state: Any, queue: Any, nodes_mapping: Mapping[int, int], f_stop: threading.Event
+    ) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+            f_stop.wait(interval)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = flowers
 
 
 class RunsFailedError(Exception):

@@ -2,8 +2,10 @@
 
 Runs ``run_simulation.run`` (Flower's simulation engine, Ray) on the ``synthetic`` dataset
 (FedProx Synthetic(α, β): each client's data comes from its own seed, so a client costs
-nothing until it is sampled) with 10,000 virtual clients, 100 sampled per round, one light
-local epoch, so the run is dominated by the framework, not by training. A background thread
+nothing until it is sampled) with 10,000 logical clients, 100 sampled per round, one light
+local epoch, so the run is dominated by the framework, not by training. The engine runs a
+pool of as many virtual nodes as a round samples (``--num-nodes auto``, the default; pass
+``--num-nodes per-client`` to see one node per client). A background thread
 reads /proc every ``--interval`` seconds and sums the memory of the whole process tree: this
 process and every descendant (Ray's gcs_server and raylet, its agents, the ClientApp actors),
 as PSS (shared pages, such as Ray's /dev/shm object store, counted once) and as RSS.
@@ -232,13 +234,17 @@ def simulation_flags(
 def measure(options: argparse.Namespace) -> None:
     """One run in this process: print its rows; write them and the run's wall time as JSON."""
     with tempfile.TemporaryDirectory(prefix="scale-") as output_dir:
-        flags = simulation_flags(
-            options.num_clients,
-            options.clients_per_round,
-            options.rounds,
-            output_dir,
-            options.client_sampling,
-        )
+        flags = [
+            *simulation_flags(
+                options.num_clients,
+                options.clients_per_round,
+                options.rounds,
+                output_dir,
+                options.client_sampling,
+            ),
+            "--num-nodes",
+            options.num_nodes,
+        ]
         print(f"run_simulation.py {' '.join(flags)}\n\n{HEADER}", flush=True)
         invocation = run_simulation.parse(flags)
         cfg, simulation = invocation.cfg, invocation.simulation
@@ -273,6 +279,7 @@ def run_isolated(options: argparse.Namespace, num_clients: int) -> tuple[list[Ro
             "--rounds", str(options.rounds),
             "--interval", str(options.interval),
             "--client-sampling", options.client_sampling,
+            "--num-nodes", options.num_nodes,
             "--measure", str(result),
         ]  # fmt: skip
         subprocess.run(command, env=env, check=True)
@@ -331,9 +338,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--client-sampling",
         choices=SAMPLINGS,
-        default="flower",
-        help="seeded asks each client its partition id once, in round 1 (about 14 ms a "
-        "client on 2 cores); flower asks nothing",
+        default="seeded",
+        help="seeded draws the round's partitions from the seed; flower is Flower's "
+        "unseeded random.sample (with one node per client, seeded asks every node its "
+        "partition id in round 1)",
+    )
+    parser.add_argument(
+        "--num-nodes",
+        default="auto",
+        help="the engine's virtual nodes (run_simulation.py --num-nodes)",
     )
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between readings")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # one run, in a child

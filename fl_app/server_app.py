@@ -40,9 +40,16 @@ from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
 
-# How often the server looks for replies in a simulation (Flower's default: every 0.1 s,
-# which a round pays once for training and once for evaluation).
-SIMULATION_PULL_INTERVAL = 0.005
+
+def poll_interval(pollers: int) -> float:
+    """Seconds between looks at the simulation's in-memory state, for ``pollers`` looks
+    a pass (nodes the engine checks for messages; legacy threads waiting for a reply).
+
+    Flower waits 0.1 s, which every round pays twice (message pick-up, reply) for
+    training and again for evaluation; a look costs a lock and a dictionary lookup, so
+    passes over a few nodes can come every few ms, and a pass over 1,000 every 0.1 s.
+    """
+    return min(0.1, max(0.002, pollers * 1e-4))
 
 
 def round_config(tags: Mapping[str, Scalar], server_round: int) -> dict[str, Scalar]:
@@ -113,9 +120,10 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     The run is checkpointed there after every round; ``run.resume`` continues from one.
     The tracker ``cfg.tracker`` names (if any) logs every round too.
     """
-    if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies wait less
-        grid.pull_interval = SIMULATION_PULL_INTERVAL
     cfg = run.cfg
+    if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies wait less
+        waiting = cfg.fit_clients(run.num_partitions or len(list(grid.get_node_ids())))
+        grid.pull_interval = poll_interval(waiting if cfg.flower_api == "legacy" else 1)
     directory = run_directory(cfg)
     tracker = start_tracker(cfg, directory)  # first: a missing package stops the run at once
     try:
