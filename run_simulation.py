@@ -607,16 +607,43 @@ def compare(invocation: Invocation) -> Path:
     return directory
 
 
+def sweep(
+    cfgs: Sequence[RunConfig], simulation: Simulation, console: Console
+) -> tuple[dict[str, list[RoundRecord]], dict[str, BaseException], bool]:
+    """Run ``cfgs`` (distinct run names) one after another in one start of Flower's engine.
+
+    Returns the finished runs' records and the failed runs' errors, by run name, and
+    whether Ctrl-C stopped the sweep (the finished runs stay; the one in progress is not
+    among them).
+    """
+    from fl_app.server_app import SweepOutcome
+
+    planned = [plan(cfg, simulation, console, announce=False) for cfg in cfgs]
+    outcome = SweepOutcome()
+    interrupted = False
+    try:
+        simulate(planned, simulation, outcome)
+    except KeyboardInterrupt:
+        outcome.stop.set()
+        interrupted = True
+    finished: dict[str, list[RoundRecord]] = {}
+    for p in planned:
+        name = p.cfg.run_name
+        if name in outcome.failed:
+            say(console, f"run {name} failed: {outcome.failed[name]}")
+        elif name in outcome.finished:
+            finished[name] = finish(p, console)
+    return finished, outcome.failed, interrupted
+
+
 def run_variants(
     invocation: Invocation, seeds: Sequence[int], name: str, console: Console
 ) -> tuple[dict[str, list[SeedRun]], dict[str, BaseException], bool]:
     """Every variant's runs, one per seed (seed by seed), the federated ones in one engine;
     with the runs that failed (by folder) and whether Ctrl-C stopped the sweep."""
-    from fl_app.server_app import SweepOutcome
-
     cfg, simulation = invocation.cfg, invocation.simulation
     runs: dict[str, list[SeedRun]] = {variant: [] for variant in invocation.variants}
-    planned: list[tuple[str, int, PlannedRun]] = []
+    federated: list[tuple[str, int, RunConfig]] = []
     centralized: list[tuple[int, RunConfig]] = []
     for seed in seeds:
         for variant, overrides in invocation.variants.items():
@@ -627,30 +654,20 @@ def run_variants(
             if variant == CENTRALIZED:
                 centralized.append((seed, variant_cfg))
             else:
-                planned.append(
-                    (variant, seed, plan(variant_cfg, simulation, console, announce=False))
-                )
-    outcome = SweepOutcome()
-    interrupted = False
-    if planned:
-        try:
-            simulate([p for _, _, p in planned], simulation, outcome)
-        except KeyboardInterrupt:  # the finished runs stay; the one in progress is dropped
-            outcome.stop.set()
-            interrupted = True
-    for variant, seed, p in planned:
-        if p.cfg.run_name in outcome.failed:
-            say(console, f"run {p.cfg.run_name} failed: {outcome.failed[p.cfg.run_name]}")
-        elif p.cfg.run_name in outcome.finished:
-            rounds = finish(p, console)
+                federated.append((variant, seed, variant_cfg))
+    finished, failed, interrupted = (
+        sweep([c for _, _, c in federated], simulation, console) if federated else ({}, {}, False)
+    )
+    for variant, seed, variant_cfg in federated:
+        rounds = finished.get(variant_cfg.run_name)
+        if rounds is not None:
             runs[variant].append(SeedRun(seed, rounds, float(rounds[-1]["elapsed"])))
     for seed, variant_cfg in centralized:
         if not interrupted:
             start = time.perf_counter()
             rounds = train_centrally(variant_cfg, simulation.num_clients)
             runs[CENTRALIZED].append(SeedRun(seed, rounds, time.perf_counter() - start))
-    runs = {v: sorted(r, key=lambda x: seeds.index(x.seed)) for v, r in runs.items()}
-    return runs, outcome.failed, interrupted
+    return runs, failed, interrupted
 
 
 def execute(invocation: Invocation) -> None:

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable
 
 # benchmarks/ is on the path when a script in it runs: the same quiet run as the robustness table.
-from robustness import cell, final_accuracy
+from robustness import cell, final_accuracies
 
 import run_simulation
 from fl_app.config import RunConfig
 from fl_app.data import load_client_data
-from fl_app.ray_cluster import ray_node
 from strategies.privacy import DP_MODES, dp_sgd_schedule, epsilon, sample_epsilon
 
 ROWS = {
@@ -100,15 +99,19 @@ def main() -> None:
     print("| DP | strategy | " + " | ".join(columns) + " | " + ("ε" if what == "z" else "z") + " |")
     print("| --- | --- |" + " ---: |" * (len(columns) + 1), flush=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out, ray_node() as address:
-        base += ["--output-dir", out, "--run-name", "run"]
+    with tempfile.TemporaryDirectory() as out:
+        base += ["--output-dir", out]
 
-        def accuracy(flags: list[str]) -> str:
-            runs = [[*base, *flags, "--seed", str(seed)] for seed in options.seeds]
-            shown: str = cell([final_accuracy(run, address) for run in runs])
-            return shown
+        def accuracies(cells: list[list[str]]) -> list[str]:
+            """Each cell's mean ± std over the seeds, every run in one engine start."""
+            runs = [
+                [*base, *flags, "--seed", str(seed)] for flags in cells for seed in options.seeds
+            ]
+            finals = final_accuracies(runs)
+            n = len(options.seeds)
+            return [cell(finals[i : i + n]) for i in range(0, len(finals), n)]
 
-        clear = {row: accuracy(flags) for row, flags in ROWS.items()}
+        clear = dict(zip(ROWS, accuracies(list(ROWS.values())), strict=True))
         for mode in options.modes:
             spent = spenders[mode]
             if options.noise_multipliers:
@@ -118,10 +121,9 @@ def main() -> None:
                 noises = [noise_for(t, spent, options.delta) for t in options.epsilons]
                 other = noises
             for row, flags in ROWS.items():
-                cells = [
-                    accuracy([*flags, "--dp", mode, "--dp-noise-multiplier", str(z)])
-                    for z in noises
-                ]
+                cells = accuracies(
+                    [[*flags, "--dp", mode, "--dp-noise-multiplier", str(z)] for z in noises]
+                )
                 given = " / ".join(f"{v:.3g}" for v in other)
                 print(
                     f"| {mode} | {row} | {clear[row]} | " + " | ".join(cells) + f" | {given} |",

@@ -11,7 +11,8 @@ perfect validation accuracy (lying about quality); 20 % "little is enough" (the 
 their own shard updates shifted by one standard deviation per coordinate). The last
 column is each rule's aggregation time for one round of 10 updates of this model.
 
-All runs share one private Ray (started once). Prints a Markdown table.
+Each row's runs (every column × every seed) run in one start of Flower's engine
+(``run_simulation.sweep``). Prints a Markdown table.
 
     python benchmarks/robustness.py                  # about 23 minutes on 2 cores
     python benchmarks/robustness.py --rounds 10 --seeds 1 2 3 4 5
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import statistics
 import tempfile
@@ -35,7 +35,6 @@ import strategies
 from fl_app.config import RunConfig
 from fl_app.data import data_spec
 from fl_app.models import build_model
-from fl_app.ray_cluster import ray_node
 from fl_app.results import summarize
 from fl_app.training import get_weights
 from strategies.core import ClientUpdate, encode_tensors
@@ -72,13 +71,26 @@ ROWS = {
 }
 
 
-def final_accuracy(flags: list[str], ray_address: str) -> float:
-    invocation = run_simulation.parse(flags)
-    simulation = dataclasses.replace(invocation.simulation, ray_address=ray_address)
-    with contextlib.redirect_stdout(io.StringIO()):  # one table, not a line per round
-        rounds = run_simulation.run(invocation.cfg, simulation, console=Console(file=io.StringIO()))
-    accuracy = summarize(rounds)["final_accuracy"]
-    return float("nan") if accuracy is None else float(accuracy)
+def final_accuracies(runs: list[list[str]]) -> list[float]:
+    """The final central accuracy of each run (``run_simulation.py`` flags, the same
+    simulation flags in all), all run in one start of Flower's engine; NaN for a run that
+    failed or has no accuracy."""
+    invocations = [
+        run_simulation.parse([*flags, "--run-name", f"run-{i}"]) for i, flags in enumerate(runs)
+    ]
+    console = Console(file=io.StringIO())  # one table, not a line per round
+    with contextlib.redirect_stdout(io.StringIO()):
+        finished, _, interrupted = run_simulation.sweep(
+            [i.cfg for i in invocations], invocations[0].simulation, console
+        )
+    if interrupted:
+        raise KeyboardInterrupt
+    accuracies = []
+    for invocation in invocations:
+        rounds = finished.get(invocation.cfg.run_name)
+        accuracy = None if rounds is None else summarize(rounds)["final_accuracy"]
+        accuracies.append(float("nan") if accuracy is None else float(accuracy))
+    return accuracies
 
 
 def aggregation_ms(flags: list[str], num_clients: int, repeats: int = 5) -> float:
@@ -131,7 +143,7 @@ def main() -> None:
     print("| rule | " + " | ".join(SCENARIOS) + " | aggregation (ms/round) |")
     print("| --- |" + " ---: |" * (len(SCENARIOS) + 1), flush=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out, ray_node() as address:
+    with tempfile.TemporaryDirectory() as out:
         base = [
             "--output-dir", out,
             "--num-clients", str(options.num_clients),
@@ -139,17 +151,17 @@ def main() -> None:
             "--partitioner", "dirichlet",
             "--dirichlet-alpha", str(options.alpha),
         ]  # fmt: skip
-        for row in options.rows:
-            cells = []
-            for faults in SCENARIOS.values():
-                accuracies = [
-                    final_accuracy(
-                        [*base, *ROWS[row], *faults, "--seed", str(seed), "--run-name", "run"],
-                        address,
-                    )
-                    for seed in options.seeds
-                ]
-                cells.append(cell(accuracies))
+        for row in options.rows:  # a row's cells and seeds in one engine start
+            runs = [
+                [*base, *ROWS[row], *faults, "--seed", str(seed)]
+                for faults in SCENARIOS.values()
+                for seed in options.seeds
+            ]
+            accuracies = final_accuracies(runs)
+            per_cell = len(options.seeds)
+            cells = [
+                cell(accuracies[i : i + per_cell]) for i in range(0, len(accuracies), per_cell)
+            ]
             ms = aggregation_ms([*base, *ROWS[row]], options.num_clients)
             print(f"| {row} | " + " | ".join(cells) + f" | {ms:.1f} |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
