@@ -667,3 +667,32 @@ def test_a_bad_seed_list_is_one_line_at_start(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert names in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "wanted"),
+    [
+        (["--num-nodes", "0"], "--num-nodes '0' is not allowed: must be a number >= 1"),
+        (["--num-nodes", "many"], "--num-nodes 'many' is not allowed"),
+        (["--num-nodes", "4", "--secure-aggregation"], "SecAgg+ keeps each client's"),
+    ],
+)
+def test_a_bad_number_of_virtual_nodes_is_refused_in_one_line(
+    flags: list[str], wanted: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        run_simulation.parse(flags)
+    assert wanted in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_pool_is_sized_by_the_clients_a_round_asks_for() -> None:
+    def pool(*flags: str) -> int | None:
+        invocation = run_simulation.parse(list(flags))
+        return invocation.simulation.pool_size([invocation.cfg])
+
+    assert pool("--num-clients", "100", "--fraction-fit", "0.1", "--fraction-evaluate", "0") == 10
+    assert pool("--num-clients", "100", "--fraction-fit", "0.1", "--fraction-evaluate", "0.3") == 30
+    assert pool("--num-clients", "100", "--num-nodes", "7") == 7
+    assert pool("--num-clients", "100", "--num-nodes", "per-client") is None
+    assert pool("--secure-aggregation", "--fraction-evaluate", "0") is None  # node state
