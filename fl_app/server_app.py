@@ -91,13 +91,14 @@ def build_strategy(
     }
     if cfg.flower_api == "message":
         return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
+    config_fn = functools.partial(round_config, dict(tags or {}))
     return LegacyStrategy(
         rule=rule,
         secure_aggregation=cfg.secure_aggregation,
         min_available_clients=cfg.min_available_clients,
         initial_parameters=ndarrays_to_parameters(server.initial),
-        on_fit_config_fn=functools.partial(round_config, dict(tags or {})),
-        on_evaluate_config_fn=functools.partial(round_config, dict(tags or {})),
+        on_fit_config_fn=config_fn,
+        on_evaluate_config_fn=config_fn,
         **sampling,
     )
 

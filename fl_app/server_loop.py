@@ -340,14 +340,13 @@ def run_message_rounds(
     resumed = recorder.restore(strategy)
     model = initial_model if resumed is None else resumed
     arrays = ArrayRecord(model)
+    tags: dict[str, Any] = dict(config or {})  # a fresh ConfigRecord each call: FedAvg writes to it
     if resumed is None:
         start = timeit.default_timer()
         recorder.emit({"round": 0, **central_evaluation(model)}, start, model, strategy)
     for server_round in range(recorder.first_round, num_rounds + 1):
         round_start = timeit.default_timer()
-        sent = list(
-            strategy.configure_train(server_round, arrays, ConfigRecord(dict(config or {})), grid)
-        )
+        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(tags), grid))
         replies = _exchange(grid, sent, timeout)
         ok = sum(1 for reply in replies if not reply.has_error())
         counts = {"sampled": len(sent), "results": ok, "failures": len(sent) - ok}
@@ -369,11 +368,7 @@ def run_message_rounds(
             aggregated=new_arrays is not None,
         )
         record |= central_evaluation(model)
-        asked = list(
-            strategy.configure_evaluate(
-                server_round, arrays, ConfigRecord(dict(config or {})), grid
-            )
-        )
+        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(tags), grid))
         federated = strategy.aggregate_evaluate(server_round, _exchange(grid, asked, timeout))
         if federated is not None and "loss" in federated:
             record |= {

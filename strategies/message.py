@@ -145,9 +145,13 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
         if self.num_partitions is not None:
-            size = max(int(self.num_partitions * self.fraction_train), self.min_train_nodes)
             messages = self._pooled(
-                server_round, MessageType.TRAIN, self.fraction_train, size, arrays, config, grid
+                server_round,
+                MessageType.TRAIN,
+                (self.fraction_train, self.min_train_nodes),
+                arrays,
+                config,
+                grid,
             )
             self._sent = messages
             self.rule.sampling = (len(messages), self.num_partitions)
@@ -163,12 +167,10 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if self.num_partitions is not None:
-            size = max(int(self.num_partitions * self.fraction_evaluate), self.min_evaluate_nodes)
             return self._pooled(
                 server_round,
                 MessageType.EVALUATE,
-                self.fraction_evaluate,
-                size,
+                (self.fraction_evaluate, self.min_evaluate_nodes),
                 arrays,
                 config,
                 grid,
@@ -180,16 +182,19 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self,
         server_round: int,
         message_type: str,
-        fraction: float,
-        size: int,
+        sampling: tuple[float, int],
         arrays: ArrayRecord,
         config: ConfigRecord,
         grid: Grid,
     ) -> list[Message]:
         """A pool's round: one message per sampled partition, to the node that runs it,
-        its config naming the partition (Flower's ``FedAvg`` sends none at fraction 0)."""
+        its config naming the partition. ``sampling`` is (fraction, minimum) of the logical
+        clients, Flower's ``FedAvg`` rule (no message at fraction 0)."""
+        fraction, minimum = sampling
         if fraction == 0.0:
             return []
+        assert self.num_partitions is not None
+        size = max(int(self.num_partitions * fraction), minimum)
         sent = dict(config.items()) | {"server-round": server_round}
         purpose = "train" if message_type == MessageType.TRAIN else "evaluate"
         nodes = sorted(grid.get_node_ids())
@@ -207,6 +212,11 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             for node, named in self.assign(server_round, purpose, size, nodes)
         ]
 
+    @staticmethod
+    def _who(node: int, partition: str | None) -> str:
+        """How a failure names the client: its node, and a pool's partition first."""
+        return f"node {node}" if partition is None else f"client {partition} (node {node})"
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -223,19 +233,18 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             node = msg.metadata.src_node_id
             partition = partitions.get(msg.metadata.reply_to_message_id)
             answered.add(node if partition is None else msg.metadata.reply_to_message_id)
-            who = f"node {node}" if partition is None else f"client {partition} (node {node})"
             if msg.has_error():
-                failures.append(f"{who}: {msg.error.reason}")
+                failures.append(f"{self._who(node, partition)}: {msg.error.reason}")
                 continue
             name = self.client_name(node) if partition is None else partition
             update = self._update_of(name, msg.content)
             contents[update.client_id] = msg.content
             updates.append(update)
         if self.num_partitions is None:
-            missing = [f"node {node}" for node in self._sampled if node not in answered]
+            missing = [self._who(node, None) for node in self._sampled if node not in answered]
         else:
             missing = [
-                f"client {partitions[m.metadata.message_id]} (node {m.metadata.dst_node_id})"
+                self._who(m.metadata.dst_node_id, partitions[m.metadata.message_id])
                 for m in self._sent
                 if m.metadata.message_id not in answered
             ]
