@@ -9,7 +9,8 @@ every update it folds).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -85,22 +86,53 @@ def _cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
 
 
 def _difference_chunks(
-    arrays: Sequence[Array], reference: Sequence[Array]
+    arrays: Sequence[Array], reference: Sequence[Array], precision: type | None = None
 ) -> Iterator[tuple[int, int, int, Array]]:
     """``(layer, start, stop, θ − θ_ref over [start, stop))`` chunk by chunk, in a reused buffer.
 
     Float layers are differenced in their own precision (at least float32), integer layers
-    in float64, so they cannot wrap around.
+    in float64, so they cannot wrap around; ``precision`` (float64) overrides both.
     """
     scratch = _Scratch()
     for index, (layer, ref) in enumerate(zip(arrays, reference, strict=True)):
         flat_layer, flat_ref = _flat(layer), _flat(ref)
-        work = np.promote_types(accumulator_dtype(layer.dtype), np.float32)
+        work = precision or np.promote_types(accumulator_dtype(layer.dtype), np.float32)
         for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
-            buf = scratch.get(work, stop - start)
+            buf = scratch.get(np.dtype(work), stop - start)
             np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, dtype=work)
             yield index, start, stop, buf
+
+
+def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
+    """``sqrt(Σ x²)`` over ``chunks(precision)``, which yields 1-D pieces of one vector.
+
+    First in the pieces' own precision (float32 squares: fast). Where that overflows (a
+    finite float32 update of 1e30 entries has squares of 1e60), again in float64 scaled by
+    the largest ``|x|``: that is finite whenever the norm itself is (always for float32
+    models), and inf only when the norm exceeds float64's range.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(float(np.dot(c, c)) for c in chunks(None))
+    if math.isfinite(total):
+        return math.sqrt(total)
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = max((float(np.max(np.abs(c))) for c in chunks(np.float64) if c.size), default=0.0)
+        if not 0.0 < top < math.inf:  # 0: all zeros; inf: a difference beyond float64
+            return top
+        scaled = sum(float(np.dot(u, u)) for u in (c / top for c in chunks(np.float64)))
+    return top * math.sqrt(scaled)
+
+
+def _pieces(arrays: Sequence[Array], precision: type | None) -> Iterator[Array]:
+    """Each layer whole (``precision`` None), or in float64 chunks (no full-size copy)."""
+    for array in arrays:
+        flat = _flat(array)
+        if precision is None:
+            yield flat
+            continue
+        for start in range(0, flat.size, CHUNK_ELEMENTS):
+            yield flat[start : start + CHUNK_ELEMENTS].astype(precision)
 
 
 def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
@@ -108,24 +140,32 @@ def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
 
     Chunks are squared in the layer's precision (at least float32) and their sums carried
     in float64: for float32 models that is about five times faster than casting to
-    float64, at a relative error near 1e-7.
+    float64, at a relative error near 1e-7. No overflow (see :func:`_euclidean`).
     """
-    total = sum(float(np.dot(buf, buf)) for _, _, _, buf in _difference_chunks(arrays, reference))
-    return float(np.sqrt(total))
-
-
-def inner(arrays: Sequence[Array], reference: Sequence[Array], direction: Sequence[Array]) -> float:
-    """``⟨θ − θ_ref, d⟩`` over all layers, chunk by chunk (as :func:`distance`)."""
-    flat = [_flat(d) for d in direction]
-    return sum(
-        float(np.dot(buf, flat[index][start:stop].astype(buf.dtype, copy=False)))
-        for index, start, stop, buf in _difference_chunks(arrays, reference)
+    return _euclidean(
+        lambda precision: (buf for _, _, _, buf in _difference_chunks(arrays, reference, precision))
     )
 
 
+def inner(arrays: Sequence[Array], reference: Sequence[Array], direction: Sequence[Array]) -> float:
+    """``⟨θ − θ_ref, d⟩`` over all layers, chunk by chunk (as :func:`distance`); in float64
+    where the layers' precision overflows."""
+    flat = [_flat(d) for d in direction]
+
+    def total(precision: type | None) -> float:
+        return sum(
+            float(np.dot(buf, flat[index][start:stop].astype(buf.dtype, copy=False)))
+            for index, start, stop, buf in _difference_chunks(arrays, reference, precision)
+        )
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        fast = total(None)
+        return fast if math.isfinite(fast) else total(np.float64)
+
+
 def norm(arrays: Sequence[Array]) -> float:
-    """``‖θ‖`` over all layers (float64 sums)."""
-    return float(np.sqrt(sum(float(np.dot(_flat(a), _flat(a))) for a in arrays)))
+    """``‖θ‖`` over all layers (float64 sums; no overflow, see :func:`_euclidean`)."""
+    return _euclidean(lambda precision: _pieces(arrays, precision))
 
 
 def all_finite(arrays: Sequence[Array]) -> bool:
@@ -215,11 +255,12 @@ def server_step(
     learning_rate: float,
     momentum: float,
 ) -> tuple[Model, Model | None]:
-    """FedAvgM server update, in place on ``average`` (and ``velocity``).
+    """FedAvgM server update, in place on ``average``.
 
     ``Δ = θ_avg − θ_g``; ``v ← β v + Δ``; ``θ_g ← θ_g + η v``. With η=1 and β=0 the
     average is returned untouched, so plain FedAvg stays bit-exact. Returns the new global
-    model and the velocity to keep for the next round (None while β=0).
+    model and the velocity to keep for the next round (None while β=0), a new one: the
+    ``velocity`` given stays as it was, for a round whose step is thrown away.
     """
     if learning_rate == 1.0 and momentum == 0.0:
         return average, None
@@ -229,10 +270,9 @@ def server_step(
         np.subtract(delta, g, out=delta)
     step = work
     if momentum > 0.0:
-        if velocity is None:
-            velocity = [np.zeros_like(d) for d in work]
+        previous = velocity or [np.zeros_like(d) for d in work]
+        velocity = [np.multiply(v, momentum) for v in previous]
         for v, delta in zip(velocity, work, strict=True):
-            v *= momentum
             v += delta
         step = velocity
     for out, s, g in zip(work, step, global_model, strict=True):

@@ -506,19 +506,33 @@ class Rule:
         if private:
             noise = self._noise_multipliers(server_round, answered, metrics)
             chosen = self._clipped(chosen, accepted)
-        folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0]
-        average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
-        if private:
-            metrics |= self._privatize(server_round, average, weights, answered, accepted, noise)
-        options = self.options
-        if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
-            average, self.state.velocity = aggregate.server_step(
-                average,
-                self.require_global(),
-                self.state.velocity,
-                learning_rate=options.server_learning_rate,
-                momentum=options.server_momentum,
+        # Overflow shows as a non-finite model below, which voids the round with its reason.
+        with np.errstate(over="ignore", invalid="ignore"):
+            folded = [
+                (u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0
+            ]
+            average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
+            if private:
+                metrics |= self._privatize(
+                    server_round, average, weights, answered, accepted, noise
+                )
+            options = self.options
+            velocity = self.state.velocity
+            if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
+                average, velocity = aggregate.server_step(
+                    average,
+                    self.require_global(),
+                    velocity,  # a new velocity comes back; this one stays for a voided round
+                    learning_rate=options.server_learning_rate,
+                    momentum=options.server_momentum,
+                )
+        if not aggregate.all_finite(average):  # a sum (or the server step) overflowed
+            reason = "the aggregate of the accepted updates overflows the model's dtype"
+            metrics |= {"rejected": len(updates), "accepted": 0}
+            return self._empty_round(
+                server_round, metrics, [*rejected, *((u, reason) for u in accepted)], failures
             )
+        self.state.velocity = velocity
         metrics |= chosen.metrics
         metrics["weights"] = json.dumps(
             {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}
@@ -750,6 +764,8 @@ class Rule:
             return "parameters contain NaN or Inf"
         if self.needs_distance(server_round) or self.options.dp == "central":
             update.distance = aggregate.distance(update.arrays, self.require_global())
+            if not math.isfinite(update.distance):
+                return "the update's norm ‖θ_i − θ_g‖ exceeds float64's range"
         if self.options.dp == "dp-sgd" and dp_sgd_schedule_of(update) is None:
             return (
                 f"dp = dp-sgd, but it reported no {' and '.join(DP_SGD_METRICS)} "
