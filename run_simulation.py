@@ -12,6 +12,7 @@ flag (``--num-server-rounds 5``, ``--strategy hybrid``), and flags win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +46,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+import fl_app.presets  # part: presets
+import fl_app.ray_cluster  # part: ray-cluster
 from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
-from fl_app.config import SWEEP_RUN_KEY, ConfigError, RunConfig, describe_choices, key_of
-from fl_app.presets import PRESETS
-from fl_app.ray_cluster import check_cluster
+from fl_app.config import (
+    SWEEP_RUN_KEY,
+    ConfigError,
+    Preset,
+    RunConfig,
+    describe_choices,
+)
+from fl_app.keys import key_of
+from fl_app.localhost import loopback_ray
+from fl_app.parts import absent_flag, unknown_key
 from fl_app.results import (
     RoundCollector,
     RoundRecord,
@@ -73,10 +83,23 @@ SECAGG_MAX_CLIENTS = 1024
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
+# --backend: where the engine runs the clients: Ray actors (Flower's own backend), or this
+# process, one client at a time (fl_app/inprocess.py).
+BACKENDS = ("ray", "inprocess")
 # --num-nodes: a pool sized by the clients a round asks for, or one node per client.
 AUTO_NODES = "auto"
 PER_CLIENT = "per-client"
 Variants = dict[str, dict[str, Any]]
+
+# Ready-made scenarios by name (--preset): the optional part presets.
+PRESETS: dict[str, Preset] = {
+    **fl_app.presets.PRESETS,  # part: presets
+}
+# What checks the cluster --ray-address names, before any run: the optional part
+# ray-cluster (without it, the runs join the cluster unchecked).
+CLUSTER_CHECKS: list[Callable[[str, float, float], str]] = [
+    fl_app.ray_cluster.check_cluster,  # part: ray-cluster
+]
 
 
 def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
@@ -110,6 +133,13 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         f"client it is for), {AUTO_NODES!r} (a pool of the clients a round asks for), or "
         f"{PER_CLIENT!r} (one node per client, as a deployment has)",
     )
+    sim.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="ray",
+        help="where Flower's engine runs the clients: Ray actors, in parallel; or this "
+        "process, one at a time (no Ray to start: for light workloads and debugging)",
+    )
     sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     sim.add_argument(
         "--num-gpus", type=float, default=0.0, help="GPUs reserved per client (e.g. 0.25)"
@@ -122,11 +152,12 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
         "private local Ray for all its runs",
     )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    sim.add_argument(
-        "--preset",
-        help="a ready-made scenario: "
-        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
-    )
+    if PRESETS:
+        sim.add_argument(
+            "--preset",
+            help="a ready-made scenario: "
+            + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
+        )
     sim.add_argument(
         "--compare",
         nargs="+",
@@ -191,6 +222,7 @@ class Simulation:
     verbose: bool = False
     ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
     num_nodes: str = AUTO_NODES  # a number, AUTO_NODES or PER_CLIENT
+    backend: str = "ray"  # one of BACKENDS
 
     def pool_size(self, configs: Sequence[RunConfig]) -> int | None:
         """The engine's virtual nodes for ``configs`` run in it (None: one per client).
@@ -226,6 +258,9 @@ class Invocation:
 
 def parse(argv: Sequence[str] | None = None) -> Invocation:
     """The run config, the simulation flags, and the variants to compare (empty: one run)."""
+    gone = absent_flag(sys.argv[1:] if argv is None else argv)
+    if gone is not None:  # an optional part's flag, in a copy without that part
+        raise ConfigError(gone)
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset")
     first.add_argument("--resume", type=Path)
@@ -234,7 +269,10 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     known = first.parse_known_args(argv)[0]
     if known.resume is not None and (known.seeds or known.num_seeds):
         raise ConfigError("--seeds/--num-seeds is not allowed with --resume (it continues one run)")
-    defaults = pyproject_defaults()
+    defaults = pyproject_defaults(PYPROJECT)
+    fields = [key_of(f.name) for f in dataclasses.fields(RunConfig)]
+    for key in defaults.keys() - fields:  # e.g. a key of a part this copy dropped
+        raise ConfigError(f"{PYPROJECT.name} [tool.flwr.app.config]: {unknown_key(key, fields)}")
     num_clients = 10
     variants: Variants = {}
     if known.resume is not None:
@@ -268,6 +306,11 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         raise ConfigError(
             f"--num-nodes {args.num_nodes!r} is not allowed: must be a number >= 1, "
             f"{AUTO_NODES!r} or {PER_CLIENT!r}"
+        )
+    if args.backend == "inprocess" and args.ray_address:
+        raise ConfigError(
+            f"--ray-address {args.ray_address!r} is not allowed with --backend inprocess: "
+            "the clients run in this process (use --backend ray)"
         )
     if cfg.secure_aggregation and args.num_nodes not in (AUTO_NODES, PER_CLIENT):
         raise ConfigError(
@@ -310,6 +353,7 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         args.verbose,
         args.ray_address,
         args.num_nodes,
+        args.backend,
     )
     return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume, seeds)
 
@@ -478,7 +522,7 @@ def simulate(
     actors serves all of them. The one call of ``flwr.simulation.run_simulation``,
     deprecated since Flower 1.41 (which points to ``flwr run``): when Flower removes it,
     this function is what changes, to ``flwr run . --run-config ...`` on the local
-    simulation federation (see the README).
+    simulation federation (see docs/running.md).
     """
     from flwr.simulation import run_simulation
 
@@ -510,7 +554,15 @@ def simulate(
     else:
         server_app = sweep_server_app(server_runs, outcome)
         client_app = client_app_for(pooled=pooled, sweep={r.cfg.run_name: r.cfg for r in runs})
-    with engine_polls(poll_interval(nodes)):
+    # The private Ray Flower starts here listens on loopback; a joined cluster is the user's.
+    backend: contextlib.AbstractContextManager[None]
+    if simulation.backend == "inprocess":
+        from fl_app.inprocess import in_process_clients
+
+        backend = in_process_clients()
+    else:
+        backend = contextlib.nullcontext() if simulation.ray_address else loopback_ray()
+    with engine_polls(poll_interval(nodes)), backend:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -674,7 +726,8 @@ def execute(invocation: Invocation) -> None:
     """One run, a comparison, or a resumed run, as the command line asked."""
     simulation = invocation.simulation
     if simulation.ray_address:  # a bad address or a cluster too small: one line, at start
-        print(check_cluster(simulation.ray_address, simulation.num_cpus, simulation.num_gpus))
+        for check in CLUSTER_CHECKS:
+            print(check(simulation.ray_address, simulation.num_cpus, simulation.num_gpus))
     if invocation.variants:
         compare(invocation)
     elif invocation.resume is not None:

@@ -27,11 +27,12 @@ import argparse
 import contextlib
 import io
 import logging
+import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,10 +64,13 @@ COMMON = [
 
 @dataclass
 class Timing:
-    """Wall time of a run and the end of each round's central evaluation (round 0 first)."""
+    """Wall time of a run and the end of each round's central evaluation (round 0 first);
+    the final central accuracy and, where known, the clients each round trained."""
 
-    wall: float
-    marks: list[float]
+    wall: float = 0.0
+    marks: list[float] = field(default_factory=list)
+    accuracy: float = math.nan
+    cohorts: list[list[int]] = field(default_factory=list)
 
     @property
     def rounds(self) -> list[float]:
@@ -83,17 +87,19 @@ class Timing:
         return self.wall - self.steady
 
 
-def timed(body: Callable[[list[float]], None]) -> Timing:
-    """Run ``body(marks)``, which appends a perf_counter time after each central evaluation.
+def timed(body: Callable[[Timing], None]) -> Timing:
+    """Run ``body(timing)``, which appends a perf_counter time to ``timing.marks`` after each
+    central evaluation and sets the final ``accuracy`` (and ``cohorts`` where it knows them).
 
     This process's data caches are emptied first, so no run starts with another's data.
     """
     for cached in (pool, load_server_data, load_client_data):
         cached.cache_clear()
-    marks: list[float] = []
+    timing = Timing()
     start = time.perf_counter()
-    body(marks)
-    return Timing(time.perf_counter() - start, marks)
+    body(timing)
+    timing.wall = time.perf_counter() - start
+    return timing
 
 
 # ---- (a) the project ------------------------------------------------------------------
@@ -111,11 +117,18 @@ def project(flags: list[str]) -> Timing:
     invocation = run_simulation.parse(flags)
     cfg, simulation = invocation.cfg, invocation.simulation
 
-    def body(marks: list[float]) -> None:
+    def body(timing: Timing) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
-            run_simulation.run(cfg, simulation, listeners=[Marks(marks)])
+            records = run_simulation.run(cfg, simulation, listeners=[Marks(timing.marks)])
+        timing.accuracy = records[-1]["central_accuracy"]
+        timing.cohorts = [list(record.get("sampled_partitions", [])) for record in records[1:]]
 
     return timed(body)
+
+
+def project_in_process(flags: list[str]) -> Timing:
+    """The project's simulation with its clients in this process (``--backend inprocess``)."""
+    return project([*flags, "--backend", "inprocess"])
 
 
 # ---- (b) a plain PyTorch loop ----------------------------------------------------------
@@ -131,17 +144,19 @@ def plain_loop(flags: list[str]) -> Timing:
     num_clients = simulation.num_clients
     per_round = cfg.fit_clients(num_clients)
 
-    def body(marks: list[float]) -> None:
+    def body(timing: Timing) -> None:
         spec = data_spec(cfg)
         model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
         global_weights = get_weights(model)
         central_evaluation(cfg, model)
-        marks.append(time.perf_counter())
+        timing.marks.append(time.perf_counter())
         rng = np.random.default_rng(cfg.seed)
         for server_round in range(1, cfg.num_server_rounds + 1):
             total = [np.zeros_like(w) for w in global_weights]
             examples = 0
-            for client in rng.choice(num_clients, size=per_round, replace=False):
+            cohort = rng.choice(num_clients, size=per_round, replace=False)
+            timing.cohorts.append(sorted(int(client) for client in cohort))
+            for client in cohort:
                 data = load_client_data(cfg, int(client), num_clients).train
                 set_weights(model, global_weights)
                 seed = seed_for(cfg.seed, "local-training", server_round, int(client))
@@ -151,8 +166,8 @@ def plain_loop(flags: list[str]) -> Timing:
                 examples += len(data)
             global_weights = [(acc / examples).astype(np.float32) for acc in total]
             set_weights(model, global_weights)
-            central_evaluation(cfg, model)
-            marks.append(time.perf_counter())
+            timing.accuracy = central_evaluation(cfg, model)
+            timing.marks.append(time.perf_counter())
 
     return timed(body)
 
@@ -186,16 +201,16 @@ def plain_flower(flags: list[str]) -> Timing:
         node = context.node_config
         return PlainClient(cfg, int(node["partition-id"]), int(node["num-partitions"])).to_client()
 
-    def body(marks: list[float]) -> None:
+    def body(timing: Timing) -> None:
         model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
 
         def evaluate_fn(
             server_round: int, parameters: NDArrays, config: dict[str, Scalar]
         ) -> tuple[float, dict[str, Scalar]]:
             set_weights(model, parameters)
-            accuracy = central_evaluation(cfg, model)
-            marks.append(time.perf_counter())
-            return 0.0, {"accuracy": accuracy}
+            timing.accuracy = central_evaluation(cfg, model)
+            timing.marks.append(time.perf_counter())
+            return 0.0, {"accuracy": timing.accuracy}
 
         def server_fn(context: Context) -> ServerAppComponents:
             strategy = FlowerFedAvg(
@@ -226,10 +241,15 @@ def plain_flower(flags: list[str]) -> Timing:
 # ---- report ----------------------------------------------------------------------------
 
 
+def median(timings: Sequence[Timing]) -> Timing:
+    """The run with the median steady time (of an even number, the faster middle one)."""
+    ordered = sorted(timings, key=lambda timing: timing.steady)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def median_run(run: Callable[[list[str]], Timing], flags: list[str], repeats: int) -> Timing:
     """Of ``repeats`` runs, the one with the median steady time."""
-    timings = sorted((run(flags) for _ in range(repeats)), key=lambda timing: timing.steady)
-    return timings[(len(timings) - 1) // 2]
+    return median([run(flags) for _ in range(repeats)])
 
 
 def report(workload: str, flags: list[str], repeats: int) -> None:
@@ -240,6 +260,7 @@ def report(workload: str, flags: list[str], repeats: int) -> None:
         "plain loop": loop,
         "plain flower": median_run(plain_flower, flags, repeats),
         "project": median_run(project, flags, repeats),
+        "project, --backend inprocess": median_run(project_in_process, flags, repeats),
     }
     per_client = 1000 * loop.steady / client_rounds
     print(

@@ -49,6 +49,7 @@ from fl_app.data import (
     task_of,
 )
 from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
+from fl_app.localhost import loopback_in_flowers_simulation
 from fl_app.models import build_model
 from fl_app.results import RAY_NODE
 from fl_app.seeds import rng_for, seed_for
@@ -56,6 +57,8 @@ from fl_app.training import evaluate, get_weights, pick_device, set_weights, tra
 from strategies.message import TEXT_METRICS
 from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
+
+loopback_in_flowers_simulation()  # before Flower's simulation runtime starts its Ray
 
 # Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
 LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")

@@ -27,6 +27,7 @@ from contextlib import contextmanager, suppress
 from typing import IO
 
 from fl_app.config import ConfigError
+from fl_app.localhost import free_port
 
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 120.0
@@ -36,13 +37,6 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     with suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -59,7 +53,7 @@ def ray_node(
     # Its own temp dir: `ray start` leaves the head's address in <temp-dir>/ray_current_cluster,
     # which every later plain ray.init() on this machine would try to join (in /tmp/ray).
     temp_dir = tempfile.mkdtemp(prefix="fl-ray-")
-    address = join or f"127.0.0.1:{_free_port()}"
+    address = join or f"127.0.0.1:{free_port()}"
     command = [
         sys.executable,  # the `ray` command of this environment, wherever its scripts are
         "-m",

@@ -43,6 +43,9 @@ class RunListener:
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         """Called once, after the last round, with the final global model."""
 
+    def stopped(self) -> None:
+        """Called when the run ends, after ``run_done`` or instead of it (it stopped)."""
+
 
 def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
     """One human-readable line for a round."""

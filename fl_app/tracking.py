@@ -75,6 +75,9 @@ class Tracker(RunListener):
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         self.close(failed=False)
 
+    def stopped(self) -> None:
+        self.close(failed=True)  # nothing after run_done: only a run that stopped fails
+
     def close(self, *, failed: bool) -> None:
         if not self.closed:
             self.closed = True

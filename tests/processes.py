@@ -7,20 +7,24 @@ new session, so scanning ``/proc/*/environ`` finds them all.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
-from scripts.local_deployment import flower_env, free_port
+from fl_app.localhost import flower_env, free_port
 
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,20 +41,29 @@ def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> s
 
 
 def run_python(
-    arguments: list[str], timeout: float = 600, cwd: Path = ROOT
+    arguments: list[str],
+    timeout: float = 600,
+    cwd: Path = ROOT,
+    sockets: set[tuple[str, int, str]] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python ARGUMENTS`` in ``cwd`` (the project root), isolated; fail if it leaves a
-    process. Modules in ``cwd`` come before the installed ones."""
+    process. Modules in ``cwd`` come before the installed ones. ``sockets`` collects what
+    the command's processes listen on while it runs (:func:`listening`)."""
     with isolated_env() as env:
         env["PYTHONPATH"] = str(cwd)
-        done = subprocess.run(
-            [sys.executable, *arguments],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        watch: AbstractContextManager[set[tuple[str, int, str]]]
+        watch = nullcontext(set()) if sockets is None else watching_sockets(env[TAG_VARIABLE])
+        with watch as seen:
+            done = subprocess.run(
+                [sys.executable, *arguments],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        if sockets is not None:
+            sockets.update(seen)
         assert leftovers(env[TAG_VARIABLE]) == []
     return done
 
@@ -97,6 +110,60 @@ def flwr_run_local(
     return subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def listening(tag: str) -> set[tuple[str, int, str]]:
+    """``(address, port, command)`` of every TCP socket a tagged process listens on, read
+    from ``/proc`` (the socket inodes in each ``/proc/PID/fd``, matched in ``/proc/net``)."""
+    owners: dict[str, str] = {}
+    for pid in tagged_pids(tag):
+        with suppress(OSError):
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        owners[link[8:-1]] = command
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owners:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                # The kernel prints each 32-bit word of the address in host byte order.
+                words = bytes.fromhex(address)
+                raw = b"".join(
+                    struct.pack("=I", struct.unpack(">I", words[i : i + 4])[0])
+                    for i in range(0, len(words), 4)
+                )
+                found.add((socket.inet_ntop(family, raw), int(port, 16), owners[fields[9]]))
+    return found
+
+
+def on_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (``::ffff:127.0.0.1``)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+@contextmanager
+def watching_sockets(tag: str, every: float = 0.2) -> Iterator[set[tuple[str, int, str]]]:
+    """The sockets the tagged processes listen on at any time during the ``with`` block."""
+    seen: set[tuple[str, int, str]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            seen.update(listening(tag))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
 
 
 def tagged_pids(tag: str) -> list[int]:
@@ -163,7 +230,7 @@ def _state(pid: int) -> str:
 def isolated_env() -> Iterator[dict[str, str]]:
     """An environment for Flower/Ray subprocesses: private homes, offline, a tag.
 
-    It is :func:`scripts.local_deployment.flower_env` (this venv's Flower commands first
+    It is :func:`fl_app.localhost.flower_env` (this venv's Flower commands first
     on PATH, no telemetry, no runtime dependency install) plus private Flower and Ray
     folders and a tag. On exit every process started with it is stopped, also when the
     test failed.

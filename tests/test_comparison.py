@@ -19,6 +19,7 @@ from fl_app.comparison import (
     rounds_to_target,
     write_comparison,
 )
+from tests.processes import read_history, run_simulation_cli
 from tests.test_results import PNG, ROUNDS, record
 
 
@@ -122,3 +123,43 @@ def test_a_reference_row_is_tested_but_never_the_best() -> None:
     p = stats.ttest_rel([0.95, 0.96], [0.8, 0.7]).pvalue
     assert rows[1].endswith(f"| +20.50 pts, p = {p:.3f} |")
     assert rows[1].split(" | ")[4] == "1.0 ± 0.0"  # wall time: mean ± std, no interval
+
+
+@pytest.mark.slow
+def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
+    tmp_path: Path,
+) -> None:
+    stdout = run_simulation_cli(
+        tmp_path,
+        "--compare", "simple", "fedavg",
+        "--seeds", "1", "2",
+        "--run-name", "cmp",
+        "--num-server-rounds", "2",
+        "--num-clients", "4",
+        "--fraction-fit", "0.5",
+        "--partitioner", "dirichlet",
+        "--target-accuracy", "0.5",
+    )  # fmt: skip
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert (
+        "| run | final accuracy (%) | best accuracy (%) | rounds to 50% | wall time (s) |" in table
+    )
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
+    for strategy in ("simple", "fedavg"):
+        finals = [
+            read_history(tmp_path / "cmp" / strategy / f"seed-{seed}")["summary"]["final_accuracy"]
+            for seed in (1, 2)
+        ]
+        assert saved[strategy]["seeds"] == [1, 2]
+        assert saved[strategy]["final_accuracy"] == finals
+        row = next(line for line in table.splitlines() if line.startswith(f"| {strategy} |"))
+        assert row.split(" | ")[1].startswith(f"{100 * sum(finals) / 2:.2f} ± ")
+    for seed in (1, 2):
+        # Unequal Dirichlet partitions: the same data and clients, weighted differently.
+        simple = read_history(tmp_path / "cmp" / "simple" / f"seed-{seed}")["rounds"][1]
+        fedavg = read_history(tmp_path / "cmp" / "fedavg" / f"seed-{seed}")["rounds"][1]
+        assert len(simple["sampled_partitions"]) == 2  # of 4: the same 2 for both strategies
+        assert simple["sampled_partitions"] == fedavg["sampled_partitions"]
+        assert simple["train_loss"] == pytest.approx(fedavg["train_loss"])
+        assert simple["weights"] != fedavg["weights"]
+    assert "comparison:" in stdout

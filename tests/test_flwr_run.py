@@ -1,4 +1,4 @@
-"""`flwr run .` on the local simulation federation, as the README shows it."""
+"""`flwr run .` on the local simulation federation, as the README and docs/running.md show it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from tests.processes import (
     flwr_run_local,
     isolated_env,
     leftovers,
+    on_loopback,
     read_history,
     stop_tagged,
     tagged_pids,
+    watching_sockets,
 )
 
 pytestmark = pytest.mark.slow
@@ -31,13 +33,19 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
             f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke' "
             f"flower-api='{api}'"
         )
-        done = flwr_run_local(env, run_config, "num-supernodes=3 client-resources-num-cpus=1")
+        with watching_sockets(env[TAG_VARIABLE]) as sockets:
+            done = flwr_run_local(env, run_config, "num-supernodes=3 client-resources-num-cpus=1")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         tag = env[TAG_VARIABLE]
         # flwr started a detached local SuperLink that keeps running: stop it by PID.
         assert tagged_pids(tag), "expected the auto-started SuperLink to be running"
         stop_tagged(tag)
         assert leftovers(tag, wait_seconds=0) == []
+    # Flower's local SuperLink, its flwr-simulation process and that process's Ray (GCS,
+    # raylet, workers): all of them on loopback only (a command is its first 15 characters).
+    commands = {command for _, _, command in sockets}
+    assert {"flower-superlin", "flwr-simulation", "gcs_server", "raylet"} <= commands
+    assert [s for s in sockets if not on_loopback(s[0])] == []
 
     assert (ROOT / "pyproject.toml").read_bytes() == pyproject_before  # flwr did not rewrite it
     history = read_history(tmp_path / "smoke")

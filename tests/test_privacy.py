@@ -333,11 +333,6 @@ def test_a_checkpoint_of_local_dp_counts_from_before_dp_sgd_still_resumes() -> N
     assert state.releases == [("c0", 1.0, 1), ("c0", 1.0, 1), ("c1", 1.0, 1)]
 
 
-def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
-    with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
-        strategies.build("flower-median", dp="central")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "small", "large"),
@@ -347,6 +342,7 @@ def test_dp_learns_at_small_noise_and_not_at_large(
     tmp_path: Path, mode: str, small: float, large: float
 ) -> None:
     flags = ["--dp", mode, "--dp-clipping-norm", "5", "--num-server-rounds", "4"]
+    flags += ["--backend", "inprocess"]  # Ray's results, without a Ray start per run
     if mode == "central":  # adaptive clipping (fixed clipping: tests/test_checkpoint.py)
         flags += ["--dp-clipping", "adaptive", "--dp-clipped-count-stddev", "30"]
     final = {}

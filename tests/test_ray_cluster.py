@@ -43,7 +43,7 @@ def test_a_run_on_a_two_node_cluster_trains_on_both_and_leaves_it_running(
 
     with isolated_env() as env:
         env["PYTHONPATH"] = str(ROOT)
-        # The commands the README gives: `ray start --head`, then `ray start --address`.
+        # The commands docs/running.md gives: `ray start --head`, then `ray start --address`.
         with ray_node(num_cpus=1, env=env) as address, ray_node(address, num_cpus=1, env=env):
             done = simulate(
                 "--ray-address", address,

@@ -16,7 +16,9 @@ from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
-BASE = ["--num-clients", "10", "--num-server-rounds", "3"]
+# The clients in this process: the same results as on Ray, bit for bit (tested in
+# tests/test_simulation.py), without a Ray start per run.
+BASE = ["--num-clients", "10", "--num-server-rounds", "3", "--backend", "inprocess"]
 
 
 @pytest.fixture(params=strategies.FLOWER_APIS)

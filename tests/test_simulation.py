@@ -12,7 +12,7 @@ import torch
 
 import strategies
 from fl_app.results import METRICS_COLUMNS
-from tests.processes import read_history, run_python, without_timings
+from tests.processes import on_loopback, read_history, run_python, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +22,18 @@ STRATEGIES = sorted(strategies.REGISTRY)
 
 
 def simulate(tmp_path: Path, *flags: str) -> dict[str, Any]:
-    """Run run_simulation.py as run "run"; return its history.json (with the printed output)."""
+    """Run run_simulation.py as run "run"; return its history.json (with the printed output
+    and the sockets its processes listened on)."""
+    sockets: set[tuple[str, int, str]] = set()
     done = run_python(
-        ["run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "run", *flags]
+        ["run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "run", *flags],
+        sockets=sockets,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     history = read_history(tmp_path / "run")
     history["stdout"], history["stderr"] = done.stdout, done.stderr
     history["directory"] = str(tmp_path / "run")
+    history["sockets"] = sockets
     return history
 
 
@@ -161,6 +165,43 @@ def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_both_halves(
     assert reference["rounds"][-1]["central_accuracy"] > reference["rounds"][0]["central_accuracy"]
     for run in runs.values():
         assert run == reference
+
+
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_clients_in_this_process_give_the_ray_runs_results_bit_for_bit(
+    default_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
+) -> None:
+    on_ray = default_runs("hybrid", api)
+    here = simulate(
+        tmp_path, "--backend", "inprocess", "--strategy", "hybrid", "--flower-api", api,
+        "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
+    )  # fmt: skip
+    assert without_timings(here) == without_timings(on_ray)
+    mine, theirs = (torch.load(Path(r["directory"]) / "final_model.pt") for r in (here, on_ray))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert here["sockets"] == set()  # no Ray: nothing listens at all
+    assert {"gcs_server", "raylet"} <= {command for _, _, command in on_ray["sockets"]}
+
+
+def test_a_client_that_raises_in_this_process_is_a_failure(tmp_path: Path) -> None:
+    history = simulate(
+        tmp_path, "--backend", "inprocess", "--fault-kind", "raise", "--fault-fraction", "0.3",
+        "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", "2",
+    )  # fmt: skip
+    assert [r["failures"] for r in history["rounds"][1:]] == [3, 3]
+    assert [r["accepted"] for r in history["rounds"][1:]] == [7, 7]
+
+
+@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+def test_the_simulations_ray_listens_on_loopback_only(
+    default_runs: Callable[[str, str], dict[str, Any]], api: str
+) -> None:
+    sockets = default_runs("fedavg", api)["sockets"]
+    # Seen while it ran: Ray's GCS and raylet, and the workers that hold the client actors.
+    commands = {command for _, _, command in sockets}
+    assert {"gcs_server", "raylet"} <= commands
+    assert any(command.startswith("ray::") for command in commands)
+    assert [s for s in sockets if not on_loopback(s[0])] == []
 
 
 @pytest.mark.parametrize("api", strategies.FLOWER_APIS)

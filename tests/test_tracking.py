@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fl_app import tracking_keys
 from fl_app.config import ConfigError, RunConfig
 from fl_app.tracking import TRACKERS, Tracker, start_tracker
 from tests.processes import ROOT, read_history, run_python
+from tests.test_config import assert_one_line_error
 
 TRACKING = sorted(name for name in TRACKERS if name != "none")
 WANDB = Path(sys.executable).with_name("wandb")
@@ -352,3 +354,20 @@ def test_simulation_logs_the_central_accuracy_of_every_round(tmp_path: Path, tra
     if tracker == "tensorboard":
         expected = [(step, float(np.float32(value))) for step, value in expected]
     assert logged == expected
+
+
+# ---- the config key ``tracker`` (the part's own, fl_app/tracking_keys.py) -------------
+
+
+def test_the_key_tracker_allows_the_registered_trackers() -> None:
+    assert tuple(tracking_keys.TRACKERS) == tuple(TRACKERS)
+    for name in TRACKERS:
+        assert RunConfig.from_mapping({"tracker": name}).tracker == name
+
+
+@pytest.mark.parametrize("value", ["comet", "TensorBoard"])
+def test_an_unknown_tracker_is_refused_with_the_allowed_ones(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"tracker": value})
+    message = assert_one_line_error(info.value, "tracker", value)
+    assert all(name in message for name in TRACKERS)

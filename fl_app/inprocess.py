@@ -1,0 +1,77 @@
+"""A simulation's clients in this process: Flower's simulation engine without Ray.
+
+Flower's engine (``flwr/server/superlink/fleet/vce/vce_api.py``) hands every message to a
+``Backend``, and the one it builds is always its ``RayBackend`` (``start_vce``'s
+``backend_fn``, line 351; no setting names another). Ray costs a start (Ray's processes,
+client actors importing torch and Flower: 6-9 s here) and, per message, an actor call
+that serialises the message and its context both ways. :class:`InProcessBackend` runs the
+ClientApp in the engine's own worker thread instead; everything else is Flower's engine
+as it is: the LinkState, the grid, the nodes' contexts, message ids, error replies.
+
+One client at a time, on one torch thread (as a Ray actor with one CPU runs it), so a
+run's results are the ones it has on Ray, bit for bit. It suits light workloads, where
+the engine's costs outweigh training, and debugging (a breakpoint in the ClientApp
+stops the run); Ray runs clients in parallel, on several cores, GPUs or machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+
+class InProcessBackend(Backend):
+    """Flower's ``Backend`` that runs each message's ClientApp here, one at a time."""
+
+    def __init__(self, backend_config: BackendConfig) -> None:
+        super().__init__(backend_config)
+        self.app_fn: Callable[[], ClientApp] | None = None
+
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        self.app_fn = app_fn
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def is_worker_idle(self) -> bool:
+        return True
+
+    def terminate(self) -> None:
+        """Nothing to stop."""
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        """The ClientApp's reply, as Flower's Ray actor gives it (``ray_actor.py``, ``run``):
+        a failing app is a ``ClientAppException``, which the engine answers with an error
+        reply."""
+        if self.app_fn is None:
+            raise ValueError("build() the backend before it processes messages")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.app_fn()(message=message, context=context), context
+        except LoadClientAppError:
+            raise
+        except Exception as ex:
+            raise ClientAppException(str(ex)) from ex
+        finally:
+            torch.set_num_threads(threads)
+
+
+@contextmanager
+def in_process_clients() -> Iterator[None]:
+    """Flower's simulation engine started inside this block builds an
+    :class:`InProcessBackend` where it would build its ``RayBackend``."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    ray_backend = raybackend.RayBackend
+    raybackend.RayBackend = InProcessBackend  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        raybackend.RayBackend = ray_backend  # type: ignore[misc]

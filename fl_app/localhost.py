@@ -1,0 +1,91 @@
+"""Flower and Ray on this machine only: what keeps a simulation's Ray on loopback, free
+loopback ports, and the environment Flower's commands run in.
+
+Core, not the optional part ``ray-cluster`` (:mod:`fl_app.ray_cluster`): every run that
+starts its own Ray goes through :func:`loopback_ray` or :func:`loopback_in_flowers_simulation`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr of this venv
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower processes: no runtime dependency install, no telemetry."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Otherwise the SuperLink runs `uv sync` for the app and downloads a CUDA torch.
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    # Flower's SuperExec asks its SuperNode or SuperLink for a new task every 1 s by default.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+# Ray's single-machine mode, its default on macOS and Windows (``ray._private.services.
+# get_node_ip_address``): the node's address is 127.0.0.1, so the GCS, the raylet, the
+# workers and the runtime-env agent all listen on loopback only, and no other node can join.
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _single_machine() -> Callable[[], None]:
+    """Turn Ray's single-machine mode on, for Ray's own processes (they inherit the
+    variable) and for this driver's already-imported Ray; return what turns it back."""
+    saved = os.environ.get(SINGLE_MACHINE)
+    os.environ[SINGLE_MACHINE] = "0"
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+        if saved is None:
+            os.environ.pop(SINGLE_MACHINE, None)
+        else:
+            os.environ[SINGLE_MACHINE] = saved
+
+    return restore
+
+
+@contextmanager
+def loopback_ray() -> Iterator[None]:
+    """A Ray started by ``ray.init()`` inside this block listens on loopback only.
+
+    On Linux Ray binds its services to every interface (``*:port``), so anyone who can
+    reach the machine can connect and run code in it while a simulation runs.
+    """
+    restore = _single_machine()
+    try:
+        yield
+    finally:
+        restore()
+
+
+def loopback_in_flowers_simulation() -> None:
+    """``flwr run .`` on the local simulation federation: the Ray of Flower's
+    ``flwr-simulation`` process listens on loopback only, as :func:`loopback_ray` makes it.
+
+    That process loads the ClientApp (importing this package) before it starts Ray with a
+    plain ``ray.init()`` (``flwr/server/superlink/fleet/vce/vce_api.py``: line 373 loads
+    the app, line 214 builds the Ray backend), and nothing in a federation's config can
+    reach that call. Anywhere else, or when ``RAY_ADDRESS`` names a cluster to join, this
+    does nothing.
+    """
+    if Path(sys.argv[0]).name == "flwr-simulation" and not os.environ.get("RAY_ADDRESS"):
+        _single_machine()  # for the rest of that process: it runs one simulation
