@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -35,21 +36,76 @@ from fl_app.server_loop import (
     SecureRound,
     run_message_rounds,
 )
-from fl_app.tracking import start_tracker
 from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
 
 
-def poll_interval(pollers: int) -> float:
-    """Seconds between looks at the simulation's in-memory state, for ``pollers`` looks
-    a pass (nodes the engine checks for messages; legacy threads waiting for a reply).
+def poll_interval(pollers: int, *, over_http: bool = False) -> float:
+    """Seconds between looks for messages or replies, for ``pollers`` looks a pass (nodes
+    the simulation engine checks; legacy threads each waiting for a reply).
 
-    Flower waits 0.1 s, which every round pays twice (message pick-up, reply) for
-    training and again for evaluation; a look costs a lock and a dictionary lookup, so
-    passes over a few nodes can come every few ms, and a pass over 1,000 every 0.1 s.
+    In memory (simulation) Flower waits 0.1 s, which every round pays twice (message
+    pick-up, reply) for training and again for evaluation; a look costs a lock and a
+    dictionary lookup, so passes over a few nodes can come every few ms, and a pass over
+    1,000 every 0.1 s. Over HTTP (a deployment's SuperLink) Flower's grid waits 3 s
+    between pulls; a look is a request, so here at most 20 a second in all, at least every
+    50 ms and never slower than Flower.
     """
+    if over_http:
+        return min(3.0, max(0.05, pollers / 20))
     return min(0.1, max(0.002, pollers * 1e-4))
+
+
+class PolledGrid(Grid):
+    """``grid`` whose ``send_and_receive`` looks for the replies every ``interval`` s.
+
+    Flower's grids wait between looks 0.1 s in memory (``InMemoryGrid.pull_interval``) and
+    3 s over HTTP (``flwr/superlink/grid/http_grid.py``, line 412, no setting): a round
+    of a deployment waits about 3 s for replies that came in 1 s, twice. Both API halves
+    reach the grid through ``send_and_receive`` (the legacy half through Flower's
+    ``GridClientProxy``, one call per client), so this is where both wait less.
+    """
+
+    def __init__(self, grid: Grid, interval: float) -> None:
+        self.grid, self.interval = grid, interval
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Any:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Any:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self) -> Any:
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Any) -> Any:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Any) -> Any:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        """Flower's loop (push, then pull until every reply is in or ``timeout`` s
+        passed), waiting ``interval`` s between pulls."""
+        waiting = set(self.grid.push_messages(messages))
+        end = time.monotonic() + (timeout or 0.0)
+        replies: list[Any] = []
+        while timeout is None or time.monotonic() < end:
+            pulled = list(self.grid.pull_messages(waiting))
+            replies += pulled
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if not waiting:
+                break
+            time.sleep(self.interval)
+        return replies
 
 
 def round_config(tags: Mapping[str, Scalar], server_round: int) -> dict[str, Scalar]:
@@ -119,18 +175,19 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     """Run ``run.cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
 
     The run is checkpointed there after every round; ``run.resume`` continues from one.
-    The tracker ``cfg.tracker`` names (if any) logs every round too.
+    The optional parts' listeners (``cfg.part_listeners``: a tracker) are told too.
     """
     cfg = run.cfg
-    if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies wait less
-        waiting = cfg.fit_clients(run.num_partitions or len(list(grid.get_node_ids())))
-        grid.pull_interval = poll_interval(waiting if cfg.flower_api == "legacy" else 1)
+    waiting = cfg.fit_clients(run.num_partitions or len(list(grid.get_node_ids())))
+    pollers = waiting if cfg.flower_api == "legacy" else 1
+    grid = PolledGrid(grid, poll_interval(pollers, over_http=not isinstance(grid, InMemoryGrid)))
     directory = run_directory(cfg)
-    tracker = start_tracker(cfg, directory)  # first: a missing package stops the run at once
+    parts = cfg.part_listeners(directory)  # first: a missing package stops the run at once
     try:
-        _run_rounds(grid, run, directory, [*run.listeners, tracker])
+        _run_rounds(grid, run, directory, [*run.listeners, *parts])
     finally:
-        tracker.close(failed=True)  # a no-op after run_done: only a run that stopped fails
+        for listener in parts:
+            listener.stopped()  # a no-op after run_done: only a run that stopped fails
 
 
 def _run_rounds(

@@ -34,31 +34,20 @@ from typing import Any, Self
 
 import tomli_w
 
+from fl_app.localhost import BIN, flower_env, free_port
+
 SCRIPTS = Path(__file__).resolve().parent
 STATE_FILE = "deployment.json"
 CONNECTION = "local-deployment"
-BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr of this venv
+# How a SuperNode starts the ClientApp process of each message: "subprocess" is Flower's
+# default (SuperNode's own flower-superexec starts a fresh flwr-clientapp); "warm" runs
+# the SuperNode with --isolation process beside scripts/warm_superexec.py, which forks
+# each flwr-clientapp from a parent that has already imported Flower, torch and the app.
+ISOLATIONS = ("warm", "subprocess")
 
 
 class DeploymentError(RuntimeError):
     """A process of the deployment did not come up, or a run did not finish."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for Flower processes: no runtime dependency install, no telemetry."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    # Otherwise the SuperLink runs `uv sync` for the app and downloads a CUDA torch.
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def flwr_home(env: dict[str, str]) -> Path:
@@ -76,6 +65,10 @@ class Deployment:
     auth: bool
     superlink_pid: int = 0
     supernode_pids: list[int] = field(default_factory=list)
+    # How the SuperNodes start their ClientApp processes (ISOLATIONS), and the warm
+    # SuperExec beside each SuperNode under "warm".
+    isolation: str = "subprocess"
+    superexec_pids: list[int] = field(default_factory=list)
 
     @property
     def certificates(self) -> Path:
@@ -212,18 +205,32 @@ def flwr(
     return answer
 
 
+def fastest_isolation() -> str:
+    """``warm`` where a process can fork (the warm SuperExec needs it), else Flower's own."""
+    return "warm" if hasattr(os, "fork") else "subprocess"
+
+
+def describe_isolation(isolation: str) -> str:
+    if isolation == "warm":
+        return "--isolation process, forked warm by scripts/warm_superexec.py"
+    return "Flower's default: a fresh flwr-clientapp process per message"
+
+
 def start_supernode(
     deployment: Deployment, partition_id: int, num_partitions: int, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    """Start SuperNode ``partition_id`` (with its key when authentication is on)."""
+    """Start SuperNode ``partition_id`` (with its key when authentication is on), and its
+    warm SuperExec under ``isolation = "warm"``."""
     directory = Path(deployment.directory)
     host = f"supernode_{partition_id}"
     port = free_port()
+    warm = deployment.isolation == "warm"
     command = [
         str(BIN / "flower-supernode"),
         "--superlink", deployment.address,
         "--port", str(port),
         "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--isolation", "process" if warm else "subprocess",
     ]  # fmt: skip
     if deployment.tls:
         command += ["--root-certificates", str(deployment.certificates / "ca.crt")]
@@ -240,6 +247,16 @@ def start_supernode(
     log = directory / "logs" / f"{host}.log"
     process = spawn([*deployment.on(host), *command], log, env, directory)
     _wait_for_port(port, process, log, on=deployment.on(host))
+    if warm:  # its Runtime API is on the SuperNode's own loopback, without TLS
+        superexec = [
+            sys.executable, str(SCRIPTS / "warm_superexec.py"),
+            "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
+            "--parent-pid", str(process.pid),
+        ]  # fmt: skip
+        log = directory / "logs" / f"{host}-superexec.log"
+        deployment.superexec_pids.append(
+            spawn([*deployment.on(host), *superexec], log, env, directory).pid
+        )
     return process
 
 
@@ -304,11 +321,18 @@ def up(
     auth: bool = False,
     env: dict[str, str] | None = None,
     connection: str = CONNECTION,
+    isolation: str | None = None,
 ) -> Deployment:
-    """Start a SuperLink and ``num_supernodes`` SuperNodes on loopback; register the connection."""
+    """Start a SuperLink and ``num_supernodes`` SuperNodes on loopback; register the
+    connection. ``isolation``: one of ISOLATIONS (None: the fastest that works here)."""
     directory = directory.resolve()
     deployment = Deployment(
-        str(directory), f"127.0.0.1:{free_port()}", connection, tls=tls or auth, auth=auth
+        str(directory),
+        f"127.0.0.1:{free_port()}",
+        connection,
+        tls=tls or auth,
+        auth=auth,
+        isolation=isolation or fastest_isolation(),
     )
     try:
         start(deployment, num_supernodes, flower_env(env))
@@ -342,8 +366,8 @@ def _reap(pid: int) -> None:
 
 
 def stop(deployment: Deployment) -> None:
-    """Stop every process of ``deployment`` by PID, SuperNodes first."""
-    for pid in [*deployment.supernode_pids, deployment.superlink_pid]:
+    """Stop every process of ``deployment`` by PID, SuperExecs and SuperNodes first."""
+    for pid in [*deployment.superexec_pids, *deployment.supernode_pids, deployment.superlink_pid]:
         if pid:
             stop_process_group(pid)
 
@@ -411,6 +435,12 @@ def command_parser(doc: str | None, directory: str) -> argparse.ArgumentParser:
         action="store_true",
         help="up: SuperNode authentication (keys registered; implies TLS)",
     )
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default=None,
+        help="up: how SuperNodes start ClientApp processes (default: warm where it works)",
+    )
     parser.add_argument("--app", type=Path, default=Path("."), help="run: the app folder")
     parser.add_argument(
         "--run-config", default="", help="run: e.g. \"num-server-rounds=3 strategy='hybrid'\""
@@ -424,10 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            d = up(args.dir, args.supernodes, tls=args.tls, auth=args.auth)
+            d = up(
+                args.dir, args.supernodes, tls=args.tls, auth=args.auth, isolation=args.isolation
+            )
             print(
                 f"SuperLink {d.address} (PID {d.superlink_pid}), SuperNodes PIDs {d.supernode_pids}"
             )
+            print(f"ClientApp processes: {d.isolation} ({describe_isolation(d.isolation)})")
             print(
                 f"connection '{d.connection}' registered in {flwr_home(flower_env()) / 'config.toml'}"
             )

@@ -35,6 +35,7 @@ from pathlib import Path
 if not __package__:  # run as a script: import `scripts.` from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fl_app.localhost import flower_env
 from scripts import local_deployment as ld
 
 CONNECTION = "netns-deployment"
@@ -133,9 +134,12 @@ def up(
     auth: bool = False,
     env: dict[str, str] | None = None,
     connection: str = CONNECTION,
+    isolation: str | None = None,
 ) -> NetnsDeployment:
     """Make the namespaces, start a SuperLink and ``num_supernodes`` SuperNodes in theirs,
-    over TLS; register the connection for the user's namespace."""
+    over TLS; register the connection for the user's namespace. ``isolation``: as
+    :func:`scripts.local_deployment.up` (each warm SuperExec runs in its SuperNode's
+    namespace)."""
     if not 1 <= num_supernodes <= MAX_SUPERNODES:
         raise ld.DeploymentError(f"--supernodes must be in 1..{MAX_SUPERNODES}")
     directory = directory.resolve()
@@ -150,11 +154,12 @@ def up(
         auth=auth,
         namespaces={host: f"{run}-{host}" for host in hosts},
         switch=f"{run}-switch",
+        isolation=isolation or ld.fastest_isolation(),
     )
     deployment.save()  # before the first namespace: `down` removes what exists of it
     try:
         build_network(deployment)
-        ld.start(deployment, num_supernodes, ld.flower_env(env))
+        ld.start(deployment, num_supernodes, flower_env(env))
     except BaseException:
         down(directory)
         raise
@@ -179,14 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = unavailable()
             if reason is not None:
                 raise ld.DeploymentError(reason)
-            d = up(args.dir, args.supernodes, auth=args.auth)
+            d = up(args.dir, args.supernodes, auth=args.auth, isolation=args.isolation)
             print(f"SuperLink {d.address} (PID {d.superlink_pid}) in {d.namespaces['superlink']}")
+            print(f"ClientApp processes: {d.isolation} ({ld.describe_isolation(d.isolation)})")
             for i, pid in enumerate(d.supernode_pids):
                 host = f"supernode_{i}"
                 print(f"SuperNode {i} {host_address(host)} (PID {pid}) in {d.namespaces[host]}")
             print(
                 f"connection '{d.connection}' registered in "
-                f"{ld.flwr_home(ld.flower_env()) / 'config.toml'}; submit from the user's host:\n"
+                f"{ld.flwr_home(flower_env()) / 'config.toml'}; submit from the user's host:\n"
                 f"  ip netns exec {d.namespaces['user']} flwr run . {d.connection}"
             )
         elif args.command == "down":

@@ -14,6 +14,7 @@ import pytest
 import torch
 from flwr.common import parameters_to_ndarrays
 
+import run_simulation
 import strategies
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from strategies.core import StrategyState
@@ -110,10 +111,16 @@ FLAGS = [
 ]
 
 
+# Each half on one backend: the legacy half's clients on Ray, the Message half's in this
+# process (a resume reads the backend from the run's simulation.json).
+BACKEND_OF = dict(zip(strategies.FLOWER_APIS, run_simulation.BACKENDS, strict=True))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("api", strategies.FLOWER_APIS)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: str) -> None:
-    run_simulation_cli(tmp_path, "--run-name", "whole", "--flower-api", api, *FLAGS)
+    flags = ["--flower-api", api, "--backend", BACKEND_OF[api], *FLAGS]
+    run_simulation_cli(tmp_path, "--run-name", "whole", *flags)
 
     broken = tmp_path / "broken"
     with isolated_env() as env:
@@ -124,9 +131,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: s
             str(tmp_path),
             "--run-name",
             "broken",
-            "--flower-api",
-            api,
-            *FLAGS,
+            *flags,
         ]
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

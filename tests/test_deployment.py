@@ -1,7 +1,7 @@
 """A real deployment on loopback: SuperLink + SuperNodes, `flwr run`, TLS, authentication.
 
-Each test starts its processes through scripts/local_deployment.py (the helper the
-README's Deployment section uses) and stops them by PID, also when it fails.
+Each test starts its processes through scripts/local_deployment.py (the helper that
+docs/deployment.md and the README use) and stops them by PID, also when it fails.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_hi
 
 pytestmark = pytest.mark.slow
 
-# Federated evaluation off: in a deployment every message starts a fresh ClientApp
-# process (torch import included), so each phase costs seconds per round.
+# Federated evaluation off: each phase of a deployment round costs seconds (the
+# SuperNodes' 3 s polls; under Flower's subprocess isolation a process start as well).
 FAST = "fraction-evaluate=0.0 min-evaluate-clients=0"
 
 
@@ -54,6 +54,8 @@ def test_insecure_deployment_runs_a_project_strategy(
     tmp_path: Path, env: dict[str, str], api: str
 ) -> None:
     deployment = ld.up(tmp_path / "deployment", 3, env=env)
+    assert deployment.isolation == "warm"  # and a warm SuperExec beside each SuperNode
+    assert len(deployment.superexec_pids) == 3
     try:
         status = run_to_completion(
             deployment, env, f"num-server-rounds=2 strategy='hybrid' run-name='plain' {FAST} {api}"
@@ -80,6 +82,18 @@ def test_insecure_deployment_runs_a_project_strategy(
     # The SuperNodes told the server their partition ids (from --node-config).
     assert [r["sampled_partitions"] for r in rounds[1:]] == [[0, 1, 2]] * 2
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
+
+
+def test_flowers_own_subprocess_isolation_runs_too(tmp_path: Path, env: dict[str, str]) -> None:
+    # The other tests run the SuperNodes warm (the scripts' default here).
+    deployment = ld.up(tmp_path / "deployment", 2, env=env, isolation="subprocess")
+    try:
+        status = run_to_completion(deployment, env, f"num-server-rounds=1 run-name='cold' {FAST}")
+    finally:
+        ld.down(tmp_path / "deployment")
+    assert deployment.superexec_pids == []
+    assert status == "finished:completed"
+    assert [r["accepted"] for r in history_of(deployment, "cold")["rounds"][1:]] == [2]
 
 
 def refused_supernode(

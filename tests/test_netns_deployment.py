@@ -1,9 +1,10 @@
 """A deployment across separate hosts, simulated with Linux network namespaces.
 
-The README's commands, run as they are written: ``scripts/netns_deployment.py up`` puts
-the SuperLink, two SuperNodes and the flwr CLI in namespaces of their own, joined by a
-bridge on 198.51.100.0/24, with TLS for the SuperLink's address; the app is submitted
-from the user's namespace; ``down`` stops every process by PID and deletes the namespaces.
+The commands of docs/deployment.md ("Across machines"), run as they are written:
+``scripts/netns_deployment.py up`` puts the SuperLink, two SuperNodes and the flwr CLI in
+namespaces of their own, joined by a bridge on 198.51.100.0/24, with TLS for the
+SuperLink's address; the app is submitted from the user's namespace; ``down`` stops every
+process by PID and deletes the namespaces.
 Skipped where namespaces cannot be made (not root, no ``ip``).
 """
 

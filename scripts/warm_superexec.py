@@ -1,0 +1,177 @@
+"""Flower's SuperExec, whose ClientApp processes start warm: for ``--isolation process``.
+
+A SuperNode runs each message's ClientApp in a fresh ``flwr-clientapp`` process (Flower's
+``subprocess_executor.py``: ``subprocess.Popen(["flwr-clientapp", "--token", ...])``), which
+imports Flower, torch and the app's libraries again, about 3-4 s a message here before
+any training. This is Flower's own ``flower-superexec`` (its command line, its task loop,
+its tokens) with one difference: each ``flwr-clientapp`` is a fork of a parent that has
+already imported all of that, and then runs Flower's ``flwr-clientapp`` entry point, so
+the protocol with the SuperNode (pull the task, heartbeats, push the reply) is Flower's
+and the SuperNode is unchanged. Run it beside a SuperNode started with
+``--isolation process``::
+
+    flower-supernode --isolation process --host 127.0.0.1 --port 9094 ... &
+    python scripts/warm_superexec.py --runtime-api-address 127.0.0.1:9094 --insecure \\
+        --parent-pid <the SuperNode's PID>
+
+The warm parent (the *zygote*) is forked from this process before it imports anything
+heavy or starts a thread; it imports the app's ClientApp module (``--app``, by default the
+``clientapp`` of ``pyproject.toml``) and then forgets the app's own modules, keeping every
+library they imported: each task imports the app fresh from the FAB the SuperNode
+installs (so a resubmitted app runs its new code), on top of a warm Flower and torch.
+``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's setting: how often SuperExec asks for a
+task, 1 s by default) is 0.05 s here unless set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTAPP_COMMAND = "flwr-clientapp"
+POLL_INTERVAL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+
+
+def default_app() -> str:
+    """The module of the project's ClientApp (``[tool.flwr.app.components] clientapp``)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return str(config["tool"]["flwr"]["app"]["components"]["clientapp"]).partition(":")[0]
+
+
+# Imported at first use, not at import: torch's optimizers import torch._dynamo when the
+# first one is built (1 s here), in every task again.
+PRELOAD = ("torch._dynamo",)
+
+
+# A warm ClientApp asks for its message a few ms after the SuperNode announces the task,
+# before the SuperNode has pulled the message's content from the SuperLink. Flower's first
+# retry of an unavailable object then waits 1 s (PULL_INITIAL_BACKOFF,
+# flwr/supercore/constant.py line 48), sized for a process that took seconds to start;
+# here the first retry waits 50 ms, doubling from there as Flower's does (to its 10 s cap).
+FIRST_RETRY = 0.05
+
+
+def _retry_sooner() -> None:
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for pull in (inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects):
+        assert pull.__kwdefaults__ is not None
+        pull.__kwdefaults__["initial_backoff"] = FIRST_RETRY
+
+
+def warm_up(app_module: str, project: Path, preload: Sequence[str] = PRELOAD) -> list[str]:
+    """Import ``app_module``, every library it imports and ``preload`` (the ones imported
+    only when used; those that are not installed are skipped), then drop the modules that are
+    the project's own (files under ``project``, not in this Python's installation, which
+    may be a venv inside the project); return the names dropped."""
+    sys.path.insert(0, str(project))
+    importlib.import_module(app_module)
+    sys.path.remove(str(project))
+    importlib.import_module("flwr.supernode.cli.flwr_clientapp")
+    _retry_sooner()
+    for name in preload:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    installed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix}]  # a venv in it too
+    own = [
+        name
+        for name, module in list(sys.modules.items())
+        if (path := getattr(module, "__file__", None))
+        and Path(path).is_absolute()  # torch.ops and torch.classes have made-up names
+        and (file := Path(path).resolve()).is_relative_to(project)
+        and not any(file.is_relative_to(p) for p in installed)
+    ]
+    for name in own:
+        del sys.modules[name]
+    return own
+
+
+def _run_clientapp(arguments: list[str], quiet: bool) -> None:  # pragma: no cover - a fork
+    """In a fork of the zygote: Flower's ``flwr-clientapp`` with ``arguments``."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the ClientApp may wait for its own
+        if quiet:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        sys.argv = [CLIENTAPP_COMMAND, *arguments]
+        from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+        flwr_clientapp()
+        code = 0
+    except SystemExit as done:  # flwr_exit ends every task with sys.exit
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(requests: int, app_module: str, project: Path) -> None:  # pragma: no cover
+    """The zygote: warm up, then fork one ClientApp process per request line (JSON:
+    the arguments and whether to silence it); exits when the pipe closes."""
+    warm_up(app_module, project)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished tasks
+    with os.fdopen(requests, "r") as lines:
+        for line in lines:
+            request = json.loads(line)
+            if os.fork() == 0:
+                _run_clientapp(request["arguments"], request["quiet"])
+    os._exit(0)
+
+
+class WarmPopen:
+    """What Flower's subprocess executor sees as ``subprocess``: ``Popen`` of a
+    ``flwr-clientapp`` command writes it to the zygote; any other command is a real
+    subprocess."""
+
+    def __init__(self, requests: Any, real: Any) -> None:
+        self._requests, self._real = requests, real
+        self.DEVNULL = real.DEVNULL
+
+    def Popen(self, args: list[str], stdout: Any = None, stderr: Any = None) -> Any:  # noqa: N802
+        if args[0] != CLIENTAPP_COMMAND:
+            return self._real.Popen(args, stdout=stdout, stderr=stderr)
+        quiet = stdout is self._real.DEVNULL
+        self._requests.write(json.dumps({"arguments": args[1:], "quiet": quiet}) + "\n")
+        self._requests.flush()
+        return SimpleNamespace(args=args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--app", default=None)
+    ours, flowers = parser.parse_known_args(argv)
+    app_module = ours.app or default_app()
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - the zygote
+        os.close(write_end)
+        serve(read_end, app_module, ROOT)
+    os.close(read_end)
+    os.environ.setdefault(POLL_INTERVAL, "0.05")
+
+    import subprocess
+
+    from flwr.supercore.cli.flower_superexec import flower_superexec
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    # The one line of Flower's that starts a task process (subprocess_executor.py, launch).
+    subprocess_executor.subprocess = WarmPopen(os.fdopen(write_end, "w"), subprocess)  # type: ignore[assignment,attr-defined]
+    sys.argv = ["flower-superexec", *flowers]
+    flower_superexec()
+
+
+if __name__ == "__main__":
+    main()
