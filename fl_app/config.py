@@ -12,18 +12,19 @@ defaults are the strategies' own (their options dataclasses), read from there.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
-import operator
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import strategies
-from strategies.flower_robust import FlowerRobustOptions
+from fl_app.baseline_keys import BaselineKeys  # part: flower-baselines
+from fl_app.keys import BOUNDS, Choices, Registry, key_of, option
+from fl_app.parts import unknown_key
+from fl_app.tracking_keys import TrackingKeys  # part: tracking
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
 from strategies.privacy import DP_CLIPPINGS, DP_MODES, update_noise_multiplier
 from strategies.quality_weighted import (
@@ -35,107 +36,34 @@ from strategies.quality_weighted import (
 )
 from strategies.sampling import SAMPLINGS
 
-
-class Registry:
-    """The names of a registry that lives where its entries are implemented.
-
-    Read on first use: ``fl_app.models`` imports torch and ``fl_app.data`` imports this
-    module, so importing them here would make the config import torch, or a cycle.
-    ``lookup`` names a function of the module that resolves a name (and raises KeyError
-    for an unknown one), for registries that accept more than their keys; ``also`` says
-    what more, for the error message.
-    """
-
-    def __init__(self, module: str, attribute: str, lookup: str = "", also: str = "") -> None:
-        self.module = module
-        self.attribute = attribute
-        self.lookup = lookup
-        self.also = also
-
-    def entries(self) -> Mapping[str, Any] | tuple[str, ...]:
-        entries: Mapping[str, Any] | tuple[str, ...] = getattr(
-            importlib.import_module(self.module), self.attribute
-        )
-        return entries
-
-    def __getitem__(self, name: str) -> Any:
-        if self.lookup:
-            return getattr(importlib.import_module(self.module), self.lookup)(name)
-        entries = self.entries()
-        if isinstance(entries, tuple):
-            raise TypeError(f"{self.module}.{self.attribute} lists names only")
-        return entries[name]
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        if not self.lookup:
-            return name in self.entries()
-        try:
-            self[name]
-        except KeyError:
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.entries())
-
-    def describe(self) -> str:
-        return ", ".join(self) + (f" or {self.also}" if self.also else "")
+if TYPE_CHECKING:
+    from fl_app.results import RunListener
 
 
-Choices = tuple[str, ...] | Registry
 DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<name>")
 PARTITIONERS = Registry("fl_app.data", "PARTITIONERS")
 MODELS = Registry("fl_app.models", "MODELS")
 FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
 # Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.
 SECURE_FAULTS = ("none", "raise", "straggle")
-TRACKERS = Registry("fl_app.tracking", "TRACKERS")
 DEVICES = ("auto", "cpu", "cuda")
 # The message-config key naming the run a message is for, when one simulation engine runs
 # several runs one after another (a sweep): each client looks its run's config up by it.
 SWEEP_RUN_KEY = "sweep-run"
 
 
-# Every strategy knob with the strategies' own default (Hybrid's options hold them all),
-# and the knobs of Flower's robust aggregators with Flower's defaults.
+# Every strategy knob with the strategies' own default (Hybrid's options hold them all).
 KNOBS = HybridOptions()
-BASELINE_KNOBS = FlowerRobustOptions()
-
-
-_BOUNDS = (
-    ("at_least", ">=", operator.ge),
-    ("above", ">", operator.gt),
-    ("at_most", "<=", operator.le),
-    ("below", "<", operator.lt),
-)
 
 
 class ConfigError(ValueError):
     """A configuration key has a value that is not allowed."""
 
 
-def option(default: Any, help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
-    """A config field with its help text and the values it allows.
-
-    ``bounds``: any of ``at_least``, ``above``, ``at_most``, ``below`` (see ``_BOUNDS``).
-    """
-    known = {name for name, _, _ in _BOUNDS}
-    if not set(bounds) <= known:
-        raise TypeError(f"unknown bounds {sorted(set(bounds) - known)}: use {sorted(known)}")
-    every_bound = dict.fromkeys(known) | bounds
-    return field(default=default, metadata={"help": help, "choices": choices, **every_bound})
-
-
-def key_of(name: str) -> str:
-    """Config key (kebab-case) of a dataclass field name."""
-    return name.replace("_", "-")
-
-
 @dataclass(frozen=True)
-class RunConfig:
-    """Every knob of a run, with its default."""
+class CoreKeys:
+    """The keys of the template's core, with their defaults (an optional part's own keys
+    are in its files: see :class:`RunConfig`)."""
 
     # Strategy and rounds
     strategy: str = option(
@@ -216,13 +144,6 @@ class RunConfig:
     device: str = option("auto", "torch device (auto: cuda when available)", choices=DEVICES)
     output_dir: str = option("outputs", "folder that receives <run-name>/history.json")
     run_name: str = option("", "name of this run's output folder (empty: strategy and time)")
-    tracker: str = option(
-        "none",
-        "experiment tracking of each round's metrics: tensorboard (<run dir>/tensorboard), "
-        "mlflow (<output-dir>/mlflow.db), wandb (offline, <run dir>/wandb); "
-        'needs pip install -e ".[tracking]"',
-        choices=TRACKERS,
-    )
     # Strategy knobs (each strategy reads the fields of its options dataclass; the
     # defaults are the strategies' own)
     server_learning_rate: float = option(
@@ -275,22 +196,6 @@ class RunConfig:
         "direction filter: least cosine to the clipped mean update that is kept",
         at_least=-1,
         below=1,
-    )
-    num_malicious_clients: int = option(
-        BASELINE_KNOBS.num_malicious_clients,
-        "flower-krum, -multikrum, -bulyan: attackers f assumed per round",
-        at_least=0,
-    )
-    num_clients_to_keep: int = option(
-        BASELINE_KNOBS.num_clients_to_keep,
-        "flower-multikrum: updates averaged (0: clients − f)",
-        at_least=0,
-    )
-    trimmed_beta: float = option(
-        BASELINE_KNOBS.trimmed_beta,
-        "flower-trimmed-mean: share cut at each end of every coordinate",
-        at_least=0,
-        below=0.5,
     )
     # Differential privacy (strategies/privacy.py)
     dp: str = option(
@@ -369,6 +274,21 @@ class RunConfig:
         30.0, "fault-kind straggle: delay before answering", at_least=0
     )
 
+    def part_listeners(self, directory: Path) -> list[RunListener]:
+        """What the optional parts listen to a run in ``directory`` with (each part's keys
+        class adds its own and calls ``super()``); the core adds nothing."""
+        return []
+
+
+@dataclass(frozen=True)
+class RunConfig(
+    TrackingKeys,  # part: tracking
+    BaselineKeys,  # part: flower-baselines
+    CoreKeys,
+):
+    """Every knob of a run, with its default: the core's keys, then those of each optional
+    part this copy has (docs/template.md), one base class a part."""
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from ``{kebab-key: value}`` (a Flower ``run_config``); defaults fill the rest."""
@@ -376,7 +296,7 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
+                raise ConfigError(unknown_key(key, fields))
             kwargs[fields[key].name] = value
         return cls(**kwargs)
 
@@ -521,6 +441,17 @@ class RunConfig:
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named scenario (``run_simulation.py --preset``, the optional part ``presets``):
+    config values, the number of clients, and the variants of a comparison (none: one run)."""
+
+    description: str
+    config: dict[str, Any]
+    num_clients: int
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 def describe_choices(choices: Choices) -> str:
     """The allowed values, comma-separated."""
     return choices.describe() if isinstance(choices, Registry) else ", ".join(choices)
@@ -557,7 +488,7 @@ def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         _fail(key, value, f"one of {describe_choices(choices)}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    for name, symbol, holds in _BOUNDS:
+    for name, symbol, holds in BOUNDS:
         limit = meta.get(name)
         if limit is not None and not holds(value, limit):
             _fail(key, value, f"{symbol} {limit}")

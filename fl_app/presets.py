@@ -7,19 +7,8 @@ data and seed, then a table and a plot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from fl_app.centralized import CENTRALIZED
-
-
-@dataclass(frozen=True)
-class Preset:
-    description: str
-    config: dict[str, Any]
-    num_clients: int
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-
+from fl_app.config import Preset
 
 PRESETS: dict[str, Preset] = {
     "linear-regression": Preset(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from strategies import flower_robust  # part: flower-baselines
 from strategies.core import (
     Rule,
     ScoreFn,
@@ -26,7 +27,6 @@ from strategies.core import (
     take_knobs,
 )
 from strategies.fedavg import FedAvgRule
-from strategies.flower_robust import BASELINES
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.simple_average import SimpleAverageRule
@@ -46,8 +46,13 @@ REGISTRY: dict[str, type[Rule]] = {
 FLOWER_APIS = ("legacy", "message")
 
 
-# What a run can name as its strategy: the four, and Flower's robust aggregators as
-# experiment baselines (strategies.flower_robust; not part of the strategies' API).
+# Flower's robust aggregators as experiment baselines (strategies.flower_robust, not part
+# of the strategies' API): the optional part flower-baselines (docs/template.md).
+BASELINES: dict[str, type[Rule]] = {
+    **flower_robust.BASELINES,  # part: flower-baselines
+}
+
+# What a run can name as its strategy: the four, and the baselines.
 CHOICES: dict[str, type[Rule]] = {**REGISTRY, **BASELINES}
 
 

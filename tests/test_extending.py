@@ -1,6 +1,7 @@
-"""The README's "Extending the template" recipes, applied to a copy of the project and run.
+"""The recipes of docs/extending.md ("Extending the template"), applied to a copy of the
+project and run.
 
-The code blocks of that README section say where they go in their first line
+The code blocks of that page say where they go in their first line
 (``# path: a new file``, ``# path: add after "anchor"``, ``# path: add before "anchor"``);
 this test applies them as written, counts the files they touch, and trains with the new
 strategy, model and dataset together on both Flower API halves.
@@ -21,14 +22,17 @@ from tests.processes import ROOT, read_history, run_python
 
 pytestmark = pytest.mark.slow
 
-SECTION = re.compile(r"^## Extending the template\n(.*?)^## ", re.S | re.M)
+# The whole page is the recipes: its title, then everything to the end (its own headings are
+# `## Add ...`; a `# ` line may be a comment inside a code block, so it cannot end the match).
+PAGE = ROOT / "docs" / "extending.md"
+SECTION = re.compile(r"\A# Extending the template\n(.*)\Z", re.S)
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 WHERE = re.compile(r'^# (\S+): (a new file|add after "(.*)"|add before "(.*)")$')
 
 
 def recipes() -> list[tuple[str, str, str, str]]:
-    """(path, how, anchor, code) of every code block of the README's extending section."""
-    match = SECTION.search((ROOT / "README.md").read_text())
+    """(path, how, anchor, code) of every code block of the extending page."""
+    match = SECTION.search(PAGE.read_text())
     assert match is not None
     found = []
     for block in BLOCK.findall(match.group(1)):
@@ -57,7 +61,7 @@ def apply(copy: Path, path: str, how: str, anchor: str, code: str) -> None:
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project with the README's strategy, model and dataset added."""
+    """A copy of the project with the extending page's strategy, model and dataset added."""
     copy = tmp_path_factory.mktemp("extended")
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -75,7 +79,7 @@ def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def test_the_recipes_touch_the_files_the_readme_counts() -> None:
+def test_the_recipes_touch_the_files_the_page_counts() -> None:
     touched: dict[str, set[str]] = {}
     for path, _, _, code in recipes():
         kind = "strategy" if path.startswith("strategies/") else path

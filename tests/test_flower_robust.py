@@ -15,8 +15,10 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 import strategies
+from fl_app.config import ConfigError, RunConfig
 from strategies.flower_robust import BASELINES, FlowerRobustOptions
 from tests.fakes import results_of
+from tests.test_config import assert_one_line_error
 from tests.test_message_strategies import legacy_with, message_with, reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -103,3 +105,31 @@ def test_bulyan_with_too_few_updates_says_how_many_it_needs() -> None:
 def test_bad_baseline_knobs_name_the_knob(knob: str, value: Any) -> None:
     with pytest.raises(ValueError, match=knob):
         FlowerRobustOptions(**{knob: value})
+
+
+# ---- the part's config keys (fl_app/baseline_keys.py) and what they cannot run with ----
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("num-malicious-clients", -1, ">= 0"),
+        ("num-clients-to-keep", -1, ">= 0"),
+        ("trimmed-beta", 0.5, "< 0.5"),
+    ],
+)
+def test_out_of_range_baseline_key_is_refused(key: str, value: float, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: value})
+    assert f"must be {allowed}" in assert_one_line_error(info.value, key, value)
+
+
+def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
+    with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
+        strategies.build("flower-median", dp="central")
+
+
+def test_secure_aggregation_is_refused_for_a_baseline_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="'flower-median': MedianRule weighs") as refused:
+        RunConfig(secure_aggregation=True, strategy="flower-median")
+    assert "\n" not in str(refused.value)

@@ -1,4 +1,5 @@
-"""Presets and comparisons end to end: each preset for one short round."""
+"""Presets (the optional part ``presets``): each is a valid config; end to end, each for
+one short round."""
 
 from __future__ import annotations
 
@@ -8,14 +9,44 @@ from pathlib import Path
 import pytest
 import torch
 
+import run_simulation
 from fl_app.presets import PRESETS
 from tests.processes import read_history, run_simulation_cli
+from tests.test_config import parsed
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config(name: str) -> None:
+    cfg, simulation, variants = parsed(["--preset", name])
+    preset = PRESETS[name]
+    assert simulation.num_clients == preset.num_clients
+    assert {k: cfg.run_config[k] for k in preset.config} == preset.config
+    assert variants == preset.variants
+
+
+def test_flags_win_over_a_preset() -> None:
+    cfg, simulation, _ = parsed(
+        ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
+    )
+    assert cfg.local_epochs == 2
+    assert simulation.num_clients == 3
+    assert cfg.dataset == "tabular-regression"
+
+
+def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_simulation.main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--preset 'nope'" in err[0]
+    assert "linear-regression" in err[0]
+
+
+# ---- end to end ------------------------------------------------------------------
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_linear_regression_preset_fits_with_mse(tmp_path: Path) -> None:
     stdout = run_simulation_cli(
         tmp_path, "--preset", "linear-regression", "--run-name", "lr", "--num-server-rounds", "1"
@@ -37,6 +68,7 @@ def test_linear_regression_preset_fits_with_mse(tmp_path: Path) -> None:
     assert tuple(weight.shape) == (1, 10)
 
 
+@pytest.mark.slow
 def test_softmax_classifier_preset_learns_three_classes(tmp_path: Path) -> None:
     run_simulation_cli(
         tmp_path, "--preset", "softmax-classifier", "--run-name", "sm", "--num-server-rounds", "1"
@@ -47,6 +79,7 @@ def test_softmax_classifier_preset_learns_three_classes(tmp_path: Path) -> None:
     assert tuple(torch.load(tmp_path / "sm" / "final_model.pt")["1.weight"].shape) == (3, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", [name for name, p in PRESETS.items() if p.variants])
 def test_comparison_presets_write_a_table_and_a_plot(tmp_path: Path, preset: str) -> None:
     run_simulation_cli(
@@ -72,42 +105,3 @@ def test_comparison_presets_write_a_table_and_a_plot(tmp_path: Path, preset: str
         assert {key: config[key] for key in overrides} == overrides
         # Same data and seed for every variant: only the variant's keys differ.
         assert config["seed"] == 42
-
-
-def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
-    tmp_path: Path,
-) -> None:
-    stdout = run_simulation_cli(
-        tmp_path,
-        "--compare", "simple", "fedavg",
-        "--seeds", "1", "2",
-        "--run-name", "cmp",
-        "--num-server-rounds", "2",
-        "--num-clients", "4",
-        "--fraction-fit", "0.5",
-        "--partitioner", "dirichlet",
-        "--target-accuracy", "0.5",
-    )  # fmt: skip
-    table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert (
-        "| run | final accuracy (%) | best accuracy (%) | rounds to 50% | wall time (s) |" in table
-    )
-    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
-    for strategy in ("simple", "fedavg"):
-        finals = [
-            read_history(tmp_path / "cmp" / strategy / f"seed-{seed}")["summary"]["final_accuracy"]
-            for seed in (1, 2)
-        ]
-        assert saved[strategy]["seeds"] == [1, 2]
-        assert saved[strategy]["final_accuracy"] == finals
-        row = next(line for line in table.splitlines() if line.startswith(f"| {strategy} |"))
-        assert row.split(" | ")[1].startswith(f"{100 * sum(finals) / 2:.2f} ± ")
-    for seed in (1, 2):
-        # Unequal Dirichlet partitions: the same data and clients, weighted differently.
-        simple = read_history(tmp_path / "cmp" / "simple" / f"seed-{seed}")["rounds"][1]
-        fedavg = read_history(tmp_path / "cmp" / "fedavg" / f"seed-{seed}")["rounds"][1]
-        assert len(simple["sampled_partitions"]) == 2  # of 4: the same 2 for both strategies
-        assert simple["sampled_partitions"] == fedavg["sampled_partitions"]
-        assert simple["train_loss"] == pytest.approx(fedavg["train_loss"])
-        assert simple["weights"] != fedavg["weights"]
-    assert "comparison:" in stdout

@@ -34,7 +34,6 @@ GLOBAL = [np.zeros((6, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
         ({"strategy": "quality"}, "'quality': QualityWeightedRule weighs, scores or filters"),
         ({"strategy": "hybrid", "hybrid_lambda": 0.5}, "'hybrid': HybridRule weighs"),
         ({"strategy": "hybrid", "hybrid_lambda": 1.0, "robust_filter": "mad"}, "HybridRule"),
-        ({"strategy": "flower-median"}, "'flower-median': MedianRule weighs"),
         ({"secagg_num_shares": 3, "secagg_reconstruction_threshold": 3}, "less than secagg-num"),
         ({"min_fit_clients": 1}, "masks pairs of clients"),
         ({"fault_kind": "sign-flip", "fault_fraction": 0.2}, "cannot be rejected"),

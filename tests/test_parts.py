@@ -1,0 +1,131 @@
+"""The optional parts (fl_app/parts.py): each is reached only through its registration
+lines, its keys are its own, and a key or flag of a part that is gone is one clear line."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import run_simulation
+from fl_app import parts
+from fl_app.config import ConfigError, CoreKeys, RunConfig, key_of
+from tests.processes import ROOT
+
+SKIPPED = {".venv", ".venv-ci", "outputs", "data", "site", ".git"}
+
+
+def python_files() -> list[Path]:
+    return [
+        path for path in ROOT.rglob("*.py") if not SKIPPED & set(path.relative_to(ROOT).parts[:1])
+    ]
+
+
+def part_of(path: Path) -> str | None:
+    relative = path.relative_to(ROOT).as_posix()
+    for name, part in parts.PARTS.items():
+        if any(relative == f or relative.startswith(f"{f}/") for f in part.files):
+            return name
+    return None
+
+
+def module_of(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+# Every module of every part: what the rest may import on registration lines only.
+PART_MODULES = {
+    module_of(path.relative_to(ROOT).as_posix()): name
+    for path in python_files()
+    if (name := part_of(path)) is not None
+}
+
+
+def imported(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
+
+
+def test_the_rest_reaches_a_part_only_on_its_registration_lines() -> None:
+    outside = []
+    for path in python_files():
+        if part_of(path) is not None:
+            continue
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            for module in imported(node):
+                name = PART_MODULES.get(module)
+                if name and parts.registered_part(lines[node.lineno - 1]) != name:
+                    outside.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {module}")
+    assert outside == []
+
+
+def test_every_registration_line_names_a_part_of_the_table() -> None:
+    named = {
+        parts.registered_part(line)
+        for path in python_files()
+        if part_of(path) is None
+        for line in path.read_text().splitlines()
+    }
+    assert named - {None} <= set(parts.PARTS)
+    imported_parts = {name for name, part in parts.PARTS.items() if part.module and part.present}
+    assert imported_parts <= named  # a part the app imports is registered somewhere
+
+
+def test_a_part_in_this_copy_has_all_its_files() -> None:
+    for name, part in parts.PARTS.items():
+        if part.present:
+            assert all((ROOT / f).exists() for f in part.files), name
+
+
+def test_the_keys_beyond_the_cores_are_the_present_parts_keys() -> None:
+    core = {key_of(f.name) for f in dataclasses.fields(CoreKeys)}
+    every = {key_of(f.name) for f in dataclasses.fields(RunConfig)}
+    declared = {key for part in parts.PARTS.values() if part.present for key in part.keys}
+    assert every - core == declared
+    assert not core & {key for part in parts.PARTS.values() for key in part.keys}
+
+
+@pytest.fixture
+def ghost(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A part that this copy does not have, with a key and a flag."""
+    absent = parts.Part(
+        "a ghost", ("fl_app/ghost.py",), "fl_app.ghost", ("ghost-key",), ("--ghost-flag",)
+    )
+    monkeypatch.setitem(parts.PARTS, "ghost", absent)
+    return "ghost"
+
+
+def test_a_key_of_a_part_that_is_gone_is_one_line_naming_the_part(ghost: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"ghost-key": 1})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "config key 'ghost-key' belongs to the optional part 'ghost'" in message
+    assert "known keys: strategy," in message
+
+
+@pytest.mark.parametrize("argv", [["--ghost-key", "1"], ["--ghost-key=1"], ["--ghost-flag"]])
+def test_a_flag_of_a_part_that_is_gone_is_one_line(
+    ghost: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_simulation.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"flag '{argv[0][2:].split('=')[0]}' belongs to the optional part 'ghost'" in err[0]
+
+
+def test_a_pyproject_key_of_a_part_that_is_gone_is_one_line(
+    ghost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.flwr.app.config]\nghost-key = 1\nseed = 3\n")
+    monkeypatch.setattr(run_simulation, "PYPROJECT", pyproject)
+    with pytest.raises(ConfigError, match=r"pyproject\.toml .*'ghost-key' belongs to the optional"):
+        run_simulation.parse([])
