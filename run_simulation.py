@@ -18,11 +18,9 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +46,7 @@ from rich.progress import (
 
 import fl_app.presets  # part: presets
 import fl_app.ray_cluster  # part: ray-cluster
+from fl_app.arrivals import arrivals
 from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
@@ -562,7 +561,7 @@ def simulate(
         backend = in_process_clients()
     else:
         backend = contextlib.nullcontext() if simulation.ray_address else loopback_ray()
-    with engine_polls(poll_interval(nodes)), backend:
+    with arrivals(poll_interval(nodes)), backend:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -580,36 +579,6 @@ def simulate(
             },
             verbose_logging=simulation.verbose,
         )
-
-
-@contextmanager
-def engine_polls(interval: float) -> Iterator[None]:
-    """Flower's simulation engine checking its nodes for messages every ``interval`` s.
-
-    Flower's ``add_messages_to_queue`` (``flwr/server/superlink/fleet/vce/vce_api.py``,
-    line 168) passes over every node, then waits 0.1 s (line 180, no setting): a message
-    waits 50 ms on average before a node picks it up, twice a round. This is that loop
-    with another wait, in place while the engine runs (``run_api`` looks the function
-    up when it starts its thread).
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    flowers = vce_api.add_messages_to_queue
-
-    def add_messages_to_queue(
-        state: Any, queue: Any, nodes_mapping: Mapping[int, int], f_stop: threading.Event
-    ) -> None:
-        while not f_stop.is_set():
-            for node_id in nodes_mapping:
-                for message in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(message)
-            f_stop.wait(interval)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = flowers
 
 
 class RunsFailedError(Exception):

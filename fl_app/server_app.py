@@ -9,6 +9,7 @@ messages). Both record the same rounds, write the same files and give the same m
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import strategies
+from fl_app import arrivals
 from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.config import RunConfig
 from fl_app.results import RunListener, RunWriter, run_directory
@@ -94,17 +96,23 @@ class PolledGrid(Grid):
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
         """Flower's loop (push, then pull until every reply is in or ``timeout`` s
-        passed), waiting ``interval`` s between pulls."""
+        passed), waiting ``interval`` s between pulls; in a simulation's LinkState
+        (``fl_app.arrivals``), until a reply is stored, and at least ``interval`` s."""
+        counts = arrivals.CURRENT if isinstance(self.grid, InMemoryGrid) else None
         waiting = set(self.grid.push_messages(messages))
-        end = time.monotonic() + (timeout or 0.0)
+        end = time.monotonic() + (timeout if timeout is not None else math.inf)
         replies: list[Any] = []
-        while timeout is None or time.monotonic() < end:
+        while (looked := time.monotonic()) < end:
+            seen = counts.count("res") if counts is not None else 0
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
             waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
             if not waiting:
                 break
-            time.sleep(self.interval)
+            if counts is None:
+                time.sleep(self.interval)
+            else:
+                counts.wait("res", seen, looked, self.interval, end - time.monotonic())
         return replies
 
 

@@ -1,0 +1,125 @@
+"""A simulation's engine and grid wait for the next message instead of looking every few ms.
+
+In a simulation, Flower's grid and its engine meet in one in-memory LinkState
+(``flwr/server/superlink/linkstate/in_memory_linkstate.py``): the grid stores a round's
+messages (``store_message_ins``) and looks for the replies; the engine's
+``add_messages_to_queue`` (``flwr/server/superlink/fleet/vce/vce_api.py``, lines 168-180)
+passes over every node for messages and then waits 0.1 s, and its ``put_message_into_state``
+stores the replies (``store_message_res``). Looking costs a lock and a pass, waiting costs
+latency: at a short interval, the looks of the legacy half's one thread per client and the
+engine's passes take the CPU from training; at Flower's 0.1 s, a round waits 50 ms twice.
+
+:func:`arrivals` counts what the LinkState stores and wakes whoever waits for it:
+:meth:`Arrivals.wait` returns when something new is stored, but not sooner than
+``gap`` s after the look before (so a burst of one message per client does not make one
+pass per message over 1,000 nodes), and at the latest after ``FALLBACK`` s (anything the
+LinkState makes without storing it, as an error reply for an expired message).
+
+It also has the engine's threads notice the end of a run within ``STOP_NOTICE`` s: Flower's
+worker and reply threads wait on an empty queue for 1 s before they look at the stop event
+(``vce_api.py``, lines 122 and 190), so every simulation ended with a second of nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from queue import Queue
+from typing import Any, Literal
+
+Kind = Literal["ins", "res"]
+FALLBACK = 0.1  # seconds: Flower's own wait, the longest a look is put off
+STOP_NOTICE = 0.05  # seconds: the longest an engine thread waits on an empty queue
+
+
+class PromptQueue(Queue[Any]):
+    """The engine's message queues: a reader's wait is cut to ``STOP_NOTICE`` s, after
+    which Flower's loop looks at its stop event and waits again (an item put wakes it at
+    once, as before)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block and timeout is not None:
+            timeout = min(timeout, STOP_NOTICE)
+        return super().get(block, timeout)
+
+
+class Arrivals:
+    """How many messages (``ins``) and replies (``res``) the LinkState has stored."""
+
+    def __init__(self) -> None:
+        self.stored: dict[Kind, int] = {"ins": 0, "res": 0}
+        self.changed = threading.Condition()
+
+    def count(self, kind: Kind) -> int:
+        return self.stored[kind]
+
+    def store(self, kind: Kind) -> None:
+        with self.changed:
+            self.stored[kind] += 1
+            self.changed.notify_all()
+
+    def wait(self, kind: Kind, seen: int, looked: float, gap: float, timeout: float) -> None:
+        """Until ``kind``'s count is past ``seen`` (or ``timeout`` s), and ``gap`` s after
+        ``looked`` (a ``time.monotonic()``)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.stored[kind] != seen, min(timeout, FALLBACK))
+        time.sleep(max(0.0, looked + gap - time.monotonic()))
+
+
+CURRENT: Arrivals | None = None  # while arrivals() is in place
+
+
+@contextmanager
+def arrivals(gap: float) -> Iterator[Arrivals]:
+    """Flower's in-memory LinkState counting what it stores, and its simulation engine
+    looking for messages when one was stored (at most every ``gap`` s) and queueing them in
+    :class:`PromptQueue`, in place while the engine runs (``run_api`` looks
+    ``add_messages_to_queue`` and ``Queue`` up when it starts).
+    """
+    global CURRENT  # one engine at a time in a process, as Flower runs it
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    counts = Arrivals()
+
+    def counting(kind: Kind, store: Callable[[Any, Any], str | None]) -> Callable[..., Any]:
+        def stored(self: Any, message: Any) -> str | None:
+            message_id = store(self, message)
+            counts.store(kind)
+            return message_id
+
+        return stored
+
+    def add_messages_to_queue(
+        state: Any, queue: Any, nodes_mapping: Mapping[int, int], f_stop: threading.Event
+    ) -> None:
+        while not f_stop.is_set():
+            seen, looked = counts.count("ins"), time.monotonic()
+            for node_id in nodes_mapping:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+            counts.wait("ins", seen, looked, gap, FALLBACK)
+
+    flowers = (
+        InMemoryLinkState.store_message_ins,
+        InMemoryLinkState.store_message_res,
+        vce_api.add_messages_to_queue,
+        vce_api.Queue,  # type: ignore[attr-defined]
+    )
+    InMemoryLinkState.store_message_ins = counting("ins", flowers[0])  # type: ignore[method-assign]
+    InMemoryLinkState.store_message_res = counting("res", flowers[1])  # type: ignore[method-assign]
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    vce_api.Queue = PromptQueue  # type: ignore[attr-defined]
+    CURRENT = counts
+    try:
+        yield counts
+    finally:
+        CURRENT = None
+        (
+            InMemoryLinkState.store_message_ins,  # type: ignore[method-assign]
+            InMemoryLinkState.store_message_res,  # type: ignore[method-assign]
+            vce_api.add_messages_to_queue,
+            vce_api.Queue,  # type: ignore[attr-defined]
+        ) = flowers
