@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+# torch's optimizers import torch._dynamo at first use (about 1 s): imported before every clock.
+import torch._dynamo
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig

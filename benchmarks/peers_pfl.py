@@ -33,6 +33,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pfl  # noqa: E402
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402  (else imported at the first optimizer, in the clock)
 from numpy.typing import NDArray  # noqa: E402
 from pfl.aggregate.simulate import SimulatedBackend  # noqa: E402
 from pfl.aggregate.weighting import WeightByDatapoints  # noqa: E402
