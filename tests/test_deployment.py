@@ -50,9 +50,31 @@ def api(request: pytest.FixtureRequest) -> str:
     return f"flower-api='{request.param}'"
 
 
-def test_insecure_deployment_runs_a_project_strategy(
+def kill_mid_run(deployment: ld.Deployment, env: dict[str, str], run_config: str) -> str:
+    """Submit a run, kill SuperNode 2 once it has its training message of round 1 (of this
+    run: its log so far is left out), and wait for the run to end."""
+    log = Path(deployment.directory) / "logs" / "supernode_2.log"
+    before = len(log.read_text())
+    run_id = ld.submit(deployment, ROOT, run_config, env=env)
+    deadline = time.monotonic() + 300
+    checked = time.monotonic()
+    while "Receiving: train message" not in log.read_text()[before:]:
+        assert time.monotonic() < deadline, "SuperNode 2 never received a train message"
+        if time.monotonic() - checked > 5:  # a run that already ended will never send one
+            checked = time.monotonic()
+            runs = ld.flwr(ld.flower_env(env), "list", deployment.connection, "--run-id", run_id)
+            assert not runs["runs"][0]["status"].startswith("finished"), runs
+        time.sleep(0.2)
+    os.killpg(deployment.supernode_pids[2], signal.SIGKILL)
+    return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
+
+
+def test_an_insecure_deployment_trains_stops_when_frozen_and_outlives_a_killed_supernode(
     tmp_path: Path, env: dict[str, str], api: str
 ) -> None:
+    """Three runs on one deployment of 3 SuperNodes: a project strategy trains; a run that
+    cannot aggregate anything fails instead of finishing with a frozen model; a SuperNode
+    killed mid-run is a failure of its round, not a hang."""
     deployment = ld.up(tmp_path / "deployment", 3, env=env)
     assert deployment.isolation == "warm"  # and a warm SuperExec beside each SuperNode
     assert len(deployment.superexec_pids) == 3
@@ -60,27 +82,43 @@ def test_insecure_deployment_runs_a_project_strategy(
         status = run_to_completion(
             deployment, env, f"num-server-rounds=2 strategy='hybrid' run-name='plain' {FAST} {api}"
         )
-        # A run that cannot aggregate anything fails instead of finishing with a frozen model.
         frozen = run_to_completion(
             deployment,
             env,
             f"num-server-rounds=3 strategy='quality' quality-metric='val_f1' "
             f"max-empty-rounds=1 run-name='frozen' {FAST} {api}",
         )
+        killed = kill_mid_run(
+            deployment,
+            env,
+            f"num-server-rounds=2 round-timeout=25.0 run-name='killed' {FAST} {api}",
+        )
     finally:
         ld.down(tmp_path / "deployment")
     assert status == "finished:completed"
-    assert frozen == "finished:failed"
-    stopped = history_of(deployment, "frozen")["rounds"]
-    assert [r["round"] for r in stopped] == [0, 1]
-    assert stopped[1]["rejected"] == 3
-    assert "quality metric 'val_f1' missing" in stopped[1]["problem"]
     rounds = history_of(deployment, "plain")["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["accepted"] for r in rounds[1:]] == [3, 3]  # every SuperNode's update aggregated
     assert [r["failures"] for r in rounds[1:]] == [0, 0]
     # The SuperNodes told the server their partition ids (from --node-config).
     assert [r["sampled_partitions"] for r in rounds[1:]] == [[0, 1, 2]] * 2
+    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
+
+    assert frozen == "finished:failed"
+    stopped = history_of(deployment, "frozen")["rounds"]
+    assert [r["round"] for r in stopped] == [0, 1]
+    assert stopped[1]["rejected"] == 3
+    assert "quality metric 'val_f1' missing" in stopped[1]["problem"]
+
+    assert killed == "finished:completed"
+    rounds = history_of(deployment, "killed")["rounds"]
+    # Round 1 waited at most round-timeout for the dead node, counted it, and went on.
+    assert rounds[1]["sampled"] == 3
+    assert rounds[1]["failures"] == 1
+    assert rounds[1]["accepted"] == 2
+    assert rounds[1]["seconds"] < 25 + 20
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["accepted"] == 2
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
 
 
@@ -154,45 +192,4 @@ def test_tls_and_supernode_authentication(tmp_path: Path, env: dict[str, str], a
     assert status == "finished:completed"
     rounds = history_of(deployment, "tls")["rounds"]
     assert [r["accepted"] for r in rounds[1:]] == [2, 2]
-    assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
-
-
-def test_a_supernode_killed_mid_run_is_a_failure_not_a_hang(
-    tmp_path: Path, env: dict[str, str], api: str
-) -> None:
-    directory = tmp_path / "deployment"
-    deployment = ld.up(directory, 3, env=env)
-    try:
-        run_id = ld.submit(
-            deployment,
-            ROOT,
-            f"num-server-rounds=2 round-timeout=30.0 run-name='killed' {FAST} {api}",
-            env=env,
-        )
-        # Kill SuperNode 2 once it has received its training message of round 1.
-        log = directory / "logs" / "supernode_2.log"
-        deadline = time.monotonic() + 300
-        checked = time.monotonic()
-        while "Receiving: train message" not in log.read_text():
-            assert time.monotonic() < deadline, "SuperNode 2 never received a train message"
-            if time.monotonic() - checked > 5:  # a run that already ended will never send one
-                checked = time.monotonic()
-                runs = ld.flwr(
-                    ld.flower_env(env), "list", deployment.connection, "--run-id", run_id
-                )["runs"]
-                assert not runs[0]["status"].startswith("finished"), runs[0]
-            time.sleep(0.2)
-        os.killpg(deployment.supernode_pids[2], signal.SIGKILL)
-        status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)
-    finally:
-        ld.down(directory)
-    assert status == "finished:completed"
-    rounds = history_of(deployment, "killed")["rounds"]
-    # Round 1 waited at most round-timeout for the dead node, counted it, and went on.
-    assert rounds[1]["sampled"] == 3
-    assert rounds[1]["failures"] == 1
-    assert rounds[1]["accepted"] == 2
-    assert rounds[1]["seconds"] < 30 + 20
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert rounds[2]["accepted"] == 2
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3

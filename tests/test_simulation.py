@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 NUM_CLIENTS = 10
 ROUNDS = 3
 STRATEGIES = sorted(strategies.REGISTRY)
+IN_PROCESS = ("--backend", "inprocess")  # Ray's results without a Ray start (tested below)
 
 
 def simulate(tmp_path: Path, *flags: str) -> dict[str, Any]:
@@ -145,16 +146,20 @@ def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_both_halves(
     tmp_path: Path,
 ) -> None:
     """50 logical clients, 10 a round: a pool of 10 virtual nodes (the default) and one
-    node per client sample the same partitions and give the same history, bit for bit."""
+    node per client sample the same partitions and give the same history, bit for bit.
+    The reference runs on Ray, the others in this process (Ray's results, tested above)."""
     flags = ["--num-clients", "50", "--fraction-fit", "0.2", "--seed", "7"]
     flags += ["--num-server-rounds", str(ROUNDS)]
     runs = {
         (api, nodes): without_timings(
-            simulate(tmp_path / f"{api}-{nodes}", "--flower-api", api, "--num-nodes", nodes, *flags)
+            simulate(
+                tmp_path / f"{api}-{nodes}", "--flower-api", api, "--num-nodes", nodes, *flags,
+                *([] if (api, nodes) == ("legacy", "per-client") else IN_PROCESS),
+            )
         )
         for api in strategies.FLOWER_APIS
         for nodes in ("per-client", "auto")
-    }
+    }  # fmt: skip
     for run in runs.values():
         run["config"].pop("flower-api")
     reference = runs["legacy", "per-client"]
@@ -173,7 +178,7 @@ def test_clients_in_this_process_give_the_ray_runs_results_bit_for_bit(
 ) -> None:
     on_ray = default_runs("hybrid", api)
     here = simulate(
-        tmp_path, "--backend", "inprocess", "--strategy", "hybrid", "--flower-api", api,
+        tmp_path, *IN_PROCESS, "--strategy", "hybrid", "--flower-api", api,
         "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
     )  # fmt: skip
     assert without_timings(here) == without_timings(on_ray)
@@ -185,7 +190,7 @@ def test_clients_in_this_process_give_the_ray_runs_results_bit_for_bit(
 
 def test_a_client_that_raises_in_this_process_is_a_failure(tmp_path: Path) -> None:
     history = simulate(
-        tmp_path, "--backend", "inprocess", "--fault-kind", "raise", "--fault-fraction", "0.3",
+        tmp_path, *IN_PROCESS, "--fault-kind", "raise", "--fault-fraction", "0.3",
         "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", "2",
     )  # fmt: skip
     assert [r["failures"] for r in history["rounds"][1:]] == [3, 3]
@@ -209,13 +214,15 @@ def test_a_sweep_in_one_engine_gives_each_run_its_history_alone(
     default_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
 ) -> None:
     """2 strategies x 2 seeds in one start of the engine: every run's history and final
-    model are those of the same run started alone (seed 42: the shared default runs)."""
+    model are those of the same run started alone (seed 42: the shared default runs, on
+    Ray; the sweep and seed 43 in this process, whose results are Ray's: tested above;
+    the comparison and preset tests sweep on Ray)."""
     compared = ["fedavg", "hybrid"]
     done = run_python(
         [
             "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "sweep",
             "--compare", *compared, "--seeds", "42", "43", "--flower-api", api,
-            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
+            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS), *IN_PROCESS,
         ]
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -225,7 +232,7 @@ def test_a_sweep_in_one_engine_gives_each_run_its_history_alone(
         alone[43] = simulate(
             tmp_path / f"{strategy}-43",
             "--strategy", strategy, "--seed", "43", "--flower-api", api,
-            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS),
+            "--num-clients", str(NUM_CLIENTS), "--num-server-rounds", str(ROUNDS), *IN_PROCESS,
         )  # fmt: skip
         for seed, run in alone.items():
             swept = tmp_path / "sweep" / strategy / f"seed-{seed}"
