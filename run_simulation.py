@@ -83,8 +83,12 @@ SECAGG_MAX_CLIENTS = 1024
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
 # --backend: where the engine runs the clients: Ray actors (Flower's own backend), or this
-# process, one client at a time (fl_app/inprocess.py).
+# process, one client at a time (fl_app/inprocess.py); AUTO_BACKEND picks one (pick_backend).
 BACKENDS = ("ray", "inprocess")
+AUTO_BACKEND = "auto"
+# Ray's start (about 9 s) and its dispatch per message (about 4 ms more than in process)
+# pay off only with several clients side by side: from this many on (docs/performance.md).
+RAY_FROM_WORKERS = 4
 # --num-nodes: a pool sized by the clients a round asks for, or one node per client.
 AUTO_NODES = "auto"
 PER_CLIENT = "per-client"
@@ -134,10 +138,12 @@ def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.Ar
     )
     sim.add_argument(
         "--backend",
-        choices=BACKENDS,
-        default="ray",
+        choices=(AUTO_BACKEND, *BACKENDS),
+        default=AUTO_BACKEND,
         help="where Flower's engine runs the clients: Ray actors, in parallel; or this "
-        "process, one at a time (no Ray to start: for light workloads and debugging)",
+        "process, one at a time (no Ray to start: for light workloads and debugging); "
+        f"{AUTO_BACKEND!r}: Ray for GPUs, a Ray cluster, stragglers or at least "
+        f"{RAY_FROM_WORKERS} clients at a time on this machine's CPUs, else this process",
     )
     sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     sim.add_argument(
@@ -221,7 +227,7 @@ class Simulation:
     verbose: bool = False
     ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
     num_nodes: str = AUTO_NODES  # a number, AUTO_NODES or PER_CLIENT
-    backend: str = "ray"  # one of BACKENDS
+    backend: str = "ray"  # one of BACKENDS (AUTO_BACKEND is resolved by parse)
 
     def pool_size(self, configs: Sequence[RunConfig]) -> int | None:
         """The engine's virtual nodes for ``configs`` run in it (None: one per client).
@@ -352,9 +358,28 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         args.verbose,
         args.ray_address,
         args.num_nodes,
-        args.backend,
+        pick_backend(args.backend, cfg, args.num_cpus, args.num_gpus, args.ray_address),
     )
     return Invocation(cfg, simulation, variants, args.target_accuracy, args.resume, seeds)
+
+
+def pick_backend(
+    backend: str, cfg: RunConfig, num_cpus: float, num_gpus: float, ray_address: str
+) -> str:
+    """``backend``, or for :data:`AUTO_BACKEND` the one that runs ``cfg`` faster here.
+
+    Both give the same results bit for bit: this is about time. Ray where clients side by
+    side pay for its start and dispatch (at least :data:`RAY_FROM_WORKERS` at a time on
+    this machine's CPUs), where only Ray can run them (GPUs, a cluster), and for
+    stragglers (in this process a sleeping client holds up every other one); this process
+    otherwise.
+    """
+    if backend != AUTO_BACKEND:
+        return backend
+    cpus = len(os.sched_getaffinity(0))
+    workers = cpus / num_cpus if num_cpus > 0 else float(cpus)  # 0: Ray reserves nothing
+    side_by_side = workers >= RAY_FROM_WORKERS or cfg.fault_kind == "straggle"
+    return "ray" if side_by_side or num_gpus > 0 or ray_address else "inprocess"
 
 
 def seeds_of(args: argparse.Namespace, seed: int) -> tuple[int, ...]:

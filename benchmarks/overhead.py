@@ -3,8 +3,10 @@
 The same federated workload (partitions, model, local epochs, batch size, clients per
 round, rounds, central evaluation after every round) runs three ways:
 
-- ``project``: ``run_simulation.py``'s simulation (Flower's simulation engine on Ray,
+- ``project (Ray)``: ``run_simulation.py``'s simulation (Flower's simulation engine on Ray,
   the project's ClientApp, strategy, results and checkpoints);
+- ``project (in process)``: the same with ``--backend inprocess`` (what ``--backend auto``
+  picks on 2 CPUs);
 - ``plain flower``: a minimal Flower app on the same engine, as in Flower's PyTorch
   quickstart: a NumPyClient that builds its model per call, Flower's built-in FedAvg;
 - ``plain loop``: one process that trains each sampled client in turn with the same
@@ -117,6 +119,12 @@ class Marks(RunListener):
 
 
 def project(flags: list[str]) -> Timing:
+    """The project's simulation on Ray (``--backend ray``)."""
+    return project_on([*flags, "--backend", "ray"])
+
+
+def project_on(flags: list[str]) -> Timing:
+    """The project's simulation as ``flags`` (which name the backend) ask."""
     invocation = run_simulation.parse(flags)
     cfg, simulation = invocation.cfg, invocation.simulation
 
@@ -131,7 +139,7 @@ def project(flags: list[str]) -> Timing:
 
 def project_in_process(flags: list[str]) -> Timing:
     """The project's simulation with its clients in this process (``--backend inprocess``)."""
-    return project([*flags, "--backend", "inprocess"])
+    return project_on([*flags, "--backend", "inprocess"])
 
 
 # ---- (b) a plain PyTorch loop ----------------------------------------------------------
@@ -262,8 +270,8 @@ def report(workload: str, flags: list[str], repeats: int) -> None:
     runs = {
         "plain loop": loop,
         "plain flower": median_run(plain_flower, flags, repeats),
-        "project": median_run(project, flags, repeats),
-        "project, --backend inprocess": median_run(project_in_process, flags, repeats),
+        "project (Ray)": median_run(project, flags, repeats),
+        "project (in process)": median_run(project_in_process, flags, repeats),
     }
     per_client = 1000 * loop.steady / client_rounds
     print(

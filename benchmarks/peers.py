@@ -12,7 +12,9 @@ before training and after every round. The contenders:
   clients the project's seeded sampling picks each round;
 - ``plain flower``: overhead.py's plain Flower app (a NumPyClient as in Flower's PyTorch
   quickstart, Flower's FedAvg and its own unseeded sampling) on Flower's simulation engine;
-- ``project``: ``run_simulation.py``'s simulation, as in overhead.py;
+- ``project (Ray)`` and ``project (in process)``: ``run_simulation.py``'s simulation with
+  ``--backend ray`` and ``--backend inprocess`` (``auto`` picks the latter on 2 CPUs), as in
+  overhead.py;
 - ``plain loop``: overhead.py's plain PyTorch loop in this process, for reference.
 
 Definitions as in overhead.py: round r runs from the end of round r-1's central evaluation
@@ -250,8 +252,8 @@ def main() -> None:
             "plain loop (reference)": plain_loop,
             "pfl": pfl,
             "plain flower": plain_flower,
-            "project": project_run,
-            "project, --backend inprocess": project_in_process,
+            "project (Ray)": project_run,
+            "project (in process)": project_in_process,
         }
         problem = pfl.problem()
         runs: dict[str, list[Timing]] = {}
@@ -273,7 +275,7 @@ def main() -> None:
     if problem is not None:
         print(problem)
     else:
-        same = all(t.cohorts == runs["project"][0].cohorts for t in runs["pfl"])
+        same = all(t.cohorts == runs["project (Ray)"][0].cohorts for t in runs["pfl"])
         print(
             f"pfl {pfl.info['pfl']} (torch {pfl.info['torch']}, {pfl.info['threads']} torch "
             f"threads, {pfl.info['device']}), single process (SimulatedBackend; its "
@@ -289,8 +291,9 @@ def main() -> None:
     )
     print(
         "The plain loop trains with "
-        f"{torch.get_num_threads()} torch threads in this process; the two Flower "
-        "simulations run one single-threaded client per CPU on Ray."
+        f"{torch.get_num_threads()} torch threads in this process; plain flower and "
+        "project (Ray) run one single-threaded client per CPU on Ray, project (in process) "
+        "one client at a time on one thread."
     )
 
 

@@ -226,6 +226,9 @@ def simulation_flags(
         "--batch-size", "64",
         "--device", "cpu",
         "--num-cpus", "1",
+        # On Ray (what --backend auto picks only from 4 CPUs on): its processes' memory is
+        # part of what this measures.
+        "--backend", "ray",
         "--output-dir", output_dir,
         "--run-name", f"scale-{num_clients}",
     ]  # fmt: skip

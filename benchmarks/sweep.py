@@ -3,12 +3,14 @@
 Runs ``run_simulation.py`` as a user does, each command in a fresh process with private
 Ray and Flower folders: once ``--compare fedavg hybrid --seeds 1 2`` (four runs of the
 default configuration inside one start of Flower's engine), once ``--strategy fedavg
---seed 1`` alone; prints both wall times and their ratio. Before the engine served a
-whole sweep, the comparison cost about 4× the run alone (every run started the engine
-and its client actors again).
+--seed 1`` alone; prints both wall times and their ratio, for each backend (Ray, and the
+clients in this process, which ``--backend auto`` picks on 2 CPUs). Before the engine served
+a whole sweep, the comparison on Ray cost about 4× the run alone (every run started the
+engine and its client actors again). In this process there is no start to share: the
+ratio is about the runs' count, the wall times are what to compare.
 
-    python benchmarks/sweep.py                      # the default run, about 1 minute on 2 cores
-    python benchmarks/sweep.py --num-server-rounds 3
+    python benchmarks/sweep.py                      # the default run, about 1.5 minutes on 2 cores
+    python benchmarks/sweep.py --num-server-rounds 3 --backends ray
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from run_simulation import BACKENDS
 from tests.processes import isolated_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +43,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--num-server-rounds", default="10", help="rounds of every run")
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="--backend of each"
+    )
     options = parser.parse_args(argv)
-    rounds = ["--num-server-rounds", options.num_server_rounds]
-    sweep = wall_time(["--compare", "fedavg", "hybrid", "--seeds", "1", "2", *rounds])
-    alone = wall_time(["--strategy", "fedavg", "--seed", "1", *rounds])
     print(f"default run, {options.num_server_rounds} rounds, wall time of the command\n")
-    print("| command | runs | wall (s) | × one run alone |\n| --- | ---: | ---: | ---: |")
-    print(f"| `--strategy fedavg --seed 1` | 1 | {alone:.1f} | 1.00 |")
-    print(f"| `--compare fedavg hybrid --seeds 1 2` | 4 | {sweep:.1f} | {sweep / alone:.2f} |")
+    print("| backend | command | runs | wall (s) | × one run alone |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for backend in options.backends:
+        flags = ["--num-server-rounds", options.num_server_rounds, "--backend", backend]
+        sweep = wall_time(["--compare", "fedavg", "hybrid", "--seeds", "1", "2", *flags])
+        alone = wall_time(["--strategy", "fedavg", "--seed", "1", *flags])
+        print(f"| {backend} | `--strategy fedavg --seed 1` | 1 | {alone:.1f} | 1.00 |")
+        print(
+            f"| {backend} | `--compare fedavg hybrid --seeds 1 2` | 4 | {sweep:.1f} "
+            f"| {sweep / alone:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -664,3 +664,25 @@ def test_the_pool_is_sized_by_the_clients_a_round_asks_for() -> None:
     assert pool("--num-clients", "100", "--num-nodes", "7") == 7
     assert pool("--num-clients", "100", "--num-nodes", "per-client") is None
     assert pool("--secure-aggregation", "--fraction-evaluate", "0") is None  # node state
+
+
+@pytest.mark.parametrize(
+    ("cpus", "flags", "backend"),
+    [
+        (2, [], "inprocess"),  # 2 clients at a time: Ray's start and dispatch do not pay
+        (3, [], "inprocess"),
+        (4, [], "ray"),
+        (8, ["--num-cpus", "2"], "ray"),
+        (8, ["--num-cpus", "4"], "inprocess"),
+        (2, ["--num-gpus", "0.5"], "ray"),  # only Ray places clients on GPUs
+        (2, ["--ray-address", "127.0.0.1:6379"], "ray"),  # a cluster is Ray's
+        (2, ["--fault-kind", "straggle", "--fault-fraction", "0.2"], "ray"),
+        (16, ["--backend", "inprocess"], "inprocess"),  # asked for: kept
+        (2, ["--backend", "ray"], "ray"),
+    ],
+)
+def test_the_auto_backend_runs_ray_where_clients_side_by_side_pay(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, flags: list[str], backend: str
+) -> None:
+    monkeypatch.setattr(run_simulation.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert run_simulation.parse(flags).simulation.backend == backend

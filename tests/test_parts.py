@@ -14,13 +14,18 @@ from fl_app import parts
 from fl_app.config import ConfigError, CoreKeys, RunConfig, key_of
 from tests.processes import ROOT
 
-SKIPPED = {".venv", ".venv-ci", "outputs", "data", "site", ".git"}
+SKIPPED = {"outputs", "data", "site"}  # and hidden ones: .git, venvs (.venv-pfl), caches
 
 
 def python_files() -> list[Path]:
-    return [
-        path for path in ROOT.rglob("*.py") if not SKIPPED & set(path.relative_to(ROOT).parts[:1])
-    ]
+    tops = [top for top in ROOT.iterdir() if top.name not in SKIPPED]
+    tops = [top for top in tops if not top.name.startswith(".")]
+    return sorted(
+        path
+        for top in tops
+        for path in ([top] if top.is_file() else top.rglob("*.py"))
+        if path.suffix == ".py"
+    )
 
 
 def part_of(path: Path) -> str | None:
