@@ -14,6 +14,9 @@ engine's passes take the CPU from training; at Flower's 0.1 s, a round waits 50 
 ``gap`` s after the look before (so a burst of one message per client does not make one
 pass per message over 1,000 nodes), and at the latest after ``FALLBACK`` s (anything the
 LinkState makes without storing it, as an error reply for an expired message).
+:meth:`Arrivals.wait_replies` wakes a grid's caller only when a reply to one of its own
+messages is stored: the legacy half waits in one thread per client, and each one looking
+at every reply cost the client that trains a tenth of its CPU.
 
 It also has the engine's threads notice the end of a run within ``STOP_NOTICE`` s: Flower's
 worker and reply threads wait on an empty queue for 1 s before they look at the stop event
@@ -51,14 +54,39 @@ class Arrivals:
     def __init__(self) -> None:
         self.stored: dict[Kind, int] = {"ins": 0, "res": 0}
         self.changed = threading.Condition()
+        # Replies stored and not yet pulled, by the message they answer; a waiter's event.
+        self.replied: set[str] = set()
+        self.waiters: dict[str, threading.Event] = {}
 
     def count(self, kind: Kind) -> int:
         return self.stored[kind]
 
-    def store(self, kind: Kind) -> None:
+    def store(self, kind: Kind, reply_to: str = "") -> None:
         with self.changed:
             self.stored[kind] += 1
+            if kind == "res":
+                self.replied.add(reply_to)
+                if (waiter := self.waiters.get(reply_to)) is not None:
+                    waiter.set()
             self.changed.notify_all()
+
+    def wait_replies(self, message_ids: set[str], timeout: float) -> None:
+        """Until a reply to one of ``message_ids`` is stored (at most ``timeout`` s, or
+        ``FALLBACK``); replies already stored and not yet :meth:`pulled` return at once."""
+        event = threading.Event()
+        with self.changed:
+            if self.replied & message_ids:
+                return
+            self.waiters |= dict.fromkeys(message_ids, event)
+        event.wait(min(timeout, FALLBACK))
+        with self.changed:
+            for message_id in message_ids:
+                self.waiters.pop(message_id, None)
+
+    def pulled(self, message_ids: set[str]) -> None:
+        """The replies to ``message_ids`` were taken from the LinkState."""
+        with self.changed:
+            self.replied -= message_ids
 
     def wait(self, kind: Kind, seen: int, looked: float, gap: float, timeout: float) -> None:
         """Until ``kind``'s count is past ``seen`` (or ``timeout`` s), and ``gap`` s after
@@ -87,7 +115,7 @@ def arrivals(gap: float) -> Iterator[Arrivals]:
     def counting(kind: Kind, store: Callable[[Any, Any], str | None]) -> Callable[..., Any]:
         def stored(self: Any, message: Any) -> str | None:
             message_id = store(self, message)
-            counts.store(kind)
+            counts.store(kind, message.metadata.reply_to_message_id)
             return message_id
 
         return stored

@@ -97,22 +97,24 @@ class PolledGrid(Grid):
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
         """Flower's loop (push, then pull until every reply is in or ``timeout`` s
         passed), waiting ``interval`` s between pulls; in a simulation's LinkState
-        (``fl_app.arrivals``), until a reply is stored, and at least ``interval`` s."""
+        (``fl_app.arrivals``), until a reply to one of these messages is stored, and at
+        least ``interval`` s."""
         counts = arrivals.CURRENT if isinstance(self.grid, InMemoryGrid) else None
         waiting = set(self.grid.push_messages(messages))
         end = time.monotonic() + (timeout if timeout is not None else math.inf)
         replies: list[Any] = []
         while (looked := time.monotonic()) < end:
-            seen = counts.count("res") if counts is not None else 0
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
-            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            answered = {reply.metadata.reply_to_message_id for reply in pulled}
+            waiting -= answered
+            if counts is not None:
+                counts.pulled(answered)
             if not waiting:
                 break
-            if counts is None:
-                time.sleep(self.interval)
-            else:
-                counts.wait("res", seen, looked, self.interval, end - time.monotonic())
+            if counts is not None:
+                counts.wait_replies(waiting, end - time.monotonic())
+            time.sleep(max(0.0, looked + self.interval - time.monotonic()))
         return replies
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +17,31 @@ import run_simulation
 import strategies
 from fl_app import arrivals
 
-pytestmark = pytest.mark.slow  # Flower's engine, with the clients in this process
-
 ROUNDS, CLIENTS, PER_ROUND = 2, 10, 4
 
 
+def test_a_grid_caller_wakes_for_a_reply_to_its_own_messages_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arrivals, "FALLBACK", 30.0)  # no wake-up but a reply's
+    counts = arrivals.Arrivals()
+    waiter = threading.Thread(target=counts.wait_replies, args=({"a", "b"}, 30.0))
+    waiter.start()
+    counts.store("res", reply_to="c")  # another caller's reply
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    counts.store("res", reply_to="b")
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert counts.waiters == {}
+    # A reply stored before its caller waits (and not yet pulled) returns at once.
+    counts.wait_replies({"b"}, 30.0)
+    counts.pulled({"b", "c"})
+    assert counts.replied == set()
+    assert counts.stored == {"ins": 0, "res": 2}
+
+
+@pytest.mark.slow  # Flower's engine, with the clients in this process
 @pytest.mark.parametrize("api", strategies.FLOWER_APIS)
 def test_every_message_and_reply_of_a_run_is_counted_and_flowers_code_is_back_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str
