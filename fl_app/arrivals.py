@@ -34,6 +34,11 @@ from typing import Any, Literal
 
 Kind = Literal["ins", "res"]
 FALLBACK = 0.1  # seconds: Flower's own wait, the longest a look is put off
+# seconds: the longest a grid's caller waits for its replies between looks. Every reply
+# the engine makes is stored (an error reply for a failed client too); only one for a
+# message whose TTL ran out is made when looked for: at most this late. Longer than
+# FALLBACK: a round of 1,000 clients has 1,000 threads waiting.
+REPLY_FALLBACK = 1.0
 STOP_NOTICE = 0.05  # seconds: the longest an engine thread waits on an empty queue
 
 
@@ -72,13 +77,13 @@ class Arrivals:
 
     def wait_replies(self, message_ids: set[str], timeout: float) -> None:
         """Until a reply to one of ``message_ids`` is stored (at most ``timeout`` s, or
-        ``FALLBACK``); replies already stored and not yet :meth:`pulled` return at once."""
+        ``REPLY_FALLBACK``); replies already stored and not yet :meth:`pulled` return at once."""
         event = threading.Event()
         with self.changed:
             if self.replied & message_ids:
                 return
             self.waiters |= dict.fromkeys(message_ids, event)
-        event.wait(min(timeout, FALLBACK))
+        event.wait(min(timeout, REPLY_FALLBACK))
         with self.changed:
             for message_id in message_ids:
                 self.waiters.pop(message_id, None)

@@ -23,7 +23,7 @@ ROUNDS, CLIENTS, PER_ROUND = 2, 10, 4
 def test_a_grid_caller_wakes_for_a_reply_to_its_own_messages_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(arrivals, "FALLBACK", 30.0)  # no wake-up but a reply's
+    monkeypatch.setattr(arrivals, "REPLY_FALLBACK", 30.0)  # no wake-up but a reply's
     counts = arrivals.Arrivals()
     waiter = threading.Thread(target=counts.wait_replies, args=({"a", "b"}, 30.0))
     waiter.start()
