@@ -14,7 +14,7 @@ column is each rule's aggregation time for one round of 10 updates of this model
 Each row's runs (every column × every seed) run in one start of Flower's engine
 (``run_simulation.sweep``). Prints a Markdown table.
 
-    python benchmarks/robustness.py                  # about 23 minutes on 2 cores
+    python benchmarks/robustness.py                  # about 3 minutes on 2 cores
     python benchmarks/robustness.py --rounds 10 --seeds 1 2 3 4 5
 """
 
