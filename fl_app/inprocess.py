@@ -16,6 +16,7 @@ stops the run); Ray runs clients in parallel, on several cores, GPUs or machines
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -48,13 +49,20 @@ class InProcessBackend(Backend):
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
         """The ClientApp's reply, as Flower's Ray actor gives it (``ray_actor.py``, ``run``):
         a failing app is a ``ClientAppException``, which the engine answers with an error
-        reply."""
+        reply.
+
+        The app gets its own copy of the message, as an actor does (Ray pickles it): the
+        LinkState's message may share records with other nodes' messages (SecAgg+'s
+        workflow sends one ConfigRecord to all, and Flower's ``secaggplus_mod`` pops its
+        ``stage`` key), so an app that changes what it received must not change theirs.
+        """
         if self.app_fn is None:
             raise ValueError("build() the backend before it processes messages")
+        own = pickle.loads(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self.app_fn()(message=message, context=context), context
+            return self.app_fn()(message=own, context=context), context
         except LoadClientAppError:
             raise
         except Exception as ex:
