@@ -86,7 +86,7 @@ SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
 # process, one client at a time (fl_app/inprocess.py); AUTO_BACKEND picks one (pick_backend).
 BACKENDS = ("ray", "inprocess")
 AUTO_BACKEND = "auto"
-# Ray's start (about 9 s) and its dispatch per message (about 4 ms more than in process)
+# Ray's start (about 9 s) and its dispatch per message (about 5 ms more than in process)
 # pay off only with several clients side by side: from this many on (docs/performance.md).
 RAY_FROM_WORKERS = 4
 # --num-nodes: a pool sized by the clients a round asks for, or one node per client.
