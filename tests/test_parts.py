@@ -18,8 +18,7 @@ SKIPPED = {"outputs", "data", "site"}  # and hidden ones: .git, venvs (.venv-pfl
 
 
 def python_files() -> list[Path]:
-    tops = [top for top in ROOT.iterdir() if top.name not in SKIPPED]
-    tops = [top for top in tops if not top.name.startswith(".")]
+    tops = [top for top in ROOT.iterdir() if not (top.name in SKIPPED or top.name[0] == ".")]
     return sorted(
         path
         for top in tops
