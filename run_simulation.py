@@ -44,23 +44,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-import fl_app.presets  # part: presets
-import fl_app.ray_cluster  # part: ray-cluster
-from fl_app.arrivals import arrivals
+import fl_app.parts.presets  # part: presets
+import fl_app.parts.ray_cluster  # part: ray-cluster
 from fl_app.centralized import CENTRALIZED, check_pooled, train_centrally
-from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from fl_app.comparison import SeedRun, write_comparison
-from fl_app.config import (
+from fl_app.engine.arrivals import arrivals
+from fl_app.engine.loopback import loopback_ray
+from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from fl_app.kit.config import (
     SWEEP_RUN_KEY,
     ConfigError,
     Preset,
     RunConfig,
     describe_choices,
 )
-from fl_app.keys import key_of
-from fl_app.localhost import loopback_ray
-from fl_app.parts import absent_flag, unknown_key
-from fl_app.results import (
+from fl_app.kit.keys import key_of
+from fl_app.kit.results import (
     RoundCollector,
     RoundRecord,
     RunListener,
@@ -70,6 +69,7 @@ from fl_app.results import (
     summarize,
     write_json_atomically,
 )
+from fl_app.parts import absent_flag, unknown_key
 from strategies.core import NothingAggregatedError
 from strategies.privacy import count_stddev, update_noise_multiplier
 
@@ -83,7 +83,7 @@ SECAGG_MAX_CLIENTS = 1024
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
 # --backend: where the engine runs the clients: Ray actors (Flower's own backend), or this
-# process, one client at a time (fl_app/inprocess.py); AUTO_BACKEND picks one (pick_backend).
+# process, one client at a time (fl_app/engine/inprocess.py); AUTO_BACKEND picks one (pick_backend).
 BACKENDS = ("ray", "inprocess")
 AUTO_BACKEND = "auto"
 # Ray's start (about 9 s) and its dispatch per message (about 5 ms more than in process)
@@ -96,12 +96,12 @@ Variants = dict[str, dict[str, Any]]
 
 # Ready-made scenarios by name (--preset): the optional part presets.
 PRESETS: dict[str, Preset] = {
-    **fl_app.presets.PRESETS,  # part: presets
+    **fl_app.parts.presets.PRESETS,  # part: presets
 }
 # What checks the cluster --ray-address names, before any run: the optional part
 # ray-cluster (without it, the runs join the cluster unchecked).
 CLUSTER_CHECKS: list[Callable[[str, float, float], str]] = [
-    fl_app.ray_cluster.check_cluster,  # part: ray-cluster
+    fl_app.parts.ray_cluster.check_cluster,  # part: ray-cluster
 ]
 
 
@@ -581,7 +581,7 @@ def simulate(
     # The private Ray Flower starts here listens on loopback; a joined cluster is the user's.
     backend: contextlib.AbstractContextManager[None]
     if simulation.backend == "inprocess":
-        from fl_app.inprocess import in_process_clients
+        from fl_app.engine.inprocess import in_process_clients
 
         backend = in_process_clients()
     else:

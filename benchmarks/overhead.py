@@ -47,11 +47,11 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import run_simulation
-from fl_app.config import RunConfig
 from fl_app.data import data_spec, load_client_data, load_server_data, pool
+from fl_app.kit.config import RunConfig
+from fl_app.kit.results import RoundRecord, RunListener
+from fl_app.kit.seeds import seed_for
 from fl_app.models import build_model
-from fl_app.results import RoundRecord, RunListener
-from fl_app.seeds import seed_for
 from fl_app.training import evaluate, get_weights, set_weights, train_as_configured
 
 WORKLOADS = {

@@ -32,10 +32,10 @@ from rich.console import Console
 
 import run_simulation
 import strategies
-from fl_app.config import RunConfig
 from fl_app.data import data_spec
+from fl_app.kit.config import RunConfig
+from fl_app.kit.results import summarize
 from fl_app.models import build_model
-from fl_app.results import summarize
 from fl_app.training import get_weights
 from strategies.core import ClientUpdate, encode_tensors
 

@@ -44,7 +44,7 @@ import numpy as np
 from rich.console import Console
 
 import run_simulation
-from fl_app.results import RoundRecord, RunListener
+from fl_app.kit.results import RoundRecord, RunListener
 from strategies.sampling import SAMPLINGS
 from tests.processes import TAG_VARIABLE, isolated_env, leftovers
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import timeit
 from collections.abc import Sequence
 
-from fl_app.config import ConfigError, RunConfig
 from fl_app.data import ArrayDataset, dataset_of, load_client_data
-from fl_app.results import RoundRecord, RunListener, RunWriter, run_directory
-from fl_app.seeds import seed_for
+from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.results import RoundRecord, RunListener, RunWriter, run_directory
+from fl_app.kit.seeds import seed_for
 from fl_app.training import ServerModel, get_weights, train_as_configured
 
 CENTRALIZED = "centralized"

@@ -39,7 +39,6 @@ from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
 import strategies
-from fl_app.config import SWEEP_RUN_KEY, RunConfig
 from fl_app.data import (
     ArrayDataset,
     ClientData,
@@ -48,11 +47,12 @@ from fl_app.data import (
     load_client_data,
     task_of,
 )
+from fl_app.engine.loopback import loopback_in_flowers_simulation
 from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
-from fl_app.localhost import loopback_in_flowers_simulation
+from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
+from fl_app.kit.results import RAY_NODE
+from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.models import build_model
-from fl_app.results import RAY_NODE
-from fl_app.seeds import rng_for, seed_for
 from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
 from strategies.message import TEXT_METRICS
 from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update

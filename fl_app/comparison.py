@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_app.results import (
+from fl_app.kit.results import (
     RoundRecord,
     finite,
     plot_curves,

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.seeds import rng_for, seed_for
+from fl_app.kit.seeds import rng_for, seed_for
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from fl_app.kit.config import RunConfig
 
 FloatArray = NDArray[np.float32]
 TargetArray = NDArray[Any]  # int64 class labels, or float32 (N, targets) for regression

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.config import RunConfig
-from fl_app.seeds import rng_for
+from fl_app.kit.config import RunConfig
+from fl_app.kit.seeds import rng_for
 
 Arrays = list[NDArray[Any]]
 BEFORE_TRAINING = ("raise", "straggle")

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fl_app.config import ConfigError
-from fl_app.seeds import seed_for
+from fl_app.kit.config import ConfigError
+from fl_app.kit.seeds import seed_for
 
 ModelBuilder = Callable[[tuple[int, ...], int], nn.Module]
 

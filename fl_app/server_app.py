@@ -27,10 +27,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import strategies
-from fl_app import arrivals
-from fl_app.checkpoint import CHECKPOINT_FILE, Checkpoint
-from fl_app.config import RunConfig
-from fl_app.results import RunListener, RunWriter, run_directory
+from fl_app.engine import arrivals
+from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
+from fl_app.kit.config import RunConfig
+from fl_app.kit.results import RunListener, RunWriter, run_directory
 from fl_app.server_loop import (
     ExperimentServer,
     RoundRecorder,
@@ -97,7 +97,7 @@ class PolledGrid(Grid):
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
         """Flower's loop (push, then pull until every reply is in or ``timeout`` s
         passed), waiting ``interval`` s between pulls; in a simulation's LinkState
-        (``fl_app.arrivals``), until a reply to one of these messages is stored, and at
+        (``fl_app.engine.arrivals``), until a reply to one of these messages is stored, and at
         least ``interval`` s."""
         counts = arrivals.CURRENT if isinstance(self.grid, InMemoryGrid) else None
         waiting = set(self.grid.push_messages(messages))

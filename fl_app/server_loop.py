@@ -31,8 +31,8 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as MessageStrategy
 
-from fl_app.checkpoint import Checkpoint, save_checkpoint
-from fl_app.results import RAY_NODE, RoundRecord, RunListener, format_round
+from fl_app.kit.checkpoint import Checkpoint, save_checkpoint
+from fl_app.kit.results import RAY_NODE, RoundRecord, RunListener, format_round
 from strategies.core import NothingAggregatedError, RuleAdapter, Stateful, StrategyState
 
 # Central evaluation of a global model: the record's ``central_*`` entries.

@@ -21,7 +21,7 @@ from fl_app.data import ArrayDataset, load_server_data, task_of
 from fl_app.models import build_model
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from fl_app.kit.config import RunConfig
 
 Weights = list[NDArray[np.float32]]
 

@@ -34,7 +34,7 @@ from typing import Any, Self
 
 import tomli_w
 
-from fl_app.localhost import BIN, flower_env, free_port
+from fl_app.kit.local import BIN, flower_env, free_port
 
 SCRIPTS = Path(__file__).resolve().parent
 STATE_FILE = "deployment.json"

@@ -35,7 +35,7 @@ from pathlib import Path
 if not __package__:  # run as a script: import `scripts.` from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_app.localhost import flower_env
+from fl_app.kit.local import flower_env
 from scripts import local_deployment as ld
 
 CONNECTION = "netns-deployment"

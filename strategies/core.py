@@ -401,7 +401,7 @@ class ServerOptions:
     @classmethod
     def from_config(cls, config: Any) -> Self:
         """These options read from ``config`` (any object with an attribute per field,
-        e.g. :class:`fl_app.config.RunConfig`)."""
+        e.g. :class:`fl_app.kit.config.RunConfig`)."""
         return cls(**{name: getattr(config, name) for name in cls.field_names()})
 
     @classmethod

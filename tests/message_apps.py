@@ -34,8 +34,8 @@ from torch import nn
 
 import strategies
 from fl_app.client_app import client_app_for
-from fl_app.config import RunConfig
 from fl_app.data import data_spec, load_client_data, load_server_data
+from fl_app.kit.config import RunConfig
 from fl_app.models import build_model
 from fl_app.training import evaluate, get_weights, set_weights
 

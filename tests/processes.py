@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from pathlib import Path
 from typing import Any
 
-from fl_app.localhost import flower_env, free_port
+from fl_app.kit.local import flower_env, free_port
 
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def _state(pid: int) -> str:
 def isolated_env() -> Iterator[dict[str, str]]:
     """An environment for Flower/Ray subprocesses: private homes, offline, a tag.
 
-    It is :func:`fl_app.localhost.flower_env` (this venv's Flower commands first
+    It is :func:`fl_app.kit.local.flower_env` (this venv's Flower commands first
     on PATH, no telemetry, no runtime dependency install) plus private Flower and Ray
     folders and a tag. On exit every process started with it is stopped, also when the
     test failed.

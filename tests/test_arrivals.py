@@ -15,7 +15,7 @@ from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkStat
 
 import run_simulation
 import strategies
-from fl_app import arrivals
+from fl_app.engine import arrivals
 
 ROUNDS, CLIENTS, PER_ROUND = 2, 10, 4
 

@@ -14,9 +14,9 @@ import run_simulation
 import strategies
 from fl_app import data as fl_data
 from fl_app import models as fl_models
-from fl_app.config import ConfigError, CoreKeys, RunConfig, key_of, with_generated_table
-from fl_app.config import main as config_main
 from fl_app.faults import FAULT_KINDS
+from fl_app.kit.config import ConfigError, CoreKeys, RunConfig, key_of, with_generated_table
+from fl_app.kit.config import main as config_main
 from strategies.hybrid import ROBUST_FILTERS
 from strategies.privacy import DP_CLIPPINGS, DP_MODES
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
@@ -428,7 +428,7 @@ def parsed(argv: list[str]) -> tuple[RunConfig, run_simulation.Simulation, dict[
 
 def test_pyproject_table_is_the_one_runconfig_generates() -> None:
     text = (ROOT / "pyproject.toml").read_text()
-    assert with_generated_table(text) == text, "run: python -m fl_app.config --write"
+    assert with_generated_table(text) == text, "run: python -m fl_app.kit.config --write"
     assert config_main([str(ROOT / "pyproject.toml")]) == 0
 
 

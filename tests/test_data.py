@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from fl_app import data as fl_data
-from fl_app.config import RunConfig
 from fl_app.data import (
     SYNTHETIC_FEATURES,
     ArrayDataset,
@@ -26,7 +25,8 @@ from fl_app.data import (
     pool,
     synthetic_device,
 )
-from fl_app.seeds import rng_for
+from fl_app.kit.config import RunConfig
+from fl_app.kit.seeds import rng_for
 
 NUM_PARTITIONS = 10
 PARTITIONERS = tuple(fl_data.PARTITIONERS)
@@ -73,7 +73,7 @@ def all_digits() -> ArrayDataset:
 def test_a_default_client_imports_neither_scikit_learn_nor_flwr_datasets() -> None:
     # Each import costs every simulation worker (and every deployment message) a second.
     code = (
-        "import sys; from fl_app.config import RunConfig; from fl_app.data import "
+        "import sys; from fl_app.kit.config import RunConfig; from fl_app.data import "
         "load_client_data; load_client_data(RunConfig(), 3, 10); "
         "print(sorted({'sklearn', 'flwr_datasets', 'datasets'} & set(sys.modules)))"
     )

@@ -15,7 +15,7 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 import strategies
-from fl_app.config import ConfigError, RunConfig
+from fl_app.kit.config import ConfigError, RunConfig
 from strategies.flower_robust import BASELINES, FlowerRobustOptions
 from tests.fakes import results_of
 from tests.test_config import assert_one_line_error
@@ -107,7 +107,7 @@ def test_bad_baseline_knobs_name_the_knob(knob: str, value: Any) -> None:
         FlowerRobustOptions(**{knob: value})
 
 
-# ---- the part's config keys (fl_app/baseline_keys.py) and what they cannot run with ----
+# ---- the part's config keys (fl_app/parts/baseline_keys.py) and what they cannot run with ----
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.server.superlink.fleet.vce.backend import BackendConfig
 
-from fl_app.inprocess import InProcessBackend
+from fl_app.engine.inprocess import InProcessBackend
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

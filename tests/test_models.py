@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fl_app.config import ConfigError, RunConfig
 from fl_app.data import ArrayDataset, pool
+from fl_app.kit.config import ConfigError, RunConfig
 from fl_app.models import MODELS, build_model
 from fl_app.training import evaluate, get_weights, set_weights, train
 

@@ -1,4 +1,4 @@
-"""The optional parts (fl_app/parts.py): each is reached only through its registration
+"""The optional parts (fl_app/parts/__init__.py): each is reached only through its registration
 lines, its keys are its own, and a key or flag of a part that is gone is one clear line."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 import run_simulation
 from fl_app import parts
-from fl_app.config import ConfigError, CoreKeys, RunConfig, key_of
+from fl_app.kit.config import ConfigError, CoreKeys, RunConfig, key_of
 from tests.processes import ROOT
 
 SKIPPED = {"outputs", "data", "site"}  # and hidden ones: .git, venvs (.venv-pfl), caches

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import run_simulation
-from fl_app.presets import PRESETS
+from fl_app.parts.presets import PRESETS
 from tests.processes import read_history, run_simulation_cli
 from tests.test_config import parsed
 

@@ -24,8 +24,8 @@ from opacus.data_loader import DPDataLoader
 import run_simulation
 import strategies
 from fl_app.client_app import make_client
-from fl_app.config import ConfigError, RunConfig
-from fl_app.seeds import rng_for
+from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.seeds import rng_for
 from strategies.core import NothingAggregatedError, StrategyState
 from strategies.privacy import (
     dp_sgd_schedule,

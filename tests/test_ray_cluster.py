@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import run_simulation
-from fl_app.ray_cluster import ray_node
+from fl_app.parts.ray_cluster import ray_node
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,

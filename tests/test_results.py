@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from fl_app.config import RunConfig
-from fl_app.results import (
+from fl_app.kit.config import RunConfig
+from fl_app.kit.results import (
     METRICS_COLUMNS,
     RunWriter,
     describe,

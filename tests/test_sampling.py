@@ -20,7 +20,7 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 import strategies
-from fl_app.config import RunConfig
+from fl_app.kit.config import RunConfig
 from fl_app.server_app import build_strategy
 from fl_app.training import ServerModel
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, SeededSampler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl_app.seeds import rng_for, seed_for
+from fl_app.kit.seeds import rng_for, seed_for
 
 
 def test_the_same_seed_purpose_and_ids_give_the_same_stream() -> None:

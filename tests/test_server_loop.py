@@ -23,7 +23,7 @@ from flwr.common import (
 from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from fl_app.results import RoundRecord, RunListener
+from fl_app.kit.results import RoundRecord, RunListener
 from fl_app.server_loop import ExperimentServer, RoundRecorder
 from strategies import FedAvg
 from tests.fakes import OK

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import strategies
-from fl_app.results import METRICS_COLUMNS
+from fl_app.kit.results import METRICS_COLUMNS
 from tests.processes import on_loopback, read_history, run_python, without_timings
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Start your own app from this template: a copy without any optional part still works.
 
-The test copies the project, deletes every part of fl_app/parts.py (its files and its
+The test copies the project, deletes every part of fl_app/parts/__init__.py (its files and its
 registration lines, those ending in ``# part: <name>``), regenerates the pyproject's
 config table, and then, in the copy: the quick tests pass, the default simulation trains
 on both Flower API halves, and a key of a deleted part is refused in one line.
@@ -37,7 +37,9 @@ def slim_copy(destination: Path) -> Path:
     for part in PARTS.values():
         for path in part.files:
             target = destination / path
-            assert target.exists(), f"{path} is listed in fl_app/parts.py but not in the project"
+            assert target.exists(), (
+                f"{path} is listed in fl_app/parts/__init__.py but not in the project"
+            )
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     for path in destination.rglob("*.py"):
         lines = path.read_text().splitlines(keepends=True)
@@ -52,7 +54,7 @@ def test_a_copy_without_the_optional_parts_tests_and_trains(tmp_path: Path) -> N
     assert not (copy / "fl_app" / "tracking.py").exists()
     assert not (copy / "scripts").exists()
 
-    regenerated = run_python(["-m", "fl_app.config", "--write"], timeout=60, cwd=copy)
+    regenerated = run_python(["-m", "fl_app.kit.config", "--write"], timeout=60, cwd=copy)
     assert regenerated.returncode == 0, regenerated.stderr
     assert "tracker =" not in (copy / "pyproject.toml").read_text()
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_app import tracking_keys
-from fl_app.config import ConfigError, RunConfig
-from fl_app.tracking import TRACKERS, Tracker, start_tracker
+from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.parts import tracking_keys
+from fl_app.parts.tracking import TRACKERS, Tracker, start_tracker
 from tests.processes import ROOT, read_history, run_python
 from tests.test_config import assert_one_line_error
 
@@ -320,8 +320,8 @@ def test_a_missing_package_stops_the_run_with_one_line_naming_the_extra(
 def test_choosing_a_tracker_imports_no_tracking_package_until_the_run_starts() -> None:
     code = (
         "import sys\n"
-        "from fl_app.config import RunConfig\n"
-        "import fl_app.tracking\n"
+        "from fl_app.kit.config import RunConfig\n"
+        "import fl_app.parts.tracking\n"
         f"for name in {TRACKING!r}:\n"
         "    RunConfig(tracker=name)\n"
         "loaded = {'tensorboard', 'mlflow', 'wandb', 'torch.utils.tensorboard'} & set(sys.modules)\n"
@@ -356,7 +356,7 @@ def test_simulation_logs_the_central_accuracy_of_every_round(tmp_path: Path, tra
     assert logged == expected
 
 
-# ---- the config key ``tracker`` (the part's own, fl_app/tracking_keys.py) -------------
+# ---- the config key ``tracker`` (the part's own, fl_app/parts/tracking_keys.py) -------------
 
 
 def test_the_key_tracker_allows_the_registered_trackers() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fl_app.keys import option
+from fl_app.kit.keys import option
 from strategies.flower_robust import FlowerRobustOptions
 
 DEFAULTS = FlowerRobustOptions()

@@ -1,6 +1,6 @@
 """Experiment tracking: each round's numbers in TensorBoard, MLflow or Weights & Biases.
 
-Off by default (``tracker = "none"``). A tracker is a :class:`~fl_app.results.RunListener`
+Off by default (``tracker = "none"``). A tracker is a :class:`~fl_app.kit.results.RunListener`
 that the ServerApp adds beside the results files (``run_simulation.py`` and ``flwr run``
 alike): after every round it logs the finite numbers of the newest round record
 (``central_accuracy``, ``central_loss``, ``federated_*``, ``train_loss``, ``sampled``,
@@ -30,8 +30,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from fl_app.config import ConfigError, RunConfig
-from fl_app.results import NDArrays, RoundRecord, RunListener
+from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.results import NDArrays, RoundRecord, RunListener
 
 INSTALL = 'pip install -e ".[tracking]"'
 EXPERIMENT = "fl-template"

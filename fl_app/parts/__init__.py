@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARKER = "# part: "
 _REGISTRATION = re.compile(re.escape(MARKER) + r"([a-z][a-z-]*)$")
 
@@ -52,26 +52,30 @@ class Part:
 PARTS: dict[str, Part] = {
     "tracking": Part(
         "experiment tracking in TensorBoard, MLflow or Weights & Biases",
-        ("fl_app/tracking.py", "fl_app/tracking_keys.py", "tests/test_tracking.py"),
-        module="fl_app.tracking",
+        ("fl_app/parts/tracking.py", "fl_app/parts/tracking_keys.py", "tests/test_tracking.py"),
+        module="fl_app.parts.tracking",
         keys=("tracker",),
     ),
     "flower-baselines": Part(
         "Flower's robust aggregators (flower-krum, flower-median, ...) as baselines",
-        ("strategies/flower_robust.py", "fl_app/baseline_keys.py", "tests/test_flower_robust.py"),
+        (
+            "strategies/flower_robust.py",
+            "fl_app/parts/baseline_keys.py",
+            "tests/test_flower_robust.py",
+        ),
         module="strategies.flower_robust",
         keys=("num-malicious-clients", "num-clients-to-keep", "trimmed-beta"),
     ),
     "presets": Part(
         "ready-made scenarios of run_simulation.py --preset",
-        ("fl_app/presets.py", "tests/test_presets.py"),
-        module="fl_app.presets",
+        ("fl_app/parts/presets.py", "tests/test_presets.py"),
+        module="fl_app.parts.presets",
         flags=("--preset",),
     ),
     "ray-cluster": Part(
         "starting Ray nodes and checking a cluster before run_simulation.py --ray-address joins it",
-        ("fl_app/ray_cluster.py", "tests/test_ray_cluster.py"),
-        module="fl_app.ray_cluster",
+        ("fl_app/parts/ray_cluster.py", "tests/test_ray_cluster.py"),
+        module="fl_app.parts.ray_cluster",
     ),
     "benchmarks": Part(
         "scripts that measure aggregation, overhead, peers, privacy, robustness, scale, "

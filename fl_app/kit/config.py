@@ -4,8 +4,8 @@ Each field is a key of ``[tool.flwr.app.config]`` in ``pyproject.toml`` (``snake
 here, ``kebab-case`` there) and a ``--flag`` of ``run_simulation.py``. A bad key or value
 stops the run at start with one line naming the key, the value and what is allowed.
 
-``RunConfig`` owns the defaults: ``python -m fl_app.config`` checks that the pyproject
-table holds them, ``python -m fl_app.config --write`` rewrites it. The strategy knobs'
+``RunConfig`` owns the defaults: ``python -m fl_app.kit.config`` checks that the pyproject
+table holds them, ``python -m fl_app.kit.config --write`` rewrites it. The strategy knobs'
 defaults are the strategies' own (their options dataclasses), read from there.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import strategies
-from fl_app.baseline_keys import BaselineKeys  # part: flower-baselines
-from fl_app.keys import BOUNDS, Choices, Registry, key_of, option
+from fl_app.kit.keys import BOUNDS, Choices, Registry, key_of, option
 from fl_app.parts import unknown_key
-from fl_app.tracking_keys import TrackingKeys  # part: tracking
+from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
+from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
 from strategies.privacy import DP_CLIPPINGS, DP_MODES, update_noise_multiplier
 from strategies.quality_weighted import (
@@ -37,7 +37,7 @@ from strategies.quality_weighted import (
 from strategies.sampling import SAMPLINGS
 
 if TYPE_CHECKING:
-    from fl_app.results import RunListener
+    from fl_app.kit.results import RunListener
 
 
 DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<name>")
@@ -529,7 +529,7 @@ def with_generated_table(pyproject: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fl_app.config [--write] [PYPROJECT]``: check (or rewrite) the pyproject table."""
+    """``python -m fl_app.kit.config [--write] [PYPROJECT]``: check (or rewrite) the pyproject table."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"{args.pyproject}: [tool.flwr.app.config] differs from RunConfig's defaults; "
-        "run `python -m fl_app.config --write`",
+        "run `python -m fl_app.kit.config --write`",
         file=sys.stderr,
     )
     return 1

@@ -19,8 +19,8 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from fl_app.config import RunConfig
-from fl_app.files import atomic_file, json_default
+from fl_app.kit.config import RunConfig
+from fl_app.kit.files import atomic_file, json_default
 
 # One flat record per round (see fl_app.server_loop.RoundRecorder for its keys).
 RoundRecord = dict[str, Any]

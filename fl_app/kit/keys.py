@@ -1,7 +1,7 @@
 """How a config key is declared: its default, help, allowed values and bounds.
 
-Apart from :mod:`fl_app.config` so that an optional part (docs/template.md) can declare
-its own keys in its own files, which ``RunConfig`` then inherits: ``fl_app.config``
+Apart from :mod:`fl_app.kit.config` so that an optional part (docs/template.md) can declare
+its own keys in its own files, which ``RunConfig`` then inherits: ``fl_app.kit.config``
 imports those files, so they cannot import it back.
 """
 

@@ -8,7 +8,7 @@ data and seed, then a table and a plot.
 from __future__ import annotations
 
 from fl_app.centralized import CENTRALIZED
-from fl_app.config import Preset
+from fl_app.kit.config import Preset
 
 PRESETS: dict[str, Preset] = {
     "linear-regression": Preset(

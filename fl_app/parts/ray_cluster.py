@@ -26,8 +26,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO
 
-from fl_app.config import ConfigError
-from fl_app.localhost import free_port
+from fl_app.kit.config import ConfigError
+from fl_app.kit.local import free_port
 
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 120.0

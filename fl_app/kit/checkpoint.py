@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.files import atomic_file, json_default
+from fl_app.kit.files import atomic_file, json_default
 
 CHECKPOINT_FILE = "checkpoint.npz"
 
