@@ -70,7 +70,7 @@ from fl_app.kit.results import (
     write_json_atomically,
 )
 from fl_app.parts import absent_flag, unknown_key
-from strategies.core import NothingAggregatedError
+from strategies.core.update import NothingAggregatedError
 from strategies.privacy import count_stddev, update_noise_multiplier
 
 if TYPE_CHECKING:

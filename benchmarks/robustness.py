@@ -37,7 +37,8 @@ from fl_app.kit.config import RunConfig
 from fl_app.kit.results import summarize
 from fl_app.models import build_model
 from fl_app.training import get_weights
-from strategies.core import ClientUpdate, encode_tensors
+from strategies.core.codec import encode_tensors
+from strategies.core.update import ClientUpdate
 
 SCENARIOS = {
     "clean": [],

@@ -33,7 +33,9 @@ from flwr.serverapp.strategy import Strategy as MessageStrategy
 
 from fl_app.kit.checkpoint import Checkpoint, save_checkpoint
 from fl_app.kit.results import RAY_NODE, RoundRecord, RunListener, format_round
-from strategies.core import NothingAggregatedError, RuleAdapter, Stateful, StrategyState
+from strategies.core.adapter import RuleAdapter
+from strategies.core.state import Stateful, StrategyState
+from strategies.core.update import NothingAggregatedError
 
 # Central evaluation of a global model: the record's ``central_*`` entries.
 CentralEvaluation = Callable[[NDArrays], dict[str, Scalar]]

@@ -9,7 +9,7 @@
 Importing this package imports no Flower: the legacy classes load on first use.
 
 Add a strategy: write ``strategies/my_rule.py`` with a subclass of
-:class:`~strategies.core.Rule` that implements ``coefficients`` (and, for new knobs, an
+:class:`~strategies.core.rule.Rule` that implements ``coefficients`` (and, for new knobs, an
 ``Options`` dataclass), then add one line to ``REGISTRY`` below.
 """
 
@@ -18,14 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from strategies import flower_robust  # part: flower-baselines
-from strategies.core import (
-    Rule,
-    ScoreFn,
-    ServerOptions,
-    build_rule,
-    secure_aggregation_problem,
-    take_knobs,
-)
+from strategies.core.adapter import build_rule, take_knobs
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule, secure_aggregation_problem
+from strategies.core.update import ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule

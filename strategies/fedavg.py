@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from strategies.aggregate import example_weights
-from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate, Coefficients
 
 
 class FedAvgRule(Rule):

@@ -24,7 +24,10 @@ import numpy as np
 
 from strategies import aggregate
 from strategies.aggregate import Array, Model
-from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions, decode_tensors
+from strategies.core.codec import decode_tensors
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate, Coefficients
 
 Results = list[tuple[list[Array], int]]
 

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from strategies import aggregate
-from strategies.core import ClientUpdate, Coefficients, ServerOptions, decode_tensors
+from strategies.core.codec import decode_tensors
+from strategies.core.options import ServerOptions
+from strategies.core.update import ClientUpdate, Coefficients
 from strategies.quality_weighted import QualityOptions, QualityWeightedRule
 
 ROBUST_FILTERS = ("none", "mad", "clip", "direction")

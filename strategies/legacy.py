@@ -1,6 +1,6 @@
 """The rules as Flower legacy strategies (``flwr.server.strategy``, NumPyClient on the wire).
 
-Each class is a thin adapter over a :class:`~strategies.core.Rule`: Flower's ``FedAvg``
+Each class is a thin adapter over a :class:`~strategies.core.rule.Rule`: Flower's ``FedAvg``
 gives client sampling, fit/evaluate configuration, centralized evaluation and
 evaluate-metric aggregation; ``aggregate_fit`` hands the tensors of each ``FitRes`` to
 the rule. The Message-API twins in :mod:`strategies.message` give the same model bit for
@@ -41,21 +41,12 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
-from strategies.core import (
-    ClientUpdate,
-    RoundResult,
-    Rule,
-    RuleAdapter,
-    ScoreFn,
-    ServerOptions,
-    canonical_order,
-    decode_tensors,
-    encode_tensors,
-    evaluation_metrics,
-    secure_aggregation_problem,
-    take_knobs,
-    weighted_metrics,
-)
+from strategies.core.adapter import RuleAdapter, take_knobs
+from strategies.core.codec import decode_tensors, encode_tensors
+from strategies.core.metrics import canonical_order, evaluation_metrics, weighted_metrics
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule, secure_aggregation_problem
+from strategies.core.update import ClientUpdate, RoundResult, ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
@@ -84,7 +75,7 @@ def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str
 
 
 class LegacyStrategy(RuleAdapter, FlowerFedAvg):
-    """Flower legacy strategy over a :class:`~strategies.core.Rule`.
+    """Flower legacy strategy over a :class:`~strategies.core.rule.Rule`.
 
     Parameters
     ----------
@@ -108,7 +99,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     secure_aggregation : bool
         The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
         float64 weighted mean of the clients' models (the clients weighted themselves by
-        :meth:`~strategies.core.Rule.secure_weight` and sent that weight as their example
+        :meth:`~strategies.core.rule.Rule.secure_weight` and sent that weight as their example
         count); it is cast to the global model's dtypes once and stands for each client's
         update (its metrics are its own). A rejected update rejects the round: its share
         is inside the mean. Only rules with a client-side weight and no central DP allow it.
@@ -345,7 +336,7 @@ def ask_partition_ids(proxies: list[ClientProxy], timeout: float | None) -> dict
 
 
 def rule_update(client_id: str, res: FitRes) -> ClientUpdate:
-    """A ``FitRes`` as the core's :class:`~strategies.core.ClientUpdate`."""
+    """A ``FitRes`` as the core's :class:`~strategies.core.update.ClientUpdate`."""
     return ClientUpdate(client_id, res.parameters.tensors, res.num_examples, res.metrics)
 
 

@@ -1,6 +1,6 @@
 """The rules as Flower Message-API strategies (``flwr.serverapp.strategy``).
 
-Each class is a thin adapter over a :class:`~strategies.core.Rule`, used exactly like
+Each class is a thin adapter over a :class:`~strategies.core.rule.Rule`, used exactly like
 Flower's own Message-API ``FedAvg``:
 
     strategy = Hybrid(fraction_train=0.5, hybrid_lambda=0.3, robust_filter="mad")
@@ -32,17 +32,12 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from strategies.core import (
-    ClientUpdate,
-    Rule,
-    RuleAdapter,
-    ScoreFn,
-    ServerOptions,
-    decode_tensors,
-    encode_tensors,
-    evaluation_metrics,
-    weighted_metrics,
-)
+from strategies.core.adapter import RuleAdapter
+from strategies.core.codec import decode_tensors, encode_tensors
+from strategies.core.metrics import evaluation_metrics, weighted_metrics
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate, ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
@@ -55,7 +50,7 @@ TEXT_METRICS = "text-metrics"
 
 
 class MessageStrategy(RuleAdapter, FlowerFedAvg):
-    """Flower Message-API strategy over a :class:`~strategies.core.Rule`.
+    """Flower Message-API strategy over a :class:`~strategies.core.rule.Rule`.
 
     Parameters
     ----------

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from strategies.aggregate import Weighting, quality_weights, uniform_weights
-from strategies.core import LOG, ClientUpdate, Coefficients, Rule, ServerOptions
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.update import LOG, ClientUpdate, Coefficients
 
 QUALITY_SOURCES = ("client", "server")
 QUALITY_DIRECTIONS = ("auto", "max", "min")

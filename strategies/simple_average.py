@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from strategies.aggregate import uniform_weights
-from strategies.core import ClientUpdate, Coefficients, Rule, ServerOptions
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate, Coefficients
 
 
 class SimpleAverageRule(Rule):
@@ -11,7 +13,7 @@ class SimpleAverageRule(Rule):
 
     A client with 10 examples counts as much as one with 10,000. Use it when clients
     hold similar amounts of data, or when their reported example counts cannot be
-    trusted. Knobs: :class:`~strategies.core.ServerOptions` (the server step).
+    trusted. Knobs: :class:`~strategies.core.options.ServerOptions` (the server step).
     """
 
     @classmethod

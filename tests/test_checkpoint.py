@@ -17,7 +17,7 @@ from flwr.common import parameters_to_ndarrays
 import run_simulation
 import strategies
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from strategies.core import StrategyState
+from strategies.core.state import StrategyState
 from strategies.legacy import LegacyStrategy
 from tests.fakes import make, results_of
 from tests.processes import (

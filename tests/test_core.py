@@ -15,14 +15,10 @@ import numpy as np
 import pytest
 
 import strategies
-from strategies.core import (
-    ClientUpdate,
-    Coefficients,
-    NothingAggregatedError,
-    ServerOptions,
-    StrategyState,
-    encode_tensors,
-)
+from strategies.core.codec import encode_tensors
+from strategies.core.options import ServerOptions
+from strategies.core.state import StrategyState
+from strategies.core.update import ClientUpdate, Coefficients, NothingAggregatedError
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridOptions, HybridRule
 from strategies.quality_weighted import QualityOptions, QualityWeightedRule
@@ -40,7 +36,7 @@ def update(client: str, value: float, n: int = 10, **metrics: float) -> ClientUp
     "module",
     [
         "strategies",
-        "strategies.core",
+        *(f"strategies.core.{m.stem}" for m in (ROOT / "strategies" / "core").glob("*.py")),
         "strategies.aggregate",
         *(rule.__module__ for rule in strategies.REGISTRY.values()),
         "fl_app.kit.config",

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import strategies
-from strategies.core import NothingAggregatedError
+from strategies.core.update import NothingAggregatedError
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
 from tests.fakes import OK, Proxy, fit_res

@@ -26,7 +26,8 @@ import strategies
 from fl_app.client_app import make_client
 from fl_app.kit.config import ConfigError, RunConfig
 from fl_app.kit.seeds import rng_for
-from strategies.core import NothingAggregatedError, StrategyState
+from strategies.core.state import StrategyState
+from strategies.core.update import NothingAggregatedError
 from strategies.privacy import (
     dp_sgd_schedule,
     epsilon,

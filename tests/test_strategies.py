@@ -26,13 +26,9 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 import strategies
 from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage
 from strategies import aggregate as aggregate_module
-from strategies.core import (
-    ClientUpdate,
-    NothingAggregatedError,
-    Rule,
-    decode_tensors,
-    encode_tensors,
-)
+from strategies.core.codec import decode_tensors, encode_tensors
+from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate, NothingAggregatedError
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule, linear_schedule
 from strategies.legacy import LegacyStrategy

@@ -1,0 +1,186 @@
+"""What both Flower adapters share: the rule they run, seeded sampling, a pool's clients.
+
+No Flower: :mod:`strategies.message` (and the legacy half's :mod:`strategies.legacy`)
+subclass :class:`RuleAdapter` together with a Flower strategy class.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+from strategies.core.options import ServerOptions
+from strategies.core.rule import Rule
+from strategies.core.state import StrategyState
+from strategies.core.update import LOG, RoundResult, ScoreFn
+from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, Node, SeededSampler
+
+
+def take_knobs(rule_type: type[Rule] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the rule's knobs (fields of its options) out of ``kwargs``, which keeps the rest."""
+    known = rule_type.Options.field_names() if rule_type is not None else ()
+    return {key: kwargs.pop(key) for key in list(kwargs) if key in known}
+
+
+def build_rule(
+    rule_type: type[Rule] | None,
+    *,
+    rule: Rule | None,
+    options: ServerOptions | None,
+    score_fn: ScoreFn | None,
+    knobs: Mapping[str, Any],
+) -> Rule:
+    """The rule an adapter wraps: ``rule`` itself, or ``rule_type`` built from ``options``
+    or from keyword ``knobs`` (the fields of ``rule_type.Options``)."""
+    if rule is not None:
+        if knobs or options is not None or score_fn is not None:
+            given = sorted(knobs) + [
+                k for k, v in (("options", options), ("score_fn", score_fn)) if v
+            ]
+            raise TypeError(
+                f"pass either rule= or the rule's knobs, not both (got rule= and "
+                f"{', '.join(given)}); {type(rule).__name__}'s knobs go into its "
+                f"{rule.Options.__name__}"
+            )
+        if rule_type is not None and not isinstance(rule, rule_type):
+            raise TypeError(f"rule= must be a {rule_type.__name__}, not {type(rule).__name__}")
+        return rule
+    if rule_type is None:
+        raise TypeError("pass rule=, or use a strategy class that names its rule")
+    if options is not None and knobs:
+        raise TypeError(f"pass either options= or the knobs {sorted(knobs)}, not both")
+    allowed = rule_type.Options.field_names()
+    unknown = sorted(set(knobs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{rule_type.__name__} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(allowed)}"
+        )
+    return rule_type(options or rule_type.Options(**knobs), score_fn=score_fn)
+
+
+class RuleAdapter:
+    """What both Flower adapters share: the rule they run, its state, the last round.
+
+    A subclass of a Flower strategy class and of this one; ``of`` names one per rule.
+    """
+
+    rule_type: ClassVar[type[Rule] | None] = None
+    rule: Rule
+    last_result: RoundResult | None
+    # Seeded sampling (None: Flower's own, unseeded) and how long to wait for the nodes'
+    # partition ids; ``last_sampled`` names the nodes the last training round sampled.
+    sampler: SeededSampler | None
+    query_timeout: float | None
+    last_sampled: list[int | str] | None
+    # Logical clients (partitions) served by a pool of nodes: every message names the
+    # partition it is for (None: each node is one client, its own partition).
+    num_partitions: int | None
+
+    def adopt(
+        self,
+        rule: Rule | None,
+        options: ServerOptions | None,
+        score_fn: ScoreFn | None,
+        knobs: Mapping[str, Any],
+        *,
+        sampling_seed: int | None = None,
+        query_timeout: float | None = None,
+        num_partitions: int | None = None,
+    ) -> None:
+        """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``."""
+        self.rule = build_rule(
+            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
+        )
+        self.last_result = None
+        self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
+        self.query_timeout = query_timeout
+        self.last_sampled = None
+        if num_partitions is not None and num_partitions < 1:
+            raise ValueError(f"num_partitions={num_partitions} is not allowed: must be >= 1")
+        self.num_partitions = num_partitions
+
+    def assign(
+        self, server_round: int, purpose: str, size: int, nodes: Sequence[Node]
+    ) -> list[tuple[Node, dict[str, int]]]:
+        """A pool's round: ``size`` of the ``num_partitions`` logical clients, each with
+        the node that runs it (dealt in turn over ``nodes`` in the order given) and the
+        message config naming it.
+
+        Seeded, the partitions are the very ones the seeded sampler draws among nodes
+        that report partitions 0..N-1, one a node: a pool repeats one node per client.
+        """
+        total = self.num_partitions
+        assert total is not None, "assign() is for a pool (num_partitions set)"
+        if not nodes or size <= 0:
+            return []
+        size = min(size, total)
+        if self.sampler is None:  # Flower's way: unseeded
+            partitions = sorted(random.sample(range(total), size))
+        else:
+            partitions = self.sampler.draw(server_round, purpose, total, size)
+        if purpose == "train":
+            self.last_sampled = list(partitions)
+        return [
+            (nodes[i % len(nodes)], {PARTITION_KEY: p, NUM_PARTITIONS_KEY: total})
+            for i, p in enumerate(partitions)
+        ]
+
+    def reseed(
+        self,
+        server_round: int,
+        purpose: str,
+        flower_sample: Sequence[Node],
+        available: Sequence[Node],
+        ask: Callable[[list[Node]], Mapping[Node, object]],
+    ) -> list[Node]:
+        """The nodes of this round: as many as Flower sampled (Flower decides how many
+        and waits for them), chosen by the seeded sampler among ``available``.
+
+        ``ask(nodes)`` asks nodes that have not reported yet for their partition id and
+        returns what those that answered reported; the others are asked again next round.
+        """
+        if self.sampler is None:
+            return list(flower_sample)
+        unknown = self.sampler.unknown(available) if flower_sample else []
+        if unknown:
+            for node, partition_id in ask(unknown).items():
+                self.sampler.learn(node, partition_id)
+        chosen = self.sampler.sample(server_round, purpose, available, len(flower_sample))
+        if len(chosen) < len(flower_sample):
+            LOG.warning(
+                "round %d: %d of %d nodes sampled for %s; the others have not reported "
+                "their partition id yet",
+                server_round,
+                len(chosen),
+                len(flower_sample),
+                purpose,
+            )
+        if purpose == "train":
+            self.last_sampled = [self.sampler.label(node) for node in chosen]
+        return chosen
+
+    def client_name(self, node: Hashable) -> str:
+        """How round results name ``node``: its partition id when it reported one (the same
+        in every run), else its Flower id."""
+        if self.sampler is not None and node in self.sampler.keys:
+            return str(self.sampler.label(node))
+        return str(node)
+
+    @classmethod
+    def of(cls, rule_type: type[Rule], name: str) -> type[Self]:
+        """A subclass named ``name`` whose instances run ``rule_type`` (built from its knobs)."""
+        doc = f"{rule_type.__name__} as a {cls.__name__}: {rule_type.__doc__}"
+        namespace = {"rule_type": rule_type, "__doc__": doc, "__module__": cls.__module__}
+        return type(name, (cls,), namespace)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule.options})"
+
+    # strategies.core.state.Stateful, for checkpoints
+    def get_state(self) -> StrategyState:
+        return self.rule.state
+
+    def set_state(self, state: StrategyState) -> None:
+        self.rule.state = state

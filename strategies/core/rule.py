@@ -1,0 +1,351 @@
+"""The rule: validation, coefficients, the streaming fold and the server step. No Flower.
+
+Both Flower API halves wrap the same :class:`Rule`: the adapters hand it each reply's
+layers as ``.npy`` bytes in a :class:`~strategies.core.update.ClientUpdate`, so a round is
+:meth:`Rule.aggregate` over those, and both halves give the same model bit for bit.
+
+A rule only decides the coefficients of the accepted updates (:meth:`Rule.coefficients`)
+and, when it needs more than the shared checks, validates further
+(:meth:`Rule.check_update`). What it carries from round to round lives in one explicit
+:class:`~strategies.core.state.StrategyState`. An optional part acts inside every round
+through :class:`RoundHooks` (a base class a part, registered on its line).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from strategies import aggregate
+from strategies.aggregate import Array, Model
+from strategies.core.codec import decode_tensors
+from strategies.core.options import ServerOptions
+from strategies.core.state import StrategyState
+from strategies.core.update import (
+    LOG,
+    ClientUpdate,
+    Coefficients,
+    Metrics,
+    NothingAggregatedError,
+    RoundResult,
+    ScoreFn,
+)
+from strategies.privacy import PrivateRule
+
+
+class RoundHooks:
+    """Where an optional part acts inside :meth:`Rule.aggregate`; the core's do nothing."""
+
+    def received(self, updates: Sequence[ClientUpdate], metrics: Metrics) -> None:
+        """Every update of the round, valid or not, before validation."""
+
+    def measures_distance(self) -> bool:
+        """Whether every update's ``distance`` ``‖θ_i − θ_g‖`` is measured in validation."""
+        return False
+
+    def refuses(self, update: ClientUpdate) -> str | None:
+        """Why to reject ``update`` (checked after the core's checks), or None."""
+        return None
+
+    def adjusted(
+        self,
+        server_round: int,
+        chosen: Coefficients,
+        accepted: list[ClientUpdate],
+        answered: int,
+        metrics: Metrics,
+    ) -> Coefficients:
+        """The coefficients to fold with, from the rule's ``chosen`` ones."""
+        return chosen
+
+    def released(
+        self,
+        server_round: int,
+        average: Model,
+        weights: Array,
+        answered: int,
+        accepted: Sequence[ClientUpdate],
+    ) -> Metrics:
+        """After the fold, before the server step: may change ``average`` in place."""
+        return {}
+
+
+class Rule(
+    PrivateRule,
+    RoundHooks,
+):
+    """Base of every aggregation rule: validated, streaming aggregation with a server step.
+
+    Update rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, chosen by :meth:`coefficients`),
+    then the FedAvgM server step ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
+
+    Every update is checked before it is folded in: it must decode, match the global
+    model's layer shapes and dtypes, hold only finite values, and report a positive
+    integer ``num_examples``. A failing update is rejected, reported with the client's id
+    and the reason, and counted in the round's ``rejected`` metric. When nothing valid
+    arrives the round keeps the previous global model and says why; after
+    ``max_empty_rounds`` such rounds in a row :meth:`aggregate` raises
+    :class:`NothingAggregatedError`.
+    """
+
+    Options: ClassVar[type[ServerOptions]] = ServerOptions
+    options: ServerOptions
+    state: StrategyState
+
+    def __init__(self, options: ServerOptions | None = None, *, score_fn: ScoreFn | None = None):
+        self.options = options if options is not None else self.Options()
+        if not isinstance(self.options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.Options.__name__}, "
+                f"not {type(self.options).__name__}"
+            )
+        self.score_fn = score_fn
+        self.state = StrategyState()
+        self.global_model: list[Array] | None = None
+        # (sampled, available) clients of the current round, as the Flower adapter sampled
+        # them (None: every client that answered was sampled).
+        self.sampling: tuple[int, int] | None = None
+
+    # ---- hooks for subclasses -------------------------------------------------------
+
+    @classmethod
+    def secure_weight(cls, options: ServerOptions) -> str | None:
+        """The weight each client sends when only the masked sum of the weighted updates
+        reaches the server (SecAgg+, which divides by the sum of the weights): "examples"
+        (each client's n_i), "one" (the same for every client), or None when the rule
+        needs the individual updates."""
+        return None
+
+    def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
+        """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
+        raise NotImplementedError
+
+    def check_update(self, server_round: int, update: ClientUpdate) -> str | None:
+        """Rule-specific validation; return the reason to reject, or None."""
+        return None
+
+    def needs_distance(self, server_round: int) -> bool:
+        """Whether :meth:`coefficients` reads ``ClientUpdate.distance`` this round."""
+        return False
+
+    def explain_rejections(self, rejected: Sequence[tuple[ClientUpdate, str]]) -> str:
+        """The fix for a round in which every update was rejected (after the reasons)."""
+        return "check what the clients send (layers, num_examples) against the global model"
+
+    # ---- one round ------------------------------------------------------------------
+
+    def aggregate(
+        self,
+        server_round: int,
+        updates: Sequence[ClientUpdate],
+        failures: Sequence[str],
+        *,
+        indivisible: bool = False,
+    ) -> RoundResult:
+        """Validate ``updates``, fold the accepted ones, take the server step.
+
+        ``failures`` describes the clients that raised, timed out or answered with an
+        error (one string each). ``indivisible``: the updates are one masked sum (SecAgg+),
+        so a rejected update cannot be taken out and rejects the round. Raises
+        :class:`NothingAggregatedError` after too many empty rounds in a row.
+        """
+        metrics: Metrics = {"results": len(updates), "failures": len(failures)}
+        self.received(updates, metrics)
+        accepted, rejected = self._validate(server_round, updates)
+        if indivisible and rejected:  # its share is inside every other update
+            rejected += [(u, "inside a masked sum with a rejected update") for u in accepted]
+            accepted = []
+        metrics |= {"rejected": len(rejected), "accepted": len(accepted)}
+        if not accepted:
+            return self._empty_round(server_round, metrics, rejected, failures)
+        self.state.empty_rounds = 0
+
+        chosen = self.coefficients(server_round, accepted)
+        self._check_coefficients(chosen, len(accepted))
+        weights = chosen.clients if chosen.weights is None else chosen.weights
+        answered = len(updates) + len(failures)
+        chosen = self.adjusted(server_round, chosen, accepted, answered, metrics)
+        # Overflow shows as a non-finite model below, which voids the round with its reason.
+        with np.errstate(over="ignore", invalid="ignore"):
+            folded = [
+                (u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0
+            ]
+            average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
+            metrics |= self.released(server_round, average, weights, answered, accepted)
+            options = self.options
+            velocity = self.state.velocity
+            if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
+                average, velocity = aggregate.server_step(
+                    average,
+                    self.require_global(),
+                    velocity,  # a new velocity comes back; this one stays for a voided round
+                    learning_rate=options.server_learning_rate,
+                    momentum=options.server_momentum,
+                )
+        if not aggregate.all_finite(average):  # a sum (or the server step) overflowed
+            reason = "the aggregate of the accepted updates overflows the model's dtype"
+            metrics |= {"rejected": len(updates), "accepted": 0}
+            return self._empty_round(
+                server_round, metrics, [*rejected, *((u, reason) for u in accepted)], failures
+            )
+        self.state.velocity = velocity
+        metrics |= chosen.metrics
+        metrics["weights"] = json.dumps(
+            {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}
+        )
+        LOG.info(
+            f"round {server_round}: aggregated {len(folded)} of {len(updates)} results "
+            f"({len(rejected)} rejected, {len(failures)} failures)"
+        )
+        return RoundResult(average, metrics, accepted)
+
+    def combine(
+        self,
+        folded: Sequence[tuple[ClientUpdate, float]],
+        global_share: float,
+        template: Sequence[Array],
+    ) -> Model:
+        """``θ_avg = Σ c_i θ_i + c_g θ_g`` over ``folded`` (``(update, c_i)`` with c_i ≠ 0),
+        streamed: each update is decoded as the fold reaches it. ``template`` gives the
+        layers' shapes and dtypes. Updates that share their tensors (SecAgg+ hands every
+        client the one unmasked mean) are folded once, with their coefficients summed."""
+        shared: dict[int, tuple[ClientUpdate, float]] = {}
+        for u, c in folded:
+            first, total = shared.get(id(u.tensors), (u, 0.0))
+            shared[id(u.tensors)] = (first, total + c)
+        terms: Iterator[tuple[Sequence[Array], float]] = (
+            (decode_tensors(u.tensors), c) for u, c in shared.values()
+        )
+        if global_share != 0.0:
+            terms = itertools.chain(terms, [(self.require_global(), global_share)])
+        return aggregate.weighted_sum(terms, template=template)
+
+    def require_global(self) -> list[Array]:
+        if self.global_model is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs the current global model for this setting: "
+                "pass the initial model or let the server configure a round first"
+            )
+        return self.global_model
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _check_coefficients(self, chosen: Coefficients, count: int) -> None:
+        """A rule's coefficients must be finite, one per update, and sum to 1."""
+        clients = np.asarray(chosen.clients, dtype=np.float64)
+        total = float(clients.sum()) + chosen.global_model
+        if clients.shape != (count,) or not np.all(np.isfinite(clients)) or abs(total - 1) > 1e-6:
+            raise ValueError(
+                f"{type(self).__name__}.coefficients gave {clients.tolist()} "
+                f"(+ {chosen.global_model} of the global model) for {count} updates: "
+                "they must be finite, one per update, and sum to 1"
+            )
+
+    def _empty_round(
+        self,
+        server_round: int,
+        metrics: Metrics,
+        rejected: Sequence[tuple[ClientUpdate, str]],
+        failures: Sequence[str],
+    ) -> RoundResult:
+        if rejected:
+            reasons = Counter(reason for _, reason in rejected)
+            said = "; ".join(f"{reason} (x{n})" for reason, n in reasons.most_common(3))
+            why = f"all {len(rejected)} updates were rejected: {said}; fix: "
+            why += self.explain_rejections(rejected)
+        elif failures:
+            why = (
+                f"all {len(failures)} sampled clients failed (first: {failures[0]}); fix: "
+                "see the clients' errors (run_simulation.py --verbose, or flwr log)"
+            )
+        else:
+            why = (
+                "no client was sampled or answered; fix: check that enough clients are "
+                "connected (min-available-clients) and round-timeout"
+            )
+        problem = f"round {server_round}: nothing aggregated, keeping the previous model: {why}"
+        self.state.empty_rounds += 1
+        LOG.warning(problem)
+        limit = self.options.max_empty_rounds
+        if limit and self.state.empty_rounds >= limit:
+            raise NothingAggregatedError(
+                f"{problem} (stopping: {self.state.empty_rounds} rounds in a row aggregated "
+                f"nothing; max-empty-rounds={limit}, 0 disables the stop)",
+                metrics,
+            )
+        return RoundResult(None, metrics, [], problem)
+
+    def _validate(
+        self, server_round: int, updates: Sequence[ClientUpdate]
+    ) -> tuple[list[ClientUpdate], list[tuple[ClientUpdate, str]]]:
+        """Decode and check every update; return the valid ones and the rejected ones.
+
+        Updates are taken in a canonical order (by content), not in the order clients
+        answered: float sums depend on their order, and a rerun with the same seed must
+        give the same model bit for bit.
+        """
+        template: Sequence[Array] | None = self.global_model
+        accepted: list[ClientUpdate] = []
+        rejected: list[tuple[ClientUpdate, str]] = []
+        for update in sorted(updates, key=ClientUpdate.sort_key):
+            reason = update.problem
+            if reason is None:
+                try:
+                    update.arrays = decode_tensors(update.tensors)
+                except ValueError as err:
+                    reason = f"undecodable parameters ({err})"
+                else:
+                    if template is None:  # no global model known: the first sets the layout
+                        template = update.arrays
+                    reason = self._check(server_round, update, template)
+                    update.arrays = []
+            if reason is None:
+                accepted.append(update)
+            else:
+                rejected.append((update, reason))
+                LOG.warning(
+                    f"round {server_round}: rejected update from client {update.client_id}: "
+                    f"{reason}"
+                )
+        return accepted, rejected
+
+    def _check(
+        self, server_round: int, update: ClientUpdate, template: Sequence[Array]
+    ) -> str | None:
+        n = update.num_examples
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            return f"num_examples={n!r} is not an integer"
+        if n <= 0:
+            return f"num_examples={n} is not positive"
+        shape_problem = aggregate.mismatch(update.arrays, template)
+        if shape_problem is not None:
+            return shape_problem
+        if not aggregate.all_finite(update.arrays):
+            return "parameters contain NaN or Inf"
+        if self.needs_distance(server_round) or self.measures_distance():
+            update.distance = aggregate.distance(update.arrays, self.require_global())
+            if not math.isfinite(update.distance):
+                return "the update's norm ‖θ_i − θ_g‖ exceeds float64's range"
+        return self.refuses(update) or self.check_update(server_round, update)
+
+
+def secure_aggregation_problem(rule: Rule) -> str | None:
+    """Why ``rule`` cannot run under SecAgg+ (None: it can)."""
+    if rule.options.dp == "central":
+        return (
+            "central DP clips each update, and SecAgg+ shows the server only their sum: "
+            "use dp = local or dp-sgd (the clients privatize) or none"
+        )
+    if rule.secure_weight(rule.options) is None:
+        return (
+            f"{type(rule).__name__} weighs, scores or filters each update with these options, "
+            "and SecAgg+ shows the server only the weighted sum: use simple, fedavg, "
+            "or hybrid with hybrid-lambda = 1 and robust-filter = none"
+        )
+    return None
