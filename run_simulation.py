@@ -51,14 +51,8 @@ from fl_app.comparison import SeedRun, write_comparison
 from fl_app.engine.arrivals import arrivals
 from fl_app.engine.loopback import loopback_ray
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from fl_app.kit.config import (
-    SWEEP_RUN_KEY,
-    ConfigError,
-    Preset,
-    RunConfig,
-    describe_choices,
-)
-from fl_app.kit.keys import key_of
+from fl_app.kit.config import SWEEP_RUN_KEY, Preset, RunConfig, describe_choices
+from fl_app.kit.keys import ConfigError, key_of
 from fl_app.kit.results import (
     RoundCollector,
     RoundRecord,

@@ -47,12 +47,12 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import run_simulation
-from fl_app.data import data_spec, load_client_data, load_server_data, pool
 from fl_app.kit.config import RunConfig
+from fl_app.kit.data import data_spec, load_client_data, load_server_data, pool
 from fl_app.kit.results import RoundRecord, RunListener
 from fl_app.kit.seeds import seed_for
-from fl_app.models import build_model
-from fl_app.training import evaluate, get_weights, set_weights, train_as_configured
+from fl_app.kit.training import train_as_configured
+from fl_app.task import build_model, evaluate, get_weights, set_weights
 
 WORKLOADS = {
     # Overhead dominates: a client trains on about 11 digits for 3 epochs.

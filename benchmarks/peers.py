@@ -69,8 +69,8 @@ from benchmarks.overhead import (  # noqa: E402
     project_in_process,
 )
 from benchmarks.overhead import project as project_run  # noqa: E402
-from fl_app.data import data_spec, load_client_data, load_server_data  # noqa: E402
 from fl_app.kit.config import RunConfig  # noqa: E402
+from fl_app.kit.data import data_spec, load_client_data, load_server_data  # noqa: E402
 from strategies.sampling import SeededSampler  # noqa: E402
 
 PFL_SIDE = REPO / "benchmarks" / "peers_pfl.py"

@@ -47,7 +47,7 @@ from pfl.metrics import Metrics, StringMetricName, Weighted  # noqa: E402
 from pfl.model.pytorch import PyTorchModel  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fl_app.models import build_model  # noqa: E402
+from fl_app.task import build_model  # noqa: E402
 
 IMPORTS_SECONDS = time.perf_counter() - IMPORTS_START
 ACCURACY = StringMetricName("Central val | accuracy")

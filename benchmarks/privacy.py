@@ -25,8 +25,8 @@ from collections.abc import Callable
 from robustness import cell, final_accuracies
 
 import run_simulation
-from fl_app.data import load_client_data
 from fl_app.kit.config import RunConfig
+from fl_app.kit.data import load_client_data
 from strategies.privacy import DP_MODES, dp_sgd_schedule, epsilon, sample_epsilon
 
 ROWS = {

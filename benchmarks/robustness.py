@@ -32,11 +32,10 @@ from rich.console import Console
 
 import run_simulation
 import strategies
-from fl_app.data import data_spec
 from fl_app.kit.config import RunConfig
+from fl_app.kit.data import data_spec
 from fl_app.kit.results import summarize
-from fl_app.models import build_model
-from fl_app.training import get_weights
+from fl_app.task import build_model, get_weights
 from strategies.core.codec import encode_tensors
 from strategies.core.update import ClientUpdate
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import timeit
 from collections.abc import Sequence
 
-from fl_app.data import ArrayDataset, dataset_of, load_client_data
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.data import load_client_data
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import RoundRecord, RunListener, RunWriter, run_directory
 from fl_app.kit.seeds import seed_for
-from fl_app.training import ServerModel, get_weights, train_as_configured
+from fl_app.kit.training import ServerModel, train_as_configured
+from fl_app.task import ArrayDataset, dataset_of, get_weights
 
 CENTRALIZED = "centralized"
 

@@ -39,21 +39,14 @@ from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 from torch import nn
 
 import strategies
-from fl_app.data import (
-    ArrayDataset,
-    ClientData,
-    DataSpec,
-    data_spec,
-    load_client_data,
-    task_of,
-)
 from fl_app.engine.loopback import loopback_in_flowers_simulation
 from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
 from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
+from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
 from fl_app.kit.results import RAY_NODE
 from fl_app.kit.seeds import rng_for, seed_for
-from fl_app.models import build_model
-from fl_app.training import evaluate, get_weights, pick_device, set_weights, train_as_configured
+from fl_app.kit.training import pick_device, train_as_configured
+from fl_app.task import ArrayDataset, DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
 from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY

@@ -31,6 +31,7 @@ from fl_app.engine import arrivals
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.results import RunListener, RunWriter, run_directory
+from fl_app.kit.training import ServerModel
 from fl_app.server_loop import (
     ExperimentServer,
     RoundRecorder,
@@ -38,7 +39,6 @@ from fl_app.server_loop import (
     SecureRound,
     run_message_rounds,
 )
-from fl_app.training import ServerModel
 from strategies.legacy import LegacyStrategy
 from strategies.message import MessageStrategy
 

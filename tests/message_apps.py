@@ -34,10 +34,9 @@ from torch import nn
 
 import strategies
 from fl_app.client_app import client_app_for
-from fl_app.data import data_spec, load_client_data, load_server_data
 from fl_app.kit.config import RunConfig
-from fl_app.models import build_model
-from fl_app.training import evaluate, get_weights, set_weights
+from fl_app.kit.data import data_spec, load_client_data, load_server_data
+from fl_app.task import build_model, evaluate, get_weights, set_weights
 
 NUM_CLIENTS = 4
 ROUNDS = 3

@@ -9,8 +9,9 @@ import pytest
 
 import run_simulation
 from fl_app.centralized import CENTRALIZED, pooled_training_data, train_centrally
-from fl_app.data import load_client_data
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.data import load_client_data
+from fl_app.kit.keys import ConfigError
 from tests.processes import read_history
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

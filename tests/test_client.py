@@ -26,12 +26,12 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from fl_app import client_app
-from fl_app import data as fl_data
 from fl_app.client_app import FlowerClient, app, make_client
-from fl_app.data import data_spec, load_client_data
-from fl_app.kit.config import SWEEP_RUN_KEY, ConfigError, RunConfig
-from fl_app.models import build_model
-from fl_app.training import get_weights
+from fl_app.kit import data as fl_data
+from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
+from fl_app.kit.data import data_spec, load_client_data
+from fl_app.kit.keys import ConfigError
+from fl_app.task import build_model, get_weights
 from strategies.sampling import PARTITION_KEY
 
 CFG = RunConfig(local_epochs=1, device="cpu")

@@ -12,11 +12,10 @@ from flwr.common import parameters_to_ndarrays
 import strategies
 from fl_app import client_app
 from fl_app.client_app import FaultyClient, FlowerClient, make_client
-from fl_app.data import data_spec
 from fl_app.faults import FAULT_KINDS, LIE_SHARDS, is_faulty
 from fl_app.kit.config import RunConfig
-from fl_app.models import build_model
-from fl_app.training import get_weights
+from fl_app.kit.data import data_spec
+from fl_app.task import build_model, get_weights
 from tests.fakes import make, results_of
 
 NUM_PARTITIONS = 5

@@ -15,7 +15,8 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 import strategies
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from strategies.flower_robust import BASELINES, FlowerRobustOptions
 from tests.fakes import results_of
 from tests.test_config import assert_one_line_error

@@ -11,7 +11,8 @@ import pytest
 
 import run_simulation
 from fl_app import parts
-from fl_app.kit.config import ConfigError, CoreKeys, RunConfig, key_of
+from fl_app.kit.config import CoreKeys, RunConfig, key_of
+from fl_app.kit.keys import ConfigError
 from tests.processes import ROOT
 
 SKIPPED = {"outputs", "data", "site"}  # and hidden ones: .git, venvs (.venv-pfl), caches

@@ -15,8 +15,8 @@ import pytest
 
 import run_simulation
 from benchmarks.peers import PFL_SIDE, PFL_VENV, REPO, export_workload, workload_flags
-from fl_app.data import data_spec, load_client_data
-from fl_app.models import build_model
+from fl_app.kit.data import data_spec, load_client_data
+from fl_app.task import build_model
 from strategies.sampling import SeededSampler
 
 PFL_PYTHON = PFL_VENV / "bin" / "python"

@@ -24,7 +24,8 @@ from opacus.data_loader import DPDataLoader
 import run_simulation
 import strategies
 from fl_app.client_app import make_client
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import rng_for
 from strategies.core.state import StrategyState
 from strategies.core.update import NothingAggregatedError

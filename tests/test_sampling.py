@@ -21,8 +21,8 @@ from flwr.server.client_proxy import ClientProxy
 
 import strategies
 from fl_app.kit.config import RunConfig
+from fl_app.kit.training import ServerModel
 from fl_app.server_app import build_strategy
-from fl_app.training import ServerModel
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, SeededSampler
 
 pytestmark = pytest.mark.usefixtures("task_identity")

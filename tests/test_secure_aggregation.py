@@ -18,7 +18,8 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 import strategies
 from fl_app.client_app import make_client
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from strategies.core.state import StrategyState
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_python, run_simulation_cli

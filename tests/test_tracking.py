@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from fl_app.parts import tracking_keys
 from fl_app.parts.tracking import TRACKERS, Tracker, start_tracker
 from tests.processes import ROOT, read_history, run_python

@@ -54,7 +54,7 @@ def test_the_warm_parent_keeps_the_libraries_and_each_task_loads_the_fabs_app(
     assert done.returncode == 0, done.stderr[-3000:]
     seen: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     # The project's own modules are forgotten; Flower, torch and torch._dynamo stay warm.
-    assert {"fl_app.client_app", "fl_app.training", "strategies.core"} <= set(seen["dropped"])
+    assert {"fl_app.client_app", "fl_app.task", "strategies.core"} <= set(seen["dropped"])
     assert not any(name.split(".")[0] in ("torch", "flwr") for name in seen["dropped"])
     assert seen["kept"] == ["torch", "torch._dynamo", "flwr.supernode.cli.flwr_clientapp"]
     # A task imports the app the SuperNode installed, not the copy the parent warmed up on.

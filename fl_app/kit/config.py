@@ -18,13 +18,16 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import strategies
-from fl_app.kit.keys import BOUNDS, Choices, Registry, key_of, option
+from fl_app import task
+from fl_app.kit import data
+from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, Registry, fail, key_of, option
 from fl_app.parts import unknown_key
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
+from fl_app.parts.zoo import ZooKeys  # part: zoo
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
 from strategies.privacy import DP_CLIPPINGS, DP_MODES, update_noise_multiplier
 from strategies.quality_weighted import (
@@ -40,9 +43,8 @@ if TYPE_CHECKING:
     from fl_app.kit.results import RunListener
 
 
-DATASETS = Registry("fl_app.data", "DATASETS", lookup="dataset_of", also="hf:<name>")
-PARTITIONERS = Registry("fl_app.data", "PARTITIONERS")
-MODELS = Registry("fl_app.models", "MODELS")
+DATASETS = Names(task.DATASETS, task.DATASET_PREFIXES)
+MODELS = Names(task.MODELS)
 FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
 # Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.
 SECURE_FAULTS = ("none", "raise", "straggle")
@@ -54,10 +56,6 @@ SWEEP_RUN_KEY = "sweep-run"
 
 # Every strategy knob with the strategies' own default (Hybrid's options hold them all).
 KNOBS = HybridOptions()
-
-
-class ConfigError(ValueError):
-    """A configuration key has a value that is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -105,26 +103,16 @@ class CoreKeys:
     momentum: float = option(0.9, "client SGD momentum (reset every round)", at_least=0, below=1)
     # Data
     dataset: str = option(
-        "digits",
-        "dataset: digits (embedded, offline), mnist, fashion-mnist, cifar10 (torchvision, "
-        "from data-dir), synthetic (FedProx Synthetic(α,β)), tabular-classification / "
-        "tabular-regression (10 generated features), or hf:<name> (Hugging Face, online)",
-        choices=DATASETS,
+        "digits", "the data the clients and the server load (fl_app/task.py)", choices=DATASETS
     )
-    data_dir: str = option("data", "root folder of torchvision datasets")
-    download: bool = option(False, "let torchvision download the dataset into data-dir")
     partitioner: str = option(
-        "iid", "how the pooled training data is split over clients", choices=PARTITIONERS
+        "iid",
+        "how the pooled training data is split over clients",
+        choices=Names(data.PARTITIONERS),
     )
     dirichlet_alpha: float = option(
         0.5, "Dirichlet(α) label-skew concentration (small: more skew)", above=0
     )
-    shards_per_client: int = option(2, "shards per client for the shard partitioner", at_least=1)
-    classes_per_client: int = option(
-        2, "classes per client for the pathological partitioner", at_least=1
-    )
-    synthetic_alpha: float = option(1.0, "Synthetic(α, β): model heterogeneity α", at_least=0)
-    synthetic_beta: float = option(1.0, "Synthetic(α, β): data heterogeneity β", at_least=0)
     test_fraction: float = option(
         0.2, "share of the pooled data held out as the server test set", above=0, below=1
     )
@@ -135,7 +123,7 @@ class CoreKeys:
         0.1, "share of each client's data held out for local validation", above=0, below=1
     )
     # Model and run
-    model: str = option("mlp", "model architecture", choices=MODELS)
+    model: str = option("mlp", "model architecture (fl_app/task.py)", choices=MODELS)
     seed: int = option(
         42,
         "seed of data splits, partitioning, model init, client sampling and training",
@@ -284,6 +272,7 @@ class CoreKeys:
 class RunConfig(
     TrackingKeys,  # part: tracking
     BaselineKeys,  # part: flower-baselines
+    ZooKeys,  # part: zoo
     CoreKeys,
 ):
     """Every knob of a run, with its default: the core's keys, then those of each optional
@@ -310,34 +299,34 @@ class RunConfig(
 
     def _check_combinations(self) -> None:
         if self.min_fit_clients > self.min_available_clients:
-            _fail(
+            fail(
                 "min-fit-clients",
                 self.min_fit_clients,
                 f"at most min-available-clients ({self.min_available_clients})",
             )
         if self.min_evaluate_clients > self.min_available_clients:
-            _fail(
+            fail(
                 "min-evaluate-clients",
                 self.min_evaluate_clients,
                 f"at most min-available-clients ({self.min_available_clients})",
             )
         if self.test_fraction + self.server_val_fraction >= 0.9:
-            _fail(
+            fail(
                 "server-val-fraction",
                 self.server_val_fraction,
                 f"test-fraction + server-val-fraction below 0.9 (test-fraction is {self.test_fraction})",
             )
-        dataset = DATASETS[self.dataset]
-        if dataset.features != "images" and MODELS[self.model].images_only:
-            vector_models = [name for name in MODELS if not MODELS[name].images_only]
-            _fail(
+        dataset = task.dataset_of(self.dataset)
+        if dataset.features != "images" and task.MODELS[self.model].images_only:
+            vector_models = [name for name, m in task.MODELS.items() if not m.images_only]
+            fail(
                 "model",
                 self.model,
                 f"one of {', '.join(vector_models)} with dataset {self.dataset!r} "
                 f"({dataset.features}, not images)",
             )
         if not dataset.partitioned and self.partitioner != "iid":
-            _fail(
+            fail(
                 "partitioner",
                 self.partitioner,
                 f"iid with dataset {self.dataset!r} (each client's data comes from its own "
@@ -345,27 +334,27 @@ class RunConfig(
             )
         regression = dataset.task == "regression"
         if regression and self.partitioner != "iid":
-            _fail(
+            fail(
                 "partitioner",
                 self.partitioner,
                 f"iid with regression dataset {self.dataset!r} (the others split by class)",
             )
         uses_quality = issubclass(strategies.rule_type(self.strategy), QualityWeightedRule)
         if regression and uses_quality and "accuracy" in self.quality_metric:
-            _fail(
+            fail(
                 "quality-metric",
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
             )
         if self.dp == "central" and self.strategy in strategies.BASELINES:
-            _fail(
+            fail(
                 "dp",
                 self.dp,
                 f"none or local with strategy {self.strategy!r} (Flower's robust aggregators combine "
                 "the updates their own way; central DP needs the weighted sum of clipped updates)",
             )
         if self.dp_clipping == "adaptive" and self.dp != "central":
-            _fail(
+            fail(
                 "dp-clipping",
                 self.dp_clipping,
                 f"fixed with dp = {self.dp!r} (adaptive is central DP's)",
@@ -374,7 +363,7 @@ class RunConfig(
             try:
                 update_noise_multiplier(self.dp_noise_multiplier, self.dp_clipped_count_stddev)
             except ValueError:
-                _fail(
+                fail(
                     "dp-clipped-count-stddev",
                     self.dp_clipped_count_stddev,
                     f"> dp-noise-multiplier / 2 = {self.dp_noise_multiplier / 2:g} under adaptive "
@@ -384,7 +373,7 @@ class RunConfig(
             self._check_secure_aggregation()
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
-            _fail(
+            fail(
                 "quality-floor",
                 self.quality_floor,
                 "> 0 for a lower-is-better metric (it is the worst loss that still gets weight)",
@@ -392,26 +381,26 @@ class RunConfig(
 
     def _check_secure_aggregation(self) -> None:
         if self.flower_api != "legacy":
-            _fail(
+            fail(
                 "flower-api",
                 self.flower_api,
                 "legacy with secure-aggregation = true (Flower 1.41 has SecAgg+ for the "
                 "legacy API only)",
             )
         if self.secagg_reconstruction_threshold >= self.secagg_num_shares:
-            _fail(
+            fail(
                 "secagg-reconstruction-threshold",
                 self.secagg_reconstruction_threshold,
                 f"less than secagg-num-shares ({self.secagg_num_shares})",
             )
         if self.min_fit_clients < 2:
-            _fail(
+            fail(
                 "min-fit-clients",
                 self.min_fit_clients,
                 ">= 2 with secure-aggregation = true (SecAgg+ masks pairs of clients)",
             )
         if self.fault_kind not in SECURE_FAULTS:
-            _fail(
+            fail(
                 "fault-kind",
                 self.fault_kind,
                 f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a "
@@ -422,7 +411,7 @@ class RunConfig(
         rule = rule_type(rule_type.Options.from_config(self))
         problem = strategies.secure_aggregation_problem(rule)
         if problem is not None:
-            _fail("secure-aggregation", True, f"false with strategy {self.strategy!r}: {problem}")
+            fail("secure-aggregation", True, f"false with strategy {self.strategy!r}: {problem}")
 
     def fit_clients(self, available: int) -> int:
         """Clients a training round samples of ``available`` (Flower's FedAvg:
@@ -454,11 +443,7 @@ class Preset:
 
 def describe_choices(choices: Choices) -> str:
     """The allowed values, comma-separated."""
-    return choices.describe() if isinstance(choices, Registry) else ", ".join(choices)
-
-
-def _fail(key: str, value: Any, allowed: str) -> NoReturn:
-    raise ConfigError(f"config {key!r} = {value!r} is not allowed: must be {allowed}")
+    return ", ".join(choices) if isinstance(choices, tuple) else choices.describe()
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -477,21 +462,21 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return float(value)
     elif isinstance(value, str):
         return value
-    _fail(key, value, f"of type {type_name}")
+    return fail(key, value, f"of type {type_name}")
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        _fail(key, value, "a finite number")
+        fail(key, value, "a finite number")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        _fail(key, value, f"one of {describe_choices(choices)}")
+        fail(key, value, f"one of {describe_choices(choices)}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     for name, symbol, holds in BOUNDS:
         limit = meta.get(name)
         if limit is not None and not holds(value, limit):
-            _fail(key, value, f"{symbol} {limit}")
+            fail(key, value, f"{symbol} {limit}")
 
 
 # ---- the pyproject table: RunConfig owns every default -------------------------------

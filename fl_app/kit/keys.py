@@ -11,7 +11,37 @@ import importlib
 import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import field
-from typing import Any
+from typing import Any, NoReturn
+
+
+class ConfigError(ValueError):
+    """A configuration key has a value that is not allowed."""
+
+
+def fail(key: str, value: Any, allowed: str) -> NoReturn:
+    """Refuse ``key`` = ``value`` in one line: what is allowed."""
+    raise ConfigError(f"config {key!r} = {value!r} is not allowed: must be {allowed}")
+
+
+class Names:
+    """The names of a registry (a dict, and prefixes that name more, as ``hf:<name>``),
+    read at each use: an optional part may add entries after the config is defined."""
+
+    def __init__(self, entries: Mapping[str, Any], prefixes: Mapping[str, Any] | None = None):
+        self.entries = entries
+        self.prefixes = prefixes if prefixes is not None else {}
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        named = (name.startswith(p) and len(name) > len(p) for p in self.prefixes)
+        return name in self.entries or any(named)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def describe(self) -> str:
+        return ", ".join([*self.entries, *(f"{p}<name>" for p in self.prefixes)])
 
 
 class Registry:
@@ -62,7 +92,7 @@ class Registry:
         return ", ".join(self) + (f" or {self.also}" if self.also else "")
 
 
-Choices = tuple[str, ...] | Registry
+Choices = tuple[str, ...] | Registry | Names
 
 BOUNDS = (
     ("at_least", ">=", operator.ge),

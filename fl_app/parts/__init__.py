@@ -50,6 +50,19 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
+    "zoo": Part(
+        "more datasets (torchvision's, generated, Hugging Face), models and partitioners",
+        ("fl_app/parts/zoo.py", "tests/test_zoo.py"),
+        module="fl_app.parts.zoo",
+        keys=(
+            "data-dir",
+            "download",
+            "shards-per-client",
+            "classes-per-client",
+            "synthetic-alpha",
+            "synthetic-beta",
+        ),
+    ),
     "tracking": Part(
         "experiment tracking in TensorBoard, MLflow or Weights & Biases",
         ("fl_app/parts/tracking.py", "fl_app/parts/tracking_keys.py", "tests/test_tracking.py"),

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO
 
-from fl_app.kit.config import ConfigError
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.local import free_port
 
 READY_LINE = "Ray runtime started"

@@ -30,7 +30,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from fl_app.kit.config import ConfigError, RunConfig
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import NDArrays, RoundRecord, RunListener
 
 INSTALL = 'pip install -e ".[tracking]"'

@@ -1,0 +1,80 @@
+"""The task driven by the run config: a client's training with the run's knobs, and the
+server's model (initial weights, central evaluation, scoring). Knows nothing of Flower."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fl_app import task
+from fl_app.kit.data import Settings, load_server_data, task_of
+from fl_app.parts import privacy
+from fl_app.task import ArrayDataset, Weights, build_model, evaluate, get_weights, set_weights
+
+# The run config; training also reads its model, device, local-epochs, batch-size,
+# learning-rate and momentum.
+TrainingSettings = Settings
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_as_configured(
+    cfg: TrainingSettings, model: nn.Module, data: ArrayDataset, *, device: torch.device, seed: int
+) -> float:
+    """:func:`fl_app.task.train` with the run's local-training knobs."""
+    if cfg.dp == "dp-sgd":
+        return privacy.dp_sgd_train(cfg, model, data, device=device, seed=seed)
+    return task.train(
+        model,
+        data,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+        device=device,
+        seed=seed,
+        task=task_of(cfg.dataset),
+    )
+
+
+class ServerModel:
+    """The server's model and data: the initial global model, central evaluation, scoring."""
+
+    def __init__(self, cfg: TrainingSettings) -> None:
+        self.data = load_server_data(cfg)
+        self.device = pick_device(cfg.device)
+        spec = self.data.spec
+        self.model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(
+            self.device
+        )
+        self.initial = get_weights(self.model)
+
+    def central(self, arrays: list[NDArray[Any]] | None = None) -> dict[str, Any]:
+        """``central_loss`` / ``central_accuracy`` of ``arrays`` (default: the model as it
+        is) on the server test set."""
+        if arrays is not None:
+            set_weights(self.model, arrays)
+        result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
+        return {f"central_{k}": v for k, v in result.metrics().items()}
+
+    def score(self, arrays: Sequence[Any]) -> dict[str, float]:
+        """A client model's ``val_*`` metrics on the server validation set."""
+        set_weights(self.model, list(arrays))
+        return evaluate(
+            self.model, self.data.val, device=self.device, task=self.data.spec.task
+        ).metrics(prefix="val_")
+
+    def save(self, arrays: Weights, path: Path) -> None:
+        """``arrays`` as the model's torch ``state_dict`` in ``path``."""
+        set_weights(self.model, arrays)
+        torch.save(self.model.state_dict(), path)
