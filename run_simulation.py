@@ -65,7 +65,6 @@ from fl_app.kit.results import (
 )
 from fl_app.parts import absent_flag, unknown_key
 from strategies.core.update import NothingAggregatedError
-from strategies.privacy import count_stddev, update_noise_multiplier
 
 if TYPE_CHECKING:
     from fl_app.server_app import SweepOutcome
@@ -109,19 +108,12 @@ def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
         )
 
 
-def build_parser(defaults: dict[str, Any], num_clients: int = 10) -> argparse.ArgumentParser:
+def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the Flower app on Flower's simulation engine (Ray, in this process).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sim = parser.add_argument_group("simulation")
-    sim.add_argument(
-        "--num-clients",
-        type=int,
-        default=num_clients,
-        help="number of clients (data partitions): logical clients that the engine's "
-        "virtual nodes (--num-nodes) run",
-    )
     sim.add_argument(
         "--num-nodes",
         default=AUTO_NODES,
@@ -272,20 +264,18 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     fields = [key_of(f.name) for f in dataclasses.fields(RunConfig)]
     for key in defaults.keys() - fields:  # e.g. a key of a part this copy dropped
         raise ConfigError(f"{PYPROJECT.name} [tool.flwr.app.config]: {unknown_key(key, fields)}")
-    num_clients = 10
     variants: Variants = {}
     if known.resume is not None:
-        defaults, num_clients = saved_run(known.resume)
+        defaults = saved_run(known.resume)
     if known.preset is not None:
         if known.preset not in PRESETS:
             raise ConfigError(
                 f"--preset {known.preset!r} is not allowed: must be one of {', '.join(PRESETS)}"
             )
         preset = PRESETS[known.preset]
-        defaults |= preset.config
-        num_clients = preset.num_clients
+        defaults |= preset.config | {"num-clients": preset.num_clients}
         variants = preset.variants
-    args = build_parser(defaults, num_clients).parse_args(argv)
+    args = build_parser(defaults).parse_args(argv)
     values = {key_of(f.name): getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = RunConfig.from_mapping(values)
     if args.compare:
@@ -297,8 +287,6 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         RunConfig.from_mapping(values | overrides)
     if CENTRALIZED in variants:
         check_pooled(cfg)
-    if args.num_clients < 1:
-        raise ConfigError(f"--num-clients {args.num_clients} is not allowed: must be >= 1")
     if args.num_nodes not in (AUTO_NODES, PER_CLIENT) and not (
         args.num_nodes.isdigit() and int(args.num_nodes) >= 1
     ):
@@ -316,37 +304,20 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"--num-nodes {args.num_nodes} is not allowed with secure-aggregation = true: "
             f"SecAgg+ keeps each client's protocol state in its node (use {PER_CLIENT!r})"
         )
-    needed = max(cfg.min_available_clients, cfg.min_fit_clients)
-    if needed > args.num_clients:
-        raise ConfigError(
-            f"--num-clients {args.num_clients} is not allowed: min-available-clients/min-fit-clients "
-            f"need at least {needed} (the run would wait forever)"
-        )
-    sampled = cfg.fit_clients(args.num_clients)
+    sampled = cfg.fit_clients(cfg.num_clients)
     if cfg.secure_aggregation and sampled > SECAGG_MAX_CLIENTS:
         raise ConfigError(
-            f"--num-clients {args.num_clients} is not allowed with secure-aggregation = true and "
+            f"--num-clients {cfg.num_clients} is not allowed with secure-aggregation = true and "
             f"fraction-fit = {cfg.fraction_fit:g}: at most {SECAGG_MAX_CLIENTS} clients a round "
             f"({sampled} now; more overflow SecAgg+'s 32-bit masked sum)"
         )
-    if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev == 0:
-        stddev = count_stddev(cfg.dp_clipped_count_stddev, sampled)  # the rule's m/20
-        try:
-            update_noise_multiplier(cfg.dp_noise_multiplier, stddev)
-        except ValueError:
-            raise ConfigError(
-                f"config 'dp-noise-multiplier' = {cfg.dp_noise_multiplier!r} is not allowed with "
-                f"adaptive clipping and dp-clipped-count-stddev = 0 (m/20 = {stddev:g} for the "
-                f"{sampled} clients a round samples): must be < {2 * stddev:g}, or set "
-                "dp-clipped-count-stddev"
-            ) from None
     seeds = seeds_of(args, cfg.seed)
     for seed in seeds:
         RunConfig.from_mapping(values | {"seed": seed})
     if len(seeds) > 1 and not variants:  # one configuration over several seeds
         variants = {cfg.strategy: {}}
     simulation = Simulation(
-        args.num_clients,
+        cfg.num_clients,
         args.num_cpus,
         args.num_gpus,
         args.verbose,
@@ -395,10 +366,10 @@ def seeds_of(args: argparse.Namespace, seed: int) -> tuple[int, ...]:
     return tuple(args.seeds)
 
 
-def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
-    """The config and client count a run in ``directory`` was started with."""
+def saved_run(directory: Path) -> dict[str, Any]:
+    """The config a run in ``directory`` was started with."""
     try:
-        config = json.loads((directory / "config.json").read_text())
+        config: dict[str, Any] = json.loads((directory / "config.json").read_text())
         simulation = json.loads((directory / SIMULATION_FILE).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(
@@ -408,7 +379,8 @@ def saved_run(directory: Path) -> tuple[dict[str, Any], int]:
         raise ConfigError(
             f"--resume {str(directory)!r} is not allowed: it has no {CHECKPOINT_FILE}"
         )
-    return config, int(simulation["num_clients"])
+    # A run folder of before num-clients was a config key has it with the simulation flags.
+    return {"num-clients": int(simulation.get("num_clients", 10))} | config
 
 
 class ProgressDisplay(RunListener):

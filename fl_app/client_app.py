@@ -44,11 +44,11 @@ from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enou
 from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
 from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
 from fl_app.kit.results import RAY_NODE
-from fl_app.kit.seeds import rng_for, seed_for
+from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
+from fl_app.parts import private_client  # part: dp
 from fl_app.task import ArrayDataset, DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
-from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
 
 loopback_in_flowers_simulation()  # before Flower's simulation runtime starts its Ray
@@ -99,17 +99,6 @@ class FlowerClient(NumPyClient):
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
         trained = get_weights(self.model)
-        if self.cfg.dp == "local":  # clipped and noised here: the server never sees Δ
-            server_round = int(config.get("server-round", 0))
-            rng = rng_for(self.cfg.seed, "local-dp", server_round, self.partition_id)
-            trained = privatize_update(
-                parameters, trained, self.cfg.dp_clipping_norm, self.cfg.dp_noise_multiplier, rng
-            )
-        elif self.cfg.dp == "dp-sgd":  # trained with DP-SGD: the server accounts the steps
-            schedule = dp_sgd_schedule(
-                len(self.data.train), self.cfg.batch_size, self.cfg.local_epochs
-            )
-            metrics |= dict(zip(DP_SGD_METRICS, schedule, strict=True))
         weight = (
             self.secure_weight(trained) if self.cfg.secure_aggregation else len(self.data.train)
         )
@@ -173,8 +162,9 @@ class FaultyClient(NumPyClient):
     what it trained before it is sent.
     """
 
-    def __init__(self, client: FlowerClient, kind: str) -> None:
-        self.client = client
+    def __init__(self, client: NumPyClient, honest: FlowerClient, kind: str) -> None:
+        self.client = client  # what the honest client sends
+        self.honest = honest  # and the client itself
         self.kind = kind
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
@@ -183,9 +173,9 @@ class FaultyClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        cfg = self.client.cfg
+        cfg = self.honest.cfg
         if self.kind == "raise":
-            raise RuntimeError(f"injected fault: client {self.client.partition_id} fails in fit")
+            raise RuntimeError(f"injected fault: client {self.honest.partition_id} fails in fit")
         if self.kind == "straggle":
             time.sleep(cfg.straggle_seconds)
         trained, num_examples, metrics = self.client.fit(parameters, config)
@@ -198,7 +188,7 @@ class FaultyClient(NumPyClient):
     def little_is_enough(self, parameters: NDArrays, config: dict[str, Scalar]) -> NDArrays:
         """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data, then send
         :func:`fl_app.faults.little_is_enough` of the shard models."""
-        client = self.client
+        client = self.honest
         train = client.data.train
         shard_models = []
         for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
@@ -228,9 +218,11 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     num_partitions = int(node_config[NUM_PARTITIONS_KEY])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
-    client = FlowerClient(cfg, partition_id, data, model)
+    honest = FlowerClient(cfg, partition_id, data, model)
+    client: NumPyClient = honest
+    client = private_client.private(cfg, client, partition_id)  # part: dp
     if is_faulty(cfg, partition_id, num_partitions):
-        return FaultyClient(client, cfg.fault_kind)
+        return FaultyClient(client, honest, cfg.fault_kind)
     return client
 
 

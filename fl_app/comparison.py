@@ -136,7 +136,7 @@ def measures(runs: Sequence[SeedRun], target: float) -> dict[str, Estimate]:
         "final_loss": _values(runs, "final_loss"),
         "best_loss": _values(runs, "best_loss"),
         "seconds": Estimate(tuple(run.seconds for run in runs)),
-        "epsilon": _values(runs, "epsilon"),
+        "epsilon": _values(runs, "epsilon"),  # part: dp
     }
 
 
@@ -162,8 +162,8 @@ def comparison_table(
             ("best accuracy (%)", "best_accuracy", 100.0, 2),
             (f"rounds to {target:.0%}", "rounds_to_target", 1.0, 1 if seeds > 1 else 0),
         ]
-    if any(s["epsilon"].present for s in stats.values()):  # DP runs: the privacy spent
-        columns.append(("final ε", "epsilon", 1.0, 2))
+    if any(s["epsilon"].present for s in stats.values()):  # part: dp
+        columns.append(("final ε", "epsilon", 1.0, 2))  # part: dp
     columns.append(("wall time (s)", "seconds", 1.0, 1))
     timing = len(columns) - 1  # the column without an interval
     header = ["run", *(title for title, *_ in columns)]

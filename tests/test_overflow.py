@@ -21,7 +21,7 @@ from flwr.common import parameters_to_ndarrays
 import strategies
 from strategies import aggregate
 from strategies.hybrid import ROBUST_FILTERS
-from strategies.privacy import DP_SGD_METRICS, privatize_update
+from strategies.privacy import DP_SGD_METRICS, privatize_update  # part: dp
 from tests.fakes import Proxy, fit_res
 from tests.test_message_strategies import SHAPES, legacy_with, message_with, reply
 

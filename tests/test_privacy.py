@@ -27,9 +27,12 @@ from fl_app.client_app import make_client
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import rng_for
+from fl_app.parts.privacy import DpKeys
 from strategies.core.state import StrategyState
 from strategies.core.update import NothingAggregatedError
 from strategies.privacy import (
+    DP_CLIPPINGS,
+    DP_MODES,
     dp_sgd_schedule,
     epsilon,
     privatize_update,
@@ -38,6 +41,7 @@ from strategies.privacy import (
 )
 from tests.fakes import make, results_of
 from tests.processes import read_history, run_simulation_cli
+from tests.test_config import assert_bounds_refused, assert_one_line_error
 
 GLOBAL = [np.zeros((50, 40), dtype=np.float64), np.zeros(40, dtype=np.float64)]
 
@@ -324,7 +328,7 @@ def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_cou
     with pytest.raises(NothingAggregatedError, match=r"needs dp_clipped_count_stddev > 0\.5"):
         strategy.aggregate_fit(1, results_of(models, counts), [])
     flags = ["--dp", "central", "--dp-clipping", "adaptive", "--dp-noise-multiplier", "0.9"]
-    with pytest.raises(ConfigError, match=r"m/20 = 0.25 for the 5 clients .* must be < 0.5"):
+    with pytest.raises(ConfigError, match=r"must be < 0.5 .*m/20 = 0.25 for the 5 clients"):
         run_simulation.parse([*flags, "--num-clients", "10", "--fraction-fit", "0.5"])
     assert run_simulation.parse([*flags, "--num-clients", "20"]).cfg.dp_clipping == "adaptive"
 
@@ -359,3 +363,34 @@ def test_dp_learns_at_small_noise_and_not_at_large(
         final[noise] = rounds[-1]["central_accuracy"]
     assert final[small] > 0.8
     assert final[large] < 0.5
+
+
+# ---- config keys ------------------------------------------------------------------
+
+
+def test_every_bounded_dp_key_is_refused_out_of_range() -> None:
+    rows = [
+        ("dp-noise-multiplier", -0.1, ">= 0"),
+        ("dp-clipping-norm", 0.0, "> 0"),
+        ("dp-delta", 0.0, "> 0"),
+        ("dp-delta", 1.0, "< 1"),
+        ("dp-target-quantile", -0.1, ">= 0"),
+        ("dp-target-quantile", 1.1, "<= 1"),
+        ("dp-clip-learning-rate", 0.0, "> 0"),
+        ("dp-clipped-count-stddev", -1.0, ">= 0"),
+    ]
+    assert_bounds_refused(DpKeys, rows)
+
+
+@pytest.mark.parametrize(
+    ("key", "choices", "bad"),
+    [("dp", DP_MODES, "local-ish"), ("dp-clipping", DP_CLIPPINGS, "quantile")],
+)
+def test_the_dp_choices_are_the_rules_own(key: str, choices: tuple[str, ...], bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({key: bad})
+    message = assert_one_line_error(info.value, key, bad)
+    assert all(choice in message for choice in choices)
+    for choice in choices:
+        extra = {"dp": "central", "dp-noise-multiplier": 0.5} if choice == "adaptive" else {}
+        assert RunConfig.from_mapping({key: choice, **extra}).run_config[key] == choice

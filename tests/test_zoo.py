@@ -19,7 +19,7 @@ from fl_app.kit.keys import ConfigError
 from fl_app.parts import zoo
 from fl_app.parts.zoo import SYNTHETIC_FEATURES, ZooKeys, synthetic_device
 from fl_app.task import MODELS, ArrayDataset
-from tests.test_config import assert_one_line_error
+from tests.test_config import assert_bounds_refused, assert_one_line_error
 from tests.test_data import (
     clear_caches,
     label_hist,
@@ -216,17 +216,7 @@ OUT_OF_RANGE = [
 
 
 def test_every_bounded_key_is_refused_out_of_range() -> None:
-    bounded = {
-        f.name.replace("_", "-")
-        for f in ZooKeys.__dataclass_fields__.values()
-        if any(f.metadata[b] is not None for b in ("at_least", "above", "at_most", "below"))
-    }
-    assert {key for key, _, _ in OUT_OF_RANGE} == bounded
-    for key, value, allowed in OUT_OF_RANGE:
-        with pytest.raises(ConfigError) as info:
-            RunConfig.from_mapping({key: value})
-        assert f"must be {allowed}" in assert_one_line_error(info.value, key, value)
-        RunConfig.from_mapping({key: value + 1})
+    assert_bounds_refused(ZooKeys, OUT_OF_RANGE)
 
 
 @pytest.mark.parametrize(

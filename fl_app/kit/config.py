@@ -26,10 +26,10 @@ from fl_app.kit import data
 from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, Registry, fail, key_of, option
 from fl_app.parts import unknown_key
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
+from fl_app.parts.privacy import DpKeys  # part: dp
 from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
 from strategies.hybrid import ROBUST_FILTERS, HybridOptions
-from strategies.privacy import DP_CLIPPINGS, DP_MODES, update_noise_multiplier
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -95,6 +95,12 @@ class CoreKeys:
     )
     round_timeout: float = option(
         0.0, "seconds to wait for clients per round (0: no limit)", at_least=0
+    )
+    num_clients: int = option(
+        10,
+        "clients (data partitions) a simulation runs (run_simulation.py; under flwr run, "
+        "the federation's num-supernodes)",
+        at_least=1,
     )
     # Local training
     local_epochs: int = option(3, "local epochs per round on each client", at_least=1)
@@ -185,47 +191,6 @@ class CoreKeys:
         at_least=-1,
         below=1,
     )
-    # Differential privacy (strategies/privacy.py)
-    dp: str = option(
-        KNOBS.dp,
-        "differential privacy: none, central (the server clips each update to "
-        "dp-clipping-norm and adds Gaussian noise to the aggregate), local (each client "
-        "does that to its own update) or dp-sgd (sample-level: clients train with Opacus's "
-        "DP-SGD, per-example gradients clipped to dp-clipping-norm); each round reports epsilon",
-        choices=DP_MODES,
-    )
-    dp_noise_multiplier: float = option(
-        KNOBS.dp_noise_multiplier,
-        "noise standard deviation over the most one client can move the aggregate",
-        at_least=0,
-    )
-    dp_clipping_norm: float = option(
-        KNOBS.dp_clipping_norm,
-        "largest update norm ‖θ_i − θ_g‖ that counts (dp-sgd: per-example gradient norm)",
-        above=0,
-    )
-    dp_delta: float = option(KNOBS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
-    dp_clipping: str = option(
-        KNOBS.dp_clipping,
-        "central DP's clipping norm: fixed (dp-clipping-norm) or adaptive (starts at "
-        "dp-clipping-norm, follows dp-target-quantile of the update norms)",
-        choices=DP_CLIPPINGS,
-    )
-    dp_target_quantile: float = option(
-        KNOBS.dp_target_quantile,
-        "adaptive clipping: share of updates left unclipped",
-        at_least=0,
-        at_most=1,
-    )
-    dp_clip_learning_rate: float = option(
-        KNOBS.dp_clip_learning_rate, "adaptive clipping: step of C ← C·exp(−η(b − γ))", above=0
-    )
-    dp_clipped_count_stddev: float = option(
-        KNOBS.dp_clipped_count_stddev,
-        "adaptive clipping: noise on the unclipped count (0: clients sampled a round / 20); "
-        "must exceed dp-noise-multiplier / 2",
-        at_least=0,
-    )
     # Secure aggregation (Flower's SecAgg+, legacy API)
     secure_aggregation: bool = option(
         False,
@@ -262,42 +227,16 @@ class CoreKeys:
         30.0, "fault-kind straggle: delay before answering", at_least=0
     )
 
-    def part_listeners(self, directory: Path) -> list[RunListener]:
-        """What the optional parts listen to a run in ``directory`` with (each part's keys
-        class adds its own and calls ``super()``); the core adds nothing."""
-        return []
-
-
-@dataclass(frozen=True)
-class RunConfig(
-    TrackingKeys,  # part: tracking
-    BaselineKeys,  # part: flower-baselines
-    ZooKeys,  # part: zoo
-    CoreKeys,
-):
-    """Every knob of a run, with its default: the core's keys, then those of each optional
-    part this copy has (docs/template.md), one base class a part."""
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Build from ``{kebab-key: value}`` (a Flower ``run_config``); defaults fill the rest."""
-        fields = {key_of(f.name): f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(unknown_key(key, fields))
-            kwargs[fields[key].name] = value
-        return cls(**kwargs)
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            key = key_of(f.name)
-            value = _coerce(key, getattr(self, f.name), f.type)
-            object.__setattr__(self, f.name, value)  # frozen: ints become floats, "true" a bool
-            _check_field(key, value, f.metadata)
-        self._check_combinations()
-
-    def _check_combinations(self) -> None:
+    def check(self) -> None:
+        """The rules across keys (a part's keys class adds its own and calls ``super()``)."""
+        needed = max(self.min_available_clients, self.min_fit_clients)
+        if needed > self.num_clients:
+            fail(
+                "num-clients",
+                self.num_clients,
+                f">= {needed}: min-available-clients/min-fit-clients need that many "
+                "(the run would wait forever)",
+            )
         if self.min_fit_clients > self.min_available_clients:
             fail(
                 "min-fit-clients",
@@ -346,29 +285,6 @@ class RunConfig(
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
             )
-        if self.dp == "central" and self.strategy in strategies.BASELINES:
-            fail(
-                "dp",
-                self.dp,
-                f"none or local with strategy {self.strategy!r} (Flower's robust aggregators combine "
-                "the updates their own way; central DP needs the weighted sum of clipped updates)",
-            )
-        if self.dp_clipping == "adaptive" and self.dp != "central":
-            fail(
-                "dp-clipping",
-                self.dp_clipping,
-                f"fixed with dp = {self.dp!r} (adaptive is central DP's)",
-            )
-        if self.dp_clipping == "adaptive" and self.dp_clipped_count_stddev > 0:
-            try:
-                update_noise_multiplier(self.dp_noise_multiplier, self.dp_clipped_count_stddev)
-            except ValueError:
-                fail(
-                    "dp-clipped-count-stddev",
-                    self.dp_clipped_count_stddev,
-                    f"> dp-noise-multiplier / 2 = {self.dp_noise_multiplier / 2:g} under adaptive "
-                    "clipping (the noisy count would take the whole privacy budget)",
-                )
         if self.secure_aggregation:
             self._check_secure_aggregation()
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
@@ -423,6 +339,42 @@ class RunConfig(
         if self.fraction_evaluate == 0:
             return 0
         return max(int(self.fraction_evaluate * available), self.min_evaluate_clients)
+
+    def part_listeners(self, directory: Path) -> list[RunListener]:
+        """What the optional parts listen to a run in ``directory`` with (each part's keys
+        class adds its own and calls ``super()``); the core adds nothing."""
+        return []
+
+
+@dataclass(frozen=True)
+class RunConfig(
+    TrackingKeys,  # part: tracking
+    BaselineKeys,  # part: flower-baselines
+    ZooKeys,  # part: zoo
+    DpKeys,  # part: dp
+    CoreKeys,
+):
+    """Every knob of a run, with its default: the core's keys, then those of each optional
+    part this copy has (docs/template.md), one base class a part."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from ``{kebab-key: value}`` (a Flower ``run_config``); defaults fill the rest."""
+        fields = {key_of(f.name): f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(unknown_key(key, fields))
+            kwargs[fields[key].name] = value
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            key = key_of(f.name)
+            value = _coerce(key, getattr(self, f.name), f.type)
+            object.__setattr__(self, f.name, value)  # frozen: ints become floats, "true" a bool
+            _check_field(key, value, f.metadata)
+        self.check()
 
     @property
     def run_config(self) -> dict[str, Any]:

@@ -60,8 +60,8 @@ def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
             f"clients {record.get('accepted', 0)}/{record['sampled']}"
             f" ({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
         )
-    if "epsilon" in record:
-        parts.append(f"ε {record['epsilon']:.3g}")
+    if "epsilon" in record:  # part: dp
+        parts.append(f"ε {record['epsilon']:.3g}")  # part: dp
     if "seconds" in record:
         parts.append(f"{record['seconds']:.2f} s")
     if "problem" in record:
@@ -80,7 +80,7 @@ METRICS_COLUMNS = (
     "sampled",  # clients asked to train
     "results",  # updates received
     "failures",  # clients that raised or timed out
-    "epsilon",  # privacy spent so far, central DP (at dp-delta)
+    "epsilon",  # part: dp
     "rejected",  # updates refused by validation
     "seconds",  # wall time of the round
     "elapsed",  # wall time since the run started
@@ -108,10 +108,14 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def last(rounds: Sequence[RoundRecord], key: str) -> Any:
+    """The last value of ``key`` in ``rounds`` (None: no round has it)."""
+    return next((r[key] for r in reversed(rounds) if key in r), None)
+
+
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy (None for regression), final loss, wall time, the
-    Ray nodes clients trained on (a simulation's), and the privacy spent (central DP's ε at
-    the end; None without DP)."""
+    """Final and best central accuracy (None for regression), final and best loss, wall
+    time, and the Ray nodes clients trained on (a simulation's)."""
     accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
     losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
     return {
@@ -122,7 +126,7 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
         "best_loss": min(losses) if losses else None,
         "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
         "ray_nodes": sorted({node for r in rounds for node in r.get("ray_nodes", ())}),
-        "epsilon": next((r["epsilon"] for r in reversed(rounds) if "epsilon" in r), None),
+        "epsilon": last(rounds, "epsilon"),  # part: dp
     }
 
 
@@ -135,8 +139,10 @@ def describe(summary: Mapping[str, Any]) -> str:
     else:
         headline = f"final loss {summary['final_loss']:.4f}, best {summary['best_loss']:.4f}"
     where = f" on {len(summary['ray_nodes'])} Ray nodes" if len(summary["ray_nodes"]) > 1 else ""
-    spent = "" if summary["epsilon"] is None else f", privacy spent ε = {summary['epsilon']:.3g}"
-    return f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s{where}{spent}"
+    line = f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s{where}"
+    if summary.get("epsilon") is not None:  # part: dp
+        line += f", privacy spent ε = {summary['epsilon']:.3g}"  # part: dp
+    return line
 
 
 def metrics_csv(rounds: Sequence[RoundRecord]) -> str:

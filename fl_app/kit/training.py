@@ -13,7 +13,7 @@ from torch import nn
 
 from fl_app import task
 from fl_app.kit.data import Settings, load_server_data, task_of
-from fl_app.parts import privacy
+from fl_app.parts.privacy import dp_sgd_train  # part: dp
 from fl_app.task import ArrayDataset, Weights, build_model, evaluate, get_weights, set_weights
 
 # The run config; training also reads its model, device, local-epochs, batch-size,
@@ -32,8 +32,8 @@ def train_as_configured(
     cfg: TrainingSettings, model: nn.Module, data: ArrayDataset, *, device: torch.device, seed: int
 ) -> float:
     """:func:`fl_app.task.train` with the run's local-training knobs."""
-    if cfg.dp == "dp-sgd":
-        return privacy.dp_sgd_train(cfg, model, data, device=device, seed=seed)
+    if cfg.dp == "dp-sgd":  # part: dp
+        return dp_sgd_train(cfg, model, data, device=device, seed=seed)  # part: dp
     return task.train(
         model,
         data,

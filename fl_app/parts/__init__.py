@@ -50,6 +50,26 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
+    "dp": Part(
+        "differential privacy: central, local and DP-SGD, with their ε accountants",
+        (
+            "strategies/privacy.py",
+            "fl_app/parts/privacy.py",
+            "fl_app/parts/private_client.py",
+            "tests/test_privacy.py",
+        ),
+        module="strategies.privacy",
+        keys=(
+            "dp",
+            "dp-noise-multiplier",
+            "dp-clipping-norm",
+            "dp-delta",
+            "dp-clipping",
+            "dp-target-quantile",
+            "dp-clip-learning-rate",
+            "dp-clipped-count-stddev",
+        ),
+    ),
     "zoo": Part(
         "more datasets (torchvision's, generated, Hugging Face), models and partitioners",
         ("fl_app/parts/zoo.py", "tests/test_zoo.py"),

@@ -1,20 +1,112 @@
-"""Differential privacy in the app: the optional part ``dp`` (with :mod:`strategies.privacy`).
+"""Differential privacy in the app, the optional part ``dp`` (with :mod:`strategies.privacy`
+and :mod:`fl_app.parts.private_client`): its config keys, and DP-SGD training.
 
-The clients' side of the three modes: under ``dp = local`` a client clips and noises its
-own update before sending it; under ``dp = dp-sgd`` it trains with Opacus's DP-SGD and
-reports its schedule, which the server accounts. Central DP happens in the rule.
+Central DP happens in the rule; under ``dp = local`` a client clips and noises its own
+update; under ``dp = dp-sgd`` it trains with Opacus's DP-SGD (here) and reports its
+schedule, which the server accounts. No Flower here: the config imports this module.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fl_app.kit.data import task_of
+from fl_app.kit.keys import fail, option
 from fl_app.task import ArrayDataset, loss_function, train, train_epochs
+from strategies.core.options import ServerOptions
+from strategies.privacy import (
+    DP_CLIPPINGS,
+    DP_MODES,
+    count_stddev,
+    update_noise_multiplier,
+)
+
+# The DP knobs' defaults are the rules' own.
+DEFAULTS = ServerOptions()
+
+
+@dataclass(frozen=True)
+class DpKeys:
+    """The config keys of DP, and their rules across keys."""
+
+    dp: str = option(
+        DEFAULTS.dp,
+        "differential privacy: none, central (the server clips each update to "
+        "dp-clipping-norm and adds Gaussian noise to the aggregate), local (each client "
+        "does that to its own update) or dp-sgd (sample-level: clients train with Opacus's "
+        "DP-SGD, per-example gradients clipped to dp-clipping-norm); each round reports epsilon",
+        choices=DP_MODES,
+    )
+    dp_noise_multiplier: float = option(
+        DEFAULTS.dp_noise_multiplier,
+        "noise standard deviation over the most one client can move the aggregate",
+        at_least=0,
+    )
+    dp_clipping_norm: float = option(
+        DEFAULTS.dp_clipping_norm,
+        "largest update norm ‖θ_i − θ_g‖ that counts (dp-sgd: per-example gradient norm)",
+        above=0,
+    )
+    dp_delta: float = option(DEFAULTS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
+    dp_clipping: str = option(
+        DEFAULTS.dp_clipping,
+        "central DP's clipping norm: fixed (dp-clipping-norm) or adaptive (starts at "
+        "dp-clipping-norm, follows dp-target-quantile of the update norms)",
+        choices=DP_CLIPPINGS,
+    )
+    dp_target_quantile: float = option(
+        DEFAULTS.dp_target_quantile,
+        "adaptive clipping: share of updates left unclipped",
+        at_least=0,
+        at_most=1,
+    )
+    dp_clip_learning_rate: float = option(
+        DEFAULTS.dp_clip_learning_rate, "adaptive clipping: step of C ← C·exp(−η(b − γ))", above=0
+    )
+    dp_clipped_count_stddev: float = option(
+        DEFAULTS.dp_clipped_count_stddev,
+        "adaptive clipping: noise on the unclipped count (0: clients sampled a round / 20); "
+        "must exceed dp-noise-multiplier / 2",
+        at_least=0,
+    )
+
+    def check(self) -> None:
+        super().check()  # type: ignore[misc]
+        cfg: Any = self  # the whole RunConfig
+        if cfg.dp_clipping == "adaptive" and cfg.dp != "central":
+            fail(
+                "dp-clipping",
+                cfg.dp_clipping,
+                f"fixed with dp = {cfg.dp!r} (adaptive is central DP's)",
+            )
+        if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev > 0:
+            try:
+                update_noise_multiplier(cfg.dp_noise_multiplier, cfg.dp_clipped_count_stddev)
+            except ValueError:
+                fail(
+                    "dp-clipped-count-stddev",
+                    cfg.dp_clipped_count_stddev,
+                    f"> dp-noise-multiplier / 2 = {cfg.dp_noise_multiplier / 2:g} under adaptive "
+                    "clipping (the noisy count would take the whole privacy budget)",
+                )
+        if cfg.dp_clipping == "adaptive" and cfg.dp_clipped_count_stddev == 0:
+            sampled = cfg.fit_clients(cfg.num_clients)
+            stddev = count_stddev(0.0, sampled)  # the rule's m/20
+            try:
+                update_noise_multiplier(cfg.dp_noise_multiplier, stddev)
+            except ValueError:
+                fail(
+                    "dp-noise-multiplier",
+                    cfg.dp_noise_multiplier,
+                    f"< {2 * stddev:g} with adaptive clipping and dp-clipped-count-stddev = 0 "
+                    f"(m/20 = {stddev:g} for the {sampled} clients a round samples), or set "
+                    "dp-clipped-count-stddev",
+                )
 
 
 def dp_sgd_train(

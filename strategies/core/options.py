@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Self
 
-from strategies.privacy import PrivacyOptions
+from strategies.privacy import PrivacyOptions  # part: dp
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +43,7 @@ class StepOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class ServerOptions(
-    PrivacyOptions,
+    PrivacyOptions,  # part: dp
     StepOptions,
 ):
     """The knobs of every rule: the server step's, then each optional part's."""

@@ -36,7 +36,7 @@ from strategies.core.update import (
     RoundResult,
     ScoreFn,
 )
-from strategies.privacy import PrivateRule
+from strategies.privacy import PrivateRule  # part: dp
 
 
 class RoundHooks:
@@ -77,7 +77,7 @@ class RoundHooks:
 
 
 class Rule(
-    PrivateRule,
+    PrivateRule,  # part: dp
     RoundHooks,
 ):
     """Base of every aggregation rule: validated, streaming aggregation with a server step.

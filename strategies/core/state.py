@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from strategies.aggregate import Array, Model
-from strategies.privacy import PrivacyState
+from strategies.privacy import PrivacyState  # part: dp
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CoreState:
 
 @dataclass
 class StrategyState(
-    PrivacyState,
+    PrivacyState,  # part: dp
     CoreState,
 ):
     """Everything a strategy carries from one round to the next (for checkpoints)."""

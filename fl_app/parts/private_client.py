@@ -1,0 +1,52 @@
+"""The clients' side of DP (the optional part ``dp``): a local-DP client clips and noises
+its own update before sending it; a DP-SGD client reports its schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.client import NumPyClient
+
+from fl_app.kit.seeds import rng_for
+from fl_app.task import Weights
+from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
+
+
+class PrivateClient(NumPyClient):
+    """A client under local DP (it clips and noises its own update: the server never sees
+    it) or DP-SGD (it reports its schedule, which the server accounts)."""
+
+    def __init__(self, client: Any, cfg: Any, partition_id: int) -> None:
+        self.client, self.cfg, self.partition_id = client, cfg, partition_id
+
+    def get_parameters(self, config: dict[str, Any]) -> Weights:
+        return list(self.client.get_parameters(config))
+
+    def fit(
+        self, parameters: Weights, config: dict[str, Any]
+    ) -> tuple[Weights, int, dict[str, Any]]:
+        trained, num_examples, metrics = self.client.fit(parameters, config)
+        cfg = self.cfg
+        if cfg.dp == "local":
+            server_round = int(config.get("server-round", 0))
+            rng = rng_for(cfg.seed, "local-dp", server_round, self.partition_id)
+            trained = privatize_update(
+                parameters, trained, cfg.dp_clipping_norm, cfg.dp_noise_multiplier, rng
+            )
+        else:
+            examples = len(self.client.data.train)
+            schedule = dp_sgd_schedule(examples, cfg.batch_size, cfg.local_epochs)
+            metrics = metrics | dict(zip(DP_SGD_METRICS, schedule, strict=True))
+        return trained, num_examples, metrics
+
+    def evaluate(
+        self, parameters: Weights, config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
+        loss, num_examples, metrics = self.client.evaluate(parameters, config)
+        return loss, num_examples, metrics
+
+
+def private(cfg: Any, client: Any, partition_id: int) -> NumPyClient:
+    """The FlowerClient ``client`` as DP has it send its updates (itself without DP or with
+    central DP)."""
+    return PrivateClient(client, cfg, partition_id) if cfg.dp in ("local", "dp-sgd") else client
