@@ -343,7 +343,8 @@ def pick_backend(
         return backend
     cpus = len(os.sched_getaffinity(0))
     workers = cpus / num_cpus if num_cpus > 0 else float(cpus)  # 0: Ray reserves nothing
-    side_by_side = workers >= RAY_FROM_WORKERS or cfg.fault_kind == "straggle"
+    side_by_side = workers >= RAY_FROM_WORKERS
+    side_by_side |= cfg.fault_kind == "straggle"  # part: faults
     return "ray" if side_by_side or num_gpus > 0 or ray_address else "inprocess"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,13 +39,13 @@ from torch import nn
 
 import strategies
 from fl_app.engine.loopback import loopback_in_flowers_simulation
-from fl_app.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
 from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
 from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
 from fl_app.kit.results import RAY_NODE
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
-from fl_app.parts import private_client  # part: dp
+from fl_app.parts.faulty_client import faulty  # part: faults
+from fl_app.parts.private_client import private  # part: dp
 from fl_app.task import ArrayDataset, DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
@@ -155,53 +154,6 @@ class FlowerClient(NumPyClient):
         return result.loss, result.num_examples, metrics
 
 
-class FaultyClient(NumPyClient):
-    """An honest client made to misbehave on purpose (``fault-kind``, see :mod:`fl_app.faults`).
-
-    ``raise`` and ``straggle`` act before the wrapped client trains; the poisonings change
-    what it trained before it is sent.
-    """
-
-    def __init__(self, client: NumPyClient, honest: FlowerClient, kind: str) -> None:
-        self.client = client  # what the honest client sends
-        self.honest = honest  # and the client itself
-        self.kind = kind
-
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return self.client.get_parameters(config)
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        cfg = self.honest.cfg
-        if self.kind == "raise":
-            raise RuntimeError(f"injected fault: client {self.honest.partition_id} fails in fit")
-        if self.kind == "straggle":
-            time.sleep(cfg.straggle_seconds)
-        trained, num_examples, metrics = self.client.fit(parameters, config)
-        if self.kind in BEFORE_TRAINING:
-            return trained, num_examples, metrics
-        if self.kind == "little-is-enough":
-            return self.little_is_enough(parameters, config), num_examples, metrics
-        return poison(self.kind, parameters, trained, num_examples, metrics, cfg.fault_scale)
-
-    def little_is_enough(self, parameters: NDArrays, config: dict[str, Scalar]) -> NDArrays:
-        """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data, then send
-        :func:`fl_app.faults.little_is_enough` of the shard models."""
-        client = self.honest
-        train = client.data.train
-        shard_models = []
-        for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
-            client.train_on(train.subset(indices), parameters, config, part)
-            shard_models.append(get_weights(client.model))
-        return little_is_enough(parameters, shard_models, client.cfg.fault_scale)
-
-    def evaluate(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, int, dict[str, Scalar]]:
-        return self.client.evaluate(parameters, config)
-
-
 def where_it_ran() -> dict[str, Scalar]:
     """``ray_node``: the Ray node this client trained on (the first 12 hex digits of its
     node id, as ``ray list nodes`` shows it), when Flower's simulation engine runs it on
@@ -220,9 +172,8 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
     honest = FlowerClient(cfg, partition_id, data, model)
     client: NumPyClient = honest
-    client = private_client.private(cfg, client, partition_id)  # part: dp
-    if is_faulty(cfg, partition_id, num_partitions):
-        return FaultyClient(client, honest, cfg.fault_kind)
+    client = private(cfg, client, partition_id)  # part: dp
+    client = faulty(cfg, client, honest, num_partitions)  # part: faults
     return client
 
 

@@ -46,7 +46,7 @@ def update(client: str, value: float, n: int = 10, **metrics: float) -> ClientUp
         "fl_app.parts.zoo",
         "fl_app.kit.results",
         "fl_app.kit.checkpoint",
-        "fl_app.faults",
+        "fl_app.parts.faults",
     ],
 )
 def test_the_core_and_the_torch_modules_import_no_flower(module: str) -> None:

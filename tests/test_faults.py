@@ -10,13 +10,16 @@ import pytest
 from flwr.common import parameters_to_ndarrays
 
 import strategies
-from fl_app import client_app
-from fl_app.client_app import FaultyClient, FlowerClient, make_client
-from fl_app.faults import FAULT_KINDS, LIE_SHARDS, is_faulty
+from fl_app.client_app import FlowerClient, make_client
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec
+from fl_app.kit.keys import ConfigError
+from fl_app.parts import faulty_client
+from fl_app.parts.faults import FAULT_KINDS, LIE_SHARDS, FaultKeys, is_faulty
+from fl_app.parts.faulty_client import FaultyClient
 from fl_app.task import build_model, get_weights
 from tests.fakes import make, results_of
+from tests.test_config import assert_bounds_refused, assert_one_line_error
 
 NUM_PARTITIONS = 5
 POISONED = ("nan", "inf", "wrong-shape", "zero-examples", "negative-examples")
@@ -62,7 +65,7 @@ def test_raise_fails_in_fit() -> None:
 
 def test_straggle_sleeps_then_answers_honestly(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(client_app.time, "sleep", slept.append)
+    monkeypatch.setattr(faulty_client.time, "sleep", slept.append)
     arrays, n, _ = fit(cfg_with("straggle", straggle_seconds=7.5), 0, global_model())
     honest, honest_n, _ = fit(cfg_with("none"), 0, global_model())
     assert slept == [7.5]
@@ -139,3 +142,25 @@ def test_fault_kinds_are_all_exercised() -> None:
     tested = {"none", "raise", "straggle", "little-is-enough", *MOVED, *POISONED}
     assert tested == set(FAULT_KINDS)
     assert math.isclose(cfg_with("scale").fault_scale, 10.0)
+
+
+# ---- config keys ------------------------------------------------------------------
+
+
+def test_every_bounded_fault_key_is_refused_out_of_range() -> None:
+    rows = [
+        ("fault-fraction", -0.1, ">= 0"),
+        ("fault-fraction", 1.1, "<= 1"),
+        ("fault-scale", 0.0, "> 0"),
+        ("straggle-seconds", -1.0, ">= 0"),
+    ]
+    assert_bounds_refused(FaultKeys, rows)
+
+
+def test_the_fault_kinds_are_the_parts_own() -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"fault-kind": "explode"})
+    message = assert_one_line_error(info.value, "fault-kind", "explode")
+    assert all(kind in message for kind in FAULT_KINDS)
+    for kind in FAULT_KINDS:
+        assert RunConfig.from_mapping({"fault-kind": kind}).fault_kind == kind

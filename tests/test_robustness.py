@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import strategies
-from fl_app.faults import is_faulty
 from fl_app.kit.config import RunConfig
+from fl_app.parts.faults import is_faulty
 from tests.processes import read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import strategies
 from fl_app import task
 from fl_app.kit import data
-from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, Registry, fail, key_of, option
+from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, option
 from fl_app.parts import unknown_key
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
+from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.privacy import DpKeys  # part: dp
 from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 DATASETS = Names(task.DATASETS, task.DATASET_PREFIXES)
 MODELS = Names(task.MODELS)
-FAULT_KINDS = Registry("fl_app.faults", "FAULT_KINDS")
 # Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.
 SECURE_FAULTS = ("none", "raise", "straggle")
 DEVICES = ("auto", "cpu", "cuda")
@@ -215,17 +215,6 @@ class CoreKeys:
         "SecAgg+: model values are quantized in [-r, r]; a client whose model leaves it fails",
         above=0,
     )
-    # Fault injection, for tests and robustness experiments (off by default)
-    fault_kind: str = option(
-        "none", "what the faulty clients do (see fl_app/faults.py)", choices=FAULT_KINDS
-    )
-    fault_fraction: float = option(
-        0.0, "share of clients that are faulty (the same ones every round)", at_least=0, at_most=1
-    )
-    fault_scale: float = option(10.0, "fault-kind scale: factor applied to the update", above=0)
-    straggle_seconds: float = option(
-        30.0, "fault-kind straggle: delay before answering", at_least=0
-    )
 
     def check(self) -> None:
         """The rules across keys (a part's keys class adds its own and calls ``super()``)."""
@@ -315,10 +304,11 @@ class CoreKeys:
                 self.min_fit_clients,
                 ">= 2 with secure-aggregation = true (SecAgg+ masks pairs of clients)",
             )
-        if self.fault_kind not in SECURE_FAULTS:
+        fault_kind = getattr(self, "fault_kind", "none")
+        if fault_kind not in SECURE_FAULTS:
             fail(
                 "fault-kind",
-                self.fault_kind,
+                fault_kind,
                 f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a "
                 "poisoned update inside the masked sum cannot be rejected, and may break "
                 "the protocol)",
@@ -352,6 +342,7 @@ class RunConfig(
     BaselineKeys,  # part: flower-baselines
     ZooKeys,  # part: zoo
     DpKeys,  # part: dp
+    FaultKeys,  # part: faults
     CoreKeys,
 ):
     """Every knob of a run, with its default: the core's keys, then those of each optional

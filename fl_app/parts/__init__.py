@@ -50,6 +50,17 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
+    "faults": Part(
+        "fault injection: clients that fail, straggle, poison their update or lie",
+        (
+            "fl_app/parts/faults.py",
+            "fl_app/parts/faulty_client.py",
+            "tests/test_faults.py",
+            "tests/test_robustness.py",
+        ),
+        module="fl_app.parts.faults",
+        keys=("fault-kind", "fault-fraction", "fault-scale", "straggle-seconds"),
+    ),
     "dp": Part(
         "differential privacy: central, local and DP-SGD, with their ε accountants",
         (

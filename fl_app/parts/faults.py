@@ -18,19 +18,21 @@ clients is faulty for the whole run; each of them, in every round:
   of what honest clients send): close to the honest updates in norm and direction, a
   small shift in every coordinate. Its metrics are those of its honest training.
 
-Numpy only, no torch or Flower: ``FaultyClient`` (in :mod:`fl_app.client_app`) wraps an
-honest client, fails or straggles before it trains, and applies :func:`poison` to what it
-trained.
+The optional part ``faults``: its config keys and what a poisoned update is (numpy only,
+no torch or Flower: the config imports this module); :mod:`fl_app.parts.faulty_client`
+wraps an honest client, fails or straggles before it trains, and applies :func:`poison`
+to what it trained.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import option
 from fl_app.kit.seeds import rng_for
 
 Arrays = list[NDArray[Any]]
@@ -51,7 +53,23 @@ LIE_SHARDS = 4
 FAULT_KINDS = ("none", *BEFORE_TRAINING, *POISONINGS)
 
 
-def is_faulty(cfg: RunConfig, partition_id: int, num_partitions: int) -> bool:
+@dataclass(frozen=True)
+class FaultKeys:
+    """The config keys of fault injection (off by default)."""
+
+    fault_kind: str = option(
+        "none", "what the faulty clients do (see fl_app/parts/faults.py)", choices=FAULT_KINDS
+    )
+    fault_fraction: float = option(
+        0.0, "share of clients that are faulty (the same ones every round)", at_least=0, at_most=1
+    )
+    fault_scale: float = option(10.0, "fault-kind scale: factor applied to the update", above=0)
+    straggle_seconds: float = option(
+        30.0, "fault-kind straggle: delay before answering", at_least=0
+    )
+
+
+def is_faulty(cfg: Any, partition_id: int, num_partitions: int) -> bool:
     """Whether client ``partition_id`` is one of the ``fault-fraction`` faulty clients."""
     if cfg.fault_kind == "none" or cfg.fault_fraction == 0:
         return False
