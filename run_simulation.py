@@ -64,14 +64,12 @@ from fl_app.kit.results import (
     write_json_atomically,
 )
 from fl_app.parts import absent_flag, unknown_key
+from fl_app.parts.legacy.keys import secure_nodes  # part: legacy-api
 from strategies.core.update import NothingAggregatedError
 
 if TYPE_CHECKING:
     from fl_app.server_app import SweepOutcome
 
-# SecAgg+ sums values quantized to 2^22 levels modulo 2^32 (Flower's defaults): at most
-# 2^10 clients a round before the sum wraps.
-SECAGG_MAX_CLIENTS = 1024
 
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, for --resume
@@ -226,8 +224,8 @@ class Simulation:
             return None
         if self.num_nodes != AUTO_NODES:
             return int(self.num_nodes)
-        if any(cfg.secure_aggregation for cfg in configs):
-            return None
+        if any(cfg.secure_aggregation for cfg in configs):  # part: legacy-api
+            return None  # part: legacy-api
         asked = max(
             max(c.fit_clients(self.num_clients), c.evaluate_clients(self.num_clients))
             for c in configs
@@ -299,18 +297,7 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
             f"--ray-address {args.ray_address!r} is not allowed with --backend inprocess: "
             "the clients run in this process (use --backend ray)"
         )
-    if cfg.secure_aggregation and args.num_nodes not in (AUTO_NODES, PER_CLIENT):
-        raise ConfigError(
-            f"--num-nodes {args.num_nodes} is not allowed with secure-aggregation = true: "
-            f"SecAgg+ keeps each client's protocol state in its node (use {PER_CLIENT!r})"
-        )
-    sampled = cfg.fit_clients(cfg.num_clients)
-    if cfg.secure_aggregation and sampled > SECAGG_MAX_CLIENTS:
-        raise ConfigError(
-            f"--num-clients {cfg.num_clients} is not allowed with secure-aggregation = true and "
-            f"fraction-fit = {cfg.fraction_fit:g}: at most {SECAGG_MAX_CLIENTS} clients a round "
-            f"({sampled} now; more overflow SecAgg+'s 32-bit masked sum)"
-        )
+    secure_nodes(cfg, args.num_nodes, (AUTO_NODES, PER_CLIENT))  # part: legacy-api
     seeds = seeds_of(args, cfg.seed)
     for seed in seeds:
         RunConfig.from_mapping(values | {"seed": seed})

@@ -72,8 +72,10 @@ def contenders(global_parameters: Parameters) -> dict[str, Callable[[], Any]]:
 
     def project(name: str, **kwargs: Any) -> Callable[[], Any]:
         def build() -> Any:
-            strategy = strategies.build(name, initial_parameters=global_parameters, **kwargs)
-            strategy.initialize_parameters(client_manager=None)  # type: ignore[union-attr, arg-type]
+            strategy: Any = strategies.build(
+                name, api="legacy", initial_parameters=global_parameters, **kwargs
+            )
+            strategy.initialize_parameters(client_manager=None)
             return strategy
 
         return build

@@ -1,21 +1,17 @@
 """Flower ClientApp: a NumPyClient that trains the model on one client's partition.
 
-The one ClientApp answers both Flower API halves: legacy messages (``fitins.*`` /
-``evaluateins.*`` records, sent by ``flwr.server.strategy`` strategies) go through
-Flower's NumPyClient handler; Message-API messages (``arrays`` + ``config``, sent by
-``flwr.serverapp.strategy`` strategies such as Flower's own ``FedAvg``) are answered with
-an ``ArrayRecord`` and a ``MetricRecord`` holding ``num-examples``. Either way the same
-:class:`FlowerClient` trains.
+Message-API messages (``arrays`` + ``config``, sent by ``flwr.serverapp.strategy``
+strategies, Flower's own ``FedAvg`` among them) are answered with an ``ArrayRecord`` and a
+``MetricRecord`` holding ``num-examples``; :class:`FlowerClient` trains and evaluates.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import (
     Array,
@@ -26,18 +22,11 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.app.message_type import MessageType
-from flwr.client import Client, NumPyClient
-from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
-from flwr.client.mod import secaggplus_mod
+from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.common import Code, GetPropertiesRes, NDArrays, Scalar, Status
-from flwr.common.constant import MessageTypeLegacy
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
+from flwr.common import NDArrays, Scalar
 from torch import nn
 
-import strategies
 from fl_app.engine.loopback import loopback_in_flowers_simulation
 from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
 from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
@@ -45,15 +34,13 @@ from fl_app.kit.results import RAY_NODE
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
 from fl_app.parts.faulty_client import faulty  # part: faults
+from fl_app.parts.legacy.client import answering_legacy, securely_weighted  # part: legacy-api
 from fl_app.parts.private_client import private  # part: dp
 from fl_app.task import ArrayDataset, DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
 
 loopback_in_flowers_simulation()  # before Flower's simulation runtime starts its Ray
-
-# Record-name prefixes of Flower's legacy messages (FitIns, EvaluateIns, ... as records).
-LEGACY_RECORD_PREFIXES = ("fitins.", "evaluateins.", "getparametersins.", "getpropertiesins.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,42 +84,7 @@ class FlowerClient(NumPyClient):
         train_loss = self.train_on(self.data.train, parameters, config)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        trained = get_weights(self.model)
-        weight = (
-            self.secure_weight(trained) if self.cfg.secure_aggregation else len(self.data.train)
-        )
-        return trained, weight, metrics | where_it_ran()
-
-    def secure_weight(self, trained: NDArrays) -> int:
-        """The weight SecAgg+ multiplies this client's model by (sent as num_examples),
-        after checking that the masked sum can carry it and the model exactly enough.
-
-        FedAvg's is ``n_i``; a uniform weight is ``secagg-max-weight`` itself (any common
-        weight gives the plain mean, and the largest one is quantized most finely).
-        """
-        cfg = self.cfg
-        rule_type = strategies.rule_type(cfg.strategy)
-        per_example = rule_type.secure_weight(rule_type.Options.from_config(cfg)) == "examples"
-        weight = len(self.data.train) if per_example else max(1, int(cfg.secagg_max_weight))
-        if weight > cfg.secagg_max_weight:
-            raise ValueError(
-                f"secure aggregation: this client's weight {weight} exceeds "
-                f"secagg-max-weight = {cfg.secagg_max_weight:g} and would overflow the masked "
-                "sum: raise secagg-max-weight"
-            )
-        if not all(np.isfinite(a).all() for a in trained):
-            raise ValueError(
-                "secure aggregation: the model holds NaN or Inf, which the masked sum would "
-                "turn into wrong finite values (and no server could reject them)"
-            )
-        largest = max((float(np.max(np.abs(a))) for a in trained if a.size), default=0.0)
-        if largest > cfg.secagg_clipping_range:
-            raise ValueError(
-                f"secure aggregation: a model value of magnitude {largest:.3g} is outside "
-                f"secagg-clipping-range = {cfg.secagg_clipping_range:g} and would be clipped "
-                "in the masked sum: raise secagg-clipping-range"
-            )
-        return weight
+        return get_weights(self.model), len(self.data.train), metrics | where_it_ran()
 
     def train_on(
         self, data: ArrayDataset, parameters: NDArrays, config: dict[str, Scalar], part: int = 0
@@ -174,6 +126,7 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     client: NumPyClient = honest
     client = private(cfg, client, partition_id)  # part: dp
     client = faulty(cfg, client, honest, num_partitions)  # part: faults
+    client = securely_weighted(cfg, client)  # part: legacy-api
     return client
 
 
@@ -206,11 +159,6 @@ def partition_config(message: Message, context: Context, *, pooled: bool) -> dic
             "its own partition only"
         )
     return node
-
-
-def is_legacy(message: Message) -> bool:
-    """Whether ``message`` comes from a legacy (``flwr.server.strategy``) server."""
-    return any(key.startswith(LEGACY_RECORD_PREFIXES) for key in message.content)
 
 
 def _the_one(records: Any, key: str, what: str, *, optional: bool = False) -> Any:
@@ -262,63 +210,11 @@ def evaluate_reply(client: NumPyClient, message: Message) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
 
 
-def node_properties(context: Context) -> GetPropertiesRes:
-    """The node's partition id, for the server's seeded sampling (nothing when the node
-    config names none)."""
-    reported: dict[str, Scalar] = {
-        k: v for k, v in context.node_config.items() if k == PARTITION_KEY
-    }
-    return GetPropertiesRes(Status(Code.OK, ""), reported)
-
-
 def query_reply(context: Context, message: Message) -> Message:
-    """Answer a Message-API query: the node's properties (its partition id)."""
-    record = ConfigRecord(dict(node_properties(context).properties))
-    return Message(content=RecordDict({"config": record}), reply_to=message)
-
-
-class DualClientApp(ClientApp):
-    """A ClientApp whose Message-API functions are registered with ``@app.train()`` and
-    ``@app.evaluate()``, and which answers legacy messages through ``client_fn``."""
-
-    def __init__(
-        self,
-        client_fn: Callable[[Context, Message], Client],
-        config: Callable[[Context, Message], RunConfig],
-    ) -> None:
-        super().__init__()
-        self.client_fn = client_fn
-        self.config = config
-
-    def __call__(self, message: Message, context: Context) -> Message:
-        secure = RECORD_KEY_CONFIGS in message.content.config_records
-        if not secure or message.metadata.message_type != MessageType.TRAIN:
-            return self._answer(message, context)
-        # A SecAgg+ stage: Flower's client mod runs the protocol (its state lives in the
-        # node's context) and has the legacy handler train at its masking stage. Its
-        # stochastic rounding draws from numpy's global generator: seeded here, then put back.
-        server_round = int(message.metadata.group_id or 0)
-        partition = int(context.node_config.get(PARTITION_KEY, 0))
-        before = np.random.get_state()
-        np.random.seed(
-            seed_for(self.config(context, message).seed, "secagg", server_round, partition)
-        )
-        try:
-            return secaggplus_mod(message, context, self._answer)
-        finally:
-            np.random.set_state(before)
-
-    def _answer(self, message: Message, context: Context) -> Message:
-        if is_legacy(message):
-            if message.metadata.message_type == MessageTypeLegacy.GET_PROPERTIES:
-                # The server's seeded sampling asks each node once for its partition id:
-                # answered from the node config, without loading the client's data.
-                properties = node_properties(context)
-                return Message(content=getpropertiesres_to_recorddict(properties), reply_to=message)
-            return handle_legacy_message_from_msgtype(
-                lambda context: self.client_fn(context, message), message, context
-            )
-        return super().__call__(message, context)
+    """Answer a query (the server's seeded sampling asks each node once): the node's
+    partition id, from its node config (nothing when it names none)."""
+    named: dict[str, Any] = {k: v for k, v in context.node_config.items() if k == PARTITION_KEY}
+    return Message(content=RecordDict({"config": ConfigRecord(named)}), reply_to=message)
 
 
 def client_app_for(
@@ -346,10 +242,7 @@ def client_app_for(
         node_config = partition_config(message, context, pooled=pooled)
         return make_client(config(context, message), node_config)
 
-    def legacy_client(context: Context, message: Message) -> Client:
-        return client(context, message).to_client()
-
-    client_app = DualClientApp(legacy_client, config)
+    client_app = ClientApp()
 
     @client_app.train()
     def train_message(message: Message, context: Context) -> Message:
@@ -363,6 +256,7 @@ def client_app_for(
     def query_message(message: Message, context: Context) -> Message:
         return query_reply(context, message)
 
+    client_app = answering_legacy(client_app, client, config)  # part: legacy-api
     return client_app
 
 

@@ -1,28 +1,24 @@
-"""Flower ServerApp: builds the configured strategy, evaluates centrally, records results.
+"""Flower ServerApp: the strategy from the config, central evaluation, the round loop.
 
-One ServerApp runs either Flower API half, chosen by the config key ``flower-api``:
-``legacy`` (Flower's ``Server`` loop with a ``flwr.server.strategy`` strategy, talking
-to NumPyClients) or ``message`` (``flwr.serverapp.strategy`` strategy, ``ArrayRecord``
-messages). Both record the same rounds, write the same files and give the same model.
+The Message API (``flwr.serverapp``): a strategy of :mod:`strategies.message` sends
+``ArrayRecord`` messages and aggregates the replies; every round is recorded,
+checkpointed and resumable (:class:`~fl_app.kit.rounds.RoundRecorder`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import timeit
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
-from flwr.common import Scalar, ndarrays_to_parameters
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common import Scalar
 from flwr.common.logger import log
-from flwr.server import ServerConfig, SimpleClientManager
-from flwr.server.compat import start_grid
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
@@ -31,15 +27,16 @@ from fl_app.engine import arrivals
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.results import RunListener, RunWriter, run_directory
-from fl_app.kit.training import ServerModel
-from fl_app.server_loop import (
-    ExperimentServer,
+from fl_app.kit.rounds import (
+    CentralEvaluation,
+    NDArrays,
     RoundRecorder,
-    SecureAggregationServer,
-    SecureRound,
-    run_message_rounds,
+    stopped_record,
+    train_record,
 )
-from strategies.legacy import LegacyStrategy
+from fl_app.kit.training import ServerModel
+from fl_app.parts.legacy.server import legacy_pollers, legacy_rounds  # part: legacy-api
+from strategies.core.update import NothingAggregatedError
 from strategies.message import MessageStrategy
 
 
@@ -118,55 +115,32 @@ class PolledGrid(Grid):
         return replies
 
 
-def round_config(tags: Mapping[str, Scalar], server_round: int) -> dict[str, Scalar]:
-    return {**tags, "server-round": server_round}
-
-
-# Flower's names of the sampling arguments on each API half, in the order of SAMPLING_KEYS.
-SAMPLING_ARGUMENTS = {
-    "legacy": ("fraction_fit", "fraction_evaluate", "min_fit_clients", "min_evaluate_clients"),
-    "message": ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes"),
-}
-SAMPLING_KEYS = ("fraction_fit", "fraction_evaluate", "min_fit_clients", "min_evaluate_clients")
-
-
 def build_strategy(
-    cfg: RunConfig,
-    server: ServerModel,
-    *,
-    num_partitions: int | None = None,
-    tags: Mapping[str, Scalar] | None = None,
-) -> LegacyStrategy | MessageStrategy:
-    """The strategy named by ``cfg.strategy``, for the half named by ``cfg.flower_api``.
+    cfg: RunConfig, server: ServerModel, *, num_partitions: int | None = None
+) -> MessageStrategy:
+    """The strategy named by ``cfg.strategy``, with the run's sampling.
 
     ``num_partitions``: the logical clients a simulation's pool of nodes serves (None:
-    one client a node). ``tags`` go into every message's config (a sweep's run name).
+    one client a node).
     """
     rule_type = strategies.rule_type(cfg.strategy)
     rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
-    sampling: dict[str, Any] = {
-        name: getattr(cfg, key)
-        for name, key in zip(SAMPLING_ARGUMENTS[cfg.flower_api], SAMPLING_KEYS, strict=True)
-    }
-    # Clients are sampled by (seed, round, partition ids): reproducible, also on resume.
-    seeded = cfg.client_sampling == "seeded"
-    sampling |= {
-        "sampling_seed": cfg.seed if seeded else None,
-        "query_timeout": cfg.round_timeout or None,
-        "num_partitions": num_partitions,
-    }
-    if cfg.flower_api == "message":
-        return MessageStrategy(rule=rule, min_available_nodes=cfg.min_available_clients, **sampling)
-    config_fn = functools.partial(round_config, dict(tags or {}))
-    return LegacyStrategy(
+    return MessageStrategy(
         rule=rule,
-        secure_aggregation=cfg.secure_aggregation,
-        min_available_clients=cfg.min_available_clients,
-        initial_parameters=ndarrays_to_parameters(server.initial),
-        on_fit_config_fn=config_fn,
-        on_evaluate_config_fn=config_fn,
-        **sampling,
+        fraction_train=cfg.fraction_fit,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=cfg.min_fit_clients,
+        min_evaluate_nodes=cfg.min_evaluate_clients,
+        min_available_nodes=cfg.min_available_clients,
+        # Clients are sampled by (seed, round, partition ids): reproducible, also on resume.
+        sampling_seed=cfg.seed if cfg.client_sampling == "seeded" else None,
+        query_timeout=cfg.round_timeout or None,
+        num_partitions=num_partitions,
     )
+
+
+# The rounds of a run: (grid, run, the server's model, its recorder).
+Rounds = Callable[[Grid, "ServerRun", ServerModel, RoundRecorder], None]
 
 
 @dataclass
@@ -188,67 +162,117 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     The optional parts' listeners (``cfg.part_listeners``: a tracker) are told too.
     """
     cfg = run.cfg
-    waiting = cfg.fit_clients(run.num_partitions or len(list(grid.get_node_ids())))
-    pollers = waiting if cfg.flower_api == "legacy" else 1
+    pollers = 1  # the Message API waits for a round's replies in one call
+    pollers = legacy_pollers(cfg, pollers, run.num_partitions, grid)  # part: legacy-api
     grid = PolledGrid(grid, poll_interval(pollers, over_http=not isinstance(grid, InMemoryGrid)))
     directory = run_directory(cfg)
     parts = cfg.part_listeners(directory)  # first: a missing package stops the run at once
     try:
-        _run_rounds(grid, run, directory, [*run.listeners, *parts])
+        server = ServerModel(cfg)
+        log(INFO, "results of this run: %s", directory)
+        recorder = RoundRecorder(
+            [RunWriter(cfg, directory, server.save), *run.listeners, *parts],
+            checkpoint_path=directory / CHECKPOINT_FILE,
+            resume=run.resume,
+        )
+        rounds: Rounds = message_rounds
+        rounds = legacy_rounds(cfg, rounds)  # part: legacy-api
+        rounds(grid, run, server, recorder)
     finally:
         for listener in parts:
             listener.stopped()  # a no-op after run_done: only a run that stopped fails
 
 
-def _run_rounds(
-    grid: Grid, run: ServerRun, directory: Path, listeners: Sequence[RunListener]
+def message_rounds(
+    grid: Grid, run: ServerRun, server: ServerModel, recorder: RoundRecorder
 ) -> None:
+    """The run's rounds on the Message API."""
     cfg = run.cfg
-    server = ServerModel(cfg)
-    log(INFO, "results of this run (%s Flower API): %s", cfg.flower_api, directory)
-    recorder = RoundRecorder(
-        [RunWriter(cfg, directory, server.save), *listeners],
-        checkpoint_path=directory / CHECKPOINT_FILE,
-        resume=run.resume,
-    )
-    strategy = build_strategy(cfg, server, num_partitions=run.num_partitions, tags=run.tags)
-    timeout = cfg.round_timeout or None
-    if isinstance(strategy, MessageStrategy):
-        run_message_rounds(
-            grid,
-            strategy,
-            initial_model=server.initial,
-            num_rounds=cfg.num_server_rounds,
-            timeout=timeout,
-            central_evaluation=server.central,
-            recorder=recorder,
-            config=run.tags,
-        )
-        return
-    loop: dict[str, Any] = {
-        "client_manager": SimpleClientManager(),
-        "strategy": strategy,
-        "recorder": recorder,
-        "central_evaluation": server.central,
-    }
-    start_grid(
-        grid=grid,
-        server=SecureAggregationServer(grid=grid, workflow=secure_round(cfg), **loop)
-        if cfg.secure_aggregation
-        else ExperimentServer(**loop),
-        config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout),
-    )
-
-
-def secure_round(cfg: RunConfig) -> SecureRound:
-    """Flower's SecAgg+ workflow with the run's protocol knobs."""
-    return SecureRound(
-        num_shares=cfg.secagg_num_shares,
-        reconstruction_threshold=cfg.secagg_reconstruction_threshold,
-        max_weight=cfg.secagg_max_weight,
-        clipping_range=cfg.secagg_clipping_range,
+    run_message_rounds(
+        grid,
+        build_strategy(cfg, server, num_partitions=run.num_partitions),
+        initial_model=server.initial,
+        num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout or None,
+        central_evaluation=server.central,
+        recorder=recorder,
+        config=run.tags,
     )
+
+
+def run_message_rounds(
+    grid: Grid,
+    strategy: MessageStrategy,
+    *,
+    initial_model: NDArrays,
+    num_rounds: int,
+    timeout: float | None,
+    central_evaluation: CentralEvaluation,
+    recorder: RoundRecorder,
+    config: Mapping[str, Scalar] | None = None,
+) -> NDArrays:
+    """The Message-API rounds, as Flower's ``Strategy.start`` runs them, recorded.
+
+    Like ``start``: ``configure_train`` → ``send_and_receive`` → ``aggregate_train``, then
+    central and federated evaluation; unlike it, each round is recorded, checkpointed
+    and resumable, and a reply that did not come back counts as a failure. ``config``
+    goes into every train and evaluate message's ConfigRecord.
+    """
+    resumed = recorder.restore(strategy)
+    model = initial_model if resumed is None else resumed
+    arrays = ArrayRecord(model)
+    tags: dict[str, Any] = dict(config or {})  # a fresh ConfigRecord each call: FedAvg writes to it
+    if resumed is None:
+        start = timeit.default_timer()
+        recorder.emit({"round": 0, **central_evaluation(model)}, start, model, strategy)
+    for server_round in range(recorder.first_round, num_rounds + 1):
+        round_start = timeit.default_timer()
+        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(tags), grid))
+        replies = _exchange(grid, sent, timeout)
+        ok = sum(1 for reply in replies if not reply.has_error())
+        counts = {"sampled": len(sent), "results": ok, "failures": len(sent) - ok}
+        try:
+            new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        except NothingAggregatedError as error:
+            recorder.emit(
+                stopped_record(server_round, error, **counts), round_start, model, strategy
+            )
+            raise
+        if new_arrays is not None:
+            arrays = new_arrays
+            model = arrays.to_numpy_ndarrays()
+        record = train_record(
+            server_round,
+            strategy,
+            **counts,
+            metrics=dict(metrics or {}),
+            aggregated=new_arrays is not None,
+        )
+        record |= central_evaluation(model)
+        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(tags), grid))
+        federated = strategy.aggregate_evaluate(server_round, _exchange(grid, asked, timeout))
+        if federated is not None and "loss" in federated:
+            record |= {
+                "federated_loss": federated["loss"],
+                "federated_accuracy": federated.get("accuracy"),
+            }
+        recorder.emit(record, round_start, model, strategy)
+    recorder.done(model)
+    return model
+
+
+def _exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
+    if not messages:
+        return []
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if len(replies) < len(messages):
+        log(
+            WARNING,
+            "%d of %d nodes did not reply in time",
+            len(messages) - len(replies),
+            len(messages),
+        )
+    return replies
 
 
 def server_app_for(run: ServerRun | None = None) -> ServerApp:

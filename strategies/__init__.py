@@ -1,35 +1,31 @@
-"""Aggregation strategies for both Flower API halves, from one Flower-free core.
+"""Aggregation strategies from one Flower-free core.
 
 - :mod:`strategies.core` and the rule modules (``simple_average``, ``fedavg``,
   ``quality_weighted``, ``hybrid``): the math, numpy only.
-- :mod:`strategies.legacy`: the rules as ``flwr.server.strategy`` strategies
-  (``strategies.FedAvg`` ... are these).
-- :mod:`strategies.message`: the rules as ``flwr.serverapp.strategy`` strategies.
+- :mod:`strategies.message`: the rules as Flower Message-API strategies
+  (``flwr.serverapp.strategy``).
 
-Importing this package imports no Flower: the legacy classes load on first use.
+Importing this package imports no Flower: an adapter loads when it is asked for.
 
 Add a strategy: write ``strategies/my_rule.py`` with a subclass of
 :class:`~strategies.core.rule.Rule` that implements ``coefficients`` (and, for new knobs, an
-``Options`` dataclass), then add one line to ``REGISTRY`` below.
+``Options`` dataclass), then add one line to ``REGISTRY`` below (docs/extending.md).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 from strategies import flower_robust  # part: flower-baselines
-from strategies.core.adapter import build_rule, take_knobs
+from strategies.core.adapter import RuleAdapter, build_rule, take_knobs
 from strategies.core.options import ServerOptions
-from strategies.core.rule import Rule, secure_aggregation_problem
+from strategies.core.rule import Rule
 from strategies.core.update import ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.simple_average import SimpleAverageRule
-
-if TYPE_CHECKING:
-    from strategies.legacy import FedAvg, Hybrid, LegacyStrategy, QualityWeighted, SimpleAverage
-    from strategies.message import MessageStrategy
 
 REGISTRY: dict[str, type[Rule]] = {
     "simple": SimpleAverageRule,
@@ -38,18 +34,19 @@ REGISTRY: dict[str, type[Rule]] = {
     "hybrid": HybridRule,
 }
 
-# The Flower API halves a strategy can run on (config key ``flower-api``).
-FLOWER_APIS = ("legacy", "message")
-
-
-# Flower's robust aggregators as experiment baselines (strategies.flower_robust, not part
-# of the strategies' API): the optional part flower-baselines (docs/template.md).
+# Reference rules for experiments, beside the strategies: each optional part's.
 BASELINES: dict[str, type[Rule]] = {
     **flower_robust.BASELINES,  # part: flower-baselines
 }
 
-# What a run can name as its strategy: the four, and the baselines.
+# What a run can name as its strategy.
 CHOICES: dict[str, type[Rule]] = {**REGISTRY, **BASELINES}
+
+# The Flower API halves: the module of each one's adapter.
+ADAPTERS = {
+    "message": "strategies.message.MessageStrategy",
+    "legacy": "strategies.legacy.LegacyStrategy",  # part: legacy-api
+}
 
 
 def rule_type(name: str) -> type[Rule]:
@@ -62,60 +59,48 @@ def rule_type(name: str) -> type[Rule]:
 def build(
     name: str,
     *,
-    api: str = "legacy",
+    api: str = "message",
     options: ServerOptions | None = None,
     score_fn: ScoreFn | None = None,
     **kwargs: Any,
-) -> LegacyStrategy | MessageStrategy:
-    """The strategy of rule ``name`` for Flower API half ``api`` (``legacy`` or ``message``).
+) -> RuleAdapter:
+    """The strategy of rule ``name`` for the Flower API half ``api`` (one of ``ADAPTERS``).
 
     ``kwargs`` are the rule's knobs (when no ``options`` are given) and the Flower
-    strategy's own arguments (``fraction_fit`` ... for legacy, ``fraction_train`` ... for
-    message).
+    strategy's own arguments (``fraction_train`` ... on the Message API).
     """
-    if api not in FLOWER_APIS:
-        raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(FLOWER_APIS)}")
+    if api not in ADAPTERS:
+        raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(ADAPTERS)}")
     chosen = rule_type(name)
     rule = build_rule(
         chosen, rule=None, options=options, score_fn=score_fn, knobs=take_knobs(chosen, kwargs)
     )
-    from strategies.legacy import LegacyStrategy
-    from strategies.message import MessageStrategy
-
-    adapter = LegacyStrategy if api == "legacy" else MessageStrategy
-    return adapter(rule=rule, **kwargs)
+    module, _, adapter = ADAPTERS[api].rpartition(".")
+    strategy: RuleAdapter = getattr(importlib.import_module(module), adapter)(rule=rule, **kwargs)
+    return strategy
 
 
-_LEGACY_NAMES = ("SimpleAverage", "QualityWeighted", "FedAvg", "Hybrid", "LegacyStrategy")
+# strategies.FedAvg & co. are the legacy classes, imported when asked for.  # part: legacy-api
+LEGACY_NAMES = ("SimpleAverage", "QualityWeighted", "FedAvg", "Hybrid")  # part: legacy-api
 
 
 def __getattr__(name: str) -> Any:
-    # strategies.FedAvg & co. (the legacy classes, as before) without importing Flower
-    # until someone asks for them.
-    if name in _LEGACY_NAMES:
-        from strategies import legacy
-
-        return getattr(legacy, name)
+    if name in LEGACY_NAMES:  # part: legacy-api
+        return getattr(importlib.import_module("strategies.legacy"), name)  # part: legacy-api
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")
 
 
 __all__ = [
+    "ADAPTERS",
     "BASELINES",
     "CHOICES",
-    "FLOWER_APIS",
     "REGISTRY",
-    "FedAvg",
     "FedAvgRule",
-    "Hybrid",
     "HybridRule",
-    "LegacyStrategy",
-    "QualityWeighted",
     "QualityWeightedRule",
     "Rule",
     "ServerOptions",
-    "SimpleAverage",
     "SimpleAverageRule",
     "build",
     "rule_type",
-    "secure_aggregation_problem",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from strategies.aggregate import example_weights
-from strategies.core.options import ServerOptions
 from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, Coefficients
 
@@ -16,10 +15,6 @@ class FedAvgRule(Rule):
     The defaults η=1, β=0 reproduce Flower's built-in ``FedAvg`` to float tolerance.
     Use it as the baseline; server momentum helps on non-IID data.
     """
-
-    @classmethod
-    def secure_weight(cls, options: ServerOptions) -> str | None:
-        return "examples"
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(example_weights([u.num_examples for u in updates]))

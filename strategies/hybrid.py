@@ -10,7 +10,6 @@ import numpy as np
 
 from strategies import aggregate
 from strategies.core.codec import decode_tensors
-from strategies.core.options import ServerOptions
 from strategies.core.update import ClientUpdate, Coefficients
 from strategies.quality_weighted import QualityOptions, QualityWeightedRule
 
@@ -136,16 +135,6 @@ class HybridRule(QualityWeightedRule):
 
     def needs_quality(self, server_round: int) -> bool:
         return self.options.lambda_at(server_round) < 1.0
-
-    @classmethod
-    def secure_weight(cls, options: ServerOptions) -> str | None:
-        """FedAvg's ``n_i`` when λ = 1 in every round and no filter runs (FedAvg exactly)."""
-        assert isinstance(options, HybridOptions)
-        rounds = range(1, options.num_server_rounds + 1)
-        fedavg = options.robust_filter == "none" and all(
-            options.lambda_at(r) == 1.0 for r in rounds
-        )
-        return "examples" if fedavg else None
 
     def needs_distance(self, server_round: int) -> bool:
         return self.options.robust_filter != "none"

@@ -45,12 +45,13 @@ from strategies.core.adapter import RuleAdapter, take_knobs
 from strategies.core.codec import decode_tensors, encode_tensors
 from strategies.core.metrics import canonical_order, evaluation_metrics, weighted_metrics
 from strategies.core.options import ServerOptions
-from strategies.core.rule import Rule, secure_aggregation_problem
+from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, RoundResult, ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
+from strategies.secure import secure_aggregation_problem
 from strategies.simple_average import SimpleAverageRule
 
 MetricsFn = Callable[[list[tuple[int, Metrics]]], Metrics]
@@ -99,7 +100,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
     secure_aggregation : bool
         The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
         float64 weighted mean of the clients' models (the clients weighted themselves by
-        :meth:`~strategies.core.rule.Rule.secure_weight` and sent that weight as their example
+        :func:`strategies.secure.secure_weight` and sent that weight as their example
         count); it is cast to the global model's dtypes once and stands for each client's
         update (its metrics are its own). A rejected update rejects the round: its share
         is inside the mean. Only rules with a client-side weight and no central DP allow it.

@@ -135,10 +135,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        # The current global model, to validate replies against and step from; its keys
-        # name the layers of the result (a torch state_dict's names survive).
-        self._keys = list(arrays.keys())
-        self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
+        self.set_global_model(arrays)
         if self.num_partitions is not None:
             messages = self._pooled(
                 server_round,
@@ -157,6 +154,13 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.rule.sampling = (len(messages), len(available))
         return messages
+
+    def set_global_model(self, arrays: ArrayRecord) -> None:
+        """The current global model, which replies are validated against and the server
+        step starts from (``configure_train`` sets it every round); its keys name the layers
+        of the result (a torch ``state_dict``'s names survive)."""
+        self._keys = list(arrays.keys())
+        self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -333,6 +337,8 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         if text is not None:  # a MetricRecord holds numbers only
             metrics |= {k: v for k, v in text.items() if isinstance(v, str)}
         update = ClientUpdate(client_id, [], metric_record.get(self.weighted_by_key), metrics)
+        if array_record is not None and self.rule.global_model is None and not self._keys:
+            self._keys = list(array_record.keys())  # no global model known: the first names them
         if array_record is None:
             update.problem = f"no ArrayRecord (expected one, {self.arrayrecord_key!r})"
         elif list(array_record.keys()) == self._keys:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from strategies.aggregate import uniform_weights
-from strategies.core.options import ServerOptions
 from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, Coefficients
 
@@ -15,10 +14,6 @@ class SimpleAverageRule(Rule):
     hold similar amounts of data, or when their reported example counts cannot be
     trusted. Knobs: :class:`~strategies.core.options.ServerOptions` (the server step).
     """
-
-    @classmethod
-    def secure_weight(cls, options: ServerOptions) -> str | None:
-        return "one"
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(uniform_weights(len(updates)))

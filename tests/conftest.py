@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
+
+from tests.halves import HALVES
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +28,9 @@ def task_identity() -> Iterator[None]:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     yield
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(params=list(HALVES))
+def half(request: pytest.FixtureRequest, task_identity: None) -> Any:
+    """Each Flower API half this copy has, handing the same updates to its strategy."""
+    return HALVES[request.param]

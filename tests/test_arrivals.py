@@ -42,7 +42,7 @@ def test_a_grid_caller_wakes_for_a_reply_to_its_own_messages_only(
 
 
 @pytest.mark.slow  # Flower's engine, with the clients in this process
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_every_message_and_reply_of_a_run_is_counted_and_flowers_code_is_back_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:

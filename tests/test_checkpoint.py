@@ -8,18 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from flwr.common import parameters_to_ndarrays
 
-import run_simulation
-import strategies
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from strategies.core.state import StrategyState
-from strategies.legacy import LegacyStrategy
-from tests.fakes import make, results_of
+from tests.fakes import updates_of
+from tests.halves import API_FLAGS, HALVES
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
@@ -57,37 +55,40 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no temporary left behind
 
 
-def test_server_momentum_state_restores_exactly() -> None:
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("api", list(HALVES))
+def test_server_momentum_state_restores_exactly(api: str) -> None:
+    half = HALVES[api]
     rng = np.random.default_rng(0)
     g = [rng.normal(size=(3, 2)).astype(np.float32)]
     rounds = [
-        results_of([[rng.normal(size=(3, 2)).astype(np.float32)] for _ in range(3)], [5, 7, 9])
+        updates_of([[rng.normal(size=(3, 2)).astype(np.float32)] for _ in range(3)], [5, 7, 9])
         for _ in range(2)
     ]
 
-    def strategy() -> LegacyStrategy:
-        return make(strategies.FedAvg, g, server_momentum=0.9, server_learning_rate=0.5)
+    def strategy() -> Any:
+        return half.make("fedavg", g, server_momentum=0.9, server_learning_rate=0.5)
 
     uninterrupted = strategy()
-    after_one, _ = uninterrupted.aggregate_fit(1, rounds[0], [])
+    after_one, _ = half.aggregate(uninterrupted, rounds[0], server_round=1)
     assert after_one is not None
     saved = StrategyState.from_arrays(uninterrupted.get_state().to_arrays())
-    uninterrupted.rule.global_model = parameters_to_ndarrays(after_one)
-    want, _ = uninterrupted.aggregate_fit(2, rounds[1], [])
+    half.set_global(uninterrupted, after_one)
+    want, _ = half.aggregate(uninterrupted, rounds[1], server_round=2)
 
     resumed = strategy()
     resumed.set_state(saved)
-    resumed.rule.global_model = parameters_to_ndarrays(after_one)
-    got, _ = resumed.aggregate_fit(2, rounds[1], [])
+    half.set_global(resumed, after_one)
+    got, _ = half.aggregate(resumed, rounds[1], server_round=2)
     assert got is not None
     assert want is not None
-    assert parameters_to_ndarrays(got)[0].tobytes() == parameters_to_ndarrays(want)[0].tobytes()
+    assert got[0].tobytes() == want[0].tobytes()
     # Without the velocity the second round differs: the state matters.
     forgetful = strategy()
-    forgetful.rule.global_model = parameters_to_ndarrays(after_one)
-    other, _ = forgetful.aggregate_fit(2, rounds[1], [])
+    half.set_global(forgetful, after_one)
+    other, _ = half.aggregate(forgetful, rounds[1], server_round=2)
     assert other is not None
-    assert parameters_to_ndarrays(other)[0].tobytes() != parameters_to_ndarrays(want)[0].tobytes()
+    assert other[0].tobytes() != want[0].tobytes()
 
 
 FLAGS = [
@@ -101,25 +102,19 @@ FLAGS = [
     "0.5",
     "--local-epochs",
     "1",
-    # Central DP: the noise, the clipping and the privacy accountant's rounds resume too.
-    "--dp",
-    "central",
-    "--dp-noise-multiplier",
-    "0.1",
-    "--dp-clipping-norm",
-    "5",
+    "--dp",  # part: dp
+    "central",  # part: dp
+    "--dp-noise-multiplier",  # part: dp
+    "0.1",  # part: dp
+    "--dp-clipping-norm",  # part: dp
+    "5",  # part: dp
 ]
 
 
-# Each half on one backend: the legacy half's clients on Ray, the Message half's in this
-# process (a resume reads the backend from the run's simulation.json).
-BACKEND_OF = dict(zip(strategies.FLOWER_APIS, run_simulation.BACKENDS, strict=True))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", list(API_FLAGS))
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: str) -> None:
-    flags = ["--flower-api", api, "--backend", BACKEND_OF[api], *FLAGS]
+    flags = [*API_FLAGS[api], *FLAGS]
     run_simulation_cli(tmp_path, "--run-name", "whole", *flags)
 
     broken = tmp_path / "broken"
@@ -165,5 +160,5 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: s
     assert [r["round"] for r in resumed_history["rounds"]] == list(range(7))
     assert [len(r["sampled_partitions"]) for r in resumed_history["rounds"][1:]] == [2] * 6
     assert resumed_history == whole_history
-    epsilons = [r["epsilon"] for r in resumed_history["rounds"][1:]]
-    assert epsilons == sorted(set(epsilons))  # the privacy spent grows every round
+    epsilons = [r["epsilon"] for r in resumed_history["rounds"][1:]]  # part: dp
+    assert epsilons == sorted(set(epsilons))  # part: dp

@@ -44,7 +44,7 @@ def run_to_completion(deployment: ld.Deployment, env: dict[str, str], run_config
     return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
 
 
-@pytest.fixture(params=strategies.FLOWER_APIS)
+@pytest.fixture(params=tuple(strategies.ADAPTERS))
 def api(request: pytest.FixtureRequest) -> str:
     """Each deployment test runs on both Flower API halves."""
     return f"flower-api='{request.param}'"

@@ -92,7 +92,7 @@ def test_the_recipes_touch_the_files_the_page_counts() -> None:
     }
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_the_new_strategy_model_and_dataset_train_together(extended: Path, api: str) -> None:
     out = extended / "outputs"
     done = run_python(

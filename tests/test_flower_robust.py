@@ -1,8 +1,8 @@
 """Flower's robust aggregators as baseline rules: the same model as Flower's own strategies.
 
-Each baseline is checked against the Flower strategy class it stands for (legacy
-``aggregate_fit``, Flower's code end to end), on a round with two far-off updates, and on
-the Message-API half against the legacy half.
+Each baseline is checked against the Flower strategy class it stands for (its
+``aggregate_fit``, Flower's code end to end), on a round with two far-off updates, on each
+Flower API half this copy has.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.common import parameters_to_ndarrays
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 import strategies
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
 from strategies.flower_robust import BASELINES, FlowerRobustOptions
-from tests.fakes import results_of
+from tests.fakes import updates_of
 from tests.test_config import assert_one_line_error
-from tests.test_message_strategies import legacy_with, message_with, reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -61,22 +60,28 @@ def test_every_baseline_is_compared_with_flower() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
-def test_baseline_gives_flowers_model_on_both_halves(name: str) -> None:
+def flowers(strategy: Strategy, models: list[list[np.ndarray]], counts: list[int]) -> Any:
+    """What Flower's own ``strategy`` makes of the updates (its legacy ``aggregate_fit``)."""
+    ok = Status(Code.OK, "")
+    results = [
+        (str(i), FitRes(ok, ndarrays_to_parameters(m), n, {}))
+        for i, (m, n) in enumerate(zip(models, counts, strict=True))
+    ]
+    parameters, _ = strategy.aggregate_fit(1, results, [])  # type: ignore[arg-type]
+    assert parameters is not None
+    return parameters_to_ndarrays(parameters)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baseline_gives_flowers_model(half: Any, name: str) -> None:
     models, counts = a_round()
     flower, knobs = FLOWER[name]
     # The rules take the updates in a canonical order, smallest num_examples first; so
     # does Flower here (Bulyan's repeated Krum breaks ties by order).
     by_size = sorted(range(NUM_CLIENTS), key=counts.__getitem__)
-    flower_parameters, _ = flower.aggregate_fit(
-        1, results_of([models[i] for i in by_size], sorted(counts)), []
-    )
-    assert flower_parameters is not None
-    want = parameters_to_ndarrays(flower_parameters)
-
-    legacy = legacy_with(GLOBAL, name, **knobs)
-    parameters, metrics = legacy.aggregate_fit(1, results_of(models, counts), [])
-    assert parameters is not None
-    got = parameters_to_ndarrays(parameters)
+    want = flowers(flower, [models[i] for i in by_size], sorted(counts))
+    got, metrics = half.aggregate(half.make(name, GLOBAL, **knobs), updates_of(models, counts))
+    assert got is not None
     assert metrics["accepted"] == NUM_CLIENTS
     for g, w in zip(got, want, strict=True):
         assert g.dtype == np.float32
@@ -84,19 +89,12 @@ def test_baseline_gives_flowers_model_on_both_halves(name: str) -> None:
     # Far from both attackers.
     assert all(np.abs(layer - 1).max() < 0.5 for layer in got)
 
-    message = message_with(GLOBAL, name, nodes=NUM_CLIENTS, **knobs)
-    replies = [reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, counts, strict=True))]
-    arrays, _ = message.aggregate_train(1, replies)
-    assert arrays is not None
-    for g, m in zip(got, arrays.to_numpy_ndarrays(), strict=True):
-        np.testing.assert_array_equal(g, m)
 
-
-def test_bulyan_with_too_few_updates_says_how_many_it_needs() -> None:
+def test_bulyan_with_too_few_updates_says_how_many_it_needs(half: Any) -> None:
     models, counts = a_round()
-    legacy = legacy_with(GLOBAL, "flower-bulyan", num_malicious_clients=2)
+    strategy = half.make("flower-bulyan", GLOBAL, num_malicious_clients=2)
     with pytest.raises(ValueError, match=r"at least 4f \+ 3 = 11 updates .* got 9"):
-        legacy.aggregate_fit(1, results_of(models, counts), [])
+        half.aggregate(strategy, updates_of(models, counts))
 
 
 @pytest.mark.parametrize(
@@ -128,9 +126,3 @@ def test_out_of_range_baseline_key_is_refused(key: str, value: float, allowed: s
 def test_central_dp_is_refused_for_flowers_robust_aggregators() -> None:
     with pytest.raises(ValueError, match="dp='central': Flower's robust aggregators"):
         strategies.build("flower-median", dp="central")
-
-
-def test_secure_aggregation_is_refused_for_a_baseline_in_one_line() -> None:
-    with pytest.raises(ConfigError, match="'flower-median': MedianRule weighs") as refused:
-        RunConfig(secure_aggregation=True, strategy="flower-median")
-    assert "\n" not in str(refused.value)

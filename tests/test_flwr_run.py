@@ -23,7 +23,7 @@ from tests.processes import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
     tmp_path: Path, api: str
 ) -> None:

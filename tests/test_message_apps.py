@@ -52,7 +52,7 @@ def test_a_client_without_the_quality_metric_stops_the_run_with_the_fix(tmp_path
     assert "max-empty-rounds=3" in done.stderr
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_run_simulation_stops_with_one_line_after_max_empty_rounds(
     tmp_path: Path, api: str
 ) -> None:

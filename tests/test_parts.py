@@ -71,6 +71,16 @@ def test_the_rest_reaches_a_part_only_on_its_registration_lines() -> None:
     assert outside == []
 
 
+@pytest.mark.parametrize("name", sorted(parts.PARTS))
+def test_the_code_without_a_part_still_parses(name: str) -> None:
+    """A part's marked lines are whole statements or items: dropping them leaves Python."""
+    for path in python_files():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if parts.registered_part(line) != name]
+        if kept != lines:
+            ast.parse("".join(kept), filename=str(path))
+
+
 def test_every_registration_line_names_a_part_of_the_table() -> None:
     named = {
         parts.registered_part(line)

@@ -8,6 +8,7 @@ use; the aggregate against the formula in plain numpy.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from dp_accounting.rdp import RdpAccountant
-from flwr.common import parameters_to_ndarrays
 from opacus.accountants import RDPAccountant
 from opacus.data_loader import DPDataLoader
 
@@ -28,6 +28,7 @@ from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import rng_for
 from fl_app.parts.privacy import DpKeys
+from strategies import aggregate
 from strategies.core.state import StrategyState
 from strategies.core.update import NothingAggregatedError
 from strategies.privacy import (
@@ -39,7 +40,7 @@ from strategies.privacy import (
     sample_epsilon,
     update_noise_multiplier,
 )
-from tests.fakes import make, results_of
+from tests.fakes import updates_of
 from tests.processes import read_history, run_simulation_cli
 from tests.test_config import assert_bounds_refused, assert_one_line_error
 
@@ -57,25 +58,33 @@ def a_round(seed: int = 0) -> tuple[list[list[np.ndarray]], list[int]]:
     return models, [10, 40, 20, 30]
 
 
-def private(name: str = "fedavg", **knobs: Any) -> Any:
+def private(half: Any, name: str = "fedavg", **knobs: Any) -> Any:
     options = {"dp": "central", "dp_clipping_norm": 3.0, "dp_noise_multiplier": 0.0}
-    return make(lambda **kw: strategies.build(name, **kw), GLOBAL, **(options | knobs))
+    return half.make(name, GLOBAL, **(options | knobs))
 
 
 def aggregated(
+    half: Any,
     strategy: Any,
     models: Sequence[Sequence[np.ndarray]],
     counts: list[int],
     metrics_in: list[dict[str, Any]] | None = None,
 ):
-    parameters, metrics = strategy.aggregate_fit(1, results_of(models, counts, metrics_in), [])
-    assert parameters is not None
-    return parameters_to_ndarrays(parameters), metrics
+    out, metrics = half.aggregate(strategy, updates_of(models, counts, metrics_in))
+    assert out is not None
+    return out, metrics
 
 
-def test_each_update_is_clipped_to_the_norm_then_weighted_by_the_rule() -> None:
+def test_each_update_is_clipped_to_the_norm_then_weighted_by_the_rule(half: Any) -> None:
     models, counts = a_round()
-    got, metrics = aggregated(private(), models, counts)
+    got, metrics = aggregated(
+        half,
+        private(
+            half,
+        ),
+        models,
+        counts,
+    )
     # θ_g + Σ (n_i/Σn) · min(1, C/‖Δ_i‖) Δ_i, C = 3: the updates of norms 6 and 20 are cut.
     weights = np.array(counts) / sum(counts)
     norms = [
@@ -96,26 +105,36 @@ def test_each_update_is_clipped_to_the_norm_then_weighted_by_the_rule() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
-def test_one_clients_influence_is_at_most_the_clipping_norm_times_its_weight(name: str) -> None:
+def test_one_clients_influence_is_at_most_the_clipping_norm_times_its_weight(
+    half: Any, name: str
+) -> None:
     models, counts = a_round()
     metrics_in = [{"val_accuracy": q} for q in (0.9, 0.5, 0.7, 0.8)]
-    with_it, metrics = aggregated(private(name), models, counts, metrics_in)
+    with_it, metrics = aggregated(half, private(half, name), models, counts, metrics_in)
     weights = json.loads(metrics["weights"])
     for k in range(len(models)):
         changed = [list(m) for m in models]
         changed[k] = [g.copy() for g in GLOBAL]  # client k sends no change at all
-        without, _ = private(name).aggregate_fit(1, results_of(changed, counts, metrics_in), [])
-        assert without is not None
-        after = parameters_to_ndarrays(without)
+        after, _ = half.aggregate(private(half, name), updates_of(changed, counts, metrics_in))
+        assert after is not None
         moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(with_it, after, strict=True)))
-        assert moved <= 3.0 * (weights[f"c{k}"] + 1e-6)  # weights are reported to 6 places
+        assert moved <= 3.0 * (weights[f"{k + 1}"] + 1e-6)  # weights are reported to 6 places
 
 
-def test_the_noise_is_z_times_c_times_the_largest_weight_and_seeded() -> None:
+def test_the_noise_is_z_times_c_times_the_largest_weight_and_seeded(half: Any) -> None:
     models, counts = a_round()
-    clean, _ = aggregated(private(), models, counts)
-    noisy, metrics = aggregated(private(dp_noise_multiplier=2.0, seed=5), models, counts)
-    again, _ = aggregated(private(dp_noise_multiplier=2.0, seed=5), models, counts)
+    clean, _ = aggregated(
+        half,
+        private(
+            half,
+        ),
+        models,
+        counts,
+    )
+    noisy, metrics = aggregated(
+        half, private(half, dp_noise_multiplier=2.0, seed=5), models, counts
+    )
+    again, _ = aggregated(half, private(half, dp_noise_multiplier=2.0, seed=5), models, counts)
     std = 2.0 * 3.0 * max(counts) / sum(counts)  # z · C · max w_i
     assert metrics["dp_noise_std"] == pytest.approx(std)
     noise = np.concatenate([(a - b).ravel() for a, b in zip(noisy, clean, strict=True)])
@@ -142,12 +161,12 @@ def test_sampling_fewer_clients_spends_less_and_every_round_spends_more() -> Non
     assert epsilon([(3, 3)], 0.0, 1e-5) == float("inf")
 
 
-def test_a_failing_client_does_not_stop_the_round_and_state_keeps_the_accountant() -> None:
+def test_a_failing_client_does_not_stop_the_round_and_state_keeps_the_accountant(half: Any) -> None:
     models, counts = a_round()
-    strategy = private(dp_noise_multiplier=1.0, seed=1, server_momentum=0.9)
-    results = results_of(models, counts)
-    parameters, metrics = strategy.aggregate_fit(1, results[:3], [RuntimeError("crashed")])
-    assert parameters is not None
+    strategy = private(half, dp_noise_multiplier=1.0, seed=1, server_momentum=0.9)
+    updates = updates_of(models, counts)
+    out, metrics = half.aggregate(strategy, updates[:3], [RuntimeError("crashed")])
+    assert out is not None
     assert (metrics["accepted"], metrics["failures"]) == (3, 1)
     # The accountant's rounds travel through a checkpoint with the momentum.
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
@@ -183,17 +202,17 @@ def test_the_client_privatizes_what_it_trained_under_dp_local() -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_local_dp_accounts_the_client_that_sent_most() -> None:
+def test_local_dp_accounts_the_client_that_sent_most(half: Any) -> None:
     models, counts = a_round()
-    strategy = private(dp="local", dp_noise_multiplier=1.5)
-    results = results_of(models, counts)
-    _, first = strategy.aggregate_fit(1, results, [])
-    _, second = strategy.aggregate_fit(2, results[:2], [])
+    strategy = private(half, dp="local", dp_noise_multiplier=1.5)
+    updates = updates_of(models, counts)
+    _, first = half.aggregate(strategy, updates, server_round=1)
+    _, second = half.aggregate(strategy, updates[:2], server_round=2)
     assert first["epsilon"] == epsilon([(1, 1)], 1.5, 1e-5)
     assert second["epsilon"] == epsilon([(1, 1)] * 2, 1.5, 1e-5)
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
     assert sorted(state.releases) == sorted(
-        [(c, 1.0, 1) for c in ("c0", "c1", "c2", "c3")] + [(c, 1.0, 1) for c in ("c0", "c1")]
+        [(c, 1.0, 1) for c in ("1", "2", "3", "4")] + [(c, 1.0, 1) for c in ("1", "2")]
     )
     assert "dp_noise_std" not in second  # the server adds nothing
 
@@ -240,28 +259,30 @@ def test_a_dp_sgd_client_trains_privately_and_reports_its_schedule() -> None:
     assert not all(np.array_equal(a, c) for a, c in zip(sent, plain, strict=True))
 
 
-def test_dp_sgd_accounts_each_clients_rounds_and_rejects_updates_without_a_schedule() -> None:
+def test_dp_sgd_accounts_each_clients_rounds_and_rejects_updates_without_a_schedule(
+    half: Any,
+) -> None:
     models, counts = a_round()
-    strategy = private(dp="dp-sgd", dp_noise_multiplier=1.2)
+    strategy = private(half, dp="dp-sgd", dp_noise_multiplier=1.2)
     schedules = [(0.1, 30), (0.05, 60), (0.1, 30), None]
     metrics_in = [
         {} if s is None else dict(zip(("dp_sample_rate", "dp_steps"), s, strict=True))
         for s in schedules
     ]
-    results = results_of(models, counts, metrics_in)
-    _, first = strategy.aggregate_fit(1, results, [])
+    updates = updates_of(models, counts, metrics_in)
+    _, first = half.aggregate(strategy, updates, server_round=1)
     assert (first["accepted"], first["rejected"]) == (3, 1)
-    _, second = strategy.aggregate_fit(2, results[1:2], [])  # only c1 again
-    # Worst client: c0 or c2 once at q = 0.1, or c1 twice at q = 0.05.
+    _, second = half.aggregate(strategy, updates[1:2], server_round=2)  # only client 2 again
+    # Worst client: 1 or 3 once at q = 0.1, or 2 twice at q = 0.05.
     once = sample_epsilon([(0.1, 30)], 1.2, 1e-5)
     assert first["epsilon"] == once
     assert second["epsilon"] == max(once, sample_epsilon([(0.05, 60)] * 2, 1.2, 1e-5))
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
     assert sorted(state.releases) == [
-        ("c0", 0.1, 30),
-        ("c1", 0.05, 60),
-        ("c1", 0.05, 60),
-        ("c2", 0.1, 30),
+        ("1", 0.1, 30),
+        ("2", 0.05, 60),
+        ("2", 0.05, 60),
+        ("3", 0.1, 30),
     ]
 
 
@@ -287,12 +308,12 @@ def test_the_update_and_the_noisy_count_together_spend_what_z_alone_spends(
         update_noise_multiplier(1.0, 0.5)
 
 
-def test_adaptive_clipping_moves_the_norm_to_the_target_quantile() -> None:
+def test_adaptive_clipping_moves_the_norm_to_the_target_quantile(half: Any) -> None:
     models, counts = a_round()  # update norms 2, 6, 20, 0.5
     knobs = {"dp_clipping": "adaptive", "dp_noise_multiplier": 0.01}
-    strategy = private(dp_clipped_count_stddev=0.01, seed=4, **knobs)
-    results = results_of(models, counts)
-    _, first = strategy.aggregate_fit(1, results, [])
+    strategy = private(half, dp_clipped_count_stddev=0.01, seed=4, **knobs)
+    updates = updates_of(models, counts)
+    _, first = half.aggregate(strategy, updates)
     # C = 3 leaves 2 of 4 unclipped; the count's noise is tiny.
     share = first["dp_unclipped_share"]
     assert share == pytest.approx(0.5, abs=0.05)
@@ -303,16 +324,18 @@ def test_adaptive_clipping_moves_the_norm_to_the_target_quantile() -> None:
     # The norm survives a checkpoint, and from far away it walks into the median's gap.
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
     assert state.clipping_norm == strategy.rule.clipping_norm
-    far = private(dp_clipping_norm=100.0, dp_clipped_count_stddev=0.01, **knobs)
+    far = private(half, dp_clipping_norm=100.0, dp_clipped_count_stddev=0.01, **knobs)
     norms = []
     for server_round in range(1, 61):
-        far.aggregate_fit(server_round, results, [])
+        half.aggregate(far, updates, server_round=server_round)
         norms.append(far.rule.clipping_norm)
     assert norms[0] < 100.0
     assert 2.0 <= norms[-1] <= 6.0
 
 
-def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_count_noise() -> None:
+def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_count_noise(
+    half: Any,
+) -> None:
     with pytest.raises(ConfigError, match=r"'dp-clipping' = 'adaptive'.*fixed with dp = 'local'"):
         RunConfig(dp="local", dp_clipping="adaptive")
     with pytest.raises(
@@ -324,9 +347,9 @@ def test_adaptive_clipping_is_refused_outside_central_dp_and_with_too_little_cou
     # The default σ_b = m/20 depends on the clients a round samples: a deployment learns
     # it at the round, and stops there with the reason; run_simulation knows it at start.
     models, counts = a_round()
-    strategy = private(dp_clipping="adaptive", dp_noise_multiplier=1.0)
+    strategy = private(half, dp_clipping="adaptive", dp_noise_multiplier=1.0)
     with pytest.raises(NothingAggregatedError, match=r"needs dp_clipped_count_stddev > 0\.5"):
-        strategy.aggregate_fit(1, results_of(models, counts), [])
+        half.aggregate(strategy, updates_of(models, counts))
     flags = ["--dp", "central", "--dp-clipping", "adaptive", "--dp-noise-multiplier", "0.9"]
     with pytest.raises(ConfigError, match=r"must be < 0.5 .*m/20 = 0.25 for the 5 clients"):
         run_simulation.parse([*flags, "--num-clients", "10", "--fraction-fit", "0.5"])
@@ -394,3 +417,12 @@ def test_the_dp_choices_are_the_rules_own(key: str, choices: tuple[str, ...], ba
     for choice in choices:
         extra = {"dp": "central", "dp-noise-multiplier": 0.5} if choice == "adaptive" else {}
         assert RunConfig.from_mapping({key: choice, **extra}).run_config[key] == choice
+
+
+def test_local_dp_clips_a_1e30_update_to_the_clipping_norm() -> None:
+    attack = [np.full((50, 40), 1e30, dtype=np.float32), np.full(40, 1e30, dtype=np.float32)]
+    start = [np.zeros_like(a) for a in attack]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sent = privatize_update(start, attack, 0.5, 0.0, np.random.default_rng(0))
+    assert aggregate.distance(sent, start) == pytest.approx(0.5, rel=1e-5)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 BASE = ["--num-clients", "10", "--num-server-rounds", "3", "--backend", "inprocess"]
 
 
-@pytest.fixture(params=strategies.FLOWER_APIS)
+@pytest.fixture(params=tuple(strategies.ADAPTERS))
 def api(request: pytest.FixtureRequest) -> str:
     """Each test runs on both Flower API halves."""
     return str(request.param)

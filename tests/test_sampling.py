@@ -168,7 +168,7 @@ def test_a_legacy_client_that_does_not_answer_is_asked_again_and_not_sampled_mea
     assert silent.asked == 2
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_the_run_config_chooses_seeded_or_flowers_sampling(api: str) -> None:
     server = ServerModel(RunConfig())
     seeded = build_strategy(RunConfig(flower_api=api, seed=5), server)

@@ -24,9 +24,10 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from fl_app.kit.results import RoundRecord, RunListener
-from fl_app.server_loop import ExperimentServer, RoundRecorder
+from fl_app.kit.rounds import RoundRecorder
+from fl_app.parts.legacy.server import ExperimentServer
 from strategies import FedAvg
-from tests.fakes import OK
+from tests.legacy_fakes import OK
 
 
 class WaitingProxy(ClientProxy):

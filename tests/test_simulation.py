@@ -59,7 +59,7 @@ def default_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str
     return run
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_trains_digits_well_above_chance(
     default_runs: Callable[[str, str], dict[str, Any]], strategy: str, api: str
@@ -109,14 +109,14 @@ def test_each_strategy_trains_digits_well_above_chance(
 def test_both_flower_apis_give_the_same_numbers_every_round(
     default_runs: Callable[[str, str], dict[str, Any]], strategy: str
 ) -> None:
-    legacy, message = (default_runs(strategy, api)["rounds"] for api in strategies.FLOWER_APIS)
+    legacy, message = (default_runs(strategy, api)["rounds"] for api in ("legacy", "message"))
     for key in ("central_loss", "central_accuracy", "accepted", "train_loss", "weights"):
         assert [r.get(key) for r in legacy] == [r.get(key) for r in message], key
     # Weights are named by partition id, the same on both halves and in every run.
     assert sorted(json.loads(legacy[1]["weights"])) == [str(p) for p in range(NUM_CLIENTS)]
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path, api: str) -> None:
     history = simulate(
         tmp_path,
@@ -159,7 +159,7 @@ def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_both_halves(
                 *(RAY if (api, nodes) == ("legacy", "per-client") else IN_PROCESS),
             )
         )
-        for api in strategies.FLOWER_APIS
+        for api in tuple(strategies.ADAPTERS)
         for nodes in ("per-client", "auto")
     }  # fmt: skip
     for run in runs.values():
@@ -174,7 +174,7 @@ def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_both_halves(
         assert run == reference
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_clients_in_this_process_give_the_ray_runs_results_bit_for_bit(
     default_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
 ) -> None:
@@ -199,7 +199,7 @@ def test_a_client_that_raises_in_this_process_is_a_failure(tmp_path: Path) -> No
     assert [r["accepted"] for r in history["rounds"][1:]] == [7, 7]
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_the_simulations_ray_listens_on_loopback_only(
     default_runs: Callable[[str, str], dict[str, Any]], api: str
 ) -> None:
@@ -211,7 +211,7 @@ def test_the_simulations_ray_listens_on_loopback_only(
     assert [s for s in sockets if not on_loopback(s[0])] == []
 
 
-@pytest.mark.parametrize("api", strategies.FLOWER_APIS)
+@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
 def test_a_sweep_in_one_engine_gives_each_run_its_history_alone(
     default_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
 ) -> None:

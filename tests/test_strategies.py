@@ -6,57 +6,30 @@ formula, never copied from a run of the code under test.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from flwr.common import (
-    FitRes,
     Parameters,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import strategies
-from strategies import FedAvg, Hybrid, QualityWeighted, SimpleAverage
 from strategies import aggregate as aggregate_module
 from strategies.core.codec import decode_tensors, encode_tensors
 from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, NothingAggregatedError
-from strategies.fedavg import FedAvgRule
-from strategies.hybrid import HybridRule, linear_schedule
-from strategies.legacy import LegacyStrategy
-from strategies.quality_weighted import QualityWeightedRule
-from strategies.simple_average import SimpleAverageRule
-from tests.fakes import OK, Proxy, fit_res, make, results_of
+from strategies.hybrid import linear_schedule
+from tests.fakes import Update, updates_of
 
-
-class NoClients:
-    """Client manager with nobody connected, enough for ``configure_fit`` to run."""
-
-    def num_available(self) -> int:
-        return 0
-
-    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):
-        return []
-
-
-def with_global(strategy: LegacyStrategy, global_model: Sequence[np.ndarray]):
-    """Hand the strategy the current global model, as the server does in configure_fit."""
-    strategy.configure_fit(1, ndarrays_to_parameters(list(global_model)), NoClients())
-    return strategy
-
-
-def aggregate(strategy, results, failures=(), server_round=1):
-    parameters, metrics = strategy.aggregate_fit(server_round, list(results), list(failures))
-    arrays = None if parameters is None else parameters_to_ndarrays(parameters)
-    return arrays, metrics
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def reported_weights(metrics) -> dict[str, float]:
@@ -83,66 +56,66 @@ def assert_model(got, want, rtol=1e-12):
 # ---- (a) hand-computed rules --------------------------------------------------------
 
 
-def test_simple_average_and_fedavg_by_hand_and_different():
-    results = results_of([A, B], [1, 3])
-    simple, simple_metrics = aggregate(make(SimpleAverage, GLOBAL), results)
-    fedavg, fedavg_metrics = aggregate(make(FedAvg, GLOBAL), results)
+def test_simple_average_and_fedavg_by_hand_and_different(half):
+    results = updates_of([A, B], [1, 3])
+    simple, simple_metrics = half.aggregate(half.make("simple", GLOBAL), results)
+    fedavg, fedavg_metrics = half.aggregate(half.make("fedavg", GLOBAL), results)
     # simple: ([1, 2] + [3, 6]) / 2 = [2, 4];  ([[0, 4]] + [[4, 0]]) / 2 = [[2, 2]]
     assert_model(simple, [[2.0, 4.0], [[2.0, 2.0]]])
     # fedavg: (1·[1, 2] + 3·[3, 6]) / 4 = [10, 20] / 4 = [2.5, 5];  (1·[[0, 4]] + 3·[[4, 0]]) / 4
     #         = [[3, 1]]
     assert_model(fedavg, [[2.5, 5.0], [[3.0, 1.0]]])
     assert not np.allclose(simple[0], fedavg[0])
-    assert reported_weights(simple_metrics) == pytest.approx({"c0": 0.5, "c1": 0.5})
-    assert reported_weights(fedavg_metrics) == pytest.approx({"c0": 0.25, "c1": 0.75})
+    assert reported_weights(simple_metrics) == pytest.approx({"1": 0.5, "2": 0.5})
+    assert reported_weights(fedavg_metrics) == pytest.approx({"1": 0.25, "2": 0.75})
 
 
-def test_quality_weighted_softmax_by_hand():
+def test_quality_weighted_softmax_by_hand(half):
     # q = [0, ln 3], τ = 0.5: exp(2q) = [1, 9] -> w = [0.1, 0.9]
     # 0.1·[1, 2] + 0.9·[3, 6] = [2.8, 5.6];  0.1·[[0, 4]] + 0.9·[[4, 0]] = [[3.6, 0.4]]
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
-    strategy = make(QualityWeighted, GLOBAL, quality_temperature=0.5)
-    out, metrics = aggregate(strategy, results)
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    strategy = half.make("quality", GLOBAL, quality_temperature=0.5)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[2.8, 5.6], [[3.6, 0.4]]])
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.1, "c1": 0.9})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.1, "2": 0.9})
     assert metrics["quality_fallback"] == 0
 
 
-def test_quality_weighted_linear_by_hand():
+def test_quality_weighted_linear_by_hand(half):
     # q = [0.6, 0.9], floor 0.5: q − 0.5 = [0.1, 0.4] -> w = [0.2, 0.8]
     # 0.2·[1, 2] + 0.8·[3, 6] = [2.6, 5.2];  [[3.2, 0.8]]
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
-    strategy = make(QualityWeighted, GLOBAL, quality_weighting="linear", quality_floor=0.5)
-    out, metrics = aggregate(strategy, results)
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
+    strategy = half.make("quality", GLOBAL, quality_weighting="linear", quality_floor=0.5)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[2.6, 5.2], [[3.2, 0.8]]])
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.2, "c1": 0.8})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.2, "2": 0.8})
 
 
-def test_hybrid_by_hand():
+def test_hybrid_by_hand(half):
     # data weights [0.25, 0.75]; quality (τ = 0.5, q = [0, ln 3]) [0.1, 0.9];
     # λ = 0.5: w = [0.175, 0.825]
     # 0.175·[1, 2] + 0.825·[3, 6] = [2.65, 5.3];  0.825·[[4, 0]] + 0.175·[[0, 4]] = [[3.3, 0.7]]
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
-    strategy = make(Hybrid, GLOBAL, hybrid_lambda=0.5, quality_temperature=0.5)
-    out, metrics = aggregate(strategy, results)
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    strategy = half.make("hybrid", GLOBAL, hybrid_lambda=0.5, quality_temperature=0.5)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[2.65, 5.3], [[3.3, 0.7]]])
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.175, "c1": 0.825})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.175, "2": 0.825})
     assert metrics["lambda"] == 0.5
     assert metrics["filtered"] == 0
     assert metrics["clipped"] == 0
 
 
-def test_strategies_work_without_a_known_global_model():
-    # With no initial parameters and no configure_fit the first result sets the layout.
-    out, metrics = aggregate(FedAvg(), results_of([A, B], [1, 3]))
+def test_strategies_work_without_a_known_global_model(half):
+    # With no initial model and no round configured the first result sets the layout.
+    out, metrics = half.aggregate(half.make("fedavg"), updates_of([A, B], [1, 3]))
     assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
     assert metrics["accepted"] == 2
 
 
-def test_aggregation_does_not_modify_the_global_model():
+def test_aggregation_does_not_modify_the_global_model(half):
     global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
-    strategy = make(FedAvg, global_model, server_learning_rate=0.5, server_momentum=0.5)
-    aggregate(strategy, results_of([A, B], [1, 3]))
+    strategy = half.make("fedavg", global_model, server_learning_rate=0.5, server_momentum=0.5)
+    half.aggregate(strategy, updates_of([A, B], [1, 3]))
     np.testing.assert_array_equal(strategy.rule.global_model[0], [1.0, 1.0])
     np.testing.assert_array_equal(strategy.rule.global_model[1], [[1.0, 1.0]])
 
@@ -159,13 +132,12 @@ def _random_round(rng, clients: int, dtype=np.float32):
 
 @pytest.mark.parametrize("clients", [1, 2, 3, 7, 16])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fedavg_matches_flower_fedavg(clients, dtype):
+def test_fedavg_matches_flower_fedavg(half, clients, dtype):
     rng = np.random.default_rng(clients)
     models, counts = _random_round(rng, clients, dtype)
-    results = results_of(models, counts)
-    ours, _ = aggregate(FedAvg(), results)
-    theirs_parameters, _ = FlowerFedAvg().aggregate_fit(1, results, [])
-    theirs = parameters_to_ndarrays(theirs_parameters)
+    updates = updates_of(models, counts)
+    ours, _ = half.aggregate(half.make("fedavg"), updates)
+    theirs = half.flowers_fedavg(updates)
     assert ours is not None
     assert len(ours) == len(theirs)
     for o, t in zip(ours, theirs, strict=True):
@@ -180,13 +152,13 @@ def test_fedavg_matches_flower_fedavg(clients, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
-def test_aggregate_is_bitwise_independent_of_arrival_order(name):
+def test_aggregate_is_bitwise_independent_of_arrival_order(half, name):
     # Clients answer in any order; float sums depend on order; reruns must not.
     rng = np.random.default_rng(5)
     results = _quality_round(rng, clients=9)
-    first, _ = aggregate(strategies.build(name), results)
+    first, _ = half.aggregate(half.make(name), results)
     for permutation in (rng.permutation(9) for _ in range(3)):
-        again, _ = aggregate(strategies.build(name), [results[i] for i in permutation])
+        again, _ = half.aggregate(half.make(name), [results[i] for i in permutation])
         for a, b in zip(first, again, strict=True):
             assert a.tobytes() == b.tobytes()
 
@@ -197,14 +169,14 @@ def test_aggregate_is_bitwise_independent_of_arrival_order(name):
 def _quality_round(rng, clients=5):
     models, counts = _random_round(rng, clients)
     metrics = [{"val_accuracy": float(q), "val_loss": float(1 - q)} for q in rng.random(clients)]
-    return results_of(models, counts, metrics)
+    return updates_of(models, counts, metrics)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hybrid_lambda_one_is_fedavg_exactly(seed):
+def test_hybrid_lambda_one_is_fedavg_exactly(half, seed):
     results = _quality_round(np.random.default_rng(seed))
-    fedavg, fedavg_metrics = aggregate(FedAvg(), results)
-    hybrid, hybrid_metrics = aggregate(Hybrid(hybrid_lambda=1.0), results)
+    fedavg, fedavg_metrics = half.aggregate(half.make("fedavg"), results)
+    hybrid, hybrid_metrics = half.aggregate(half.make("hybrid", hybrid_lambda=1.0), results)
     assert hybrid is not None
     assert fedavg is not None
     for h, f in zip(hybrid, fedavg, strict=True):
@@ -214,11 +186,13 @@ def test_hybrid_lambda_one_is_fedavg_exactly(seed):
 
 @pytest.mark.parametrize("weighting", ["softmax", "linear"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hybrid_lambda_zero_is_quality_weighted_exactly(seed, weighting):
+def test_hybrid_lambda_zero_is_quality_weighted_exactly(half, seed, weighting):
     results = _quality_round(np.random.default_rng(seed))
     knobs = {"quality_weighting": weighting, "quality_temperature": 0.2, "quality_floor": 0.1}
-    quality, quality_metrics = aggregate(QualityWeighted(**knobs), results)
-    hybrid, hybrid_metrics = aggregate(Hybrid(hybrid_lambda=0.0, **knobs), results)
+    quality, quality_metrics = half.aggregate(half.make("quality", **knobs), results)
+    hybrid, hybrid_metrics = half.aggregate(
+        half.make("hybrid", hybrid_lambda=0.0, **knobs), results
+    )
     assert hybrid is not None
     assert quality is not None
     for h, q in zip(hybrid, quality, strict=True):
@@ -227,56 +201,56 @@ def test_hybrid_lambda_zero_is_quality_weighted_exactly(seed, weighting):
     assert hybrid_metrics["quality_fallback"] == quality_metrics["quality_fallback"]
 
 
-def test_hybrid_needs_the_quality_metric_only_when_lambda_below_one():
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.5}, {}])  # B has no quality
-    out, metrics = aggregate(make(Hybrid, GLOBAL, hybrid_lambda=1.0), results)
+def test_hybrid_needs_the_quality_metric_only_when_lambda_below_one(half):
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.5}, {}])  # B has no quality
+    out, metrics = half.aggregate(half.make("hybrid", GLOBAL, hybrid_lambda=1.0), results)
     assert metrics["rejected"] == 0
     assert metrics["accepted"] == 2
     assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])  # FedAvg of A and B
 
-    out, metrics = aggregate(make(Hybrid, GLOBAL, hybrid_lambda=0.5), results)
+    out, metrics = half.aggregate(half.make("hybrid", GLOBAL, hybrid_lambda=0.5), results)
     assert metrics["rejected"] == 1
     assert metrics["accepted"] == 1
     assert_model(out, A)  # only A is left
-    assert reported_weights(metrics) == pytest.approx({"c0": 1.0})
+    assert reported_weights(metrics) == pytest.approx({"1": 1.0})
 
 
 # ---- (d) server learning rate and momentum ------------------------------------------
 
 
-def test_fedavg_server_momentum_two_rounds_by_hand():
+def test_fedavg_server_momentum_two_rounds_by_hand(half):
     # η = 0.5, β = 0.5, g0 = ([0, 0], [[0, 0]])
     # round 1: clients ([1, 2], [[0, 4]]) and ([3, 6], [[4, 0]]), n = 1 and 3:
     #   avg = ([2.5, 5], [[3, 1]]) = d1 = v1;  g1 = g0 + 0.5·v1 = ([1.25, 2.5], [[1.5, 0.5]])
     # round 2: both clients send ([3.25, 4.5], [[2.5, 1.5]]):
     #   d2 = avg − g1 = ([2, 2], [[1, 1]]);  v2 = 0.5·v1 + d2 = ([3.25, 4.5], [[2.5, 1.5]])
     #   g2 = g1 + 0.5·v2 = ([2.875, 4.75], [[2.75, 1.25]])
-    strategy = make(FedAvg, GLOBAL, server_learning_rate=0.5, server_momentum=0.5)
-    g1, _ = aggregate(strategy, results_of([A, B], [1, 3]), server_round=1)
+    strategy = half.make("fedavg", GLOBAL, server_learning_rate=0.5, server_momentum=0.5)
+    g1, _ = half.aggregate(strategy, updates_of([A, B], [1, 3]), server_round=1)
     assert_model(g1, [[1.25, 2.5], [[1.5, 0.5]]])
 
     assert g1 is not None
-    with_global(strategy, g1)  # the server hands the new global model over
+    half.set_global(strategy, g1)  # the server hands the new global model over
     second = [np.array([3.25, 4.5]), np.array([[2.5, 1.5]])]
-    g2, _ = aggregate(strategy, results_of([second, second], [2, 5]), server_round=2)
+    g2, _ = half.aggregate(strategy, updates_of([second, second], [2, 5]), server_round=2)
     assert_model(g2, [[2.875, 4.75], [[2.75, 1.25]]])
 
 
-def test_fedavg_server_learning_rate_by_hand():
+def test_fedavg_server_learning_rate_by_hand(half):
     # g = ([1, 1], [[1, 1]]), avg = ([2.5, 5], [[3, 1]]), η = 0.5:
     # g + 0.5·(avg − g) = ([1.75, 3], [[2, 1]])
     global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
-    strategy = make(FedAvg, global_model, server_learning_rate=0.5)
-    out, _ = aggregate(strategy, results_of([A, B], [1, 3]))
+    strategy = half.make("fedavg", global_model, server_learning_rate=0.5)
+    out, _ = half.aggregate(strategy, updates_of([A, B], [1, 3]))
     assert_model(out, [[1.75, 3.0], [[2.0, 1.0]]])
 
 
-def test_server_step_needs_the_global_model():
+def test_server_step_needs_the_global_model(half):
     with pytest.raises(RuntimeError, match="global model"):
-        aggregate(FedAvg(server_learning_rate=0.5), results_of([A, B], [1, 3]))
+        half.aggregate(half.make("fedavg", server_learning_rate=0.5), updates_of([A, B], [1, 3]))
 
 
-def test_fedavg_server_momentum_with_an_integer_layer():
+def test_fedavg_server_momentum_with_an_integer_layer(half):
     # Models may carry integer buffers (BatchNorm's num_batches_tracked is int64). With
     # η = 1 the first momentum round gives v1 = d1 and g1 = avg: int layer avg of [4] and
     # [8] with n = 1, 1 is [6]. The round must not crash.
@@ -285,8 +259,8 @@ def test_fedavg_server_momentum_with_an_integer_layer():
         [np.array([1.0, 2.0]), np.array([4], dtype=np.int64)],
         [np.array([3.0, 6.0]), np.array([8], dtype=np.int64)],
     ]
-    strategy = make(FedAvg, global_model, server_momentum=0.9)
-    out, _ = aggregate(strategy, results_of(clients, [1, 1]))
+    strategy = half.make("fedavg", global_model, server_momentum=0.9)
+    out, _ = half.aggregate(strategy, updates_of(clients, [1, 1]))
     assert_model(out, [[2.0, 4.0], [6]])
     assert out is not None
     assert out[1].dtype == np.int64
@@ -307,35 +281,27 @@ GLOBAL32 = [layer.astype(np.float32) for layer in GLOBAL]
 LINEAR = {"quality_weighting": "linear", "quality_floor": 0.5}
 
 STRATEGY_CASES = {
-    "simple": (SimpleAverage, {}, [[2.0, 4.0], [[2.0, 2.0]]]),
-    "fedavg": (FedAvg, {}, [[2.5, 5.0], [[3.0, 1.0]]]),
-    "quality": (QualityWeighted, LINEAR, [[2.6, 5.2], [[3.2, 0.8]]]),
-    "hybrid": (Hybrid, {"hybrid_lambda": 0.5, **LINEAR}, [[2.55, 5.1], [[3.1, 0.9]]]),
+    "simple": ({}, [[2.0, 4.0], [[2.0, 2.0]]]),
+    "fedavg": ({}, [[2.5, 5.0], [[3.0, 1.0]]]),
+    "quality": (LINEAR, [[2.6, 5.2], [[3.2, 0.8]]]),
+    "hybrid": ({"hybrid_lambda": 0.5, **LINEAR}, [[2.55, 5.1], [[3.1, 0.9]]]),
 }
 QUALITY_STRATEGIES = ["quality", "hybrid"]
 
 
 def _valid_results():
-    return [
-        (Proxy("a"), fit_res(A32, 1, val_accuracy=0.6)),
-        (Proxy("b"), fit_res(B32, 3, val_accuracy=0.9)),
-    ]
+    return [Update(A32, 1, {"val_accuracy": 0.6}), Update(B32, 3, {"val_accuracy": 0.9})]
 
 
 def _with_value(value: float) -> list[np.ndarray]:
     return [np.array([1.0, value], np.float32), np.array([[0.0, 4.0]], np.float32)]
 
 
-def _raw(tensors: list[bytes]) -> FitRes:
-    return FitRes(
-        status=OK,
-        parameters=Parameters(tensors=tensors, tensor_type="numpy.ndarray"),
-        num_examples=5,
-        metrics={"val_accuracy": 0.99},
-    )
+def _raw(tensors: list[bytes]) -> Update:
+    return Update(num_examples=5, metrics={"val_accuracy": 0.99}, tensors=tensors)
 
 
-def _truncated() -> FitRes:
+def _truncated() -> Update:
     tensors = ndarrays_to_parameters(A32).tensors
     return _raw([tensors[0][:-4], tensors[1]])
 
@@ -346,47 +312,48 @@ def _object_npy() -> bytes:
     return buffer.getvalue()
 
 
-def _object_array() -> FitRes:
+def _object_array() -> Update:
     return _raw([_object_npy(), ndarrays_to_parameters(A32).tensors[1]])
 
 
-BAD_UPDATES: dict[str, Callable[[], FitRes]] = {
-    "nan": lambda: fit_res(_with_value(np.nan), 5, val_accuracy=0.99),
-    "+inf": lambda: fit_res(_with_value(np.inf), 5, val_accuracy=0.99),
-    "-inf": lambda: fit_res(_with_value(-np.inf), 5, val_accuracy=0.99),
-    "wrong shape": lambda: fit_res(
-        [np.zeros(3, np.float32), np.zeros((1, 2), np.float32)], 5, val_accuracy=0.99
+BAD_UPDATES: dict[str, Callable[[], Update]] = {
+    "nan": lambda: Update(_with_value(np.nan), 5, {"val_accuracy": 0.99}),
+    "+inf": lambda: Update(_with_value(np.inf), 5, {"val_accuracy": 0.99}),
+    "-inf": lambda: Update(_with_value(-np.inf), 5, {"val_accuracy": 0.99}),
+    "wrong shape": lambda: Update(
+        [np.zeros(3, np.float32), np.zeros((1, 2), np.float32)], 5, {"val_accuracy": 0.99}
     ),
-    "transposed shape": lambda: fit_res(
-        [np.zeros(2, np.float32), np.zeros((2, 1), np.float32)], 5, val_accuracy=0.99
+    "transposed shape": lambda: Update(
+        [np.zeros(2, np.float32), np.zeros((2, 1), np.float32)], 5, {"val_accuracy": 0.99}
     ),
-    "wrong dtype": lambda: fit_res([layer.astype(np.float64) for layer in A32], 5),
-    "too few layers": lambda: fit_res(A32[:1], 5, val_accuracy=0.99),
-    "too many layers": lambda: fit_res([*A32, np.zeros(1, np.float32)], 5, val_accuracy=0.99),
-    "num_examples 0": lambda: fit_res(A32, 0, val_accuracy=0.99),
-    "num_examples negative": lambda: fit_res(A32, -4, val_accuracy=0.99),
-    "num_examples 2.5": lambda: fit_res(A32, 2.5, val_accuracy=0.99),
-    "num_examples bool": lambda: fit_res(A32, True, val_accuracy=0.99),
-    "num_examples str": lambda: fit_res(A32, "3", val_accuracy=0.99),
+    "wrong dtype": lambda: Update([layer.astype(np.float64) for layer in A32], 5),
+    "too few layers": lambda: Update(A32[:1], 5, {"val_accuracy": 0.99}),
+    "too many layers": lambda: Update([*A32, np.zeros(1, np.float32)], 5, {"val_accuracy": 0.99}),
+    "num_examples 0": lambda: Update(A32, 0, {"val_accuracy": 0.99}),
+    "num_examples negative": lambda: Update(A32, -4, {"val_accuracy": 0.99}),
+    "num_examples 2.5": lambda: Update(A32, 2.5, {"val_accuracy": 0.99}),
+    "num_examples bool": lambda: Update(A32, True, {"val_accuracy": 0.99}),
+    "num_examples str": lambda: Update(A32, "3", {"val_accuracy": 0.99}),
     "garbage bytes": lambda: _raw([b"garbage", b"more garbage"]),
     "empty bytes": lambda: _raw([b"", b""]),
     "truncated tensor": _truncated,
     "object array": _object_array,
 }
-BAD_QUALITY: dict[str, Callable[[], FitRes]] = {
-    "missing quality": lambda: fit_res(A32, 5, val_loss=0.1),
-    "nan quality": lambda: fit_res(A32, 5, val_accuracy=math.nan),
-    "inf quality": lambda: fit_res(A32, 5, val_accuracy=math.inf),
-    "string quality": lambda: fit_res(A32, 5, val_accuracy="high"),
-    "bool quality": lambda: fit_res(A32, 5, val_accuracy=True),
+BAD_QUALITY: dict[str, Callable[[], Update]] = {
+    "missing quality": lambda: Update(A32, 5, {"val_loss": 0.1}),
+    "nan quality": lambda: Update(A32, 5, {"val_accuracy": math.nan}),
+    "inf quality": lambda: Update(A32, 5, {"val_accuracy": math.inf}),
+    "string quality": lambda: Update(A32, 5, {"val_accuracy": "high"}),
+    "bool quality": lambda: Update(A32, 5, {"val_accuracy": True}),
 }
 
 
-def _check_round_with_one_bad(strategy_name: str, bad: FitRes) -> None:
-    cls, knobs, expected = STRATEGY_CASES[strategy_name]
+def _check_round_with_one_bad(half: Any, strategy_name: str, bad: Update) -> None:
+    knobs, expected = STRATEGY_CASES[strategy_name]
     valid = _valid_results()
-    results = [valid[0], (Proxy("bad"), bad), valid[1]]
-    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results)
+    out, metrics = half.aggregate(
+        half.make(strategy_name, GLOBAL32, **knobs), [valid[0], bad, valid[1]]
+    )
     assert metrics["results"] == 3
     assert metrics["failures"] == 0
     assert metrics["rejected"] == 1
@@ -396,107 +363,98 @@ def _check_round_with_one_bad(strategy_name: str, bad: FitRes) -> None:
     assert [layer.dtype for layer in out] == [np.float32, np.float32]
     assert_model(out, expected, rtol=1e-6)
     weights = reported_weights(metrics)
-    assert set(weights) == {"a", "b"}
+    assert set(weights) == {"1", "3"}
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
 @pytest.mark.parametrize("reason", list(BAD_UPDATES))
-def test_bad_update_is_rejected_and_the_rest_aggregated(strategy_name, reason):
-    _check_round_with_one_bad(strategy_name, BAD_UPDATES[reason]())
+def test_bad_update_is_rejected_and_the_rest_aggregated(half, strategy_name, reason):
+    _check_round_with_one_bad(half, strategy_name, BAD_UPDATES[reason]())
 
 
 @pytest.mark.parametrize("strategy_name", QUALITY_STRATEGIES)
 @pytest.mark.parametrize("reason", list(BAD_QUALITY))
-def test_bad_quality_is_rejected_and_the_rest_aggregated(strategy_name, reason):
-    _check_round_with_one_bad(strategy_name, BAD_QUALITY[reason]())
+def test_bad_quality_is_rejected_and_the_rest_aggregated(half, strategy_name, reason):
+    _check_round_with_one_bad(half, strategy_name, BAD_QUALITY[reason]())
 
 
 @pytest.mark.parametrize("strategy_name", ["simple", "fedavg"])
-def test_missing_quality_is_fine_where_quality_is_not_used(strategy_name):
-    cls, knobs, _ = STRATEGY_CASES[strategy_name]
-    _, metrics = aggregate(
-        make(cls, GLOBAL32, **knobs), [(Proxy("x"), BAD_QUALITY["missing quality"]())]
+def test_missing_quality_is_fine_where_quality_is_not_used(half, strategy_name):
+    knobs, _ = STRATEGY_CASES[strategy_name]
+    _, metrics = half.aggregate(
+        half.make(strategy_name, GLOBAL32, **knobs), [BAD_QUALITY["missing quality"]()]
     )
     assert metrics["rejected"] == 0
     assert metrics["accepted"] == 1
 
 
 @pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
-def test_round_with_only_invalid_updates_returns_none(strategy_name):
-    cls, knobs, _ = STRATEGY_CASES[strategy_name]
+def test_round_with_only_invalid_updates_returns_none(half, strategy_name):
+    knobs, _ = STRATEGY_CASES[strategy_name]
     bad = [
         BAD_UPDATES["nan"](),
         BAD_UPDATES["wrong shape"](),
         BAD_UPDATES["garbage bytes"](),
         BAD_UPDATES["num_examples 0"](),
     ]
-    results = [(Proxy(f"bad{i}"), res) for i, res in enumerate(bad)]
-    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results)
+    out, metrics = half.aggregate(half.make(strategy_name, GLOBAL32, **knobs), bad)
     assert out is None
     assert metrics["rejected"] == len(bad)
     assert metrics["accepted"] == 0
     assert metrics["results"] == len(bad)
 
 
-def test_round_with_no_results_returns_none():
-    out, metrics = aggregate(make(FedAvg, GLOBAL32), [])
+def test_round_with_no_results_returns_none(half):
+    out, metrics = half.aggregate(half.make("fedavg", GLOBAL32), [])
     assert out is None
     assert metrics["accepted"] == 0
 
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
-def test_three_empty_rounds_in_a_row_stop_the_run(name):
-    strategy = make(functools.partial(strategies.build, name), GLOBAL32)
-    invalid = [(Proxy("bad"), BAD_UPDATES["nan"]())]
-    out, _ = aggregate(strategy, [], server_round=1)
+def test_three_empty_rounds_in_a_row_stop_the_run(half, name):
+    strategy = half.make(name, GLOBAL32)
+    invalid = [BAD_UPDATES["nan"]()]
+    out, _ = half.aggregate(strategy, [], server_round=1)
     assert out is None
-    out, metrics = aggregate(strategy, invalid, server_round=2)
+    out, metrics = half.aggregate(strategy, invalid, server_round=2)
     assert out is None
     assert metrics["rejected"] == 1
     with pytest.raises(NothingAggregatedError, match="max-empty-rounds") as error:
-        aggregate(strategy, [], failures=[RuntimeError("timeout")], server_round=3)
+        half.aggregate(strategy, [], failures=[RuntimeError("timeout")], server_round=3)
     assert error.value.metrics["failures"] == 1
     assert error.value.metrics["accepted"] == 0
 
 
-def test_an_aggregated_round_resets_the_empty_round_count():
-    strategy = make(FedAvg, GLOBAL32)
+def test_an_aggregated_round_resets_the_empty_round_count(half):
+    strategy = half.make("fedavg", GLOBAL32)
     for server_round in (1, 2):
-        out, _ = aggregate(strategy, [], server_round=server_round)
+        out, _ = half.aggregate(strategy, [], server_round=server_round)
         assert out is None
-    out, _ = aggregate(strategy, _valid_results(), server_round=3)
+    out, _ = half.aggregate(strategy, _valid_results(), server_round=3)
     assert out is not None
     assert strategy.get_state().empty_rounds == 0
     for server_round in (4, 5):
-        out, _ = aggregate(strategy, [], server_round=server_round)
+        out, _ = half.aggregate(strategy, [], server_round=server_round)
         assert out is None
     with pytest.raises(NothingAggregatedError, match="max-empty-rounds"):
-        aggregate(strategy, [], server_round=6)
+        half.aggregate(strategy, [], server_round=6)
 
 
-def test_max_empty_rounds_zero_never_stops():
-    strategy = make(FedAvg, GLOBAL32, max_empty_rounds=0)
+def test_max_empty_rounds_zero_never_stops(half):
+    strategy = half.make("fedavg", GLOBAL32, max_empty_rounds=0)
     for server_round in range(1, 11):
-        out, metrics = aggregate(strategy, [], server_round=server_round)
+        out, metrics = half.aggregate(strategy, [], server_round=server_round)
         assert out is None
         assert metrics["accepted"] == 0
     assert strategy.get_state().empty_rounds == 10
 
 
-def test_failures_with_accept_failures_false_return_none():
-    strategy = make(FedAvg, GLOBAL32, accept_failures=False)
-    out, metrics = aggregate(strategy, _valid_results(), failures=[RuntimeError("timeout")])
-    assert out is None
-    assert metrics == {"results": 2, "failures": 1, "rejected": 0, "accepted": 0}
-    # The round says why (and does not reuse the previous round's result).
-    assert "accept_failures=False (first: RuntimeError: timeout)" in strategy.last_result.problem
-
-
-def test_failures_with_accept_failures_are_counted_and_skipped():
-    failed = (Proxy("f"), fit_res(A32, 1))
-    out, metrics = aggregate(
-        make(FedAvg, GLOBAL32), _valid_results(), failures=[TimeoutError("late"), failed]
+def test_failures_with_accept_failures_are_counted_and_skipped(half):
+    out, metrics = half.aggregate(
+        half.make("fedavg", GLOBAL32),
+        _valid_results(),
+        failures=[TimeoutError("late"), RuntimeError("ClientApp raised")],
     )
     assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]], rtol=1e-6)
     assert metrics["failures"] == 2
@@ -506,8 +464,8 @@ def test_failures_with_accept_failures_are_counted_and_skipped():
 
 
 @pytest.mark.parametrize("strategy_name", list(STRATEGY_CASES))
-def test_round_metrics_are_complete(strategy_name):
-    cls, knobs, _ = STRATEGY_CASES[strategy_name]
+def test_round_metrics_are_complete(half, strategy_name):
+    knobs, _ = STRATEGY_CASES[strategy_name]
     rng = np.random.default_rng(7)
     clients = 6
     models = [
@@ -515,14 +473,16 @@ def test_round_metrics_are_complete(strategy_name):
     ]
     counts = [int(n) for n in rng.integers(1, 100, size=clients)]
     qualities = [{"val_accuracy": float(q)} for q in rng.uniform(0.55, 1.0, size=clients)]
-    out, metrics = aggregate(make(cls, GLOBAL32, **knobs), results_of(models, counts, qualities))
+    out, metrics = half.aggregate(
+        half.make(strategy_name, GLOBAL32, **knobs), updates_of(models, counts, qualities)
+    )
     assert out is not None
     for key in ("results", "failures", "rejected", "accepted", "weights"):
         assert key in metrics
     assert metrics["results"] == clients
     assert metrics["accepted"] == clients
     weights = reported_weights(metrics)
-    assert set(weights) == {f"c{i}" for i in range(clients)}
+    assert set(weights) == {f"{i + 1}" for i in range(clients)}
     assert all(w >= 0 for w in weights.values())
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
     # The client metrics are aggregated too (example-weighted mean).
@@ -533,16 +493,16 @@ def test_round_metrics_are_complete(strategy_name):
 # ---- (f) quality details ------------------------------------------------------------
 
 
-def test_quality_linear_all_below_floor_falls_back_to_simple_average():
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.1}, {"val_accuracy": 0.2}])
-    strategy = make(QualityWeighted, GLOBAL, quality_weighting="linear", quality_floor=0.5)
-    out, metrics = aggregate(strategy, results)
+def test_quality_linear_all_below_floor_falls_back_to_simple_average(half):
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.1}, {"val_accuracy": 0.2}])
+    strategy = half.make("quality", GLOBAL, quality_weighting="linear", quality_floor=0.5)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[2.0, 4.0], [[2.0, 2.0]]])  # simple average
     assert metrics["quality_fallback"] == 1
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.5, "c1": 0.5})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.5, "2": 0.5})
 
 
-def test_quality_server_source_ignores_a_lying_client():
+def test_quality_server_source_ignores_a_lying_client(half):
     # Server score = first element / 10: A -> 0.1, B -> 0.3; linear floor 0 gives
     # w = [0.25, 0.75] -> ([2.5, 5], [[3, 1]]). The clients claim the opposite (A 0.99,
     # B 0.0), which would give all the weight to A.
@@ -552,46 +512,46 @@ def test_quality_server_source_ignores_a_lying_client():
         scored.append(float(arrays[0][0]))
         return {"val_accuracy": float(arrays[0][0]) / 10}
 
-    results = results_of([A, B], [1, 1], [{"val_accuracy": 0.99}, {"val_accuracy": 0.0}])
-    strategy = make(
-        QualityWeighted,
+    results = updates_of([A, B], [1, 1], [{"val_accuracy": 0.99}, {"val_accuracy": 0.0}])
+    strategy = half.make(
+        "quality",
         GLOBAL,
         quality_source="server",
         score_fn=score_fn,
         quality_weighting="linear",
         quality_floor=0.0,
     )
-    out, metrics = aggregate(strategy, results)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.25, "c1": 0.75})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.25, "2": 0.75})
     assert sorted(scored) == [1.0, 3.0]  # each client model scored once
 
 
-def test_quality_server_source_does_not_need_the_client_metric():
-    strategy = make(
-        QualityWeighted,
+def test_quality_server_source_does_not_need_the_client_metric(half):
+    strategy = half.make(
+        "quality",
         GLOBAL,
         quality_source="server",
         score_fn=lambda arrays: {"val_accuracy": 0.5},
     )
-    out, metrics = aggregate(strategy, results_of([A, B], [1, 3]))
+    out, metrics = half.aggregate(strategy, updates_of([A, B], [1, 3]))
     assert metrics["rejected"] == 0
     assert_model(out, [[2.0, 4.0], [[2.0, 2.0]]])  # equal scores -> equal weights
 
 
-def test_quality_server_source_rejects_non_finite_server_scores():
+def test_quality_server_source_rejects_non_finite_server_scores(half):
     def score_fn(arrays):
         return {"val_accuracy": math.nan if arrays[0][0] == 3.0 else 0.5}
 
-    strategy = make(QualityWeighted, GLOBAL, quality_source="server", score_fn=score_fn)
-    out, metrics = aggregate(strategy, results_of([A, B], [1, 3]))
+    strategy = half.make("quality", GLOBAL, quality_source="server", score_fn=score_fn)
+    out, metrics = half.aggregate(strategy, updates_of([A, B], [1, 3]))
     assert metrics["rejected"] == 1
     assert_model(out, A)
 
 
-def test_quality_auto_direction_treats_loss_as_lower_is_better():
+def test_quality_auto_direction_treats_loss_as_lower_is_better(half):
     def higher_is_better(**knobs) -> bool:
-        return QualityWeighted(**knobs).rule.options.higher_is_better
+        return half.make("quality", **knobs).rule.options.higher_is_better
 
     assert higher_is_better(quality_metric="val_loss") is False
     assert higher_is_better(quality_metric="val_accuracy") is True
@@ -599,37 +559,37 @@ def test_quality_auto_direction_treats_loss_as_lower_is_better():
 
     # softmax, τ = 1, losses [0, ln 3]: exp(−q) = [1, 1/3] -> w = [0.75, 0.25]
     # 0.75·[1, 2] + 0.25·[3, 6] = [1.5, 3];  0.25·[[4, 0]] + 0.75·[[0, 4]] = [[1, 3]]
-    results = results_of([A, B], [1, 1], [{"val_loss": 0.0}, {"val_loss": math.log(3)}])
-    strategy = make(QualityWeighted, GLOBAL, quality_metric="val_loss", quality_temperature=1.0)
-    out, metrics = aggregate(strategy, results)
+    results = updates_of([A, B], [1, 1], [{"val_loss": 0.0}, {"val_loss": math.log(3)}])
+    strategy = half.make("quality", GLOBAL, quality_metric="val_loss", quality_temperature=1.0)
+    out, metrics = half.aggregate(strategy, results)
     assert_model(out, [[1.5, 3.0], [[1.0, 3.0]]])
-    assert reported_weights(metrics) == pytest.approx({"c0": 0.75, "c1": 0.25})
+    assert reported_weights(metrics) == pytest.approx({"1": 0.75, "2": 0.25})
 
     # linear, loss ceiling 1.0, losses [0.2, 0.8]: 1 − q = [0.8, 0.2] -> w = [0.8, 0.2]
     # 0.8·[1, 2] + 0.2·[3, 6] = [1.4, 2.8];  [[0.8, 3.2]]
-    results = results_of([A, B], [1, 1], [{"val_loss": 0.2}, {"val_loss": 0.8}])
-    strategy = make(
-        QualityWeighted,
+    results = updates_of([A, B], [1, 1], [{"val_loss": 0.2}, {"val_loss": 0.8}])
+    strategy = half.make(
+        "quality",
         GLOBAL,
         quality_metric="val_loss",
         quality_weighting="linear",
         quality_floor=1.0,
     )
-    out, _ = aggregate(strategy, results)
+    out, _ = half.aggregate(strategy, results)
     assert_model(out, [[1.4, 2.8], [[0.8, 3.2]]])
 
 
-def test_quality_min_direction_on_a_non_loss_metric():
+def test_quality_min_direction_on_a_non_loss_metric(half):
     # quality_direction="min": lower error is better. Errors [0, ln 3], τ = 1 -> [0.75, 0.25]
-    results = results_of([A, B], [1, 1], [{"error": 0.0}, {"error": math.log(3)}])
-    strategy = make(
-        QualityWeighted,
+    results = updates_of([A, B], [1, 1], [{"error": 0.0}, {"error": math.log(3)}])
+    strategy = half.make(
+        "quality",
         GLOBAL,
         quality_metric="error",
         quality_direction="min",
         quality_temperature=1.0,
     )
-    out, _ = aggregate(strategy, results)
+    out, _ = half.aggregate(strategy, results)
     assert_model(out, [[1.5, 3.0], [[1.0, 3.0]]])
 
 
@@ -651,12 +611,12 @@ def _filter_round(rng, global_model):
     return models, [10, 20, 30, 40, 50, 60]
 
 
-def test_hybrid_mad_filter_drops_a_scaled_update():
+def test_hybrid_mad_filter_drops_a_scaled_update(half):
     rng = np.random.default_rng(11)
     global_model = [rng.normal(size=(3, 4)), rng.normal(size=4)]
     models, counts = _filter_round(rng, global_model)
-    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="mad")
-    out, metrics = aggregate(strategy, results_of(models, counts))
+    strategy = half.make("hybrid", global_model, hybrid_lambda=1.0, robust_filter="mad")
+    out, metrics = half.aggregate(strategy, updates_of(models, counts))
     assert metrics["filtered"] == 1
     assert metrics["accepted"] == 6  # valid, but filtered out
     # FedAvg over the five honest updates, by the textbook formula.
@@ -667,12 +627,12 @@ def test_hybrid_mad_filter_drops_a_scaled_update():
     ]
     assert_model(out, want)
     weights = reported_weights(metrics)
-    assert weights["c5"] == 0.0
+    assert weights["6"] == 0.0
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
 
     # Without the filter the attacker drags the model far away.
-    unfiltered, _ = aggregate(
-        make(Hybrid, global_model, hybrid_lambda=1.0), results_of(models, counts)
+    unfiltered, _ = half.aggregate(
+        half.make("hybrid", global_model, hybrid_lambda=1.0), updates_of(models, counts)
     )
     assert unfiltered is not None
     assert np.abs(unfiltered[0] - want[0]).max() > 10
@@ -697,21 +657,21 @@ def _sign_flip_round(rng, global_model, attackers=(2, 6)):
     return models, [40, 10, 30, 20, 50, 25, 35, 15]
 
 
-def test_hybrid_direction_filter_drops_exactly_the_sign_flipped_updates():
+def test_hybrid_direction_filter_drops_exactly_the_sign_flipped_updates(half):
     rng = np.random.default_rng(3)
     global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
     models, counts = _sign_flip_round(rng, global_model)
     # The flipped updates keep their norms: the norm filter keeps them all.
-    _, by_norm = aggregate(
-        make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="mad"),
-        results_of(models, counts),
+    _, by_norm = half.aggregate(
+        half.make("hybrid", global_model, hybrid_lambda=1.0, robust_filter="mad"),
+        updates_of(models, counts),
     )
     assert by_norm["filtered"] == 0
-    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
-    out, metrics = aggregate(strategy, results_of(models, counts))
+    strategy = half.make("hybrid", global_model, hybrid_lambda=1.0, robust_filter="direction")
+    out, metrics = half.aggregate(strategy, updates_of(models, counts))
     assert metrics["filtered"] == 2
     weights = reported_weights(metrics)
-    assert {c for c, w in weights.items() if w == 0.0} == {"c2", "c6"}
+    assert {c for c, w in weights.items() if w == 0.0} == {"3", "7"}
     # FedAvg of the six honest updates, by the textbook formula.
     honest = [i for i in range(8) if i not in (2, 6)]
     total = sum(counts[i] for i in honest)
@@ -719,7 +679,7 @@ def test_hybrid_direction_filter_drops_exactly_the_sign_flipped_updates():
     assert_model(out, want, rtol=1e-10)
 
 
-def test_hybrid_direction_filter_drops_norms_above_ratio_times_the_median():
+def test_hybrid_direction_filter_drops_norms_above_ratio_times_the_median(half):
     rng = np.random.default_rng(3)
     global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
     models, counts = _sign_flip_round(rng, global_model, attackers=())
@@ -727,17 +687,17 @@ def test_hybrid_direction_filter_drops_norms_above_ratio_times_the_median():
     # fifth to 2.85, against the median (about 1.01) × 3.
     models[1] = [g + 3 * (m - g) for g, m in zip(global_model, models[1], strict=True)]
     models[4] = [g + 3 * (m - g) for g, m in zip(global_model, models[4], strict=True)]
-    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
-    _, metrics = aggregate(strategy, results_of(models, counts))
-    assert {c for c, w in reported_weights(metrics).items() if w == 0.0} == {"c1"}
+    strategy = half.make("hybrid", global_model, hybrid_lambda=1.0, robust_filter="direction")
+    _, metrics = half.aggregate(strategy, updates_of(models, counts))
+    assert {c for c, w in reported_weights(metrics).items() if w == 0.0} == {"2"}
 
 
-def test_hybrid_direction_filter_cosines_match_numpy():
+def test_hybrid_direction_filter_cosines_match_numpy(half):
     rng = np.random.default_rng(4)
     global_model = [rng.normal(size=(6, 5)), rng.normal(size=5)]
     models, counts = _sign_flip_round(rng, global_model)
     models[0] = [g + 30 * (m - g) for g, m in zip(global_model, models[0], strict=True)]
-    strategy = make(Hybrid, global_model, hybrid_lambda=1.0, robust_filter="direction")
+    strategy = half.make("hybrid", global_model, hybrid_lambda=1.0, robust_filter="direction")
     rule = strategy.rule
     updates, _ = rule._validate(1, strategies_core_updates(models, counts))
     norms = [u.distance for u in updates]
@@ -759,24 +719,24 @@ def test_hybrid_direction_filter_cosines_match_numpy():
 
 def strategies_core_updates(models, counts):
     return [
-        ClientUpdate(f"c{i}", encode_tensors([a.copy() for a in m]), n, {})
+        ClientUpdate(f"{i + 1}", encode_tensors([a.copy() for a in m]), n, {})
         for i, (m, n) in enumerate(zip(models, counts, strict=True))
     ]
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.5])
 @pytest.mark.parametrize("clip", [0.5, 3.0, 0.0])
-def test_hybrid_clip_filter_matches_numpy_reference(lam, clip):
+def test_hybrid_clip_filter_matches_numpy_reference(half, lam, clip):
     rng = np.random.default_rng(5)
     global_model = [rng.normal(size=(3, 4)), rng.normal(size=4)]
     models = [[g + rng.normal(scale=s, size=g.shape) for g in global_model] for s in (0.1, 1, 5)]
     counts = [10, 30, 60]
     accuracies = [0.9, 0.5, 0.7]
     metrics_in = [{"val_accuracy": q} for q in accuracies]
-    strategy = make(
-        Hybrid, global_model, hybrid_lambda=lam, robust_filter="clip", robust_clip_norm=clip
+    strategy = half.make(
+        "hybrid", global_model, hybrid_lambda=lam, robust_filter="clip", robust_clip_norm=clip
     )
-    out, metrics = aggregate(strategy, results_of(models, counts, metrics_in))
+    out, metrics = half.aggregate(strategy, updates_of(models, counts, metrics_in))
 
     deltas = [[m - g for m, g in zip(model, global_model, strict=True)] for model in models]
     norms = np.array([np.sqrt(sum(np.sum(d**2) for d in delta)) for delta in deltas])
@@ -796,7 +756,7 @@ def test_hybrid_clip_filter_matches_numpy_reference(lam, clip):
     assert metrics["clipped"] >= 1
     assert metrics["filtered"] == 0
     assert reported_weights(metrics) == pytest.approx(
-        {f"c{i}": float(w) for i, w in enumerate(weights)}, abs=1e-6
+        {f"{i + 1}": float(w) for i, w in enumerate(weights)}, abs=1e-6
     )
 
 
@@ -814,25 +774,25 @@ def test_linear_schedule_first_middle_last():
     assert [decreasing(r) for r in (1, 2, 3)] == pytest.approx([1.0, 0.5, 0.0])
 
 
-def test_hybrid_uses_the_scheduled_lambda_per_round():
+def test_hybrid_uses_the_scheduled_lambda_per_round(half):
     # quality weights (τ = 0.5, q = [0, ln 3]) [0.1, 0.9], data weights [0.25, 0.75]
-    strategy = make(
-        Hybrid, GLOBAL, hybrid_lambda=linear_schedule(0.0, 1.0, 3), quality_temperature=0.5
+    strategy = half.make(
+        "hybrid", GLOBAL, hybrid_lambda=linear_schedule(0.0, 1.0, 3), quality_temperature=0.5
     )
     assert [strategy.rule.options.lambda_at(r) for r in (1, 2, 3)] == pytest.approx([0.0, 0.5, 1.0])
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.0}, {"val_accuracy": math.log(3)}])
     # round 2: λ = 0.5 -> w = [0.175, 0.825] -> ([2.65, 5.3], [[3.3, 0.7]])
-    out, metrics = aggregate(strategy, results, server_round=2)
+    out, metrics = half.aggregate(strategy, results, server_round=2)
     assert metrics["lambda"] == pytest.approx(0.5)
     assert_model(out, [[2.65, 5.3], [[3.3, 0.7]]])
     # round 3: λ = 1 -> FedAvg, and quality is no longer required.
-    no_quality = results_of([A, B], [1, 3])
-    out, metrics = aggregate(strategy, no_quality, server_round=3)
+    no_quality = updates_of([A, B], [1, 3])
+    out, metrics = half.aggregate(strategy, no_quality, server_round=3)
     assert metrics["lambda"] == pytest.approx(1.0)
     assert metrics["rejected"] == 0
     assert_model(out, [[2.5, 5.0], [[3.0, 1.0]]])
     # round 1: λ = 0 -> the same updates without quality are all rejected.
-    out, metrics = aggregate(strategy, no_quality, server_round=1)
+    out, metrics = half.aggregate(strategy, no_quality, server_round=1)
     assert out is None
     assert metrics["rejected"] == 2
 
@@ -840,41 +800,25 @@ def test_hybrid_uses_the_scheduled_lambda_per_round():
 # ---- (h) registry and constructor validation ----------------------------------------
 
 
-# The legacy class of each rule.
-LEGACY_CLASSES = {
-    SimpleAverageRule: SimpleAverage,
-    FedAvgRule: FedAvg,
-    QualityWeightedRule: QualityWeighted,
-    HybridRule: Hybrid,
-}
-
-
-def test_registry_maps_names_to_rules_each_with_a_legacy_class():
+def test_each_name_is_one_rule():
     rules = list(strategies.REGISTRY.values())
     assert len(set(rules)) == len(rules)  # one name per rule
-    assert set(rules) == set(LEGACY_CLASSES)
+    assert all(issubclass(rule, Rule) for rule in rules)
 
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
-def test_registry_builds_each_strategy(name):
+def test_registry_builds_each_strategy(half, name):
     rule = strategies.REGISTRY[name]
-    assert issubclass(rule, Rule)
     assert strategies.rule_type(name) is rule
-    legacy = LEGACY_CLASSES[rule]
-    assert legacy.rule_type is rule
-    assert getattr(strategies, legacy.__name__) is legacy
-    strategy = strategies.build(name)
-    assert isinstance(strategy, LegacyStrategy)
-    assert isinstance(strategy, FlowerFedAvg)
-    assert isinstance(strategy.rule, rule)
+    strategy = half.make(name)
     assert type(strategy.rule) is rule
-    assert type(legacy().rule) is rule
+    assert isinstance(strategy, half.flowers_class)
 
 
-def test_registry_passes_keyword_arguments():
-    strategy = strategies.build("fedavg", server_learning_rate=0.5, fraction_fit=0.3)
+def test_registry_passes_keyword_arguments(half):
+    strategy = half.make("fedavg", server_learning_rate=0.5, **{half.fraction: 0.3})
     assert strategy.rule.options.server_learning_rate == 0.5
-    assert strategy.fraction_fit == 0.3
+    assert getattr(strategy, half.fraction) == 0.3
 
 
 def test_registry_unknown_name_lists_allowed_names():
@@ -884,64 +828,67 @@ def test_registry_unknown_name_lists_allowed_names():
         assert name in str(error.value)
 
 
-def test_build_splits_the_rule_knobs_from_the_flower_arguments():
-    strategy = strategies.build(
-        "hybrid", hybrid_lambda=0.2, robust_filter="mad", server_momentum=0.1, fraction_fit=0.3
+def test_build_splits_the_rule_knobs_from_the_flower_arguments(half):
+    strategy = half.make(
+        "hybrid",
+        hybrid_lambda=0.2,
+        robust_filter="mad",
+        server_momentum=0.1,
+        **{half.fraction: 0.3},
     )
     assert strategy.rule.options.hybrid_lambda == 0.2
     assert strategy.rule.options.robust_filter == "mad"
     assert strategy.rule.options.server_momentum == 0.1
-    assert strategy.fraction_fit == 0.3
-    quality = strategies.build("quality", quality_metric="val_loss", fraction_evaluate=0.4)
+    assert getattr(strategy, half.fraction) == 0.3
+    quality = half.make("quality", quality_metric="val_loss", fraction_evaluate=0.4)
     assert quality.rule.options.quality_metric == "val_loss"
     assert quality.fraction_evaluate == 0.4
 
 
-def test_a_knob_of_another_rule_is_refused():
-    # Knobs the rule does not have are left to Flower's FedAvg, which refuses them.
-    with pytest.raises(TypeError, match="unexpected keyword argument 'hybrid_lambda'"):
-        FedAvg(hybrid_lambda=0.5)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'robust_filter'"):
-        strategies.build("fedavg", options=None, robust_filter="mad")
-    with pytest.raises(TypeError, match="unexpected keyword argument 'quality_metric'"):
-        strategies.build("simple", quality_metric="val_loss")
+def test_a_knob_of_another_rule_is_refused(half):
+    with pytest.raises(TypeError, match="hybrid_lambda"):
+        half.make("fedavg", hybrid_lambda=0.5)
+    with pytest.raises(TypeError, match="robust_filter"):
+        half.make("fedavg", options=None, robust_filter="mad")
+    with pytest.raises(TypeError, match="quality_metric"):
+        half.make("simple", quality_metric="val_loss")
 
 
 @pytest.mark.parametrize(
-    ("cls", "kwargs", "parameter"),
+    ("name", "kwargs", "parameter"),
     [
-        (FedAvg, {"server_momentum": 1.0}, "server_momentum"),
-        (FedAvg, {"server_momentum": -0.1}, "server_momentum"),
-        (FedAvg, {"server_learning_rate": 0.0}, "server_learning_rate"),
-        (FedAvg, {"server_learning_rate": -1.0}, "server_learning_rate"),
-        (FedAvg, {"server_learning_rate": math.nan}, "server_learning_rate"),
-        (SimpleAverage, {"server_momentum": 1.0}, "server_momentum"),
-        (QualityWeighted, {"quality_temperature": 0.0}, "quality_temperature"),
-        (QualityWeighted, {"quality_temperature": -1.0}, "quality_temperature"),
-        (QualityWeighted, {"quality_source": "oracle"}, "quality_source"),
-        (QualityWeighted, {"quality_source": "server"}, "score_fn"),
-        (QualityWeighted, {"quality_weighting": "cubic"}, "quality_weighting"),
-        (QualityWeighted, {"quality_direction": "sideways"}, "quality_direction"),
-        (Hybrid, {"hybrid_lambda": 1.5}, "hybrid_lambda"),
-        (Hybrid, {"hybrid_lambda": -0.1}, "hybrid_lambda"),
-        (Hybrid, {"hybrid_lambda": math.nan}, "hybrid_lambda"),
-        (Hybrid, {"robust_filter": "x"}, "robust_filter"),
-        (Hybrid, {"robust_mad_k": 0.0}, "robust_mad_k"),
-        (Hybrid, {"robust_clip_norm": -1.0}, "robust_clip_norm"),
-        (Hybrid, {"robust_min_cosine": 1.0}, "robust_min_cosine"),
-        (Hybrid, {"robust_norm_ratio": 1.0}, "robust_norm_ratio"),
-        (Hybrid, {"quality_temperature": 0.0}, "quality_temperature"),
+        ("fedavg", {"server_momentum": 1.0}, "server_momentum"),
+        ("fedavg", {"server_momentum": -0.1}, "server_momentum"),
+        ("fedavg", {"server_learning_rate": 0.0}, "server_learning_rate"),
+        ("fedavg", {"server_learning_rate": -1.0}, "server_learning_rate"),
+        ("fedavg", {"server_learning_rate": math.nan}, "server_learning_rate"),
+        ("simple", {"server_momentum": 1.0}, "server_momentum"),
+        ("quality", {"quality_temperature": 0.0}, "quality_temperature"),
+        ("quality", {"quality_temperature": -1.0}, "quality_temperature"),
+        ("quality", {"quality_source": "oracle"}, "quality_source"),
+        ("quality", {"quality_source": "server"}, "score_fn"),
+        ("quality", {"quality_weighting": "cubic"}, "quality_weighting"),
+        ("quality", {"quality_direction": "sideways"}, "quality_direction"),
+        ("hybrid", {"hybrid_lambda": 1.5}, "hybrid_lambda"),
+        ("hybrid", {"hybrid_lambda": -0.1}, "hybrid_lambda"),
+        ("hybrid", {"hybrid_lambda": math.nan}, "hybrid_lambda"),
+        ("hybrid", {"robust_filter": "x"}, "robust_filter"),
+        ("hybrid", {"robust_mad_k": 0.0}, "robust_mad_k"),
+        ("hybrid", {"robust_clip_norm": -1.0}, "robust_clip_norm"),
+        ("hybrid", {"robust_min_cosine": 1.0}, "robust_min_cosine"),
+        ("hybrid", {"robust_norm_ratio": 1.0}, "robust_norm_ratio"),
+        ("hybrid", {"quality_temperature": 0.0}, "quality_temperature"),
     ],
 )
-def test_bad_constructor_values_name_the_parameter(cls, kwargs, parameter):
+def test_bad_constructor_values_name_the_parameter(half, name, kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
-        cls(**kwargs)
+        half.make(name, **kwargs)
 
 
-def test_good_constructor_values_are_accepted():
-    Hybrid(hybrid_lambda=0.0, robust_filter="clip", robust_clip_norm=0.0)
-    Hybrid(hybrid_lambda=1.0, robust_filter="mad", server_momentum=0.99)
-    QualityWeighted(quality_source="server", score_fn=lambda arrays: {"val_accuracy": 1.0})
+def test_good_constructor_values_are_accepted(half):
+    half.make("hybrid", hybrid_lambda=0.0, robust_filter="clip", robust_clip_norm=0.0)
+    half.make("hybrid", hybrid_lambda=1.0, robust_filter="mad", server_momentum=0.99)
+    half.make("quality", quality_source="server", score_fn=lambda arrays: {"val_accuracy": 1.0})
 
 
 # ---- (i) decode_tensors / encode_tensors --------------------------------------------
@@ -1016,7 +963,7 @@ def test_encode_tensors_is_byte_for_byte_flowers_and_releases_the_layers():
     assert got.tensors == want.tensors
 
 
-def test_aggregate_fit_extra_memory_is_about_one_model_whatever_the_client_count():
+def test_aggregation_extra_memory_is_about_one_model_whatever_the_client_count(half):
     # The result is one model; on top of it the fold needs one accumulator. Nothing
     # may scale with clients × model (Flower's inplace=False keeps every update).
     params = 100_000
@@ -1025,15 +972,16 @@ def test_aggregate_fit_extra_memory_is_about_one_model_whatever_the_client_count
     base = rng.standard_normal(params, dtype=np.float32)
 
     def peak(num_clients: int) -> int:
-        results = results_of(
+        updates = updates_of(
             [[base + i] for i in range(num_clients)],
             [10 + i for i in range(num_clients)],
             [{"val_accuracy": 0.5} for _ in range(num_clients)],
         )
-        strategy = make(Hybrid, [base], robust_filter="mad", hybrid_lambda=0.5)
+        strategy = half.make("hybrid", [base], robust_filter="mad", hybrid_lambda=0.5)
+        prepared = half.prepare(updates)
         tracemalloc.start()
         try:
-            strategy.aggregate_fit(1, results, [])
+            half.call(strategy, prepared)
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -1041,19 +989,19 @@ def test_aggregate_fit_extra_memory_is_about_one_model_whatever_the_client_count
     peak(5)  # first calls import lazily (numpy, logging): not the fold's memory
     few, many = peak(5), peak(200)
     assert few < 2.2 * model_bytes
-    assert many - few < 195 * 400  # bookkeeping only: no decoded arrays kept per client
+    assert many - few < 195 * 1_000  # bookkeeping only (about 1 KB a client): no decoded layers
 
 
-def test_quality_client_source_ignores_a_score_fn():
+def test_quality_client_source_ignores_a_score_fn(half):
     # A score_fn may be configured while the source is "client": the client metric counts.
     # Client q = [0.6, 0.9], linear floor 0.5 -> w = [0.2, 0.8] -> ([2.6, 5.2], [[3.2, 0.8]])
-    results = results_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
-    strategy = make(
-        QualityWeighted,
+    results = updates_of([A, B], [1, 3], [{"val_accuracy": 0.6}, {"val_accuracy": 0.9}])
+    strategy = half.make(
+        "quality",
         GLOBAL,
         quality_source="client",
         score_fn=lambda arrays: {"val_accuracy": 1.0 if arrays[0][0] == 1.0 else 0.0},
         **LINEAR,
     )
-    out, _ = aggregate(strategy, results)
+    out, _ = half.aggregate(strategy, results)
     assert_model(out, [[2.6, 5.2], [[3.2, 0.8]]])

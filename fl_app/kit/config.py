@@ -27,6 +27,7 @@ from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, o
 from fl_app.parts import unknown_key
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.faults import FaultKeys  # part: faults
+from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
 from fl_app.parts.privacy import DpKeys  # part: dp
 from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 
 DATASETS = Names(task.DATASETS, task.DATASET_PREFIXES)
 MODELS = Names(task.MODELS)
-# Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.
-SECURE_FAULTS = ("none", "raise", "straggle")
 DEVICES = ("auto", "cpu", "cuda")
 # The message-config key naming the run a message is for, when one simulation engine runs
 # several runs one after another (a sweep): each client looks its run's config up by it.
@@ -68,12 +67,6 @@ class CoreKeys:
         "fedavg",
         "aggregation strategy (flower-*: Flower's robust aggregators, as baselines)",
         choices=tuple(strategies.CHOICES),
-    )
-    flower_api: str = option(
-        "legacy",
-        "Flower API half the server runs: legacy (flwr.server.strategy, NumPyClient "
-        "messages) or message (flwr.serverapp.strategy, ArrayRecord messages)",
-        choices=strategies.FLOWER_APIS,
     )
     num_server_rounds: int = option(10, "number of federated rounds", at_least=1)
     fraction_fit: float = option(
@@ -191,30 +184,6 @@ class CoreKeys:
         at_least=-1,
         below=1,
     )
-    # Secure aggregation (Flower's SecAgg+, legacy API)
-    secure_aggregation: bool = option(
-        False,
-        "run training rounds through Flower's SecAgg+ (the server sees only the sum of the "
-        "clients' weighted models): legacy flower-api; simple, fedavg, or hybrid "
-        "with hybrid-lambda 1 and no robust filter; dp none, local or dp-sgd",
-    )
-    secagg_num_shares: int = option(
-        3, "SecAgg+: shares each client's secret is split into (its neighbours + 1)", at_least=3
-    )
-    secagg_reconstruction_threshold: int = option(
-        2, "SecAgg+: shares that recover a dropped client's secret", at_least=2
-    )
-    secagg_max_weight: float = option(
-        1000.0,
-        "SecAgg+: the largest client weight (num_examples for fedavg): larger ones overflow, "
-        "so such a client fails instead",
-        at_least=1,
-    )
-    secagg_clipping_range: float = option(
-        8.0,
-        "SecAgg+: model values are quantized in [-r, r]; a client whose model leaves it fails",
-        above=0,
-    )
 
     def check(self) -> None:
         """The rules across keys (a part's keys class adds its own and calls ``super()``)."""
@@ -274,8 +243,6 @@ class CoreKeys:
                 self.quality_metric,
                 "a loss (e.g. val_loss) for a regression dataset",
             )
-        if self.secure_aggregation:
-            self._check_secure_aggregation()
         lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
             fail(
@@ -283,41 +250,6 @@ class CoreKeys:
                 self.quality_floor,
                 "> 0 for a lower-is-better metric (it is the worst loss that still gets weight)",
             )
-
-    def _check_secure_aggregation(self) -> None:
-        if self.flower_api != "legacy":
-            fail(
-                "flower-api",
-                self.flower_api,
-                "legacy with secure-aggregation = true (Flower 1.41 has SecAgg+ for the "
-                "legacy API only)",
-            )
-        if self.secagg_reconstruction_threshold >= self.secagg_num_shares:
-            fail(
-                "secagg-reconstruction-threshold",
-                self.secagg_reconstruction_threshold,
-                f"less than secagg-num-shares ({self.secagg_num_shares})",
-            )
-        if self.min_fit_clients < 2:
-            fail(
-                "min-fit-clients",
-                self.min_fit_clients,
-                ">= 2 with secure-aggregation = true (SecAgg+ masks pairs of clients)",
-            )
-        fault_kind = getattr(self, "fault_kind", "none")
-        if fault_kind not in SECURE_FAULTS:
-            fail(
-                "fault-kind",
-                fault_kind,
-                f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a "
-                "poisoned update inside the masked sum cannot be rejected, and may break "
-                "the protocol)",
-            )
-        rule_type = strategies.rule_type(self.strategy)
-        rule = rule_type(rule_type.Options.from_config(self))
-        problem = strategies.secure_aggregation_problem(rule)
-        if problem is not None:
-            fail("secure-aggregation", True, f"false with strategy {self.strategy!r}: {problem}")
 
     def fit_clients(self, available: int) -> int:
         """Clients a training round samples of ``available`` (Flower's FedAvg:
@@ -343,6 +275,7 @@ class RunConfig(
     ZooKeys,  # part: zoo
     DpKeys,  # part: dp
     FaultKeys,  # part: faults
+    LegacyKeys,  # part: legacy-api
     CoreKeys,
 ):
     """Every knob of a run, with its default: the core's keys, then those of each optional

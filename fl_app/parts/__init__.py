@@ -50,6 +50,27 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
+    "legacy-api": Part(
+        "Flower's legacy API half (NumPyClient messages, flwr.server.strategy) with SecAgg+",
+        (
+            "fl_app/parts/legacy",
+            "strategies/legacy.py",
+            "strategies/secure.py",
+            "tests/legacy_fakes.py",
+            "tests/test_legacy.py",
+            "tests/test_secure_aggregation.py",
+            "tests/test_server_loop.py",
+        ),
+        module="fl_app.parts.legacy",
+        keys=(
+            "flower-api",
+            "secure-aggregation",
+            "secagg-num-shares",
+            "secagg-reconstruction-threshold",
+            "secagg-max-weight",
+            "secagg-clipping-range",
+        ),
+    ),
     "faults": Part(
         "fault injection: clients that fail, straggle, poison their update or lie",
         (

@@ -114,14 +114,6 @@ class Rule(
 
     # ---- hooks for subclasses -------------------------------------------------------
 
-    @classmethod
-    def secure_weight(cls, options: ServerOptions) -> str | None:
-        """The weight each client sends when only the masked sum of the weighted updates
-        reaches the server (SecAgg+, which divides by the sum of the weights): "examples"
-        (each client's n_i), "one" (the same for every client), or None when the rule
-        needs the individual updates."""
-        return None
-
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
         raise NotImplementedError
@@ -333,19 +325,3 @@ class Rule(
             if not math.isfinite(update.distance):
                 return "the update's norm ‖θ_i − θ_g‖ exceeds float64's range"
         return self.refuses(update) or self.check_update(server_round, update)
-
-
-def secure_aggregation_problem(rule: Rule) -> str | None:
-    """Why ``rule`` cannot run under SecAgg+ (None: it can)."""
-    if rule.options.dp == "central":
-        return (
-            "central DP clips each update, and SecAgg+ shows the server only their sum: "
-            "use dp = local or dp-sgd (the clients privatize) or none"
-        )
-    if rule.secure_weight(rule.options) is None:
-        return (
-            f"{type(rule).__name__} weighs, scores or filters each update with these options, "
-            "and SecAgg+ shows the server only the weighted sum: use simple, fedavg, "
-            "or hybrid with hybrid-lambda = 1 and robust-filter = none"
-        )
-    return None

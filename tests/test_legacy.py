@@ -1,0 +1,217 @@
+"""The legacy half (the optional part ``legacy-api``) against the Message API's: the same
+model, metrics and federated evaluation bit for bit on the same replies."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.common import EvaluateRes, ndarrays_to_parameters, parameters_to_ndarrays
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import run_simulation
+import strategies
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
+from fl_app.parts.legacy.keys import LegacyKeys
+from strategies.legacy import LegacyStrategy
+from tests.fakes import message_with, reply, sent_to, start, updates_of
+from tests.legacy_fakes import OK, LegacyHalf, Proxy, fit_res
+from tests.test_config import assert_bounds_refused, assert_one_line_error
+
+SHAPES = [(3, 2), (2,)]
+GLOBAL = [np.zeros(s, dtype=np.float32) for s in SHAPES]
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def legacy_with(global_model: Sequence[np.ndarray], name: str, **knobs: Any) -> LegacyStrategy:
+    strategy = strategies.build(
+        name, api="legacy", initial_parameters=ndarrays_to_parameters(list(global_model)), **knobs
+    )
+    assert isinstance(strategy, LegacyStrategy)
+    strategy.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+    return strategy
+
+
+KNOBS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "simple": st.fixed_dictionaries({}),
+    "fedavg": st.fixed_dictionaries(
+        {"server_momentum": st.sampled_from([0.0, 0.9]), "server_learning_rate": st.just(0.7)}
+    ),
+    "quality": st.fixed_dictionaries(
+        {
+            "quality_weighting": st.sampled_from(["softmax", "linear"]),
+            "quality_temperature": st.floats(0.05, 2.0),
+        }
+    ),
+    "hybrid": st.fixed_dictionaries(
+        {
+            "hybrid_lambda": st.floats(0.0, 1.0),
+            "robust_filter": st.sampled_from(["none", "mad", "clip", "direction"]),
+            "server_momentum": st.sampled_from([0.0, 0.5]),
+        }
+    ),
+}
+
+
+@st.composite
+def rounds_of_replies(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[Any]]]:
+    name = draw(st.sampled_from(sorted(strategies.REGISTRY)))
+    knobs = draw(KNOBS[name])
+    clients = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for _ in range(2):
+        rounds.append(
+            [
+                (
+                    [rng.normal(size=s).astype(np.float32) for s in SHAPES],
+                    int(rng.integers(1, 500)),
+                    float(rng.uniform(0.1, 1.0)),
+                )
+                for _ in range(clients)
+            ]
+        )
+    return name, knobs, rounds
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds_of_replies())
+def test_both_halves_give_the_same_model_bit_for_bit(
+    case: tuple[str, dict[str, Any], list[list[Any]]],
+) -> None:
+    name, knobs, rounds = case
+    global_model = [np.zeros(s, dtype=np.float32) for s in SHAPES]
+    clients = len(rounds[0])
+    legacy = legacy_with(global_model, name, **knobs)
+    message = message_with(global_model, name, clients, **knobs)
+    for server_round, replies in enumerate(rounds, start=1):
+        results = [
+            (Proxy(str(node)), fit_res(arrays, n, val_accuracy=q))
+            for node, (arrays, n, q) in enumerate(replies, start=1)
+        ]
+        legacy.configure_fit(server_round, ndarrays_to_parameters(global_model), _NoClients())
+        start(message, global_model, clients)
+        parameters, legacy_metrics = legacy.aggregate_fit(server_round, results, [])
+        arrays, message_metrics = message.aggregate_train(
+            server_round,
+            [
+                reply(node, arrays, n, val_accuracy=q)
+                for node, (arrays, n, q) in enumerate(replies, start=1)
+            ],
+        )
+        assert parameters is not None
+        assert arrays is not None
+        want = parameters_to_ndarrays(parameters)
+        got = arrays.to_numpy_ndarrays()
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            assert g.tobytes() == w.tobytes()
+        # The same round metrics; a MetricRecord cannot hold the weights' JSON string,
+        # which stays in last_result.
+        assert message_metrics is not None
+        assert dict(message_metrics) == {k: v for k, v in legacy_metrics.items() if k != "weights"}
+        assert message.last_result is not None
+        assert message.last_result.metrics["weights"] == legacy_metrics["weights"]
+        global_model = want
+
+
+class _NoClients:
+    def num_available(self) -> int:
+        return 0
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):  # type: ignore[no-untyped-def]
+        return []
+
+
+# ---- evaluate
+def evaluated_on_the_legacy_half(
+    answers: list[tuple[int, float, float]],
+) -> tuple[float | None, dict[str, Any], list[Message]]:
+    """The legacy twin's aggregate of (num_examples, loss, accuracy) evaluate answers, and
+    the same answers as Message-API replies."""
+    legacy_results = [
+        (Proxy(str(i)), EvaluateRes(OK, loss, n, {"accuracy": acc}))
+        for i, (n, loss, acc) in enumerate(answers)
+    ]
+    loss, metrics = legacy_with(GLOBAL, "fedavg").aggregate_evaluate(1, legacy_results, [])
+    replies = [
+        Message(
+            RecordDict({"metrics": MetricRecord({"loss": x, "accuracy": a, "num-examples": n})}),
+            reply_to=sent_to(i + 1),
+        )
+        for i, (n, x, a) in enumerate(answers)
+    ]
+    return loss, metrics, replies
+
+
+def test_federated_evaluation_is_the_same_on_both_halves_and_skips_odd_replies() -> None:
+    rng = np.random.default_rng(3)
+    answers = [(int(n), float(x), float(a)) for n, x, a in zip(
+        rng.integers(1, 50, 6), rng.uniform(0.1, 2, 6), rng.uniform(0, 1, 6), strict=True
+    )]  # fmt: skip
+    loss, metrics, replies = evaluated_on_the_legacy_half(answers)
+    odd = Message(RecordDict({"metrics": MetricRecord({"loss": 0.0})}), reply_to=sent_to(9))
+    message = message_with(GLOBAL, "fedavg", nodes=2)
+    record = message.aggregate_evaluate(1, [*reversed(replies), odd])
+    assert record is not None
+    assert record["loss"] == loss  # bit for bit, whatever the arrival order
+    assert record["accuracy"] == metrics["accuracy"]
+
+
+def test_a_non_finite_client_loss_shows_in_the_federated_loss_on_both_halves() -> None:
+    answers = [(10, 0.5, 0.9), (20, math.inf, 0.1), (30, 0.25, 0.8)]
+    loss, metrics, replies = evaluated_on_the_legacy_half(answers)
+    record = message_with(GLOBAL, "fedavg", nodes=2).aggregate_evaluate(1, replies)
+    assert record is not None
+    assert loss == record["loss"] == math.inf  # as Flower's weighted_loss_avg reports it
+    assert metrics["accuracy"] == record["accuracy"] == pytest.approx((9 + 2 + 24) / 60)
+
+
+def test_failures_with_accept_failures_false_return_none() -> None:
+    half = LegacyHalf()
+    strategy = half.make("fedavg", GLOBAL, accept_failures=False)
+    updates = updates_of([GLOBAL, GLOBAL], [1, 3])
+    out, metrics = half.aggregate(strategy, updates, failures=[RuntimeError("timeout")])
+    assert out is None
+    assert metrics == {"results": 2, "failures": 1, "rejected": 0, "accepted": 0}
+    # The round says why (and does not reuse the previous round's result).
+    assert "accept_failures=False (first: RuntimeError: timeout)" in strategy.last_result.problem
+
+
+# ---- the config keys and the simulation flags ---------------------------------------
+
+
+def test_every_bounded_legacy_key_is_refused_out_of_range() -> None:
+    rows = [
+        ("secagg-num-shares", 2, ">= 3"),
+        ("secagg-reconstruction-threshold", 1, ">= 2"),
+        ("secagg-max-weight", 0.5, ">= 1"),
+        ("secagg-clipping-range", 0.0, "> 0"),
+    ]
+    assert_bounds_refused(LegacyKeys, rows)
+
+
+@pytest.mark.parametrize("bad", ["grpc", "Message"])
+def test_the_flower_api_is_one_of_the_halves(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"flower-api": bad})
+    assert "message, legacy" in assert_one_line_error(info.value, "flower-api", bad)
+    for api in strategies.ADAPTERS:
+        assert RunConfig.from_mapping({"flower-api": api}).flower_api == api
+
+
+def test_a_pool_of_nodes_is_refused_under_secure_aggregation() -> None:
+    secure = ["--flower-api", "legacy", "--secure-aggregation"]
+    with pytest.raises(ConfigError, match="SecAgg\\+ keeps each client's") as info:
+        run_simulation.parse(["--num-nodes", "4", *secure])
+    assert "\n" not in str(info.value)
+    invocation = run_simulation.parse([*secure, "--fraction-evaluate", "0"])
+    assert invocation.simulation.pool_size([invocation.cfg]) is None  # node state
