@@ -47,6 +47,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 import run_simulation
+from fl_app.kit import simulation as simulation_kit
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec, load_client_data, load_server_data, pool
 from fl_app.kit.results import RoundRecord, RunListener
@@ -130,7 +131,7 @@ def project_on(flags: list[str]) -> Timing:
 
     def body(timing: Timing) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
-            records = run_simulation.run(cfg, simulation, listeners=[Marks(timing.marks)])
+            records = simulation_kit.run(cfg, simulation, listeners=[Marks(timing.marks)])
         timing.accuracy = records[-1]["central_accuracy"]
         timing.cohorts = [list(record.get("sampled_partitions", [])) for record in records[1:]]
 
@@ -151,8 +152,8 @@ def central_evaluation(cfg: RunConfig, model: torch.nn.Module) -> float:
 
 def plain_loop(flags: list[str]) -> Timing:
     invocation = run_simulation.parse(flags)
-    cfg, simulation = invocation.cfg, invocation.simulation
-    num_clients = simulation.num_clients
+    cfg = invocation.cfg
+    num_clients = cfg.num_clients
     per_round = cfg.fit_clients(num_clients)
 
     def body(timing: Timing) -> None:
@@ -239,7 +240,7 @@ def plain_flower(flags: list[str]) -> Timing:
         flower_run_simulation(
             server_app=ServerApp(server_fn=server_fn),
             client_app=ClientApp(client_fn=client_fn),
-            num_supernodes=simulation.num_clients,
+            num_supernodes=cfg.num_clients,
             backend_config={
                 "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": 0.0},
                 "init_args": {"logging_level": "ERROR", "log_to_driver": False},

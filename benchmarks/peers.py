@@ -171,7 +171,7 @@ class Pfl:
 
     def __call__(self, flags: list[str]) -> Timing:
         invocation = run_simulation.parse(flags)
-        cfg, num_clients = invocation.cfg, invocation.simulation.num_clients
+        cfg, num_clients = invocation.cfg, invocation.cfg.num_clients
         with tempfile.TemporaryDirectory() as scratch:
             workload, result = Path(scratch) / "workload.npz", Path(scratch) / "result.json"
             export_workload(cfg, num_clients, workload)

@@ -35,6 +35,7 @@ import strategies
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec
 from fl_app.kit.results import summarize
+from fl_app.parts import comparisons
 from fl_app.task import build_model, get_weights
 from strategies.core.codec import encode_tensors
 from strategies.core.update import ClientUpdate
@@ -80,7 +81,7 @@ def final_accuracies(runs: list[list[str]]) -> list[float]:
     ]
     console = Console(file=io.StringIO())  # one table, not a line per round
     with contextlib.redirect_stdout(io.StringIO()):
-        finished, _, interrupted = run_simulation.sweep(
+        finished, _, interrupted = comparisons.sweep(
             [i.cfg for i in invocations], invocations[0].simulation, console
         )
     if interrupted:

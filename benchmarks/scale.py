@@ -44,6 +44,7 @@ import numpy as np
 from rich.console import Console
 
 import run_simulation
+from fl_app.kit import simulation as simulation_kit
 from fl_app.kit.results import RoundRecord, RunListener
 from strategies.sampling import SAMPLINGS
 from tests.processes import TAG_VARIABLE, isolated_env, leftovers
@@ -254,7 +255,7 @@ def measure(options: argparse.Namespace) -> None:
         with TreeSampler(options.interval) as sampler:
             start = sampler.sample().time
             reporter = RoundReporter(sampler, start)
-            run_simulation.run(
+            simulation_kit.run(
                 cfg, simulation, console=Console(file=io.StringIO()), listeners=[reporter]
             )
             seconds = time.monotonic() - start

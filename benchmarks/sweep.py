@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from run_simulation import BACKENDS
+from fl_app.engine import backends
 from tests.processes import isolated_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--num-server-rounds", default="10", help="rounds of every run")
     parser.add_argument(
-        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="--backend of each"
+        "--backends",
+        nargs="+",
+        choices=list(backends()),
+        default=list(backends()),
+        help="--backend",
     )
     options = parser.parse_args(argv)
     print(f"default run, {options.num_server_rounds} rounds, wall time of the command\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from flwr.common import NDArrays, Scalar
 from torch import nn
 
 from fl_app.engine.loopback import loopback_in_flowers_simulation
-from fl_app.kit.config import SWEEP_RUN_KEY, RunConfig
+from fl_app.kit.config import RunConfig
 from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
 from fl_app.kit.results import RAY_NODE
 from fl_app.kit.seeds import seed_for
@@ -221,26 +221,24 @@ def client_app_for(
     cfg: RunConfig | None = None,
     *,
     pooled: bool = False,
-    sweep: Mapping[str, RunConfig] | None = None,
+    config: Callable[[Context, Message], RunConfig] | None = None,
 ) -> ClientApp:
     """A ClientApp bound to ``cfg``, or reading it from the run config when None.
 
     (The deprecated in-process simulation entry point gives clients no run config.)
     ``pooled``: its nodes are a simulation's pool, each running the partition every
-    message names. ``sweep``: the configs of several runs in one engine, by the name
-    each message carries under ``SWEEP_RUN_KEY``.
+    message names. ``config``: the config a message is for, when one engine runs several
+    runs (a sweep).
     """
-    runs = dict(sweep or {})
 
-    def config(context: Context, message: Message) -> RunConfig:
-        name = sent_config(message, SWEEP_RUN_KEY)
-        if name is not None and name in runs:
-            return runs[name]
+    def config_of(context: Context, message: Message) -> RunConfig:
+        if config is not None:
+            return config(context, message)
         return cfg or RunConfig.from_mapping(context.run_config)
 
     def client(context: Context, message: Message) -> NumPyClient:
         node_config = partition_config(message, context, pooled=pooled)
-        return make_client(config(context, message), node_config)
+        return make_client(config_of(context, message), node_config)
 
     client_app = ClientApp()
 
@@ -256,7 +254,7 @@ def client_app_for(
     def query_message(message: Message, context: Context) -> Message:
         return query_reply(context, message)
 
-    client_app = answering_legacy(client_app, client, config)  # part: legacy-api
+    client_app = answering_legacy(client_app, client, config_of)  # part: legacy-api
     return client_app
 
 

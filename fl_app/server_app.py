@@ -7,9 +7,6 @@ checkpointed and resumable (:class:`~fl_app.kit.rounds.RoundRecorder`).
 
 from __future__ import annotations
 
-import math
-import threading
-import time
 import timeit
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import Scalar
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import strategies
-from fl_app.engine import arrivals
+from fl_app.engine.polled import polled_grid  # part: fast-engine
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.results import RunListener, RunWriter, run_directory
@@ -35,84 +31,9 @@ from fl_app.kit.rounds import (
     train_record,
 )
 from fl_app.kit.training import ServerModel
-from fl_app.parts.legacy.server import legacy_pollers, legacy_rounds  # part: legacy-api
+from fl_app.parts.legacy.server import legacy_rounds  # part: legacy-api
 from strategies.core.update import NothingAggregatedError
 from strategies.message import MessageStrategy
-
-
-def poll_interval(pollers: int, *, over_http: bool = False) -> float:
-    """Seconds between looks for messages or replies, for ``pollers`` looks a pass (nodes
-    the simulation engine checks; legacy threads each waiting for a reply).
-
-    In memory (simulation) Flower waits 0.1 s, which every round pays twice (message
-    pick-up, reply) for training and again for evaluation; a look costs a lock and a
-    dictionary lookup, so passes over a few nodes can come every few ms, and a pass over
-    1,000 every 0.1 s. Over HTTP (a deployment's SuperLink) Flower's grid waits 3 s
-    between pulls; a look is a request, so here at most 20 a second in all, at least every
-    50 ms and never slower than Flower.
-    """
-    if over_http:
-        return min(3.0, max(0.05, pollers / 20))
-    return min(0.1, max(0.002, pollers * 1e-4))
-
-
-class PolledGrid(Grid):
-    """``grid`` whose ``send_and_receive`` looks for the replies every ``interval`` s.
-
-    Flower's grids wait between looks 0.1 s in memory (``InMemoryGrid.pull_interval``) and
-    3 s over HTTP (``flwr/superlink/grid/http_grid.py``, line 412, no setting): a round
-    of a deployment waits about 3 s for replies that came in 1 s, twice. Both API halves
-    reach the grid through ``send_and_receive`` (the legacy half through Flower's
-    ``GridClientProxy``, one call per client), so this is where both wait less.
-    """
-
-    def __init__(self, grid: Grid, interval: float) -> None:
-        self.grid, self.interval = grid, interval
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Any:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Any:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Any:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Any) -> Any:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Any) -> Any:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
-        """Flower's loop (push, then pull until every reply is in or ``timeout`` s
-        passed), waiting ``interval`` s between pulls; in a simulation's LinkState
-        (``fl_app.engine.arrivals``), until a reply to one of these messages is stored, and at
-        least ``interval`` s."""
-        counts = arrivals.CURRENT if isinstance(self.grid, InMemoryGrid) else None
-        waiting = set(self.grid.push_messages(messages))
-        end = time.monotonic() + (timeout if timeout is not None else math.inf)
-        replies: list[Any] = []
-        while (looked := time.monotonic()) < end:
-            pulled = list(self.grid.pull_messages(waiting))
-            replies += pulled
-            answered = {reply.metadata.reply_to_message_id for reply in pulled}
-            waiting -= answered
-            if counts is not None:
-                counts.pulled(answered)
-            if not waiting:
-                break
-            if counts is not None:
-                counts.wait_replies(waiting, end - time.monotonic())
-            time.sleep(max(0.0, looked + self.interval - time.monotonic()))
-        return replies
 
 
 def build_strategy(
@@ -162,9 +83,7 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     The optional parts' listeners (``cfg.part_listeners``: a tracker) are told too.
     """
     cfg = run.cfg
-    pollers = 1  # the Message API waits for a round's replies in one call
-    pollers = legacy_pollers(cfg, pollers, run.num_partitions, grid)  # part: legacy-api
-    grid = PolledGrid(grid, poll_interval(pollers, over_http=not isinstance(grid, InMemoryGrid)))
+    grid = polled_grid(grid, cfg, run.num_partitions)  # part: fast-engine
     directory = run_directory(cfg)
     parts = cfg.part_listeners(directory)  # first: a missing package stops the run at once
     try:
@@ -287,39 +206,6 @@ def server_app_for(run: ServerRun | None = None) -> ServerApp:
         run_server(grid, run or ServerRun(RunConfig.from_mapping(context.run_config)))
 
     return server_app
-
-
-def sweep_server_app(runs: Sequence[ServerRun], outcome: SweepOutcome) -> ServerApp:
-    """A ServerApp running ``runs`` one after another on one grid (one simulation engine
-    for a whole sweep). A run that fails is recorded in ``outcome.failed`` with its
-    error and the next one starts; ``outcome.stop`` set ends the sweep after the current
-    run."""
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        for run in runs:
-            if outcome.stop.is_set():
-                return
-            try:
-                run_server(grid, run)
-            except Exception as error:  # recorded; the sweep goes on
-                log(WARNING, "run %s failed: %s", run.cfg.run_name, error)
-                outcome.failed[run.cfg.run_name] = error
-            else:
-                outcome.finished.append(run.cfg.run_name)
-
-    return server_app
-
-
-@dataclass
-class SweepOutcome:
-    """What a sweep's runs came to: their names in finishing order, the failed ones'
-    errors, and the event that stops the sweep between runs."""
-
-    finished: list[str] = field(default_factory=list)
-    failed: dict[str, BaseException] = field(default_factory=dict)
-    stop: threading.Event = field(default_factory=threading.Event)
 
 
 app = server_app_for()

@@ -124,6 +124,18 @@ class MessageHalf:
     flowers_class = FlowersFedAvg  # what every strategy of this half is
     fraction = "fraction_train"  # Flower's name of the share of clients sampled to train
 
+    @staticmethod
+    def train_message(weights: Sequence[np.ndarray], config: dict[str, Any]) -> Message:
+        """What this half's server sends a client to train ``weights`` with ``config``."""
+        sent = ConfigRecord({"server-round": 1, **config})
+        content = RecordDict({"arrays": ArrayRecord(list(weights)), "config": sent})
+        return Message(content, dst_node_id=101, message_type="train")
+
+    @staticmethod
+    def train_loss(reply: Message) -> float:
+        """The training loss a client's reply to :meth:`train_message` reports."""
+        return float(reply.content["metrics"]["train_loss"])
+
     def flowers_fedavg(self, updates: Sequence[Update]) -> list[np.ndarray]:
         """What Flower's own FedAvg of this half makes of ``updates``."""
         arrays, _ = FlowersFedAvg().aggregate_train(1, self.prepare(updates))

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flwr.app import Message
 from flwr.common import (
     Code,
+    FitIns,
     FitRes,
     Parameters,
     Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
 from flwr.server.strategy import FedAvg as FlowersFedAvg
 
 import strategies
@@ -80,6 +83,17 @@ class LegacyHalf:
     name = "legacy"
     flowers_class = FlowersFedAvg
     fraction = "fraction_fit"
+
+    @staticmethod
+    def train_message(weights: Sequence[np.ndarray], config: dict[str, Any]) -> Message:
+        ins = FitIns(ndarrays_to_parameters(list(weights)), {"server-round": 1, **config})
+        content = fitins_to_recorddict(ins, keep_input=True)
+        return Message(content, dst_node_id=101, message_type="train")
+
+    @staticmethod
+    def train_loss(reply: Message) -> float:
+        metrics = recorddict_to_fitres(reply.content, keep_input=False).metrics
+        return float(metrics["train_loss"])
 
     def flowers_fedavg(self, updates: Sequence[Update]) -> list[np.ndarray]:
         parameters, _ = FlowersFedAvg().aggregate_fit(1, *self.prepare(updates))

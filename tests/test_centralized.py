@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import run_simulation
-from fl_app.centralized import CENTRALIZED, pooled_training_data, train_centrally
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import load_client_data
 from fl_app.kit.keys import ConfigError
+from fl_app.parts.centralized import CENTRALIZED, pooled_training_data, train_centrally
 from tests.processes import read_history
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,8 +41,8 @@ def test_centralized_training_learns_and_writes_a_run_folder(tmp_path: Path) -> 
 
 
 def test_compare_takes_centralized_as_a_row() -> None:
-    invocation = run_simulation.parse(["--compare", "fedavg", CENTRALIZED])
-    assert invocation.variants == {"fedavg": {"strategy": "fedavg"}, CENTRALIZED: {}}
+    comparison = run_simulation.parse(["--compare", "fedavg", CENTRALIZED]).runner
+    assert comparison.variants == {"fedavg": {"strategy": "fedavg"}, CENTRALIZED: {}}  # type: ignore[union-attr]
 
 
 def test_centralized_needs_a_dataset_with_a_pooled_form() -> None:

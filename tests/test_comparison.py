@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Context, RecordDict
 from scipy import stats
 
-from fl_app.comparison import (
+import run_simulation
+from fl_app.client_app import client_app_for, make_client, sent_config
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
+from fl_app.kit.simulation import Simulation
+from fl_app.parts.comparisons import SWEEP_RUN_KEY, Comparison, comparison_of
+from fl_app.parts.statistics import (
     Estimate,
     SeedRun,
     comparison_table,
@@ -19,6 +27,7 @@ from fl_app.comparison import (
     rounds_to_target,
     write_comparison,
 )
+from tests.fakes import MessageHalf
 from tests.processes import read_history, run_simulation_cli
 from tests.test_results import PNG, ROUNDS, record
 
@@ -163,3 +172,63 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
         assert simple["train_loss"] == pytest.approx(fedavg["train_loss"])
         assert simple["weights"] != fedavg["weights"]
     assert "comparison:" in stdout
+
+
+@pytest.mark.usefixtures("task_identity", "one_torch_thread")
+def test_a_sweep_client_app_trains_with_the_config_of_the_run_each_message_names() -> None:
+    cfg = RunConfig(local_epochs=1, device="cpu")
+    runs = {"a": cfg, "b": RunConfig(local_epochs=1, device="cpu", val_fraction=0.3)}
+    swept = client_app_for(
+        pooled=True, config=lambda ctx, msg: runs[sent_config(msg, SWEEP_RUN_KEY)]
+    )
+    node = {"partition-id": 2, "num-partitions": 5}
+    sent = make_client(cfg, node).get_parameters({})
+    for name, run_cfg in runs.items():
+        message = MessageHalf.train_message(sent, {**node, SWEEP_RUN_KEY: name})
+        context = Context(
+            run_id=1,
+            node_id=100,
+            node_config={"partition-id": 0, "num-partitions": 5},
+            state=RecordDict(),
+            run_config={},
+        )
+        want = make_client(run_cfg, node).fit(list(sent), {"server-round": 1})[2]["train_loss"]
+        assert MessageHalf.train_loss(swept(message, context)) == want
+
+
+def test_seeds_and_num_seeds_give_the_seeds_of_a_comparison() -> None:
+    assert run_simulation.parse([]).runner is None  # one run
+    assert run_simulation.parse(["--seeds", "3", "1", "2"]).runner.seeds == (3, 1, 2)  # type: ignore[union-attr]
+    invocation = run_simulation.parse(["--num-seeds", "3", "--seed", "7"])
+    assert isinstance(invocation.runner, Comparison)
+    assert invocation.runner.seeds == (7, 8, 9)
+    strategy = invocation.cfg.strategy
+    assert invocation.runner.variants == {strategy: {}}  # one configuration, three seeds
+    compared = run_simulation.parse(["--compare", "simple", "fedavg", "--seeds", "1", "2"]).runner
+    assert isinstance(compared, Comparison)
+    assert compared.variants == {"simple": {"strategy": "simple"}, "fedavg": {"strategy": "fedavg"}}
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--seeds", "1", "2", "1", "3", "2"], "--seeds 1 2 1 3 2 is not allowed: 1, 2 repeated"),
+        (["--seeds", "1", "--num-seeds", "2"], "--seeds and --num-seeds are not allowed together"),
+        (["--num-seeds", "0"], "--num-seeds 0 is not allowed"),
+        (["--seeds", "1", "-1"], "'seed' = -1 is not allowed"),
+    ],
+)
+def test_a_bad_seed_list_is_one_line_at_start(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_simulation.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert names in lines[0]
+
+
+def test_seeds_are_refused_with_resume() -> None:
+    args = argparse.Namespace(resume=Path("outputs/x"), seeds=[1], num_seeds=None)
+    cfg = RunConfig()
+    with pytest.raises(ConfigError, match="--seeds/--num-seeds is not allowed with --resume"):
+        comparison_of(args, cfg, Simulation(), {})

@@ -18,6 +18,7 @@ from fl_app.kit.config import CoreKeys, RunConfig, key_of, with_generated_table
 from fl_app.kit.config import _coerce as coerce
 from fl_app.kit.config import main as config_main
 from fl_app.kit.keys import ConfigError
+from fl_app.kit.simulation import Simulation
 from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
 from strategies.sampling import SAMPLINGS
@@ -377,10 +378,11 @@ def test_non_finite_numbers_are_refused(key: str, value: float) -> None:
     assert_one_line_error(info.value, key, value)
 
 
-def parsed(argv: list[str]) -> tuple[RunConfig, run_simulation.Simulation, dict[str, Any]]:
-    """What run_simulation.py makes of ``argv``: config, simulation flags, variants."""
+def parsed(argv: list[str]) -> tuple[RunConfig, Simulation, Any]:
+    """What run_simulation.py makes of ``argv``: config, simulation flags, and what runs
+    them instead of one run (None: one run)."""
     invocation = run_simulation.parse(argv)
-    return invocation.cfg, invocation.simulation, invocation.variants
+    return invocation.cfg, invocation.simulation, invocation.runner
 
 
 # ---- pyproject.toml and run_config round trip ------------------------------------
@@ -453,13 +455,13 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_without_flags_gives_the_defaults() -> None:
-    cfg, simulation, _ = parsed([])
+    cfg, _, _ = parsed([])
     assert cfg == DEFAULTS
-    assert simulation.num_clients >= cfg.min_available_clients
+    assert cfg.num_clients >= cfg.min_available_clients
 
 
 def test_flags_override_defaults() -> None:
-    cfg, simulation, _ = parsed(
+    cfg, _, _ = parsed(
         [
             "--strategy",
             "hybrid",
@@ -492,7 +494,7 @@ def test_flags_override_defaults() -> None:
         run_name="abc",
         num_clients=4,
     )
-    assert simulation.num_clients == 4
+    assert cfg.num_clients == 4
 
 
 def test_no_download_flag() -> None:
@@ -542,7 +544,7 @@ def test_non_positive_num_clients_is_refused(num_clients: str) -> None:
 
 
 def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
-    cfg, simulation, _ = parsed(
+    cfg, _, _ = parsed(
         [
             "--num-clients",
             "1",
@@ -554,44 +556,8 @@ def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
             "1",
         ]
     )
-    assert simulation.num_clients == 1
+    assert cfg.num_clients == 1
     assert cfg.min_available_clients == 1
-
-
-def test_seeds_and_num_seeds_give_the_seeds_of_a_comparison() -> None:
-    assert run_simulation.parse([]).seeds == (DEFAULTS.seed,)
-    assert run_simulation.parse(["--seeds", "3", "1", "2"]).seeds == (3, 1, 2)
-    invocation = run_simulation.parse(["--num-seeds", "3", "--seed", "7"])
-    assert invocation.seeds == (7, 8, 9)
-    assert invocation.variants == {DEFAULTS.strategy: {}}  # one configuration, three seeds
-    assert run_simulation.parse(
-        ["--compare", "simple", "fedavg", "--seeds", "1", "2"]
-    ).variants == {
-        "simple": {"strategy": "simple"},
-        "fedavg": {"strategy": "fedavg"},
-    }
-
-
-@pytest.mark.parametrize(
-    ("argv", "names"),
-    [
-        (["--seeds", "1", "2", "1", "3", "2"], "--seeds 1 2 1 3 2 is not allowed: 1, 2 repeated"),
-        (["--seeds", "1", "--num-seeds", "2"], "--seeds and --num-seeds are not allowed together"),
-        (["--num-seeds", "0"], "--num-seeds 0 is not allowed"),
-        (["--seeds", "1", "-1"], "'seed' = -1 is not allowed"),
-        (
-            ["--seeds", "1", "--resume", "outputs/x"],
-            "--seeds/--num-seeds is not allowed with --resume",
-        ),
-    ],
-)
-def test_a_bad_seed_list_is_one_line_at_start(
-    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run_simulation.main(argv) == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1
-    assert names in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,38 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Message, MetricRecord, RecordDict
-from flwr.common import EvaluateRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import (
+    Code,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    GetPropertiesIns,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common.recorddict_compat import (
+    evaluateins_to_recorddict,
+    fitins_to_recorddict,
+    getpropertiesins_to_recorddict,
+    recorddict_to_evaluateres,
+    recorddict_to_fitres,
+    recorddict_to_getpropertiesres,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import run_simulation
 import strategies
+from fl_app import client_app
+from fl_app.client_app import app, make_client
 from fl_app.kit.config import RunConfig
+from fl_app.kit.data import load_client_data
 from fl_app.kit.keys import ConfigError
 from fl_app.parts.legacy.keys import LegacyKeys
 from strategies.legacy import LegacyStrategy
+from strategies.sampling import PARTITION_KEY
 from tests.fakes import message_with, reply, sent_to, start, updates_of
 from tests.legacy_fakes import OK, LegacyHalf, Proxy, fit_res
 from tests.test_config import assert_bounds_refused, assert_one_line_error
@@ -215,3 +236,89 @@ def test_a_pool_of_nodes_is_refused_under_secure_aggregation() -> None:
     assert "\n" not in str(info.value)
     invocation = run_simulation.parse([*secure, "--fraction-evaluate", "0"])
     assert invocation.simulation.pool_size([invocation.cfg]) is None  # node state
+
+
+# ---- the client side ------------------------------------------------------------------
+
+CFG = RunConfig(local_epochs=1, device="cpu")
+
+
+def client_context(partition_id: int = 1) -> Context:
+    node = {"partition-id": partition_id, "num-partitions": 5}
+    run = dict(CFG.run_config)
+    return Context(
+        run_id=1, node_id=100 + partition_id, node_config=node, state=RecordDict(), run_config=run
+    )  # type: ignore[arg-type]
+
+
+def sent_model() -> list[np.ndarray]:
+    return [
+        w.copy()
+        for w in make_client(CFG, {"partition-id": 0, "num-partitions": 5}).get_parameters({})
+    ]
+
+
+def legacy_fit(weights: list[np.ndarray]) -> Message:
+    """What a flwr.server.strategy server sends: FitIns as records."""
+    ins = FitIns(ndarrays_to_parameters(weights), {"server-round": 1})
+    return Message(
+        fitins_to_recorddict(ins, keep_input=True), dst_node_id=101, message_type="train"
+    )
+
+
+def test_the_client_app_answers_legacy_fit_and_evaluate() -> None:
+    sent = sent_model()
+    reply = app(legacy_fit(sent), client_context(1))
+    res = recorddict_to_fitres(reply.content, keep_input=True)
+    assert res.status.code == Code.OK
+    assert res.num_examples == len(load_client_data(CFG, 1, 5).train)
+    params = parameters_to_ndarrays(res.parameters)
+    assert len(params) == len(sent)
+    assert any(not np.array_equal(p, s) for p, s in zip(params, sent, strict=True))
+    assert set(res.metrics) == {"train_loss", "val_loss", "val_accuracy"}
+    ins = EvaluateIns(ndarrays_to_parameters(sent), {})
+    asked = Message(
+        evaluateins_to_recorddict(ins, keep_input=True), dst_node_id=101, message_type="evaluate"
+    )
+    ev = recorddict_to_evaluateres(app(asked, client_context()).content)
+    assert ev.status.code == Code.OK
+    assert ev.num_examples == len(load_client_data(CFG, 1, 5).val)
+    assert 0.0 <= float(ev.metrics["accuracy"]) <= 1.0
+
+
+def test_the_legacy_half_asks_the_client_app_its_partition_id_without_loading_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_data(*args: object) -> None:
+        raise AssertionError("a partition-id question must not load the client's data")
+
+    monkeypatch.setattr(client_app, "load_client_data", no_data)
+    asked = Message(
+        getpropertiesins_to_recorddict(GetPropertiesIns({})),
+        dst_node_id=104,
+        message_type=MessageTypeLegacy.GET_PROPERTIES,
+    )
+    res = recorddict_to_getpropertiesres(app(asked, client_context(4)).content)
+    assert res.status.code == Code.OK
+    assert res.properties == {PARTITION_KEY: 4}
+
+
+def test_the_client_app_trains_the_same_model_for_either_half() -> None:
+    sent = sent_model()
+    legacy = recorddict_to_fitres(app(legacy_fit(sent), client_context()).content, keep_input=True)
+    reply = app(message_api("train", sent), client_context())
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    metrics = dict(reply.content["metrics"])
+    # Flower's Message-API strategies weigh by "num-examples"; the other metrics as legacy.
+    assert metrics.pop("num-examples") == legacy.num_examples
+    assert metrics == legacy.metrics
+    trained = reply.content["arrays"].to_numpy_ndarrays()
+    for got, want in zip(trained, parameters_to_ndarrays(legacy.parameters), strict=True):
+        assert got.tobytes() == want.tobytes()  # the same training, bit for bit
+
+
+def message_api(kind: str, weights: list[np.ndarray]) -> Message:
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 1})}
+    )
+    return Message(content, dst_node_id=101, message_type=kind)

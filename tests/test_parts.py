@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import run_simulation
 from fl_app import parts
 from fl_app.kit.config import CoreKeys, RunConfig, key_of
-from fl_app.kit.keys import ConfigError
 from tests.processes import ROOT
 
 SKIPPED = {"outputs", "data", "site"}  # and hidden ones: .git, venvs (.venv-pfl), caches
@@ -105,42 +103,3 @@ def test_the_keys_beyond_the_cores_are_the_present_parts_keys() -> None:
     declared = {key for part in parts.PARTS.values() if part.present for key in part.keys}
     assert every - core == declared
     assert not core & {key for part in parts.PARTS.values() for key in part.keys}
-
-
-@pytest.fixture
-def ghost(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A part that this copy does not have, with a key and a flag."""
-    absent = parts.Part(
-        "a ghost", ("fl_app/ghost.py",), "fl_app.ghost", ("ghost-key",), ("--ghost-flag",)
-    )
-    monkeypatch.setitem(parts.PARTS, "ghost", absent)
-    return "ghost"
-
-
-def test_a_key_of_a_part_that_is_gone_is_one_line_naming_the_part(ghost: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        RunConfig.from_mapping({"ghost-key": 1})
-    message = str(info.value)
-    assert "\n" not in message
-    assert "config key 'ghost-key' belongs to the optional part 'ghost'" in message
-    assert "known keys: strategy," in message
-
-
-@pytest.mark.parametrize("argv", [["--ghost-key", "1"], ["--ghost-key=1"], ["--ghost-flag"]])
-def test_a_flag_of_a_part_that_is_gone_is_one_line(
-    ghost: str, argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run_simulation.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert f"flag '{argv[0][2:].split('=')[0]}' belongs to the optional part 'ghost'" in err[0]
-
-
-def test_a_pyproject_key_of_a_part_that_is_gone_is_one_line(
-    ghost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text("[tool.flwr.app.config]\nghost-key = 1\nseed = 3\n")
-    monkeypatch.setattr(run_simulation, "PYPROJECT", pyproject)
-    with pytest.raises(ConfigError, match=r"pyproject\.toml .*'ghost-key' belongs to the optional"):
-        run_simulation.parse([])

@@ -1,11 +1,11 @@
-"""A simulation's engine and grid wait for the next message instead of looking every few ms.
+"""A simulation's engine and grid wait for the next message instead of looking every few ms
+(a patch of :func:`fl_app.engine.engine`; the optional part ``fast-engine``).
 
 In a simulation, Flower's grid and its engine meet in one in-memory LinkState
-(``flwr/server/superlink/linkstate/in_memory_linkstate.py``): the grid stores a round's
-messages (``store_message_ins``) and looks for the replies; the engine's
-``add_messages_to_queue`` (``flwr/server/superlink/fleet/vce/vce_api.py``, lines 168-180)
-passes over every node for messages and then waits 0.1 s, and its ``put_message_into_state``
-stores the replies (``store_message_res``). Looking costs a lock and a pass, waiting costs
+(``InMemoryLinkState``): the grid stores a round's messages (``store_message_ins``) and
+looks for the replies; the engine's ``vce_api.add_messages_to_queue`` passes over every
+node for messages and then waits 0.1 s, and its ``put_message_into_state`` stores the
+replies (``store_message_res``). Looking costs a lock and a pass, waiting costs
 latency: at a short interval, the looks of the legacy half's one thread per client and the
 engine's passes take the CPU from training; at Flower's 0.1 s, a round waits 50 ms twice.
 
@@ -20,7 +20,8 @@ at every reply cost the client that trains a tenth of its CPU.
 
 It also has the engine's threads notice the end of a run within ``STOP_NOTICE`` s: Flower's
 worker and reply threads wait on an empty queue for 1 s before they look at the stop event
-(``vce_api.py``, lines 122 and 190), so every simulation ended with a second of nothing.
+(``vce_api``'s ``worker`` and ``put_message_into_state``), so every simulation ended with a
+second of nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from contextlib import contextmanager
 from queue import Queue
 from typing import Any, Literal
 
+from fl_app import engine
+
 Kind = Literal["ins", "res"]
 FALLBACK = 0.1  # seconds: Flower's own wait, the longest a look is put off
 # seconds: the longest a grid's caller waits for its replies between looks. Every reply
@@ -40,6 +43,30 @@ FALLBACK = 0.1  # seconds: Flower's own wait, the longest a look is put off
 # FALLBACK: a round of 1,000 clients has 1,000 threads waiting.
 REPLY_FALLBACK = 1.0
 STOP_NOTICE = 0.05  # seconds: the longest an engine thread waits on an empty queue
+LINKSTATE = "flwr.server.superlink.linkstate.in_memory_linkstate"
+VCE_API = "flwr.server.superlink.fleet.vce.vce_api"
+TOUCHES = [
+    engine.Touch(LINKSTATE, "InMemoryLinkState.store_message_ins", ("self", "message")),
+    engine.Touch(LINKSTATE, "InMemoryLinkState.store_message_res", ("self", "message")),
+    engine.Touch(VCE_API, "add_messages_to_queue", ("state", "queue", "nodes_mapping", "f_stop")),
+    engine.Touch(VCE_API, "Queue"),
+]
+
+
+def poll_interval(pollers: int, *, over_http: bool = False) -> float:
+    """Seconds between looks for messages or replies, for ``pollers`` looks a pass (nodes
+    the simulation engine checks; legacy threads each waiting for a reply).
+
+    In memory (simulation) Flower waits 0.1 s, which every round pays twice (message
+    pick-up, reply) for training and again for evaluation; a look costs a lock and a
+    dictionary lookup, so passes over a few nodes can come every few ms, and a pass over
+    1,000 every 0.1 s. Over HTTP (a deployment's SuperLink) Flower's grid waits 3 s
+    between pulls; a look is a request, so here at most 20 a second in all, at least every
+    50 ms and never slower than Flower.
+    """
+    if over_http:
+        return min(3.0, max(0.05, pollers / 20))
+    return min(0.1, max(0.002, pollers * 1e-4))
 
 
 class PromptQueue(Queue[Any]):
@@ -156,3 +183,11 @@ def arrivals(gap: float) -> Iterator[Arrivals]:
             vce_api.add_messages_to_queue,
             vce_api.Queue,  # type: ignore[attr-defined]
         ) = flowers
+
+
+def waiting(*, joins_ray: bool, pollers: int) -> Any:
+    """The engine's and the grid's waits, for a pass over ``pollers`` nodes."""
+    return arrivals(poll_interval(pollers))
+
+
+PATCH = waiting

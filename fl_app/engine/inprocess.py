@@ -1,8 +1,9 @@
-"""A simulation's clients in this process: Flower's simulation engine without Ray.
+"""A simulation's clients in this process: Flower's simulation engine without Ray (the
+backend ``inprocess`` of :func:`fl_app.engine.engine`; the optional part ``fast-engine``).
 
-Flower's engine (``flwr/server/superlink/fleet/vce/vce_api.py``) hands every message to a
-``Backend``, and the one it builds is always its ``RayBackend`` (``start_vce``'s
-``backend_fn``, line 351; no setting names another). Ray costs a start (Ray's processes,
+Flower's engine hands every message to a ``Backend``, and the one it builds is always its
+``RayBackend`` (``vce_api.start_vce`` imports it when it builds the backend; no setting
+names another). Ray costs a start (Ray's processes,
 client actors importing torch and Flower: 6-9 s here) and, per message, an actor call
 that serialises the message and its context both ways. :class:`InProcessBackend` runs the
 ClientApp in the engine's own worker thread instead; everything else is Flower's engine
@@ -24,6 +25,20 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+from fl_app import engine
+
+# What this replaces: the class start_vce imports when it builds the backend.
+TOUCHES = [
+    engine.Touch(
+        "flwr.server.superlink.fleet.vce.backend.raybackend", "RayBackend", ("backend_config",)
+    ),
+    engine.Touch(
+        "flwr.server.superlink.fleet.vce.vce_api",
+        "start_vce",
+        source="from .backend.raybackend import RayBackend",
+    ),
+]
 
 
 class InProcessBackend(Backend):
@@ -47,7 +62,7 @@ class InProcessBackend(Backend):
         """Nothing to stop."""
 
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
-        """The ClientApp's reply, as Flower's Ray actor gives it (``ray_actor.py``, ``run``):
+        """The ClientApp's reply, as Flower's Ray actor gives it (``ClientAppActor.run``):
         a failing app is a ``ClientAppException``, which the engine answers with an error
         reply.
 
@@ -83,3 +98,6 @@ def in_process_clients() -> Iterator[None]:
         yield
     finally:
         raybackend.RayBackend = ray_backend  # type: ignore[misc]
+
+
+BACKEND = in_process_clients

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,6 @@ import strategies
 from fl_app import task
 from fl_app.kit import data
 from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, option
-from fl_app.parts import unknown_key
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
@@ -48,9 +47,6 @@ if TYPE_CHECKING:
 DATASETS = Names(task.DATASETS, task.DATASET_PREFIXES)
 MODELS = Names(task.MODELS)
 DEVICES = ("auto", "cpu", "cuda")
-# The message-config key naming the run a message is for, when one simulation engine runs
-# several runs one after another (a sweep): each client looks its run's config up by it.
-SWEEP_RUN_KEY = "sweep-run"
 
 
 # Every strategy knob with the strategies' own default (Hybrid's options hold them all).
@@ -288,7 +284,7 @@ class RunConfig(
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(unknown_key(key, fields))
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
             kwargs[fields[key].name] = value
         return cls(**kwargs)
 
@@ -304,17 +300,6 @@ class RunConfig(
     def run_config(self) -> dict[str, Any]:
         """This config as a Flower ``run_config`` (kebab-case keys)."""
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named scenario (``run_simulation.py --preset``, the optional part ``presets``):
-    config values, the number of clients, and the variants of a comparison (none: one run)."""
-
-    description: str
-    config: dict[str, Any]
-    num_clients: int
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def describe_choices(choices: Choices) -> str:

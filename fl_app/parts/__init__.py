@@ -1,20 +1,15 @@
-"""The template's optional parts: what each one is, so that a copy can drop it.
+"""The template's optional parts: what each one is, so that a new app can leave it out.
 
-A copy that starts its own app keeps the core and deletes what it does not need
-(docs/template.md). Each part below is its files (code, tests, scripts) and its
-registration: the lines, elsewhere, that end in ``# part: <name>``. Nothing else reaches a
-part, so deleting its files and those lines leaves a working app; ``tests/test_slim_copy.py``
-deletes every part and runs what remains.
-
-This table stays in the copy: a config key or flag of a part that is gone is then refused
-in one line that says so, not taken for a typo.
+``python -m fl_app.new`` makes an app of the core and the parts named (docs/template.md).
+Each part below is its files (code, tests, scripts) and its registration: the lines,
+elsewhere, that end in ``# part: <name>``. Nothing else reaches a part, so an app without
+its files and those lines works; its tests prove it (tests/test_new.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +29,7 @@ class Part:
     keys : its config keys (``[tool.flwr.app.config]``, ``--run-config``, flags of
         ``run_simulation.py``).
     flags : its other flags of ``run_simulation.py``.
+    requires : the parts it builds on.
     """
 
     summary: str
@@ -41,6 +37,7 @@ class Part:
     module: str = ""
     keys: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
 
     @property
     def present(self) -> bool:
@@ -50,6 +47,33 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
+    "comparisons": Part(
+        "several strategies and seeds in one engine start: mean ± std, 95 % intervals, "
+        "paired tests, the centralized reference",
+        (
+            "fl_app/parts/comparisons.py",
+            "fl_app/parts/statistics.py",
+            "fl_app/parts/centralized.py",
+            "tests/test_comparison.py",
+            "tests/test_centralized.py",
+        ),
+        module="fl_app.parts.comparisons",
+        flags=("--compare", "--seeds", "--num-seeds", "--target-accuracy"),
+    ),
+    "fast-engine": Part(
+        "the clients in this process, and waits for what Flower's engine stores instead of "
+        "polling (same results, faster)",
+        (
+            "fl_app/engine/inprocess.py",
+            "fl_app/engine/arrivals.py",
+            "fl_app/engine/polled.py",
+            "fl_app/engine/flags.py",
+            "tests/test_inprocess.py",
+            "tests/test_arrivals.py",
+        ),
+        module="fl_app.engine.inprocess",
+        flags=("--backend",),
+    ),
     "legacy-api": Part(
         "Flower's legacy API half (NumPyClient messages, flwr.server.strategy) with SecAgg+",
         (
@@ -136,6 +160,7 @@ PARTS: dict[str, Part] = {
         ("fl_app/parts/presets.py", "tests/test_presets.py"),
         module="fl_app.parts.presets",
         flags=("--preset",),
+        requires=("comparisons", "zoo"),
     ),
     "ray-cluster": Part(
         "starting Ray nodes and checking a cluster before run_simulation.py --ray-address joins it",
@@ -164,43 +189,3 @@ def registered_part(line: str) -> str | None:
     """The part that ``line`` registers (it ends in ``# part: <name>``), or None."""
     found = _REGISTRATION.search(line.rstrip())
     return found.group(1) if found else None
-
-
-def owner(key: str) -> str | None:
-    """The part whose config key or flag (without ``--``) ``key`` is, if any."""
-    for name, part in PARTS.items():
-        if key in part.keys or f"--{key}" in part.flags:
-            return name
-    return None
-
-
-def gone(what: str, key: str) -> str | None:
-    """One line when ``key`` (a config key, or a flag without ``--``) belongs to a part that
-    this copy does not have; None otherwise."""
-    name = owner(key)
-    if name is None or PARTS[name].present:
-        return None
-    return (
-        f"{what} {key!r} belongs to the optional part {name!r} ({PARTS[name].summary}), "
-        "which this copy of the template does not have (see docs/template.md)"
-    )
-
-
-def unknown_key(key: str, known: Iterable[str]) -> str:
-    """The line that refuses config key ``key``: a part's that is gone, or a typo."""
-    listed = ", ".join(known)
-    line = gone("config key", key)
-    if line is not None:
-        return f"{line}; known keys: {listed}"
-    return f"unknown config key {key!r}; known keys: {listed}"
-
-
-def absent_flag(argv: Sequence[str]) -> str | None:
-    """The line for the first flag in ``argv`` (``--key`` of a config key included) of a
-    part that this copy does not have, or None."""
-    for argument in argv:
-        if argument.startswith("--"):
-            line = gone("flag", argument[2:].split("=", 1)[0])
-            if line is not None:
-                return line
-    return None

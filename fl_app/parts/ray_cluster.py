@@ -28,6 +28,7 @@ from typing import IO
 
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.local import free_port
+from fl_app.kit.simulation import Extension, Simulation
 
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 120.0
@@ -154,3 +155,12 @@ def _stop(head: subprocess.Popen[bytes]) -> None:
         head.wait()
     with suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)  # anything left in its process group
+
+
+class ClusterFlags(Extension):
+    """Before any run on the cluster ``--ray-address`` names: one line about it, or one
+    line saying why the runs cannot use it."""
+
+    def before(self, simulation: Simulation) -> None:
+        if simulation.ray_address:
+            print(check_cluster(simulation.ray_address, simulation.num_cpus, simulation.num_gpus))

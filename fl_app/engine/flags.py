@@ -1,0 +1,60 @@
+"""``run_simulation.py --backend``: where the engine runs the clients (the optional part
+``fast-engine``); ``auto`` picks the faster one here, with the same results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from fl_app import engine
+from fl_app.kit.keys import ConfigError
+from fl_app.kit.simulation import Extension, Simulation
+
+AUTO = "auto"
+# Ray's start (seconds) and its dispatch per message (a few ms more than in this process)
+# pay off only with several clients side by side: from this many on (docs/performance.md).
+RAY_FROM_WORKERS = 4
+
+
+class BackendFlags(Extension):
+    """``--backend``: Ray actors (Flower's own), this process, or the faster here."""
+
+    def add_flags(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--backend",
+            choices=(AUTO, *engine.backends()),
+            default=AUTO,
+            help="where Flower's engine runs the clients: Ray actors, in parallel; or this "
+            "process, one at a time (no Ray to start: for light workloads and debugging); "
+            f"{AUTO!r}: Ray for GPUs, a Ray cluster, stragglers or at least "
+            f"{RAY_FROM_WORKERS} clients at a time on this machine's CPUs, else this process",
+        )
+
+    def check(self, args: argparse.Namespace, cfg: Any, simulation: Simulation) -> Simulation:
+        if args.backend not in (AUTO, engine.RAY) and args.ray_address:
+            raise ConfigError(
+                f"--ray-address {args.ray_address!r} is not allowed with --backend "
+                f"{args.backend}: the clients run in this process (use --backend ray)"
+            )
+        backend = pick_backend(args.backend, cfg, simulation)
+        return Simulation(**{**vars(simulation), "backend": backend})
+
+
+def pick_backend(backend: str, cfg: Any, simulation: Simulation) -> str:
+    """``backend``, or for :data:`AUTO` the one that runs ``cfg`` faster here.
+
+    Both give the same results bit for bit: this is about time. Ray where clients side by
+    side pay for its start and dispatch (at least :data:`RAY_FROM_WORKERS` at a time on
+    this machine's CPUs), where only Ray can run them (GPUs, a cluster), and for
+    stragglers (in this process a sleeping client holds up every other one); this process
+    otherwise.
+    """
+    if backend != AUTO:
+        return backend
+    cpus = len(os.sched_getaffinity(0))
+    per_client = simulation.num_cpus
+    workers = cpus / per_client if per_client > 0 else float(cpus)  # 0: Ray reserves nothing
+    side_by_side = workers >= RAY_FROM_WORKERS or simulation.num_gpus > 0
+    side_by_side |= cfg.fault_kind == "straggle"  # part: faults
+    return engine.RAY if side_by_side or simulation.ray_address else "inprocess"
