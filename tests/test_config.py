@@ -14,10 +14,9 @@ import run_simulation
 import strategies
 from fl_app import task
 from fl_app.kit import data as fl_data
-from fl_app.kit.config import CoreKeys, RunConfig, key_of, with_generated_table
+from fl_app.kit.config import CoreKeys, RunConfig
 from fl_app.kit.config import _coerce as coerce
-from fl_app.kit.config import main as config_main
-from fl_app.kit.keys import ConfigError
+from fl_app.kit.keys import ConfigError, key_of, pyproject_table
 from fl_app.kit.simulation import Simulation
 from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
@@ -388,28 +387,24 @@ def parsed(argv: list[str]) -> tuple[RunConfig, Simulation, Any]:
 # ---- pyproject.toml and run_config round trip ------------------------------------
 
 
-def test_pyproject_table_is_the_one_runconfig_generates() -> None:
-    text = (ROOT / "pyproject.toml").read_text()
-    assert with_generated_table(text) == text, "run: python -m fl_app.kit.config --write"
-    assert config_main([str(ROOT / "pyproject.toml")]) == 0
-
-
-def test_the_command_finds_and_rewrites_a_stale_table(tmp_path: Path) -> None:
-    stale = (ROOT / "pyproject.toml").read_text().replace("seed = 42\n", "seed = 7\n")
-    path = tmp_path / "pyproject.toml"
-    path.write_text(stale)
-    assert config_main([str(path)]) == 1
-    assert config_main([str(path), "--write"]) == 0
-    assert path.read_text() == (ROOT / "pyproject.toml").read_text()
-    table = run_simulation.pyproject_defaults(path)
+def test_the_pyproject_table_is_every_keys_default() -> None:
+    table = pyproject_table(ROOT / "pyproject.toml")
+    assert set(table) == set(KEYS)  # every key, and nothing else
+    assert RunConfig.from_mapping(table) == DEFAULTS == RunConfig()
     for f in dataclasses.fields(RunConfig):
-        value = table[key_of(f.name)]
-        assert value == f.default, key_of(f.name)
-        assert type(value).__name__ == f.type, key_of(f.name)
+        assert f.default == table[key_of(f.name)], key_of(f.name)
+        assert type(f.default).__name__ == f.type, key_of(f.name)
 
 
-def test_pyproject_table_builds_the_default_config() -> None:
-    assert RunConfig.from_mapping(run_simulation.pyproject_defaults()) == DEFAULTS
+def test_a_bad_pyproject_value_is_one_line_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.flwr.app.config]\nnum-server-rounds = 0\nno-such-key = 1\n")
+    monkeypatch.setattr(run_simulation, "PYPROJECT", path)
+    assert run_simulation.main([]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: pyproject.toml [tool.flwr.app.config]: unknown config key")
 
 
 @pytest.mark.parametrize(
@@ -418,15 +413,12 @@ def test_pyproject_table_builds_the_default_config() -> None:
         DEFAULTS,
         RunConfig(
             strategy="hybrid",
-            dataset="synthetic",
-            model="linear",
             learning_rate=0.2,
-            download=True,
             robust_filter="mad",
             hybrid_lambda_end=0.25,
             run_name="r1",
         ),
-        RunConfig(dataset="hf:ylecun/mnist", partitioner="shard", seed=0),
+        RunConfig(partitioner="dirichlet", seed=0),
     ],
 )
 def test_run_config_round_trips(cfg: RunConfig) -> None:

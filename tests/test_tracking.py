@@ -17,7 +17,6 @@ import pytest
 
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
-from fl_app.parts import tracking_keys
 from fl_app.parts.tracking import TRACKERS, Tracker, start_tracker
 from tests.processes import ROOT, read_history, run_python
 from tests.test_config import assert_one_line_error
@@ -357,11 +356,10 @@ def test_simulation_logs_the_central_accuracy_of_every_round(tmp_path: Path, tra
     assert logged == expected
 
 
-# ---- the config key ``tracker`` (the part's own, fl_app/parts/tracking_keys.py) -------------
+# ---- the config key ``tracker`` (the part's own, fl_app/parts/tracking.py) -------------
 
 
 def test_the_key_tracker_allows_the_registered_trackers() -> None:
-    assert tuple(tracking_keys.TRACKERS) == tuple(TRACKERS)
     for name in TRACKERS:
         assert RunConfig.from_mapping({"tracker": name}).tracker == name
 

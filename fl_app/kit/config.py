@@ -1,20 +1,16 @@
 """One typed, validated run configuration.
 
 Each field is a key of ``[tool.flwr.app.config]`` in ``pyproject.toml`` (``snake_case``
-here, ``kebab-case`` there) and a ``--flag`` of ``run_simulation.py``. A bad key or value
-stops the run at start with one line naming the key, the value and what is allowed.
-
-``RunConfig`` owns the defaults: ``python -m fl_app.kit.config`` checks that the pyproject
-table holds them, ``python -m fl_app.kit.config --write`` rewrites it. The strategy knobs'
-defaults are the strategies' own (their options dataclasses), read from there.
+here, ``kebab-case`` there), whose value there is the key's default (the one place a
+default is set), and a ``--flag`` of ``run_simulation.py``. A bad key or value stops the
+run at start with one line naming the key, the value and what is allowed; every rule
+across keys is checked here, once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import strategies
 from fl_app import task
 from fl_app.kit import data
-from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, option
+from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, keys, option
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
 from fl_app.parts.privacy import DpKeys  # part: dp
-from fl_app.parts.tracking_keys import TrackingKeys  # part: tracking
+from fl_app.parts.tracking import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
-from strategies.hybrid import ROBUST_FILTERS, HybridOptions
+from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -49,133 +45,109 @@ MODELS = Names(task.MODELS)
 DEVICES = ("auto", "cpu", "cuda")
 
 
-# Every strategy knob with the strategies' own default (Hybrid's options hold them all).
-KNOBS = HybridOptions()
-
-
-@dataclass(frozen=True)
+@keys
 class CoreKeys:
-    """The keys of the template's core, with their defaults (an optional part's own keys
-    are in its files: see :class:`RunConfig`)."""
+    """The keys of the core (an optional part's own keys are in its files: see
+    :class:`RunConfig`)."""
 
     # Strategy and rounds
     strategy: str = option(
-        "fedavg",
         "aggregation strategy (flower-*: Flower's robust aggregators, as baselines)",
         choices=tuple(strategies.CHOICES),
     )
-    num_server_rounds: int = option(10, "number of federated rounds", at_least=1)
+    num_server_rounds: int = option("number of federated rounds", at_least=1)
     fraction_fit: float = option(
-        1.0, "fraction of clients sampled to train per round", above=0, at_most=1
+        "fraction of clients sampled to train per round", above=0, at_most=1
     )
     fraction_evaluate: float = option(
-        0.5, "fraction of clients sampled for federated evaluation (0: none)", at_least=0, at_most=1
+        "fraction of clients sampled for federated evaluation (0: none)", at_least=0, at_most=1
     )
-    min_fit_clients: int = option(2, "minimum clients to train per round", at_least=1)
-    min_evaluate_clients: int = option(2, "minimum clients to evaluate per round", at_least=0)
+    min_fit_clients: int = option("minimum clients to train per round", at_least=1)
+    min_evaluate_clients: int = option("minimum clients to evaluate per round", at_least=0)
     min_available_clients: int = option(
-        2, "clients that must be connected before a round starts", at_least=1
+        "clients that must be connected before a round starts", at_least=1
     )
     client_sampling: str = option(
-        "seeded",
         "how clients are sampled: seeded (a function of seed, round and partition ids; each "
         "node is asked its partition id once) or flower (Flower's own, unseeded)",
         choices=SAMPLINGS,
     )
-    round_timeout: float = option(
-        0.0, "seconds to wait for clients per round (0: no limit)", at_least=0
-    )
+    round_timeout: float = option("seconds to wait for clients per round (0: no limit)", at_least=0)
     num_clients: int = option(
-        10,
         "clients (data partitions) a simulation runs (run_simulation.py; under flwr run, "
         "the federation's num-supernodes)",
         at_least=1,
     )
     # Local training
-    local_epochs: int = option(3, "local epochs per round on each client", at_least=1)
-    batch_size: int = option(16, "local mini-batch size", at_least=1)
-    learning_rate: float = option(0.05, "client SGD learning rate", above=0)
-    momentum: float = option(0.9, "client SGD momentum (reset every round)", at_least=0, below=1)
+    local_epochs: int = option("local epochs per round on each client", at_least=1)
+    batch_size: int = option("local mini-batch size", at_least=1)
+    learning_rate: float = option("client SGD learning rate", above=0)
+    momentum: float = option("client SGD momentum (reset every round)", at_least=0, below=1)
     # Data
     dataset: str = option(
-        "digits", "the data the clients and the server load (fl_app/task.py)", choices=DATASETS
+        "the data the clients and the server load (fl_app/task.py)", choices=DATASETS
     )
     partitioner: str = option(
-        "iid",
         "how the pooled training data is split over clients",
         choices=Names(data.PARTITIONERS),
     )
     dirichlet_alpha: float = option(
-        0.5, "Dirichlet(α) label-skew concentration (small: more skew)", above=0
+        "Dirichlet(α) label-skew concentration (small: more skew)", above=0
     )
     test_fraction: float = option(
-        0.2, "share of the pooled data held out as the server test set", above=0, below=1
+        "share of the pooled data held out as the server test set", above=0, below=1
     )
     server_val_fraction: float = option(
-        0.1, "share of the pooled data held out for server-side quality scoring", above=0, below=1
+        "share of the pooled data held out for server-side quality scoring", above=0, below=1
     )
     val_fraction: float = option(
-        0.1, "share of each client's data held out for local validation", above=0, below=1
+        "share of each client's data held out for local validation", above=0, below=1
     )
     # Model and run
-    model: str = option("mlp", "model architecture (fl_app/task.py)", choices=MODELS)
+    model: str = option("model architecture (fl_app/task.py)", choices=MODELS)
     seed: int = option(
-        42,
         "seed of data splits, partitioning, model init, client sampling and training",
         at_least=0,
     )
-    device: str = option("auto", "torch device (auto: cuda when available)", choices=DEVICES)
-    output_dir: str = option("outputs", "folder that receives <run-name>/history.json")
-    run_name: str = option("", "name of this run's output folder (empty: strategy and time)")
+    device: str = option("torch device (auto: cuda when available)", choices=DEVICES)
+    output_dir: str = option("folder that receives <run-name>/history.json")
+    run_name: str = option("name of this run's output folder (empty: strategy and time)")
     # Strategy knobs (each strategy reads the fields of its options dataclass; the
     # defaults are the strategies' own)
-    server_learning_rate: float = option(
-        KNOBS.server_learning_rate, "server learning rate η", above=0
-    )
-    server_momentum: float = option(KNOBS.server_momentum, "server momentum β", at_least=0, below=1)
+    server_learning_rate: float = option("server learning rate η", above=0)
+    server_momentum: float = option("server momentum β", at_least=0, below=1)
     max_empty_rounds: int = option(
-        KNOBS.max_empty_rounds,
         "stop the run with an error after this many rounds in a row that aggregated "
         "nothing (0: never stop)",
         at_least=0,
     )
     quality_source: str = option(
-        KNOBS.quality_source, "client-reported or server-scored quality", choices=QUALITY_SOURCES
+        "client-reported or server-scored quality", choices=QUALITY_SOURCES
     )
-    quality_metric: str = option(KNOBS.quality_metric, "metric used as quality (e.g. val_loss)")
+    quality_metric: str = option("metric used as quality (e.g. val_loss)")
     quality_direction: str = option(
-        KNOBS.quality_direction,
         "max/min: higher/lower quality is better; auto: min iff the metric is a loss",
         choices=QUALITY_DIRECTIONS,
     )
-    quality_weighting: str = option(
-        KNOBS.quality_weighting, "quality → weight", choices=QUALITY_WEIGHTINGS
-    )
-    quality_temperature: float = option(KNOBS.quality_temperature, "softmax temperature τ", above=0)
-    quality_floor: float = option(KNOBS.quality_floor, "linear map: quality whose weight is zero")
-    hybrid_lambda: float = option(
-        KNOBS.hybrid_lambda, "hybrid: share λ of the data-size weights", at_least=0, at_most=1
-    )
+    quality_weighting: str = option("quality → weight", choices=QUALITY_WEIGHTINGS)
+    quality_temperature: float = option("softmax temperature τ", above=0)
+    quality_floor: float = option("linear map: quality whose weight is zero")
+    hybrid_lambda: float = option("hybrid: share λ of the data-size weights", at_least=0, at_most=1)
     hybrid_lambda_end: float = option(
-        KNOBS.hybrid_lambda_end,
         "hybrid: λ at the last round, moved linearly (-1: constant λ)",
         at_least=-1,
         at_most=1,
     )
-    robust_filter: str = option(
-        KNOBS.robust_filter, "hybrid: robust filter", choices=ROBUST_FILTERS
-    )
-    robust_mad_k: float = option(KNOBS.robust_mad_k, "mad filter: k of median + k·MAD", above=0)
+    robust_filter: str = option("hybrid: robust filter", choices=ROBUST_FILTERS)
+    robust_mad_k: float = option("mad filter: k of median + k·MAD", above=0)
     robust_clip_norm: float = option(
-        KNOBS.robust_clip_norm, "clip filter: max update norm (0: the round's median)", at_least=0
+        "clip filter: max update norm (0: the round's median)", at_least=0
     )
     robust_norm_ratio: float = option(
-        KNOBS.robust_norm_ratio,
         "direction filter: drop update norms above this many times the round's median",
         above=1,
     )
     robust_min_cosine: float = option(
-        KNOBS.robust_min_cosine,
         "direction filter: least cosine to the clipped mean update that is kept",
         at_least=-1,
         below=1,
@@ -264,7 +236,7 @@ class CoreKeys:
         return []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig(
     TrackingKeys,  # part: tracking
     BaselineKeys,  # part: flower-baselines
@@ -338,69 +310,3 @@ def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         limit = meta.get(name)
         if limit is not None and not holds(value, limit):
             fail(key, value, f"{symbol} {limit}")
-
-
-# ---- the pyproject table: RunConfig owns every default -------------------------------
-
-PYPROJECT_TABLE = "[tool.flwr.app.config]"
-
-
-def pyproject_table() -> str:
-    """``[tool.flwr.app.config]`` as ``RunConfig`` defines it, one ``key = default`` a line."""
-    lines = [PYPROJECT_TABLE]
-    for f in dataclasses.fields(RunConfig):
-        lines.append(f"{key_of(f.name)} = {_toml(f.default)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-def with_generated_table(pyproject: str) -> str:
-    """``pyproject`` (the file's text) with its config table replaced by :func:`pyproject_table`.
-
-    The table runs from its header to the next table header; the lines around it stay.
-    """
-    lines = pyproject.splitlines(keepends=True)
-    start = lines.index(PYPROJECT_TABLE + "\n")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-    while end > start + 1 and not lines[end - 1].strip():
-        end -= 1  # keep the blank lines before the next table
-    return "".join(lines[:start]) + pyproject_table() + "".join(lines[end:])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fl_app.kit.config [--write] [PYPROJECT]``: check (or rewrite) the pyproject table."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Check that pyproject.toml's [tool.flwr.app.config] is RunConfig's "
-        "defaults (RunConfig owns them); --write rewrites the table from RunConfig."
-    )
-    parser.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
-    parser.add_argument("--write", action="store_true", help="rewrite the table")
-    args = parser.parse_args(argv)
-    text = args.pyproject.read_text()
-    wanted = with_generated_table(text)
-    if wanted == text:
-        print(f"{args.pyproject}: [tool.flwr.app.config] matches RunConfig")
-        return 0
-    if args.write:
-        args.pyproject.write_text(wanted)
-        print(f"{args.pyproject}: [tool.flwr.app.config] rewritten from RunConfig")
-        return 0
-    print(
-        f"{args.pyproject}: [tool.flwr.app.config] differs from RunConfig's defaults; "
-        "run `python -m fl_app.kit.config --write`",
-        file=sys.stderr,
-    )
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,23 @@
-"""How a config key is declared: its default, help, allowed values and bounds.
+"""How a config key is declared (its help, allowed values and bounds; its default is the
+pyproject's), and the one-line refusal of a bad value.
 
-Apart from :mod:`fl_app.kit.config` so that an optional part (docs/template.md) can declare
-its own keys in its own files, which ``RunConfig`` then inherits: ``fl_app.kit.config``
-imports those files, so they cannot import it back.
+Apart from :mod:`fl_app.kit.config` so that an optional part can declare its own keys in
+its own files, which ``RunConfig`` then inherits: the config imports those files, so
+they cannot import it back.
 """
 
 from __future__ import annotations
 
-import importlib
 import operator
+import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import field
-from typing import Any, NoReturn
+from dataclasses import Field, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar, dataclass_transform
+
+T = TypeVar("T")
+# The project's pyproject.toml: its [tool.flwr.app.config] holds every key's default.
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 class ConfigError(ValueError):
@@ -44,55 +50,7 @@ class Names:
         return ", ".join([*self.entries, *(f"{p}<name>" for p in self.prefixes)])
 
 
-class Registry:
-    """The names of a registry that lives where its entries are implemented.
-
-    Read on first use: ``fl_app.models`` imports torch and ``fl_app.data`` imports this
-    module, so importing them here would make the config import torch, or a cycle.
-    ``lookup`` names a function of the module that resolves a name (and raises KeyError
-    for an unknown one), for registries that accept more than their keys; ``also`` says
-    what more, for the error message.
-    """
-
-    def __init__(self, module: str, attribute: str, lookup: str = "", also: str = "") -> None:
-        self.module = module
-        self.attribute = attribute
-        self.lookup = lookup
-        self.also = also
-
-    def entries(self) -> Mapping[str, Any] | tuple[str, ...]:
-        entries: Mapping[str, Any] | tuple[str, ...] = getattr(
-            importlib.import_module(self.module), self.attribute
-        )
-        return entries
-
-    def __getitem__(self, name: str) -> Any:
-        if self.lookup:
-            return getattr(importlib.import_module(self.module), self.lookup)(name)
-        entries = self.entries()
-        if isinstance(entries, tuple):
-            raise TypeError(f"{self.module}.{self.attribute} lists names only")
-        return entries[name]
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        if not self.lookup:
-            return name in self.entries()
-        try:
-            self[name]
-        except KeyError:
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.entries())
-
-    def describe(self) -> str:
-        return ", ".join(self) + (f" or {self.also}" if self.also else "")
-
-
-Choices = tuple[str, ...] | Registry | Names
+Choices = tuple[str, ...] | Names
 
 BOUNDS = (
     ("at_least", ">=", operator.ge),
@@ -102,16 +60,39 @@ BOUNDS = (
 )
 
 
-def option(default: Any, help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
-    """A config field with its help text and the values it allows.
+def option(help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
+    """A config key with its help text and the values it allows; its default is the one
+    ``pyproject.toml``'s ``[tool.flwr.app.config]`` gives (:func:`keys`).
 
     ``bounds``: any of ``at_least``, ``above``, ``at_most``, ``below`` (see ``BOUNDS``).
     """
     known = {name for name, _, _ in BOUNDS}
     if not set(bounds) <= known:
         raise TypeError(f"unknown bounds {sorted(set(bounds) - known)}: use {sorted(known)}")
-    every_bound = dict.fromkeys(known) | bounds
-    return field(default=default, metadata={"help": help, "choices": choices, **every_bound})
+    return field(metadata={"help": help, "choices": choices, **dict.fromkeys(known), **bounds})
+
+
+def pyproject_table(path: Path = PYPROJECT) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of ``path`` ({} when there is no such file)."""
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        table = tomllib.load(f).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    return dict(table)
+
+
+# The one place a default is set: the pyproject's table (Flower's convention). Where the
+# app runs without the file (a deployment's FAB), Flower hands every key over.
+DEFAULTS = pyproject_table()
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
+def keys(cls: type[T]) -> type[T]:
+    """``cls`` as a frozen dataclass of config keys, each key's default from :data:`DEFAULTS`."""
+    for name, value in vars(cls).items():
+        if isinstance(value, Field) and key_of(name) in DEFAULTS:
+            value.default = DEFAULTS[key_of(name)]
+    return dataclass(frozen=True, kw_only=True)(cls)
 
 
 def key_of(name: str) -> str:

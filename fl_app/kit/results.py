@@ -19,7 +19,6 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from fl_app.kit.config import RunConfig
 from fl_app.kit.files import atomic_file, json_default
 
 # One flat record per round (see fl_app.server_loop.RoundRecorder for its keys).
@@ -87,7 +86,7 @@ METRICS_COLUMNS = (
 )
 
 
-def run_directory(cfg: RunConfig) -> Path:
+def run_directory(cfg: Any) -> Path:
     """``output-dir/<run-name>`` as an absolute path (run-name defaults to strategy-time)."""
     name = cfg.run_name or f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     return (Path(cfg.output_dir).expanduser() / name).resolve()
@@ -233,7 +232,7 @@ class RunWriter(RunListener):
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: Any,
         directory: Path,
         save_model: Callable[[NDArrays, Path], None],
     ) -> None:

@@ -141,7 +141,7 @@ PARTS: dict[str, Part] = {
     ),
     "tracking": Part(
         "experiment tracking in TensorBoard, MLflow or Weights & Biases",
-        ("fl_app/parts/tracking.py", "fl_app/parts/tracking_keys.py", "tests/test_tracking.py"),
+        ("fl_app/parts/tracking.py", "tests/test_tracking.py"),
         module="fl_app.parts.tracking",
         keys=("tracker",),
     ),

@@ -8,29 +8,23 @@ registration (docs/template.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from fl_app.kit.keys import fail, option
-from strategies.flower_robust import BASELINES, FlowerRobustOptions
-
-DEFAULTS = FlowerRobustOptions()
+from fl_app.kit.keys import fail, keys, option
+from strategies.flower_robust import BASELINES
 
 
-@dataclass(frozen=True)
+@keys
 class BaselineKeys:
     num_malicious_clients: int = option(
-        DEFAULTS.num_malicious_clients,
         "flower-krum, -multikrum, -bulyan: attackers f assumed per round",
         at_least=0,
     )
     num_clients_to_keep: int = option(
-        DEFAULTS.num_clients_to_keep,
         "flower-multikrum: updates averaged (0: clients − f)",
         at_least=0,
     )
     trimmed_beta: float = option(
-        DEFAULTS.trimmed_beta,
         "flower-trimmed-mean: share cut at each end of every coordinate",
         at_least=0,
         below=0.5,

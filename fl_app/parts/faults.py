@@ -26,13 +26,12 @@ to what it trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_app.kit.keys import option
+from fl_app.kit.keys import keys, option
 from fl_app.kit.seeds import rng_for
 
 Arrays = list[NDArray[Any]]
@@ -53,20 +52,18 @@ LIE_SHARDS = 4
 FAULT_KINDS = ("none", *BEFORE_TRAINING, *POISONINGS)
 
 
-@dataclass(frozen=True)
+@keys
 class FaultKeys:
     """The config keys of fault injection (off by default)."""
 
     fault_kind: str = option(
-        "none", "what the faulty clients do (see fl_app/parts/faults.py)", choices=FAULT_KINDS
+        "what the faulty clients do (see fl_app/parts/faults.py)", choices=FAULT_KINDS
     )
     fault_fraction: float = option(
-        0.0, "share of clients that are faulty (the same ones every round)", at_least=0, at_most=1
+        "share of clients that are faulty (the same ones every round)", at_least=0, at_most=1
     )
-    fault_scale: float = option(10.0, "fault-kind scale: factor applied to the update", above=0)
-    straggle_seconds: float = option(
-        30.0, "fault-kind straggle: delay before answering", at_least=0
-    )
+    fault_scale: float = option("fault-kind scale: factor applied to the update", above=0)
+    straggle_seconds: float = option("fault-kind straggle: delay before answering", at_least=0)
 
 
 def is_faulty(cfg: Any, partition_id: int, num_partitions: int) -> bool:

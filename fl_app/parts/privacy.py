@@ -9,16 +9,14 @@ schedule, which the server accounts. No Flower here: the config imports this mod
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fl_app.kit.data import task_of
-from fl_app.kit.keys import fail, option
+from fl_app.kit.keys import fail, keys, option
 from fl_app.task import ArrayDataset, loss_function, train, train_epochs
-from strategies.core.options import ServerOptions
 from strategies.privacy import (
     DP_CLIPPINGS,
     DP_MODES,
@@ -26,16 +24,12 @@ from strategies.privacy import (
     update_noise_multiplier,
 )
 
-# The DP knobs' defaults are the rules' own.
-DEFAULTS = ServerOptions()
 
-
-@dataclass(frozen=True)
+@keys
 class DpKeys:
     """The config keys of DP, and their rules across keys."""
 
     dp: str = option(
-        DEFAULTS.dp,
         "differential privacy: none, central (the server clips each update to "
         "dp-clipping-norm and adds Gaussian noise to the aggregate), local (each client "
         "does that to its own update) or dp-sgd (sample-level: clients train with Opacus's "
@@ -43,33 +37,28 @@ class DpKeys:
         choices=DP_MODES,
     )
     dp_noise_multiplier: float = option(
-        DEFAULTS.dp_noise_multiplier,
         "noise standard deviation over the most one client can move the aggregate",
         at_least=0,
     )
     dp_clipping_norm: float = option(
-        DEFAULTS.dp_clipping_norm,
         "largest update norm ‖θ_i − θ_g‖ that counts (dp-sgd: per-example gradient norm)",
         above=0,
     )
-    dp_delta: float = option(DEFAULTS.dp_delta, "δ of the reported (ε, δ)", above=0, below=1)
+    dp_delta: float = option("δ of the reported (ε, δ)", above=0, below=1)
     dp_clipping: str = option(
-        DEFAULTS.dp_clipping,
         "central DP's clipping norm: fixed (dp-clipping-norm) or adaptive (starts at "
         "dp-clipping-norm, follows dp-target-quantile of the update norms)",
         choices=DP_CLIPPINGS,
     )
     dp_target_quantile: float = option(
-        DEFAULTS.dp_target_quantile,
         "adaptive clipping: share of updates left unclipped",
         at_least=0,
         at_most=1,
     )
     dp_clip_learning_rate: float = option(
-        DEFAULTS.dp_clip_learning_rate, "adaptive clipping: step of C ← C·exp(−η(b − γ))", above=0
+        "adaptive clipping: step of C ← C·exp(−η(b − γ))", above=0
     )
     dp_clipped_count_stddev: float = option(
-        DEFAULTS.dp_clipped_count_stddev,
         "adaptive clipping: noise on the unclipped count (0: clients sampled a round / 20); "
         "must exceed dp-noise-multiplier / 2",
         at_least=0,

@@ -30,8 +30,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from fl_app.kit.config import RunConfig
-from fl_app.kit.keys import ConfigError
+from fl_app.kit.keys import ConfigError, keys, option
 from fl_app.kit.results import NDArrays, RoundRecord, RunListener
 
 INSTALL = 'pip install -e ".[tracking]"'
@@ -105,7 +104,7 @@ class TensorBoardTracker(Tracker):
     folder run again, or rounds a crashed run logged after its last checkpoint).
     """
 
-    def __init__(self, cfg: RunConfig, directory: Path) -> None:
+    def __init__(self, cfg: Any, directory: Path) -> None:
         super().__init__()
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -132,7 +131,7 @@ class TensorBoardTracker(Tracker):
 class MlflowTracker(Tracker):
     """One MLflow run per process: the config as params, each round's numbers as metrics."""
 
-    def __init__(self, cfg: RunConfig, directory: Path) -> None:
+    def __init__(self, cfg: Any, directory: Path) -> None:
         super().__init__()
         # Like Flower's telemetry here: off unless the user turns it on.
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -185,7 +184,7 @@ class MlflowTracker(Tracker):
 class WandbTracker(Tracker):
     """A Weights & Biases run in ``<run dir>/wandb/``, offline unless ``WANDB_MODE`` is set."""
 
-    def __init__(self, cfg: RunConfig, directory: Path) -> None:
+    def __init__(self, cfg: Any, directory: Path) -> None:
         super().__init__()
         try:
             import wandb
@@ -210,7 +209,7 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=1 if failed else 0)
 
 
-TrackerFactory = Callable[[RunConfig, Path], Tracker]
+TrackerFactory = Callable[[Any, Path], Tracker]
 
 # name -> factory(cfg, run directory); the config key ``tracker`` allows these names.
 TRACKERS: dict[str, TrackerFactory] = {
@@ -221,6 +220,21 @@ TRACKERS: dict[str, TrackerFactory] = {
 }
 
 
-def start_tracker(cfg: RunConfig, directory: Path) -> Tracker:
+def start_tracker(cfg: Any, directory: Path) -> Tracker:
     """The tracker ``cfg.tracker`` names, for the run in ``directory``."""
     return TRACKERS[cfg.tracker](cfg, directory)
+
+
+@keys
+class TrackingKeys:
+    tracker: str = option(
+        "experiment tracking of each round's metrics: tensorboard (<run dir>/tensorboard), "
+        "mlflow (<output-dir>/mlflow.db), wandb (offline, <run dir>/wandb); "
+        'needs pip install -e ".[tracking]"',
+        choices=tuple(TRACKERS),
+    )
+
+    def part_listeners(self, directory: Path) -> list[RunListener]:
+        """The tracker ``tracker`` names, besides the other parts' listeners."""
+        listeners: list[RunListener] = super().part_listeners(directory)  # type: ignore[misc]
+        return [*listeners, start_tracker(self, directory)]

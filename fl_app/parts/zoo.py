@@ -23,25 +23,25 @@ from torch import nn
 
 from fl_app import task
 from fl_app.kit.data import PARTITIONERS, Partitioning, load_server_data, make_partitioner
-from fl_app.kit.keys import ConfigError, option
+from fl_app.kit.keys import ConfigError, keys, option
 from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.task import Architecture, ArrayDataset, Dataset, DataSpec, Pooled, ServerData
 
 Loaded = tuple[ArrayDataset, ArrayDataset | None]
 
 
-@dataclass(frozen=True)
+@keys
 class ZooKeys:
     """The config keys of the part's datasets and partitioners."""
 
-    data_dir: str = option("data", "root folder of torchvision datasets")
-    download: bool = option(False, "let torchvision download the dataset into data-dir")
-    shards_per_client: int = option(2, "shards per client for the shard partitioner", at_least=1)
+    data_dir: str = option("root folder of torchvision datasets")
+    download: bool = option("let torchvision download the dataset into data-dir")
+    shards_per_client: int = option("shards per client for the shard partitioner", at_least=1)
     classes_per_client: int = option(
-        2, "classes per client for the pathological partitioner", at_least=1
+        "classes per client for the pathological partitioner", at_least=1
     )
-    synthetic_alpha: float = option(1.0, "Synthetic(α, β): model heterogeneity α", at_least=0)
-    synthetic_beta: float = option(1.0, "Synthetic(α, β): data heterogeneity β", at_least=0)
+    synthetic_alpha: float = option("Synthetic(α, β): model heterogeneity α", at_least=0)
+    synthetic_beta: float = option("Synthetic(α, β): data heterogeneity β", at_least=0)
 
 
 def images_of(pixels: Any) -> NDArray[np.float32]:

@@ -5,11 +5,10 @@ No Flower: the config imports this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import strategies
-from fl_app.kit.keys import ConfigError, fail, option
+from fl_app.kit.keys import ConfigError, fail, keys, option
 from strategies.secure import secure_aggregation_problem
 
 # The Flower API halves the server can run (the Message API is the core's).
@@ -22,36 +21,32 @@ SECURE_FAULTS = ("none", "raise", "straggle")  # part: faults
 NO_POISON = "with secure-aggregation = true (a poisoned update inside the masked sum cannot be rejected, and may break the protocol)"  # part: faults
 
 
-@dataclass(frozen=True)
+@keys
 class LegacyKeys:
     """Which Flower API half runs, and Flower's SecAgg+ (legacy half only)."""
 
     flower_api: str = option(
-        "message",
         "Flower API half the server runs: legacy (flwr.server.strategy, NumPyClient "
         "messages) or message (flwr.serverapp.strategy, ArrayRecord messages)",
         choices=FLOWER_APIS,
     )
     secure_aggregation: bool = option(
-        False,
         "run training rounds through Flower's SecAgg+ (the server sees only the sum of the "
         "clients' weighted models): legacy flower-api; simple, fedavg, or hybrid "
         "with hybrid-lambda 1 and no robust filter",
     )
     secagg_num_shares: int = option(
-        3, "SecAgg+: shares each client's secret is split into (its neighbours + 1)", at_least=3
+        "SecAgg+: shares each client's secret is split into (its neighbours + 1)", at_least=3
     )
     secagg_reconstruction_threshold: int = option(
-        2, "SecAgg+: shares that recover a dropped client's secret", at_least=2
+        "SecAgg+: shares that recover a dropped client's secret", at_least=2
     )
     secagg_max_weight: float = option(
-        1000.0,
         "SecAgg+: the largest client weight (num_examples for fedavg): larger ones overflow, "
         "so such a client fails instead",
         at_least=1,
     )
     secagg_clipping_range: float = option(
-        8.0,
         "SecAgg+: model values are quantized in [-r, r]; a client whose model leaves it fails",
         above=0,
     )
