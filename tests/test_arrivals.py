@@ -1,4 +1,5 @@
-"""The simulation's engine and grid wake on what Flower's in-memory LinkState stores."""
+"""The simulation's engine and grid wake on what Flower's in-memory LinkState stores (the
+optional part ``fast-engine``): the patch takes effect, and Flower's code is back after."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
 import run_simulation
-import strategies
 from fl_app.engine import arrivals
+from fl_app.kit.simulation import run
+from tests.halves import API_FLAGS
 
 ROUNDS, CLIENTS, PER_ROUND = 2, 10, 4
 
@@ -42,7 +44,7 @@ def test_a_grid_caller_wakes_for_a_reply_to_its_own_messages_only(
 
 
 @pytest.mark.slow  # Flower's engine, with the clients in this process
-@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
+@pytest.mark.parametrize("api", list(API_FLAGS))
 def test_every_message_and_reply_of_a_run_is_counted_and_flowers_code_is_back_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:
@@ -53,23 +55,24 @@ def test_every_message_and_reply_of_a_run_is_counted_and_flowers_code_is_back_af
         vce_api.Queue,
     )
     seen: list[arrivals.Arrivals] = []
+    waiting = arrivals.PATCH
 
     @contextmanager
-    def watched(gap: float) -> Iterator[arrivals.Arrivals]:
-        with arrivals.arrivals(gap) as counts:
+    def watched(*, joins_ray: bool, pollers: int) -> Iterator[arrivals.Arrivals]:
+        with waiting(joins_ray=joins_ray, pollers=pollers) as counts:
             seen.append(counts)
             yield counts
 
-    monkeypatch.setattr(run_simulation, "arrivals", watched)
+    monkeypatch.setattr(arrivals, "PATCH", watched)
     invocation = run_simulation.parse(
         [
-            "--backend", "inprocess", "--flower-api", api, "--output-dir", str(tmp_path),
+            "--backend", "inprocess", *API_FLAGS[api], "--output-dir", str(tmp_path),
             "--num-clients", str(CLIENTS), "--num-server-rounds", str(ROUNDS),
             "--fraction-fit", str(PER_ROUND / CLIENTS), "--fraction-evaluate", "0",
         ]
     )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
-        records = run_simulation.run(invocation.cfg, invocation.simulation)
+        records = run(invocation.cfg, invocation.simulation)
     assert [len(r["sampled_partitions"]) for r in records[1:]] == [PER_ROUND] * ROUNDS
     (counts,) = seen
     # Only training messages (no federated evaluation): one message and one reply each.
