@@ -31,6 +31,8 @@ from strategies.core.update import ClientUpdate, Coefficients
 
 Results = list[tuple[list[Array], int]]
 
+NO_CENTRAL_DP = "dp='central': Flower's robust aggregators combine the updates their own way, and central DP needs the weighted sum of clipped updates: use dp='none' or 'local'"  # part: dp
+
 
 @dataclass(frozen=True, kw_only=True)
 class FlowerRobustOptions(ServerOptions):
@@ -55,12 +57,8 @@ class FlowerRobustOptions(ServerOptions):
                 raise ValueError(f"{name}={value!r}: must be an int >= 0")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ValueError(f"trimmed_beta={self.trimmed_beta!r}: must be in [0, 0.5)")
-        if self.dp == "central":
-            raise ValueError(
-                f"dp={self.dp!r}: Flower's robust aggregators combine the updates their own "
-                "way, and central DP needs the weighted sum of clipped updates: use dp='none' "
-                "or 'local'"
-            )
+        if self.dp == "central":  # part: dp
+            raise ValueError(NO_CENTRAL_DP)  # part: dp
 
 
 class FlowerRobustRule(Rule):

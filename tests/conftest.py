@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
 
-from tests.halves import HALVES
+from tests.halves import API_FLAGS, HALVES
+from tests.processes import ON_RAY, SHARED_CLIENTS, SHARED_ROUNDS, simulate
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +35,23 @@ def task_identity() -> Iterator[None]:
 def half(request: pytest.FixtureRequest, task_identity: None) -> Any:
     """Each Flower API half this copy has, handing the same updates to its strategy."""
     return HALVES[request.param]
+
+
+@pytest.fixture(scope="session")
+def shared_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str, str], dict[str, Any]]:
+    """Each strategy's run on each Flower API half, on Ray: run when a test first asks for
+    it and shared by every test module that checks or compares against it."""
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def run(strategy: str, api: str) -> dict[str, Any]:
+        if (strategy, api) not in runs:
+            runs[strategy, api] = simulate(
+                tmp_path_factory.mktemp(f"{strategy}-{api}"),
+                "--strategy", strategy, *API_FLAGS[api], *ON_RAY,
+                "--num-clients", str(SHARED_CLIENTS), "--num-server-rounds", str(SHARED_ROUNDS),
+            )  # fmt: skip
+        return runs[strategy, api]
+
+    return run

@@ -40,6 +40,35 @@ def run_simulation_cli(output_dir: Path, *flags: str, timeout: float = 600) -> s
     return done.stdout
 
 
+def simulate(output_dir: Path, *flags: str) -> dict[str, Any]:
+    """Run run_simulation.py as run "run"; return its history.json, with the printed output,
+    the run's folder and the sockets its processes listened on (:func:`listening`)."""
+    sockets: set[tuple[str, int, str]] = set()
+    done = run_python(
+        ["run_simulation.py", "--output-dir", str(output_dir), "--run-name", "run", *flags],
+        sockets=sockets,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    history = read_history(output_dir / "run")
+    history["stdout"], history["stderr"] = done.stdout, done.stderr
+    history["directory"] = str(output_dir / "run")
+    history["sockets"] = sockets
+    return history
+
+
+# The runs that conftest's ``shared_runs`` makes once a session: each strategy on each API
+# half, with this many clients (all of them train every round) and rounds, on Ray.
+SHARED_CLIENTS, SHARED_ROUNDS = 10, 3
+
+# The flags of run_simulation.py that run the clients on Ray, and in this process (the
+# same results bit for bit, without a Ray start per run: the part fast-engine). Without
+# that part every simulation runs on Ray.
+ON_RAY: list[str] = []
+IN_PROCESS: list[str] = []
+ON_RAY += ["--backend", "ray"]  # part: fast-engine
+IN_PROCESS += ["--backend", "inprocess"]  # part: fast-engine
+
+
 def run_python(
     arguments: list[str],
     timeout: float = 600,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 from scipy import stats
 
@@ -28,7 +31,17 @@ from fl_app.parts.statistics import (
     write_comparison,
 )
 from tests.fakes import MessageHalf
-from tests.processes import read_history, run_simulation_cli
+from tests.halves import API_FLAGS
+from tests.processes import (
+    IN_PROCESS,
+    SHARED_CLIENTS,
+    SHARED_ROUNDS,
+    read_history,
+    run_python,
+    run_simulation_cli,
+    simulate,
+    without_timings,
+)
 from tests.test_results import PNG, ROUNDS, record
 
 
@@ -232,3 +245,57 @@ def test_seeds_are_refused_with_resume() -> None:
     cfg = RunConfig()
     with pytest.raises(ConfigError, match="--seeds/--num-seeds is not allowed with --resume"):
         comparison_of(args, cfg, Simulation(), {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", list(API_FLAGS))
+def test_a_sweep_in_one_engine_gives_each_run_its_history_alone(
+    shared_runs: Callable[[str, str], dict[str, Any]], tmp_path: Path, api: str
+) -> None:
+    """2 strategies x 2 seeds in one start of the engine: every run's history and final
+    model are those of the same run started alone (the default seed: the shared runs, on
+    Ray; the sweep and the other seed in this process where this copy can, whose results
+    are Ray's: tests/test_inprocess.py)."""
+    compared, seeds = ["fedavg", "hybrid"], [RunConfig().seed, RunConfig().seed + 1]
+    done = run_python(
+        [
+            "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "sweep",
+            "--compare", *compared, "--seeds", *map(str, seeds), *API_FLAGS[api], *IN_PROCESS,
+            "--num-clients", str(SHARED_CLIENTS), "--num-server-rounds", str(SHARED_ROUNDS),
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| fedavg |" in (tmp_path / "sweep" / "comparison.md").read_text()
+    for strategy in compared:
+        alone = {seeds[0]: shared_runs(strategy, api)}
+        alone[seeds[1]] = simulate(
+            tmp_path / f"{strategy}-{seeds[1]}",
+            "--strategy", strategy, "--seed", str(seeds[1]), *API_FLAGS[api], *IN_PROCESS,
+            "--num-clients", str(SHARED_CLIENTS), "--num-server-rounds", str(SHARED_ROUNDS),
+        )  # fmt: skip
+        for seed, run in alone.items():
+            swept = tmp_path / "sweep" / strategy / f"seed-{seed}"
+            assert without_timings(read_history(swept)) == without_timings(run), (strategy, seed)
+            mine, theirs = (
+                torch.load(d / "final_model.pt") for d in (swept, Path(run["directory"]))
+            )
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.slow
+def test_a_sweep_records_a_failed_run_and_compares_the_others(tmp_path: Path) -> None:
+    # No client reports "nope": quality weighting rejects every update, and stops.
+    done = run_python(
+        [
+            "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "sweep",
+            "--compare", "quality", "fedavg", "--quality-metric", "nope",
+            "--max-empty-rounds", "1", "--num-clients", "2", "--num-server-rounds", "2",
+        ]
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "run sweep/quality failed: round 1: nothing aggregated" in done.stdout
+    assert "1 run(s) failed: sweep/quality" in done.stderr
+    table = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "| fedavg |" in table
+    assert "| quality |" not in table
+    assert len(read_history(tmp_path / "sweep" / "fedavg")["rounds"]) == 3

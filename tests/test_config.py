@@ -461,9 +461,6 @@ def test_flags_override_defaults() -> None:
             "3",
             "--learning-rate",
             "0.2",
-            "--download",
-            "--dataset",
-            "hf:ylecun/mnist",
             "--partitioner",
             "dirichlet",
             "--dirichlet-alpha",
@@ -479,19 +476,12 @@ def test_flags_override_defaults() -> None:
         strategy="hybrid",
         num_server_rounds=3,
         learning_rate=0.2,
-        download=True,
-        dataset="hf:ylecun/mnist",
         partitioner="dirichlet",
         dirichlet_alpha=0.3,
         run_name="abc",
         num_clients=4,
     )
     assert cfg.num_clients == 4
-
-
-def test_no_download_flag() -> None:
-    cfg = run_simulation.parse(["--no-download"]).cfg
-    assert cfg.download is False
 
 
 @pytest.mark.parametrize(
@@ -557,10 +547,6 @@ def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
     [
         (["--num-nodes", "0"], "--num-nodes '0' is not allowed: must be a number >= 1"),
         (["--num-nodes", "many"], "--num-nodes 'many' is not allowed"),
-        (
-            ["--backend", "inprocess", "--ray-address", "10.0.0.5:6379"],
-            "--ray-address '10.0.0.5:6379' is not allowed with --backend inprocess",
-        ),
     ],
 )
 def test_a_bad_number_of_virtual_nodes_is_refused_in_one_line(
@@ -581,25 +567,3 @@ def test_the_pool_is_sized_by_the_clients_a_round_asks_for() -> None:
     assert pool("--num-clients", "100", "--fraction-fit", "0.1", "--fraction-evaluate", "0.3") == 30
     assert pool("--num-clients", "100", "--num-nodes", "7") == 7
     assert pool("--num-clients", "100", "--num-nodes", "per-client") is None
-
-
-@pytest.mark.parametrize(
-    ("cpus", "flags", "backend"),
-    [
-        (2, [], "inprocess"),  # 2 clients at a time: Ray's start and dispatch do not pay
-        (3, [], "inprocess"),
-        (4, [], "ray"),
-        (8, ["--num-cpus", "2"], "ray"),
-        (8, ["--num-cpus", "4"], "inprocess"),
-        (2, ["--num-gpus", "0.5"], "ray"),  # only Ray places clients on GPUs
-        (2, ["--ray-address", "127.0.0.1:6379"], "ray"),  # a cluster is Ray's
-        (2, ["--fault-kind", "straggle", "--fault-fraction", "0.2"], "ray"),  # part: faults
-        (16, ["--backend", "inprocess"], "inprocess"),  # asked for: kept
-        (2, ["--backend", "ray"], "ray"),
-    ],
-)
-def test_the_auto_backend_runs_ray_where_clients_side_by_side_pay(
-    monkeypatch: pytest.MonkeyPatch, cpus: int, flags: list[str], backend: str
-) -> None:
-    monkeypatch.setattr(run_simulation.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    assert run_simulation.parse(flags).simulation.backend == backend

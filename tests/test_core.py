@@ -43,10 +43,10 @@ def update(client: str, value: float, n: int = 10, **metrics: float) -> ClientUp
         "fl_app.task",
         "fl_app.kit.data",
         "fl_app.kit.training",
-        "fl_app.parts.zoo",
+        "fl_app.parts.zoo",  # part: zoo
         "fl_app.kit.results",
         "fl_app.kit.checkpoint",
-        "fl_app.parts.faults",
+        "fl_app.parts.faults",  # part: faults
     ],
 )
 def test_the_core_and_the_torch_modules_import_no_flower(module: str) -> None:
@@ -165,15 +165,15 @@ def test_options_read_from_any_config_object() -> None:
         "server_learning_rate": 0.5,
         "server_momentum": 0.9,
         "max_empty_rounds": 0,
-        "dp": "central",
-        "dp_noise_multiplier": 0.5,
-        "dp_clipping_norm": 2.0,
-        "dp_delta": 1e-6,
-        "dp_clipping": "adaptive",
-        "dp_target_quantile": 0.7,
-        "dp_clip_learning_rate": 0.1,
-        "dp_clipped_count_stddev": 2.0,
-        "seed": 3,
+        "dp": "central",  # part: dp
+        "dp_noise_multiplier": 0.5,  # part: dp
+        "dp_clipping_norm": 2.0,  # part: dp
+        "dp_delta": 1e-6,  # part: dp
+        "dp_clipping": "adaptive",  # part: dp
+        "dp_target_quantile": 0.7,  # part: dp
+        "dp_clip_learning_rate": 0.1,  # part: dp
+        "dp_clipped_count_stddev": 2.0,  # part: dp
+        "seed": 3,  # part: dp
     }
     assert set(values) == set(ServerOptions.field_names())  # every knob, none defaulted
     config = type("Config", (), values | {"unrelated": "ignored"})()

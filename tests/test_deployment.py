@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import strategies
 from scripts import local_deployment as ld
+from tests.halves import API_RUN_CONFIG
 from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
 
 pytestmark = pytest.mark.slow
@@ -44,10 +44,10 @@ def run_to_completion(deployment: ld.Deployment, env: dict[str, str], run_config
     return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
 
 
-@pytest.fixture(params=tuple(strategies.ADAPTERS))
+@pytest.fixture(params=list(API_RUN_CONFIG))
 def api(request: pytest.FixtureRequest) -> str:
-    """Each deployment test runs on both Flower API halves."""
-    return f"flower-api='{request.param}'"
+    """Each deployment test runs on each Flower API half this copy has."""
+    return API_RUN_CONFIG[request.param]
 
 
 def kill_mid_run(deployment: ld.Deployment, env: dict[str, str], run_config: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import strategies
+from tests.halves import API_FLAGS
 from tests.processes import ROOT, read_history, run_python
 
 pytestmark = pytest.mark.slow
@@ -92,13 +92,13 @@ def test_the_recipes_touch_the_files_the_page_counts() -> None:
     }
 
 
-@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
+@pytest.mark.parametrize("api", list(API_FLAGS))
 def test_the_new_strategy_model_and_dataset_train_together(extended: Path, api: str) -> None:
     out = extended / "outputs"
     done = run_python(
         [
             "run_simulation.py", "--output-dir", str(out), "--run-name", api,
-            "--strategy", "sqrt", "--model", "tiny", "--dataset", "blobs", "--flower-api", api,
+            "--strategy", "sqrt", "--model", "tiny", "--dataset", "blobs", *API_FLAGS[api],
             "--num-clients", "3", "--num-server-rounds", "3", "--local-epochs", "1",
         ],
         cwd=extended,

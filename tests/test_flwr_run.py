@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import strategies
+from tests.halves import API_CONFIG, API_RUN_CONFIG
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
@@ -23,7 +23,7 @@ from tests.processes import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
+@pytest.mark.parametrize("api", list(API_CONFIG))
 def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
     tmp_path: Path, api: str
 ) -> None:
@@ -31,7 +31,7 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
     with isolated_env() as env:
         run_config = (
             f"num-server-rounds=2 strategy='hybrid' output-dir='{tmp_path}' run-name='smoke' "
-            f"flower-api='{api}'"
+            f"{API_RUN_CONFIG[api]}"
         )
         with watching_sockets(env[TAG_VARIABLE]) as sockets:
             done = flwr_run_local(env, run_config, "num-supernodes=3 client-resources-num-cpus=1")
@@ -54,5 +54,5 @@ def test_flwr_run_local_simulation_trains_and_its_superlink_is_stopped(
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["accepted"] for r in rounds[1:]] == [3, 3]
     assert history["config"]["strategy"] == "hybrid"
-    assert history["config"]["flower-api"] == api
+    assert {k: history["config"][k] for k in API_CONFIG[api]} == API_CONFIG[api]
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3

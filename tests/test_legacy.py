@@ -38,7 +38,7 @@ from fl_app.client_app import app, make_client
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import load_client_data
 from fl_app.kit.keys import ConfigError
-from fl_app.parts.legacy.keys import LegacyKeys
+from fl_app.parts.legacy.keys import FLOWER_APIS, LegacyKeys
 from strategies.legacy import LegacyStrategy
 from strategies.sampling import PARTITION_KEY
 from tests.fakes import message_with, reply, sent_to, start, updates_of
@@ -225,7 +225,7 @@ def test_the_flower_api_is_one_of_the_halves(bad: str) -> None:
     with pytest.raises(ConfigError) as info:
         RunConfig.from_mapping({"flower-api": bad})
     assert "message, legacy" in assert_one_line_error(info.value, "flower-api", bad)
-    for api in strategies.ADAPTERS:
+    for api in FLOWER_APIS:
         assert RunConfig.from_mapping({"flower-api": api}).flower_api == api
 
 

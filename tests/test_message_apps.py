@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import strategies
+from tests.halves import API_FLAGS
 from tests.processes import read_history, run_python
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_a_client_without_the_quality_metric_stops_the_run_with_the_fix(tmp_path
     assert "max-empty-rounds=3" in done.stderr
 
 
-@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
+@pytest.mark.parametrize("api", list(API_FLAGS))
 def test_run_simulation_stops_with_one_line_after_max_empty_rounds(
     tmp_path: Path, api: str
 ) -> None:
@@ -60,7 +61,7 @@ def test_run_simulation_stops_with_one_line_after_max_empty_rounds(
     done = run_python(
         [
             "run_simulation.py", "--output-dir", str(tmp_path), "--run-name", "frozen",
-            "--flower-api", api, "--num-clients", "3", "--num-server-rounds", "5", *flags,
+            *API_FLAGS[api], "--num-clients", "3", "--num-server-rounds", "5", *flags,
         ]
     )  # fmt: skip
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]

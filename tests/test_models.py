@@ -45,14 +45,6 @@ def test_forward_pass_gives_batch_by_classes(
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
-@pytest.mark.parametrize("shape", [SYNTHETIC, (1, 64), (1, 2, 2)])
-def test_image_models_refuse_non_image_shapes(name: str, shape: tuple[int, ...]) -> None:
-    with pytest.raises(ConfigError) as info:
-        build_model(name, shape, 10, seed=0)
-    assert str(shape) in str(info.value)
-
-
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ConfigError, match="'resnet'"):
         build_model("resnet", DIGITS, 10, seed=0)

@@ -98,7 +98,7 @@ def test_summary_headline_is_accuracy_or_loss() -> None:
         "best_loss": 0.5,
         "seconds": 4.0,
         "ray_nodes": [],
-        "epsilon": None,
+        "epsilon": None,  # part: dp
     }
     spread = summarize(
         [
@@ -113,9 +113,9 @@ def test_summary_headline_is_accuracy_or_loss() -> None:
     regression = summarize([record(0, None, 9.0), record(1, None, 0.25)])
     assert regression["final_accuracy"] is None
     assert describe(regression).startswith("final loss 0.2500, best 0.2500")
-    private = summarize([record(0, 0.1, 2.0), record(1, 0.5, 1.0, epsilon=3.25)])
-    assert private["epsilon"] == 3.25
-    assert describe(private).endswith("privacy spent ε = 3.25")
+    private = summarize([record(0, 0.1, 2.0), record(1, 0.5, 1.0, epsilon=3.25)])  # part: dp
+    assert private["epsilon"] == 3.25  # part: dp
+    assert describe(private).endswith("privacy spent ε = 3.25")  # part: dp
 
 
 def test_atomic_write_replaces_whole_and_is_readable(tmp_path: Path) -> None:

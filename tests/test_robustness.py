@@ -9,26 +9,24 @@ from typing import Any
 
 import pytest
 
-import strategies
 from fl_app.kit.config import RunConfig
 from fl_app.parts.faults import is_faulty
-from tests.processes import read_history, run_simulation_cli
+from tests.halves import API_FLAGS
+from tests.processes import IN_PROCESS, read_history, run_simulation_cli
 
 pytestmark = pytest.mark.slow
 
-# The clients in this process: the same results as on Ray, bit for bit (tested in
-# tests/test_simulation.py), without a Ray start per run.
-BASE = ["--num-clients", "10", "--num-server-rounds", "3", "--backend", "inprocess"]
+BASE = ["--num-clients", "10", "--num-server-rounds", "3", *IN_PROCESS]
 
 
-@pytest.fixture(params=tuple(strategies.ADAPTERS))
+@pytest.fixture(params=list(API_FLAGS))
 def api(request: pytest.FixtureRequest) -> str:
     """Each test runs on both Flower API halves."""
     return str(request.param)
 
 
 def rounds_of(tmp_path: Path, api: str, name: str, *flags: str) -> list[dict[str, Any]]:
-    run_simulation_cli(tmp_path, "--run-name", name, "--flower-api", api, *BASE, *flags)
+    run_simulation_cli(tmp_path, "--run-name", name, *API_FLAGS[api], *BASE, *flags)
     rounds: list[dict[str, Any]] = read_history(tmp_path / name)["rounds"]
     return rounds
 

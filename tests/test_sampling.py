@@ -1,4 +1,4 @@
-"""Seeded client sampling: a function of (seed, round, purpose, partition ids), on both halves."""
+"""Seeded client sampling: a function of (seed, round, purpose, partition ids), not of node ids."""
 
 from __future__ import annotations
 
@@ -9,21 +9,13 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common import (
-    Code,
-    GetPropertiesIns,
-    GetPropertiesRes,
-    Status,
-    ndarrays_to_parameters,
-)
-from flwr.server import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
 
 import strategies
 from fl_app.kit.config import RunConfig
 from fl_app.kit.training import ServerModel
 from fl_app.server_app import build_strategy
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, SeededSampler
+from tests.halves import API_CONFIG
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -78,30 +70,6 @@ def test_unreported_nodes_are_left_out_and_a_partition_is_claimed_once() -> None
     )
 
 
-class ReportingProxy(ClientProxy):
-    """A legacy client proxy that answers ``get_properties`` only."""
-
-    def __init__(self, cid: str, partition_id: int | None, fails: bool = False) -> None:
-        super().__init__(cid)
-        self.partition_id = partition_id
-        self.fails = fails
-        self.asked = 0
-
-    def get_properties(
-        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
-    ) -> GetPropertiesRes:
-        self.asked += 1
-        if self.fails:
-            raise TimeoutError("no reply")
-        properties = {} if self.partition_id is None else {PARTITION_KEY: self.partition_id}
-        return GetPropertiesRes(Status(Code.OK, ""), properties)
-
-    def get_parameters(self, *args: object) -> None:
-        raise NotImplementedError
-
-    fit = evaluate = reconnect = get_parameters
-
-
 class QueryGrid:
     """A Message-API grid whose nodes answer ``query`` messages with their partition id."""
 
@@ -122,23 +90,13 @@ class QueryGrid:
         return replies
 
 
-def test_both_halves_sample_the_same_partitions_as_the_sampler() -> None:
+def test_the_message_half_samples_the_partitions_the_sampler_draws() -> None:
     rng = np.random.default_rng(1)
-    legacy = strategies.build("fedavg", api="legacy", sampling_seed=7, fraction_fit=0.3)
-    manager = SimpleClientManager()
-    proxies = [ReportingProxy(str(n), p) for p, n in enumerate(rng.permutation(10) + 500)]
-    for proxy in rng.permutation(proxies):
-        manager.register(proxy)
-    message = strategies.build("fedavg", api="message", sampling_seed=7, fraction_train=0.3)
+    message = strategies.build("fedavg", sampling_seed=7, fraction_train=0.3)
     grid = QueryGrid({int(n): p for p, n in enumerate(rng.integers(1, 2**40, size=10))})
-    partition_of = {proxy.cid: proxy.partition_id for proxy in proxies}
     reference = sampler_of(7, {p: p for p in range(10)})
-    parameters = ndarrays_to_parameters(MODEL)
     for server_round in (1, 2, 3):
         want = drawn(reference, server_round, range(10), 3)
-        pairs = legacy.configure_fit(server_round, parameters, manager)
-        assert [partition_of[proxy.cid] for proxy, _ in pairs] == want
-        assert legacy.last_sampled == want
         sent = message.configure_train(server_round, ArrayRecord(MODEL), ConfigRecord(), grid)
         assert [grid.partitions[m.metadata.dst_node_id] for m in sent] == want
         assert message.last_sampled == want
@@ -149,65 +107,34 @@ def test_both_halves_sample_the_same_partitions_as_the_sampler() -> None:
             reference.label(n) for n in reference.sample(server_round, "evaluate", range(10), 10)
         ]
         assert [grid.partitions[m.metadata.dst_node_id] for m in evaluated] == want_evaluated
-    assert all(proxy.asked == 1 for proxy in proxies)  # each client is asked once
-    assert set(grid.asked.values()) == {1}
+    assert set(grid.asked.values()) == {1}  # each node is asked once for its partition
 
 
-def test_a_legacy_client_that_does_not_answer_is_asked_again_and_not_sampled_meanwhile() -> None:
-    strategy = strategies.build("fedavg", api="legacy", sampling_seed=0, fraction_fit=1.0)
-    manager = SimpleClientManager()
-    silent = ReportingProxy("9", 2, fails=True)
-    for proxy in (ReportingProxy("7", 0), ReportingProxy("8", None), silent):
-        manager.register(proxy)
-    parameters = ndarrays_to_parameters(MODEL)
-    assert len(strategy.configure_fit(1, parameters, manager)) == 2
-    assert strategy.last_sampled == [0, "node 8"]
-    silent.fails = False
-    assert len(strategy.configure_fit(2, parameters, manager)) == 3
-    assert strategy.last_sampled == [0, 2, "node 8"]
-    assert silent.asked == 2
-
-
-@pytest.mark.parametrize("api", tuple(strategies.ADAPTERS))
+@pytest.mark.parametrize("api", list(API_CONFIG))
 def test_the_run_config_chooses_seeded_or_flowers_sampling(api: str) -> None:
     server = ServerModel(RunConfig())
-    seeded = build_strategy(RunConfig(flower_api=api, seed=5), server)
+    seeded = build_strategy(RunConfig.from_mapping({**API_CONFIG[api], "seed": 5}), server)
     assert seeded.sampler is not None
     assert seeded.sampler.seed == 5
-    flowers = build_strategy(RunConfig(flower_api=api, client_sampling="flower"), server)
-    assert flowers.sampler is None
+    sampling = {**API_CONFIG[api], "client-sampling": "flower"}
+    assert build_strategy(RunConfig.from_mapping(sampling), server).sampler is None
 
 
 def test_a_pool_draws_the_partitions_one_node_per_client_draws_and_names_them() -> None:
     """10 logical clients on 3 nodes: the partitions the seeded sampler draws among 10
     nodes reporting 0..9, dealt over the nodes in turn, each message naming its own."""
-    legacy = strategies.build(
-        "fedavg", api="legacy", sampling_seed=7, fraction_fit=0.3, num_partitions=10
-    )
-    manager = SimpleClientManager()
-    for cid in ("12", "9", "100"):
-        manager.register(ReportingProxy(cid, None))
-    message = strategies.build(
-        "fedavg", api="message", sampling_seed=7, fraction_train=0.3, num_partitions=10
-    )
+    message = strategies.build("fedavg", sampling_seed=7, fraction_train=0.3, num_partitions=10)
     grid = QueryGrid({12: 0, 9: 0, 100: 0})
     reference = sampler_of(7, {p: p for p in range(10)})
-    parameters = ndarrays_to_parameters(MODEL)
     for server_round in (1, 2):
         want = drawn(reference, server_round, range(10), 3)
         named = [{PARTITION_KEY: p, NUM_PARTITIONS_KEY: 10} for p in want]
-        pairs = legacy.configure_fit(server_round, parameters, manager)
-        assert [proxy.cid for proxy, _ in pairs] == [str(p) for p in want]
-        assert [proxy.node.cid for proxy, _ in pairs] == ["9", "12", "100"]  # type: ignore[attr-defined]
-        assert [{k: ins.config[k] for k in named[0]} for _, ins in pairs] == named
-        assert legacy.last_sampled == want
-        assert legacy.rule.sampling == (3, 10)  # m of the logical clients, for DP
         sent = message.configure_train(server_round, ArrayRecord(MODEL), ConfigRecord(), grid)
         assert [m.metadata.dst_node_id for m in sent] == [9, 12, 100]
         assert [{k: m.content["config"][k] for k in named[0]} for m in sent] == named
         assert all(m.content["config"]["server-round"] == server_round for m in sent)
         assert message.last_sampled == want
-        assert message.rule.sampling == (3, 10)
+        assert message.rule.sampling == (3, 10)  # m of the logical clients, for DP
     assert not grid.asked  # a pool's nodes are never asked for a partition id
     evaluated = message.configure_evaluate(3, ArrayRecord(MODEL), ConfigRecord(), grid)
     want = reference.draw(3, "evaluate", 10, 10)
@@ -216,7 +143,7 @@ def test_a_pool_draws_the_partitions_one_node_per_client_draws_and_names_them() 
 
 
 def test_a_pool_names_replies_by_their_messages_partition() -> None:
-    strategy = strategies.build("fedavg", api="message", sampling_seed=1, num_partitions=4)
+    strategy = strategies.build("fedavg", sampling_seed=1, num_partitions=4)
     sent = strategy.configure_train(1, ArrayRecord(MODEL), ConfigRecord(), QueryGrid({5: 0}))
     for i, m in enumerate(sent):  # as the grid does when it pushes them
         m.metadata.__dict__["_message_id"] = f"message-{i}"

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+import run_simulation
 from fl_app.kit import data as fl_data
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import load_client_data, load_server_data, partition_indices, pool
 from fl_app.kit.keys import ConfigError
 from fl_app.parts import zoo
 from fl_app.parts.zoo import SYNTHETIC_FEATURES, ZooKeys, synthetic_device
-from fl_app.task import MODELS, ArrayDataset
+from fl_app.task import MODELS, ArrayDataset, build_model
 from tests.test_config import assert_bounds_refused, assert_one_line_error
 from tests.test_data import (
     clear_caches,
@@ -278,3 +279,18 @@ def test_a_dataset_refusal_names_the_hub_form(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         RunConfig.from_mapping({"dataset": value})
     assert "hf:<name>" in assert_one_line_error(info.value, "dataset", value)
+
+
+def test_the_download_flags_set_the_key() -> None:
+    flags = ["--download", "--dataset", "hf:ylecun/mnist"]
+    cfg = run_simulation.parse(flags).cfg
+    assert (cfg.download, cfg.dataset) == (True, "hf:ylecun/mnist")
+    assert run_simulation.parse(["--no-download"]).cfg.download is False
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("shape", [(60,), (1, 64), (1, 2, 2)])
+def test_image_models_refuse_non_image_shapes(name: str, shape: tuple[int, ...]) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model(name, shape, 10, seed=0)
+    assert str(shape) in str(info.value)

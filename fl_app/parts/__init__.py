@@ -30,6 +30,8 @@ class Part:
         ``run_simulation.py``).
     flags : its other flags of ``run_simulation.py``.
     requires : the parts it builds on.
+    words : what names it in prose: an app without the part holds none of these (nor its
+        keys, flags and modules) in any file (tests/test_parts.py).
     """
 
     summary: str
@@ -38,6 +40,7 @@ class Part:
     keys: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
 
     @property
     def present(self) -> bool:
@@ -59,6 +62,7 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.parts.comparisons",
         flags=("--compare", "--seeds", "--num-seeds", "--target-accuracy"),
+        words=("comparison", "comparisons", "centralized", "sweep"),
     ),
     "fast-engine": Part(
         "the clients in this process, and waits for what Flower's engine stores instead of "
@@ -73,6 +77,7 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.engine.inprocess",
         flags=("--backend",),
+        words=("inprocess", "in-process backend", "arrivals", "polled", "event-driven"),
     ),
     "legacy-api": Part(
         "Flower's legacy API half (NumPyClient messages, flwr.server.strategy) with SecAgg+",
@@ -82,6 +87,7 @@ PARTS: dict[str, Part] = {
             "strategies/secure.py",
             "tests/legacy_fakes.py",
             "tests/test_legacy.py",
+            "tests/test_legacy_sampling.py",
             "tests/test_secure_aggregation.py",
             "tests/test_server_loop.py",
         ),
@@ -94,6 +100,7 @@ PARTS: dict[str, Part] = {
             "secagg-max-weight",
             "secagg-clipping-range",
         ),
+        words=("legacy", "SecAgg", "SecAgg+", "secure aggregation", "flwr.server.strategy"),
     ),
     "faults": Part(
         "fault injection: clients that fail, straggle, poison their update or lie",
@@ -105,6 +112,7 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.parts.faults",
         keys=("fault-kind", "fault-fraction", "fault-scale", "straggle-seconds"),
+        words=("fault", "faults", "poison", "poisoned", "straggle", "straggler", "faulty"),
     ),
     "dp": Part(
         "differential privacy: central, local and DP-SGD, with their ε accountants",
@@ -125,6 +133,7 @@ PARTS: dict[str, Part] = {
             "dp-clip-learning-rate",
             "dp-clipped-count-stddev",
         ),
+        words=("dp", "DP", "privacy", "DP-SGD", "Opacus", "epsilon", "ε", "accountant"),
     ),
     "zoo": Part(
         "more datasets (torchvision's, generated, Hugging Face), models and partitioners",
@@ -138,12 +147,14 @@ PARTS: dict[str, Part] = {
             "synthetic-alpha",
             "synthetic-beta",
         ),
+        words=("zoo", "torchvision", "MNIST", "CIFAR", "hf", "Hugging Face", "synthetic", "shard"),
     ),
     "tracking": Part(
         "experiment tracking in TensorBoard, MLflow or Weights & Biases",
         ("fl_app/parts/tracking.py", "tests/test_tracking.py"),
         module="fl_app.parts.tracking",
         keys=("tracker",),
+        words=("tracker", "tracking", "TensorBoard", "MLflow", "wandb", "Weights & Biases"),
     ),
     "flower-baselines": Part(
         "Flower's robust aggregators (flower-krum, flower-median, ...) as baselines",
@@ -154,6 +165,7 @@ PARTS: dict[str, Part] = {
         ),
         module="strategies.flower_robust",
         keys=("num-malicious-clients", "num-clients-to-keep", "trimmed-beta"),
+        words=("baseline", "baselines", "Krum", "Bulyan", "trimmed mean"),
     ),
     "presets": Part(
         "ready-made scenarios of run_simulation.py --preset",
@@ -161,16 +173,19 @@ PARTS: dict[str, Part] = {
         module="fl_app.parts.presets",
         flags=("--preset",),
         requires=("comparisons", "zoo"),
+        words=("preset",),
     ),
     "ray-cluster": Part(
         "starting Ray nodes and checking a cluster before run_simulation.py --ray-address joins it",
         ("fl_app/parts/ray_cluster.py", "tests/test_ray_cluster.py"),
         module="fl_app.parts.ray_cluster",
+        words=("ray_cluster", "ray-cluster"),
     ),
     "benchmarks": Part(
         "scripts that measure aggregation, overhead, peers, privacy, robustness, scale, "
         "deployments, GPUs",
         ("benchmarks", "tests/test_peers.py"),
+        words=("benchmark", "benchmarks"),
     ),
     "deployment-scripts": Part(
         "scripts that start a SuperLink and SuperNodes on this machine (TLS, auth, netns, "
@@ -181,8 +196,28 @@ PARTS: dict[str, Part] = {
             "tests/test_netns_deployment.py",
             "tests/test_warm_superexec.py",
         ),
+        words=("local_deployment", "netns", "warm_superexec", "generate_certs", "scripts/"),
     ),
 }
+
+
+# The template's own files, never in a new app: its docs site, the parts table, `new` and
+# their tests; its lines elsewhere end in "# part: template".
+TEMPLATE = Part(
+    "the template's docs site, its parts table and fl_app.new",
+    (
+        "fl_app/new.py",
+        "fl_app/parts/__init__.py",
+        "README.md",
+        "docs",
+        "mkdocs.yml",
+        "tests/test_docs.py",
+        "tests/test_extending.py",
+        "tests/test_new.py",
+        "tests/test_parts.py",
+    ),
+    module="fl_app.new",
+)
 
 
 def registered_part(line: str) -> str | None:

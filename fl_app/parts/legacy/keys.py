@@ -18,7 +18,7 @@ FLOWER_APIS = ("message", "legacy")
 SECAGG_MAX_CLIENTS = 1024
 # Faults a SecAgg+ run can show: a client that fails or is late, nothing inside the sum.  # part: faults
 SECURE_FAULTS = ("none", "raise", "straggle")  # part: faults
-NO_POISON = "with secure-aggregation = true (a poisoned update inside the masked sum cannot be rejected, and may break the protocol)"  # part: faults
+NO_POISON = f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a poisoned update inside the masked sum cannot be rejected, and may break the protocol)"  # part: faults
 
 
 @keys
@@ -75,15 +75,9 @@ class LegacyKeys:
                 cfg.min_fit_clients,
                 ">= 2 with secure-aggregation = true (SecAgg+ masks pairs of clients)",
             )
-        fault_kind = getattr(self, "fault_kind", "none")
-        if fault_kind not in SECURE_FAULTS:
-            fail(
-                "fault-kind",
-                fault_kind,
-                f"one of {', '.join(SECURE_FAULTS)} with secure-aggregation = true (a "
-                "poisoned update inside the masked sum cannot be rejected, and may break "
-                "the protocol)",
-            )
+        fault_kind = getattr(self, "fault_kind", "none")  # part: faults
+        if fault_kind not in SECURE_FAULTS:  # part: faults
+            fail("fault-kind", fault_kind, NO_POISON)  # part: faults
         rule_type = strategies.rule_type(cfg.strategy)
         rule = rule_type(rule_type.Options.from_config(self))
         problem = secure_aggregation_problem(rule)

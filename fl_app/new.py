@@ -1,0 +1,199 @@
+"""Make a new Flower app from this template.
+
+    python -m fl_app.new DEST --name NAME [--with PART ...]   (--list: the parts)
+
+The app is the core (``fl_app``, ``strategies``, ``run_simulation.py``, its tests) and the
+optional parts named, with the parts they build on (fl_app/parts/__init__.py). A part left
+out goes with its files and with the lines, elsewhere, that end in ``# part: <name>``; the
+template's own files (its docs site, this command, the parts table) never go. The app gets
+its own name and FAB identity in pyproject.toml and a short README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fl_app.parts import PARTS, ROOT, TEMPLATE, Part, registered_part
+
+NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+# Never copied from a checkout that is not a git work tree (git says what is tracked).
+UNTRACKED = {".git", ".venv", "__pycache__", "outputs", "data", "site", "dist", "build"}
+
+
+class NewAppError(Exception):
+    """A bad argument: one line, and nothing written."""
+
+
+def with_requirements(names: list[str]) -> list[str]:
+    """``names`` and every part they build on, in the table's order."""
+    chosen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in PARTS:
+            raise NewAppError(f"unknown part {name!r}; the parts: {', '.join(PARTS)}")
+        if name not in chosen:
+            chosen.add(name)
+            todo.extend(PARTS[name].requires)
+    return [name for name in PARTS if name in chosen]
+
+
+def template_files() -> list[str]:
+    """The template's files, relative to its root: what git tracks or would."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode == 0:
+        return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
+    return [
+        path.relative_to(ROOT).as_posix()
+        for path in ROOT.rglob("*")
+        if path.is_file()
+        and not UNTRACKED.intersection(path.relative_to(ROOT).parts)
+        and not path.name.endswith((".pyc", ".fab"))
+    ]
+
+
+def belongs_to(path: str, part: Part) -> bool:
+    return any(path == f or path.startswith(f"{f}/") for f in part.files)
+
+
+def kept_lines(text: str, kept: set[str]) -> str:
+    """``text`` less the lines that register a part not in ``kept``; where that leaves two
+    runs of blank lines meeting, the second goes (a dropped function leaves no gap)."""
+    out: list[str] = []
+    dropped = False
+    for line in text.splitlines(keepends=True):
+        if registered_part(line) not in (None, *kept):
+            dropped = True
+        elif not (dropped and not line.strip() and out and not out[-1].strip()):
+            out.append(line)
+            dropped = dropped and not line.strip()
+    return "".join(out).rstrip("\n") + "\n" if out else ""
+
+
+def renamed(pyproject: str, name: str, publisher: str) -> str:
+    """The template's pyproject.toml with the app's name, description and publisher."""
+    pyproject = re.sub(
+        r'(?m)^description = ".*"$', f'description = "{name}: a Flower app"', pyproject
+    )
+    pyproject = re.sub(r'(?m)^publisher = ".*"$', f'publisher = "{publisher}"', pyproject)
+    return pyproject.replace('"fl-template', f'"{name}')
+
+
+def readme(name: str, parts: list[str]) -> str:
+    """The app's README: what it is, install and run, test, where things are."""
+    made = "python -m fl_app.new" + "".join(f" --with {p}" for p in parts)
+    listed = "".join(f"- `{p}`: {PARTS[p].summary}\n" for p in parts) or "- none\n"
+    return f"""# {name}
+
+A Flower app (PyTorch, Flower's Message API) made from the fl-template with `{made}`.
+
+## Quickstart
+
+```bash
+python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python run_simulation.py
+pytest
+```
+
+The first command installs the app and runs its default simulation (`[tool.flwr.app.config]`
+in pyproject.toml: every setting and its default); the second runs its tests
+(`pytest -m "not slow"`: the quick ones).
+
+## Run
+
+- `python run_simulation.py --num-clients 20 --strategy hybrid`: one run, many virtual clients
+  on Flower's simulation engine; `--help` lists every setting. Results in `outputs/<run-name>/`.
+- `flwr run .`: the same app through Flower's CLI, in simulation or on a deployment
+  (SuperLink and SuperNodes), with `--run-config "key=value ..."`.
+- `flwr build`: the app's FAB (its code and pyproject.toml).
+
+## Where things are
+
+- `fl_app/task.py`: the data, the model, training and evaluation (no Flower): edit this first.
+- `fl_app/client_app.py`, `fl_app/server_app.py`: the ClientApp (a `NumPyClient` that trains)
+  and the ServerApp (the round loop, checkpoints and resume).
+- `fl_app/kit/`: the settings, data splits, results, checkpoints and simulation runs.
+- `fl_app/engine/`: where the app changes Flower's or Ray's behaviour, checked against the
+  versions it was tested with.
+- `strategies/`: the aggregation rules (no Flower) and their Flower strategy.
+- `tests/`: quick tests of the math and the apps; `slow` ones run Flower end to end.
+
+## Optional parts
+
+{listed}"""
+
+
+def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> None:
+    """Write the app of the core and ``parts`` (with their requirements) at ``destination``."""
+    if not NAME.fullmatch(name):
+        raise NewAppError(
+            f"--name {name!r} is not allowed: lowercase letters, digits and single hyphens, "
+            "starting with a letter"
+        )
+    if not NAME.fullmatch(publisher):
+        raise NewAppError(f"--publisher {publisher!r} is not allowed: the same form as --name")
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise NewAppError(f"{destination} exists and is not an empty folder")
+    kept = with_requirements(parts)
+    left_out = [PARTS[p] for p in PARTS if p not in kept] + [TEMPLATE]
+    for path in template_files():
+        if any(belongs_to(path, part) for part in left_out):
+            continue
+        target = destination / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            text = (ROOT / path).read_text()
+        except UnicodeDecodeError:
+            shutil.copy2(ROOT / path, target)
+            continue
+        text = kept_lines(text, set(kept))
+        if path == "pyproject.toml":
+            text = renamed(text, name, publisher)
+        target.write_text(text)
+        shutil.copymode(ROOT / path, target)
+    if (destination / "fl_app" / "parts").is_dir():  # the parts table stays behind
+        (destination / "fl_app" / "parts" / "__init__.py").write_text(
+            '"""The optional parts this app was made with (its README lists them)."""\n'
+        )
+    (destination / "README.md").write_text(readme(name, kept))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_app.new", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("destination", nargs="?", type=Path, help="the new app's folder")
+    parser.add_argument("--name", help="the app's name (default: the folder's name)")
+    parser.add_argument("--publisher", help="the FAB's publisher (default: the name)")
+    parser.add_argument(
+        "--with", dest="parts", nargs="+", default=[], metavar="PART", help="optional parts"
+    )
+    parser.add_argument("--list", action="store_true", help="list the optional parts")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, part in PARTS.items():
+            print(f"{name:20} {part.summary}")
+        return 0
+    if args.destination is None:
+        parser.error("the destination folder is required")
+    name = args.name or re.sub(r"[^a-z0-9]+", "-", args.destination.resolve().name.lower())
+    try:
+        make_app(args.destination, name, args.publisher or name, args.parts)
+    except NewAppError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"made {name} in {args.destination}: cd there and follow its README")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
