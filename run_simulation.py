@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # here): about 4 KB per client-round that only stops growing at 100,000 tasks.
 os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
 
-from fl_app.engine.flags import BackendFlags  # part: fast-engine
+from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.kit.config import RunConfig, describe_choices
 from fl_app.kit.keys import ConfigError, key_of

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
@@ -14,6 +16,7 @@ from ray._private import ray_constants
 
 from fl_app import engine
 from fl_app.engine import loopback
+from tests.processes import ROOT
 
 
 def flowers_objects() -> tuple[object, ...]:
@@ -78,3 +81,18 @@ def test_an_untested_flower_runs_the_stock_engine_with_one_warning(
     (record,) = caplog.records
     assert "running Flower's stock simulation engine (the same results, slower)" in record.message
     assert "the engine seam was tested on 0.0.1" in record.message
+
+
+def test_flowers_simulation_process_loads_the_client_app_with_ray_on_loopback() -> None:
+    """``flwr run .`` imports the ClientApp first thing in its ``flwr-simulation`` process
+    (nothing else of the app imported yet): it loads, and the Ray started next is local."""
+    probe = (
+        "import os, sys; sys.argv[0] = 'flwr-simulation'; import fl_app.client_app; "
+        f"print(os.environ.get({loopback.SINGLE_MACHINE!r}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", loopback.SINGLE_MACHINE)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0"  # Ray: no cluster, the node is 127.0.0.1

@@ -71,7 +71,7 @@ PARTS: dict[str, Part] = {
             "fl_app/engine/inprocess.py",
             "fl_app/engine/arrivals.py",
             "fl_app/engine/polled.py",
-            "fl_app/engine/flags.py",
+            "fl_app/parts/backend_flags.py",
             "tests/test_inprocess.py",
             "tests/test_arrivals.py",
         ),
