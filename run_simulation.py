@@ -1,7 +1,5 @@
-"""Run the Flower app on Flower's simulation engine, in this process.
-
-Defaults come from ``[tool.flwr.app.config]`` in pyproject.toml; every key is also a
-flag (``--num-server-rounds 5``, ``--strategy hybrid``), and flags win.
+"""Run the Flower app on Flower's simulation engine, in this process. Defaults come from
+pyproject.toml's ``[tool.flwr.app.config]``; every key is also a flag, and flags win.
 
     python run_simulation.py                                    # the default run
     python run_simulation.py --strategy quality --partitioner dirichlet --dirichlet-alpha 0.3
@@ -14,43 +12,32 @@ import argparse
 import dataclasses
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Before Flower and Ray are imported: no telemetry, no update check, quiet Ray.
+# Before Flower and Ray are imported: no telemetry, no update check, quiet Ray, and no task
+# events (Ray keeps them in memory for a dashboard and state API not used here).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-# Ray logs every task's events in its GCS for its dashboard and state API (neither used
-# here): about 4 KB per client-round that only stops growing at 100,000 tasks.
 os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
 
-from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
+from fl_app.kit import simulation as sim
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.kit.config import RunConfig, describe_choices
-from fl_app.kit.keys import ConfigError, key_of
-from fl_app.kit.simulation import (
-    AUTO_NODES,
-    PER_CLIENT,
-    Extension,
-    RunError,
-    Simulation,
-    run,
-    saved_run,
-)
+from fl_app.kit.keys import PYPROJECT, ConfigError, key_of, pyproject_table
+from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
 from fl_app.parts.comparisons import ComparisonFlags  # part: comparisons
 from fl_app.parts.legacy.keys import secure_nodes  # part: legacy-api
 from fl_app.parts.presets import PresetFlags  # part: presets
 from fl_app.parts.ray_cluster import ClusterFlags  # part: ray-cluster
 from strategies.core.update import NothingAggregatedError
 
-PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
-# What the optional parts add to this command line: their flags and what they run.
-EXTENSIONS: list[Extension] = [
+# What optional parts add to this command line: their flags and what they run.
+EXTENSIONS: list[sim.Extension] = [
     PresetFlags(),  # part: presets
     ComparisonFlags(),  # part: comparisons
     ClusterFlags(),  # part: ray-cluster
@@ -58,42 +45,30 @@ EXTENSIONS: list[Extension] = [
 ]
 
 
-def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the project's pyproject.toml ({} when absent)."""
-    if not path.is_file():
-        return {}
-    with path.open("rb") as f:
-        return dict(
-            tomllib.load(f).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
-        )
-
-
 def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the Flower app on Flower's simulation engine, in this process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sim = parser.add_argument_group("simulation")
-    sim.add_argument(
+    flags = parser.add_argument_group("simulation")
+    flags.add_argument(
         "--num-nodes",
-        default=AUTO_NODES,
+        default=sim.AUTO_NODES,
         metavar="N",
         help=f"virtual nodes of Flower's engine: a number (a pool; each message names the "
-        f"client it is for), {AUTO_NODES!r} (a pool of the clients a round asks for), or "
-        f"{PER_CLIENT!r} (one node per client, as a deployment has)",
+        f"client it is for), {sim.AUTO_NODES!r} (a pool of the clients a round asks for), or "
+        f"{sim.PER_CLIENT!r} (one node per client, as a deployment has)",
     )
-    sim.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
-    sim.add_argument(
-        "--num-gpus", type=float, default=0.0, help="GPUs reserved per client (e.g. 0.25)"
-    )
-    sim.add_argument(
+    flags.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
+    flags.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per client, e.g. 0.25")
+    flags.add_argument(
         "--ray-address",
         default="",
         help="run the clients on this running Ray cluster (e.g. 10.0.0.5:6379) instead of "
         "starting Ray; the cluster is left running",
     )
-    sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    sim.add_argument(
+    flags.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    flags.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
@@ -101,7 +76,7 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
         "(flags still win, e.g. --num-server-rounds to extend it)",
     )
     for extension in EXTENSIONS:
-        extension.add_flags(sim)
+        extension.add_flags(flags)
     app = parser.add_argument_group("run config (keys of [tool.flwr.app.config])")
     for f in dataclasses.fields(RunConfig):
         key = key_of(f.name)
@@ -123,7 +98,7 @@ class Invocation:
     """What a command line asks for: one run (or a resumed one), or what a part runs."""
 
     cfg: RunConfig
-    simulation: Simulation
+    simulation: sim.Simulation
     resume: Path | None = None
     runner: Callable[[], Any] | None = None
 
@@ -133,58 +108,52 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--resume", type=Path)
     resume = first.parse_known_args(argv)[0].resume
-    defaults = pyproject_defaults(PYPROJECT)
+    defaults = pyproject_table(PYPROJECT)
     try:  # a bad key or value of the pyproject: one line, before anything else
         RunConfig.from_mapping(defaults)
     except ConfigError as err:
         raise ConfigError(f"{PYPROJECT.name} [tool.flwr.app.config]: {err}") from None
     if resume is not None:
-        defaults = saved_run(resume)
+        defaults = sim.saved_run(resume)
     for extension in EXTENSIONS:
         defaults |= extension.defaults(sys.argv[1:] if argv is None else argv)
     args = build_parser(defaults).parse_args(argv)
     fields = dataclasses.fields(RunConfig)
     cfg = RunConfig.from_mapping({key_of(f.name): getattr(args, f.name) for f in fields})
-    if args.num_nodes not in (AUTO_NODES, PER_CLIENT) and not (
-        args.num_nodes.isdigit() and int(args.num_nodes) >= 1
-    ):
+    nodes = args.num_nodes
+    if nodes not in (sim.AUTO_NODES, sim.PER_CLIENT) and not (nodes.isdigit() and int(nodes) >= 1):
         raise ConfigError(
-            f"--num-nodes {args.num_nodes!r} is not allowed: must be a number >= 1, "
-            f"{AUTO_NODES!r} or {PER_CLIENT!r}"
+            f"--num-nodes {nodes!r} is not allowed: must be a number >= 1, "
+            f"{sim.AUTO_NODES!r} or {sim.PER_CLIENT!r}"
         )
-    secure_nodes(cfg, args.num_nodes, (AUTO_NODES, PER_CLIENT))  # part: legacy-api
-    simulation = Simulation(
-        args.num_cpus, args.num_gpus, args.verbose, args.ray_address, args.num_nodes
-    )
+    secure_nodes(cfg, nodes, (sim.AUTO_NODES, sim.PER_CLIENT))  # part: legacy-api
+    simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose, args.ray_address, nodes)
     for extension in EXTENSIONS:
         simulation = extension.check(args, cfg, simulation)
     runners = (extension.runner(args, cfg, simulation) for extension in EXTENSIONS)
     return Invocation(cfg, simulation, resume, next((r for r in runners if r is not None), None))
 
 
-def execute(invocation: Invocation) -> None:
-    """One run, a resumed run, or what a part runs, as the command line asked."""
-    for extension in EXTENSIONS:
-        extension.before(invocation.simulation)
-    if invocation.runner is not None:
-        invocation.runner()
-    elif invocation.resume is not None:
-        checkpoint = load_checkpoint(invocation.resume / CHECKPOINT_FILE)
-        run(invocation.cfg, invocation.simulation, resume=checkpoint)
-    else:
-        run(invocation.cfg, invocation.simulation)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
+    """One run, a resumed run, or what a part runs, as the command line asks. Exit status: 0
+    done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
     try:
-        execute(parse(argv))
-    except (ConfigError, NothingAggregatedError, RunError) as err:
+        invocation = parse(argv)
+        for extension in EXTENSIONS:
+            extension.before(invocation.simulation)
+        if invocation.runner is not None:
+            invocation.runner()
+        elif invocation.resume is not None:
+            checkpoint = load_checkpoint(invocation.resume / CHECKPOINT_FILE)
+            sim.run(invocation.cfg, invocation.simulation, resume=checkpoint)
+        else:
+            sim.run(invocation.cfg, invocation.simulation)
+    except (ConfigError, NothingAggregatedError, sim.RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     except KeyboardInterrupt:
-        # The server's thread may still wait for replies the stopped engine will never
-        # send: results are written, so leave without joining it.
+        # The server's thread may wait for replies the stopped engine will never send: the
+        # results are written, so leave without joining it.
         print("interrupted: the finished runs' results are kept", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)

@@ -28,7 +28,6 @@ import tempfile
 import time
 
 import numpy as np
-from rich.console import Console
 
 import run_simulation
 import strategies
@@ -79,10 +78,9 @@ def final_accuracies(runs: list[list[str]]) -> list[float]:
     invocations = [
         run_simulation.parse([*flags, "--run-name", f"run-{i}"]) for i, flags in enumerate(runs)
     ]
-    console = Console(file=io.StringIO())  # one table, not a line per round
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):  # one table, not a line per round
         finished, _, interrupted = comparisons.sweep(
-            [i.cfg for i in invocations], invocations[0].simulation, console
+            [i.cfg for i in invocations], invocations[0].simulation
         )
     if interrupted:
         raise KeyboardInterrupt

@@ -26,6 +26,7 @@ RAY_TMPDIR and FLWR_HOME, and is checked to leave no process behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -41,7 +42,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 import run_simulation
 from fl_app.kit import simulation as simulation_kit
@@ -168,6 +168,7 @@ class RoundReporter(RunListener):
     """Prints a row per round, as it ends, from the samples taken since the last one."""
 
     def __init__(self, sampler: TreeSampler, start: float) -> None:
+        self.out = sys.stdout  # as it is before measure() silences the run's own lines
         self.sampler = sampler
         self.last_end = start
         self.rows: list[RoundRow] = []
@@ -189,7 +190,7 @@ class RoundReporter(RunListener):
         )
         self.rows.append(row)
         self.last_end = end
-        print(format_row(row), flush=True)
+        print(format_row(row), file=self.out, flush=True)
 
 
 HEADER = (
@@ -255,9 +256,8 @@ def measure(options: argparse.Namespace) -> None:
         with TreeSampler(options.interval) as sampler:
             start = sampler.sample().time
             reporter = RoundReporter(sampler, start)
-            simulation_kit.run(
-                cfg, simulation, console=Console(file=io.StringIO()), listeners=[reporter]
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the rows, not the run's lines
+                simulation_kit.run(cfg, simulation, listeners=[reporter])
             seconds = time.monotonic() - start
     cpu = sampler.cpu_seconds
     print(

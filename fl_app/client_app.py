@@ -1,9 +1,5 @@
-"""Flower ClientApp: a NumPyClient that trains the model on one client's partition.
-
-Message-API messages (``arrays`` + ``config``, sent by ``flwr.serverapp.strategy``
-strategies, Flower's own ``FedAvg`` among them) are answered with an ``ArrayRecord`` and a
-``MetricRecord`` holding ``num-examples``; :class:`FlowerClient` trains and evaluates.
-"""
+"""Flower ClientApp: :class:`FlowerClient` trains and evaluates on one client's partition; the
+app answers the Message API (an ``ArrayRecord`` and a ``MetricRecord`` with ``num-examples``)."""
 
 from __future__ import annotations
 
@@ -13,15 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.common import NDArrays, Scalar
@@ -36,7 +24,7 @@ from fl_app.kit.training import pick_device, train_as_configured
 from fl_app.parts.faulty_client import faulty  # part: faults
 from fl_app.parts.legacy.client import answering_legacy, securely_weighted  # part: legacy-api
 from fl_app.parts.private_client import private  # part: dp
-from fl_app.task import ArrayDataset, DataSpec, build_model, evaluate, get_weights, set_weights
+from fl_app.task import DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
 
@@ -45,29 +33,17 @@ loopback_in_flowers_simulation()  # before Flower's simulation runtime starts it
 
 @functools.lru_cache(maxsize=4)
 def _model(name: str, spec: DataSpec, seed: int, device: str) -> nn.Module:
-    # One model per process, reused by every client it runs: fit/evaluate overwrite all
+    # One model per process, reused by every client it runs: fit and evaluate overwrite all
     # of its weights first, so nothing leaks from one client to the next.
     return build_model(name, spec.input_shape, spec.num_classes, seed).to(device)
 
 
 class FlowerClient(NumPyClient):
-    """Trains on its partition; reports ``train_loss`` and validation metrics.
+    """``fit`` trains on the partition and reports ``train_loss``, then ``val_loss`` and
+    ``val_accuracy`` on its held-out validation split (the signal of the quality-weighted
+    rules); ``evaluate`` scores the global model on that split."""
 
-    ``fit`` returns the updated weights, the number of training examples and the
-    metrics ``train_loss``, ``val_loss``, ``val_accuracy`` (classification only),
-    measured after training on the client's held-out validation split: the quality
-    signal for QualityWeighted.
-    ``evaluate`` scores the global model on that validation split.
-
-    """
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        partition_id: int,
-        data: ClientData,
-        model: nn.Module,
-    ) -> None:
+    def __init__(self, cfg: RunConfig, partition_id: int, data: ClientData, model: nn.Module):
         self.cfg = cfg
         self.task = task_of(cfg.dataset)
         self.partition_id = partition_id
@@ -81,21 +57,14 @@ class FlowerClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        train_loss = self.train_on(self.data.train, parameters, config)
-        val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
-        metrics: dict[str, Scalar] = {"train_loss": train_loss, **val.metrics(prefix="val_")}
-        return get_weights(self.model), len(self.data.train), metrics | where_it_ran()
-
-    def train_on(
-        self, data: ArrayDataset, parameters: NDArrays, config: dict[str, Scalar], part: int = 0
-    ) -> float:
-        """Train the model from ``parameters`` on ``data`` (seeded by round, partition and
-        ``part``); return the training loss. The trained weights stay in ``self.model``."""
         set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
-        shard = (part,) if part else ()  # part 0, the whole data, keeps the honest seed
-        seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id, *shard)
-        return train_as_configured(self.cfg, self.model, data, device=self.device, seed=seed)
+        seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id)
+        train = self.data.train
+        loss = train_as_configured(self.cfg, self.model, train, device=self.device, seed=seed)
+        val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
+        metrics: dict[str, Scalar] = {"train_loss": loss, **val.metrics(prefix="val_")}
+        return get_weights(self.model), len(train), metrics | where_it_ran()
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -107,9 +76,8 @@ class FlowerClient(NumPyClient):
 
 
 def where_it_ran() -> dict[str, Scalar]:
-    """``ray_node``: the Ray node this client trained on (the first 12 hex digits of its
-    node id, as ``ray list nodes`` shows it), when Flower's simulation engine runs it on
-    Ray; nothing elsewhere (a SuperNode)."""
+    """``ray_node``: the Ray node this client trained on (its id's first 12 hex digits, as
+    ``ray list nodes`` shows it) when it runs on Ray; nothing on a SuperNode."""
     ray = sys.modules.get("ray")  # loaded in a Ray worker; never imported here
     if ray is None or not ray.is_initialized():
         return {}
@@ -117,7 +85,7 @@ def where_it_ran() -> dict[str, Scalar]:
 
 
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
-    """The client of the node whose ``node_config`` names its partition (faulty if chosen)."""
+    """The client of the node whose ``node_config`` names its partition."""
     partition_id = int(node_config[PARTITION_KEY])
     num_partitions = int(node_config[NUM_PARTITIONS_KEY])
     data = load_client_data(cfg, partition_id, num_partitions)
@@ -131,7 +99,7 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
 
 
 def sent_config(message: Message, key: str) -> Any:
-    """The value of ``key`` in the message's config (either half's ConfigRecord), or None."""
+    """The value of ``key`` in any of the message's ConfigRecords, or None."""
     for record in message.content.config_records.values():
         if key in record:
             return record[key]
@@ -139,11 +107,8 @@ def sent_config(message: Message, key: str) -> Any:
 
 
 def partition_config(message: Message, context: Context, *, pooled: bool) -> dict[str, Any]:
-    """The node config the message's client runs with.
-
-    A node of a simulation's pool runs whichever partition the message names; a
-    deployed node is one client, so a message naming another partition is refused.
-    """
+    """The node config the message's client runs with: a node of a simulation's pool runs the
+    partition the message names; a deployed node runs its own and refuses any other."""
     node = dict(context.node_config)
     named = {k: sent_config(message, k) for k in (PARTITION_KEY, NUM_PARTITIONS_KEY)}
     if named[PARTITION_KEY] is None:
@@ -174,62 +139,22 @@ def _the_one(records: Any, key: str, what: str, *, optional: bool = False) -> An
 
 
 def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]:
-    """The layer names, arrays and config a Message-API server sent."""
+    """The layer names, arrays and config the server sent."""
     content = message.content
     arrays = _the_one(content.array_records, "arrays", "ArrayRecord")
-    received = _the_one(content.config_records, "config", "ConfigRecord", optional=True)
-    config: dict[str, Any] = {} if received is None else dict(received.items())
-    return list(arrays.keys()), arrays.to_numpy_ndarrays(), config
+    config = _the_one(content.config_records, "config", "ConfigRecord", optional=True)
+    return list(arrays.keys()), arrays.to_numpy_ndarrays(), dict(config or {})
 
 
-def train_reply(client: NumPyClient, message: Message) -> Message:
-    """Answer a Message-API train message: the trained arrays and metrics with num-examples."""
-    keys, arrays, config = _received(message)
-    trained, num_examples, metrics = client.fit(arrays, config)
-    # The server's layer names come back (a torch state_dict's names survive the round).
-    names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
-    record = ArrayRecord({name: Array(a) for name, a in zip(names, trained, strict=True)})
-    # A MetricRecord holds numbers only: text metrics (``ray_node``) go in a ConfigRecord.
-    text: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
-    reported: dict[str, Any] = {k: v for k, v in metrics.items() if k not in text}
-    content = RecordDict(
-        {
-            "arrays": record,
-            "metrics": MetricRecord(reported | {"num-examples": num_examples}),
-            **({TEXT_METRICS: ConfigRecord(text)} if text else {}),
-        }
-    )
-    return Message(content=content, reply_to=message)
-
-
-def evaluate_reply(client: NumPyClient, message: Message) -> Message:
-    """Answer a Message-API evaluate message: loss, accuracy and num-examples."""
-    _, arrays, config = _received(message)
-    loss, num_examples, metrics = client.evaluate(arrays, config)
-    reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
-    return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
-
-
-def query_reply(context: Context, message: Message) -> Message:
-    """Answer a query (the server's seeded sampling asks each node once): the node's
-    partition id, from its node config (nothing when it names none)."""
-    named: dict[str, Any] = {k: v for k, v in context.node_config.items() if k == PARTITION_KEY}
-    return Message(content=RecordDict({"config": ConfigRecord(named)}), reply_to=message)
+# The run config a message is for, when one engine runs several runs.
+ConfigFor = Callable[[Context, Message], RunConfig]
 
 
 def client_app_for(
-    cfg: RunConfig | None = None,
-    *,
-    pooled: bool = False,
-    config: Callable[[Context, Message], RunConfig] | None = None,
+    cfg: RunConfig | None = None, *, pooled: bool = False, config: ConfigFor | None = None
 ) -> ClientApp:
-    """A ClientApp bound to ``cfg``, or reading it from the run config when None.
-
-    (The deprecated in-process simulation entry point gives clients no run config.)
-    ``pooled``: its nodes are a simulation's pool, each running the partition every
-    message names. ``config``: the config a message is for, when one engine runs several
-    runs (a sweep).
-    """
+    """A ClientApp bound to ``cfg`` (Flower's ``run_simulation`` gives clients no run config),
+    or reading the run config when None. ``pooled``: its nodes are a simulation's pool."""
 
     def config_of(context: Context, message: Message) -> RunConfig:
         if config is not None:
@@ -244,15 +169,34 @@ def client_app_for(
 
     @client_app.train()
     def train_message(message: Message, context: Context) -> Message:
-        return train_reply(client(context, message), message)
+        numpy_client = client(context, message)
+        keys, arrays, sent = _received(message)
+        trained, num_examples, metrics = numpy_client.fit(arrays, sent)
+        # The server's layer names come back (a torch state_dict's names survive the round).
+        names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
+        record = ArrayRecord({name: Array(a) for name, a in zip(names, trained, strict=True)})
+        # A MetricRecord holds numbers only: text metrics (``ray_node``) go in a ConfigRecord.
+        text: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
+        numbers: dict[str, Any] = {k: v for k, v in metrics.items() if k not in text}
+        numbers["num-examples"] = num_examples
+        content = RecordDict({"arrays": record, "metrics": MetricRecord(numbers)})
+        if text:
+            content[TEXT_METRICS] = ConfigRecord(text)
+        return Message(content=content, reply_to=message)
 
     @client_app.evaluate()
     def evaluate_message(message: Message, context: Context) -> Message:
-        return evaluate_reply(client(context, message), message)
+        numpy_client = client(context, message)
+        _, arrays, sent = _received(message)
+        loss, num_examples, metrics = numpy_client.evaluate(arrays, sent)
+        reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
+        return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)
 
     @client_app.query()
     def query_message(message: Message, context: Context) -> Message:
-        return query_reply(context, message)
+        """The node's partition id, from its node config (the server's seeded sampling asks)."""
+        own: dict[str, Any] = {k: v for k, v in context.node_config.items() if k == PARTITION_KEY}
+        return Message(content=RecordDict({"config": ConfigRecord(own)}), reply_to=message)
 
     client_app = answering_legacy(client_app, client, config_of)  # part: legacy-api
     return client_app

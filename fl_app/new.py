@@ -167,6 +167,34 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
     (destination / "README.md").write_text(readme(name, kept))
 
 
+def python_lines(root: Path) -> int:
+    """The lines of non-test Python under ``root`` (``wc -l``: every line counts)."""
+    return sum(
+        len(path.read_text().splitlines())
+        for path in root.rglob("*.py")
+        if "tests" not in path.relative_to(root).parts
+    )
+
+
+def sizes() -> dict[str, int]:
+    """Lines of non-test Python: the template, a new app without parts, each part (its files
+    and its marked lines), the template's own files."""
+    files = [f for f in template_files() if f.endswith(".py") and not f.startswith("tests/")]
+    counts = {"template": 0, "core": 0, **dict.fromkeys(PARTS, 0), "template's own": 0}
+    owners = {**PARTS, "template's own": TEMPLATE}
+    for path in files:
+        lines = (ROOT / path).read_text().splitlines()
+        counts["template"] += len(lines)
+        owner = next((name for name, part in owners.items() if belongs_to(path, part)), None)
+        if owner is not None:
+            counts[owner] += len(lines)
+            continue
+        for line in lines:
+            marked = registered_part(line)
+            counts["core" if marked is None else marked] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fl_app.new", description=__doc__.split("\n\n")[0]
@@ -178,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         "--with", dest="parts", nargs="+", default=[], metavar="PART", help="optional parts"
     )
     parser.add_argument("--list", action="store_true", help="list the optional parts")
+    parser.add_argument(
+        "--sizes", action="store_true", help="lines of non-test Python: core, parts, template"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, part in PARTS.items():
             print(f"{name:20} {part.summary}")
+        return 0
+    if args.sizes:
+        for name, count in sizes().items():
+            print(f"{name:20} {count:6}")
         return 0
     if args.destination is None:
         parser.error("the destination folder is required")

@@ -1,9 +1,5 @@
-"""Flower ServerApp: the strategy from the config, central evaluation, the round loop.
-
-The Message API (``flwr.serverapp``): a strategy of :mod:`strategies.message` sends
-``ArrayRecord`` messages and aggregates the replies; every round is recorded,
-checkpointed and resumable (:class:`~fl_app.kit.rounds.RoundRecorder`).
-"""
+"""Flower ServerApp: the strategy from the config, central evaluation, and the round loop of
+the Message API, each round recorded, checkpointed and resumable."""
 
 from __future__ import annotations
 
@@ -23,13 +19,7 @@ from fl_app.engine.polled import polled_grid  # part: fast-engine
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.results import RunListener, RunWriter, run_directory
-from fl_app.kit.rounds import (
-    CentralEvaluation,
-    NDArrays,
-    RoundRecorder,
-    stopped_record,
-    train_record,
-)
+from fl_app.kit.rounds import RoundRecorder, stopped_record, train_record
 from fl_app.kit.training import ServerModel
 from fl_app.parts.legacy.server import legacy_rounds  # part: legacy-api
 from strategies.core.update import NothingAggregatedError
@@ -39,11 +29,8 @@ from strategies.message import MessageStrategy
 def build_strategy(
     cfg: RunConfig, server: ServerModel, *, num_partitions: int | None = None
 ) -> MessageStrategy:
-    """The strategy named by ``cfg.strategy``, with the run's sampling.
-
-    ``num_partitions``: the logical clients a simulation's pool of nodes serves (None:
-    one client a node).
-    """
+    """The strategy named by ``cfg.strategy``, with the run's sampling. ``num_partitions``: the
+    logical clients a simulation's pool of nodes serves (None: one client a node)."""
     rule_type = strategies.rule_type(cfg.strategy)
     rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
     return MessageStrategy(
@@ -60,14 +47,10 @@ def build_strategy(
     )
 
 
-# The rounds of a run: (grid, run, the server's model, its recorder).
-Rounds = Callable[[Grid, "ServerRun", ServerModel, RoundRecorder], None]
-
-
 @dataclass
 class ServerRun:
-    """One run of the server: its config, who is told about its rounds, where it resumes,
-    the logical clients of a simulation's pool, and the tags its messages carry."""
+    """One run of the server: its config, who is told about its rounds, where it resumes, the
+    logical clients of a simulation's pool, and the tags every message's config carries."""
 
     cfg: RunConfig
     listeners: Sequence[RunListener] = ()
@@ -77,11 +60,8 @@ class ServerRun:
 
 
 def run_server(grid: Grid, run: ServerRun) -> None:
-    """Run ``run.cfg``'s rounds on ``grid``; results go to ``output-dir/<run-name>``.
-
-    The run is checkpointed there after every round; ``run.resume`` continues from one.
-    The optional parts' listeners (``cfg.part_listeners``: a tracker) are told too.
-    """
+    """Run ``run.cfg``'s rounds on ``grid``; results and a checkpoint after every round go to
+    ``output-dir/<run-name>``; ``run.resume`` continues from one. Optional parts listen too."""
     cfg = run.cfg
     grid = polled_grid(grid, cfg, run.num_partitions)  # part: fast-engine
     directory = run_directory(cfg)
@@ -94,7 +74,7 @@ def run_server(grid: Grid, run: ServerRun) -> None:
             checkpoint_path=directory / CHECKPOINT_FILE,
             resume=run.resume,
         )
-        rounds: Rounds = message_rounds
+        rounds: Callable[[Grid, ServerRun, ServerModel, RoundRecorder], None] = message_rounds
         rounds = legacy_rounds(cfg, rounds)  # part: legacy-api
         rounds(grid, run, server, recorder)
     finally:
@@ -105,46 +85,20 @@ def run_server(grid: Grid, run: ServerRun) -> None:
 def message_rounds(
     grid: Grid, run: ServerRun, server: ServerModel, recorder: RoundRecorder
 ) -> None:
-    """The run's rounds on the Message API."""
+    """The rounds as Flower's ``Strategy.start`` runs them (``configure_train``,
+    ``send_and_receive``, ``aggregate_train``, then central and federated evaluation), but each
+    round recorded, and a reply that did not come back counted as a failure."""
     cfg = run.cfg
-    run_message_rounds(
-        grid,
-        build_strategy(cfg, server, num_partitions=run.num_partitions),
-        initial_model=server.initial,
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout or None,
-        central_evaluation=server.central,
-        recorder=recorder,
-        config=run.tags,
-    )
-
-
-def run_message_rounds(
-    grid: Grid,
-    strategy: MessageStrategy,
-    *,
-    initial_model: NDArrays,
-    num_rounds: int,
-    timeout: float | None,
-    central_evaluation: CentralEvaluation,
-    recorder: RoundRecorder,
-    config: Mapping[str, Scalar] | None = None,
-) -> NDArrays:
-    """The Message-API rounds, as Flower's ``Strategy.start`` runs them, recorded.
-
-    Like ``start``: ``configure_train`` → ``send_and_receive`` → ``aggregate_train``, then
-    central and federated evaluation; unlike it, each round is recorded, checkpointed
-    and resumable, and a reply that did not come back counts as a failure. ``config``
-    goes into every train and evaluate message's ConfigRecord.
-    """
+    strategy = build_strategy(cfg, server, num_partitions=run.num_partitions)
+    timeout = cfg.round_timeout or None
     resumed = recorder.restore(strategy)
-    model = initial_model if resumed is None else resumed
+    model = server.initial if resumed is None else resumed
     arrays = ArrayRecord(model)
-    tags: dict[str, Any] = dict(config or {})  # a fresh ConfigRecord each call: FedAvg writes to it
+    tags: dict[str, Any] = dict(run.tags)  # a fresh ConfigRecord each call: FedAvg writes to it
     if resumed is None:
         start = timeit.default_timer()
-        recorder.emit({"round": 0, **central_evaluation(model)}, start, model, strategy)
-    for server_round in range(recorder.first_round, num_rounds + 1):
+        recorder.emit({"round": 0, **server.central(model)}, start, model, strategy)
+    for server_round in range(recorder.first_round, cfg.num_server_rounds + 1):
         round_start = timeit.default_timer()
         sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(tags), grid))
         replies = _exchange(grid, sent, timeout)
@@ -153,52 +107,37 @@ def run_message_rounds(
         try:
             new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         except NothingAggregatedError as error:
-            recorder.emit(
-                stopped_record(server_round, error, **counts), round_start, model, strategy
-            )
+            stopped = stopped_record(server_round, error, **counts)
+            recorder.emit(stopped, round_start, model, strategy)
             raise
+        aggregated = new_arrays is not None
         if new_arrays is not None:
-            arrays = new_arrays
-            model = arrays.to_numpy_ndarrays()
+            arrays, model = new_arrays, new_arrays.to_numpy_ndarrays()
         record = train_record(
-            server_round,
-            strategy,
-            **counts,
-            metrics=dict(metrics or {}),
-            aggregated=new_arrays is not None,
+            server_round, strategy, **counts, metrics=dict(metrics or {}), aggregated=aggregated
         )
-        record |= central_evaluation(model)
+        record |= server.central(model)
         asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(tags), grid))
         federated = strategy.aggregate_evaluate(server_round, _exchange(grid, asked, timeout))
         if federated is not None and "loss" in federated:
-            record |= {
-                "federated_loss": federated["loss"],
-                "federated_accuracy": federated.get("accuracy"),
-            }
+            record["federated_loss"] = federated["loss"]
+            record["federated_accuracy"] = federated.get("accuracy")
         recorder.emit(record, round_start, model, strategy)
     recorder.done(model)
-    return model
 
 
 def _exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
     if not messages:
         return []
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    if len(replies) < len(messages):
-        log(
-            WARNING,
-            "%d of %d nodes did not reply in time",
-            len(messages) - len(replies),
-            len(messages),
-        )
+    if (missing := len(messages) - len(replies)) > 0:
+        log(WARNING, "%d of %d nodes did not reply in time", missing, len(messages))
     return replies
 
 
 def server_app_for(run: ServerRun | None = None) -> ServerApp:
-    """A ServerApp for ``run``, or for the run config when None.
-
-    (The deprecated in-process simulation entry point passes no run config.)
-    """
+    """A ServerApp for ``run``, or for the run config when None (Flower's ``run_simulation``
+    passes no run config)."""
     server_app = ServerApp()
 
     @server_app.main()

@@ -1,16 +1,13 @@
 """What a user edits: the data, the model, and how a client trains and evaluates. No Flower.
 
-Like Flower's ``task.py``. The names in ``DATASETS`` and ``MODELS`` are what the run
-config's ``dataset`` and ``model`` may say (docs/extending.md adds one of each). The
-experiment kit (``fl_app.kit.data``) splits a pooled dataset, by seed, into the server's
-test and validation sets and a client pool that the ``partitioner`` splits over clients.
+Like Flower's quickstart ``task.py``, in order: the data, the model, training, evaluation. The
+run config's ``dataset`` and ``model`` name entries of ``DATASETS`` and ``MODELS``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import seed_for
 
 Weights = list[NDArray[Any]]
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -65,13 +63,12 @@ class ServerData:
 
 
 class Dataset:
-    """A dataset the config can name. ``features``: ``images`` (``(C, H, W)``) or
-    ``vectors``; ``task``: ``classification`` or ``regression``; ``partitioned``: whether
-    the ``partitioner`` splits it (False for data generated per client, which implements
-    the three methods itself)."""
+    """A dataset the config can name. ``features``: ``images`` (``(C, H, W)``) or ``vectors``.
+    ``partitioned``: the ``partitioner`` splits it; when False (data made per client) the
+    dataset implements the three methods itself."""
 
     features = "images"
-    task = "classification"
+    task = "classification"  # or "regression"
     partitioned = True
 
     def server_data(self, cfg: Any) -> ServerData:
@@ -86,8 +83,9 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Pooled(Dataset):
-    """A dataset loaded whole: ``load(cfg)`` gives ``(train, test or None)``; the kit
-    splits it for the server and the clients."""
+    """A dataset loaded whole: ``load(cfg)`` gives ``(train, test or None)``. The kit
+    (``fl_app.kit.data``) splits it, by seed, into the server's test and validation sets
+    and a client pool that the ``partitioner`` splits over the clients."""
 
     load: Callable[[Any], tuple[ArrayDataset, ArrayDataset | None]]
     features: str = "images"
@@ -106,7 +104,7 @@ def _digits(cfg: Any) -> tuple[ArrayDataset, ArrayDataset | None]:
     return ArrayDataset(x, rows[:, -1].astype(np.int64)), None
 
 
-# name -> dataset; a prefix -> the datasets it names (as "hf:<name>").
+# name -> dataset; prefix -> the family of datasets named "<prefix><name>".
 DATASETS: dict[str, Dataset] = {"digits": Pooled(_digits)}
 DATASET_PREFIXES: dict[str, Callable[[str], Dataset]] = {}
 
@@ -117,9 +115,6 @@ def dataset_of(name: str) -> Dataset:
         if name.startswith(prefix) and len(name) > len(prefix):
             return make(name.removeprefix(prefix))
     return DATASETS[name]
-
-
-# ---- the model --------------------------------------------------------------------
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -136,7 +131,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A registered model: its builder, and whether it needs image inputs ``(C, H, W)``."""
+    """A model's builder, and whether it needs image inputs ``(C, H, W)``."""
 
     build: Callable[[tuple[int, ...], int], nn.Module]
     images_only: bool = False
@@ -158,42 +153,32 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
 
 
 def get_weights(model: nn.Module) -> Weights:
-    """A copy (not a view: one model serves every client of a process) of the model's
-    state as numpy arrays, in ``state_dict`` order."""
+    """The model's state as numpy arrays: copies (one model serves all clients of a process)."""
     return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: Weights) -> None:
-    """Load numpy arrays (in ``state_dict`` order) into the model."""
     keys = model.state_dict().keys()
     if len(weights) != len(keys):
         raise ValueError(f"got {len(weights)} arrays for a model with {len(keys)} tensors")
-    state = OrderedDict(
-        (k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights, strict=True)
-    )
+    state = {k: torch.from_numpy(np.asarray(w)) for k, w in zip(keys, weights, strict=True)}
     model.load_state_dict(state, strict=True)
-
-
-# ---- training and evaluation --------------------------------------------------------
 
 
 def batches(
     data: ArrayDataset, batch_size: int, device: torch.device, generator: torch.Generator | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[Batch]:
     """Mini-batches on ``device``, shuffled when a ``generator`` is given (drawn on the CPU,
-    so the same on any device); the data goes to the device once per call."""
+    so the same on any device)."""
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
     order = None if generator is None else torch.randperm(len(data), generator=generator).to(device)
     for start in range(0, len(data), batch_size):
-        rows = (
-            slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-        )
-        yield x[rows], y[rows]
+        rows = slice(start, start + batch_size)
+        yield (x[rows], y[rows]) if order is None else (x[order[rows]], y[order[rows]])
 
 
 def loss_function(task: str, reduction: str = "mean") -> nn.Module:
-    """Cross-entropy for classification, mean squared error for regression."""
     if task == "regression":
         return nn.MSELoss(reduction=reduction)
     return nn.CrossEntropyLoss(reduction=reduction)
@@ -212,17 +197,14 @@ def train(
     task: str = "classification",
 ) -> float:
     """SGD on ``data`` for ``epochs``, in place; the mean training loss of the last epoch."""
-    model.to(device)
-    model.train()
+    model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     generator = torch.Generator().manual_seed(seed)
-    return train_epochs(
-        model,
-        optimizer,
-        loss_function(task),
-        epochs,
-        lambda: batches(data, batch_size, device, generator),
-    )
+
+    def shuffled() -> Iterator[Batch]:
+        return batches(data, batch_size, device, generator)
+
+    return train_epochs(model, optimizer, loss_function(task), epochs, shuffled)
 
 
 def train_epochs(
@@ -230,7 +212,7 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     epochs: int,
-    epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    epoch_batches: Callable[[], Iterable[Batch]],
 ) -> float:
     """The training loop; the mean loss of the last epoch (NaN when it saw no example)."""
     loss_sum, seen = 0.0, 0
@@ -240,7 +222,7 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
             loss.backward()
-            optimizer.step()  # also on an empty batch (a DP-SGD Poisson batch: its noise)
+            optimizer.step()  # also on an empty batch: an optimizer may add noise to it
             if len(yb):
                 loss_sum += loss.item() * len(yb)
                 seen += len(yb)
@@ -273,8 +255,7 @@ def evaluate(
     """Mean loss (per example and output) and accuracy on ``data``; NaN for an empty set."""
     if len(data) == 0:
         return EvalResult(math.nan, math.nan, 0)
-    model.to(device)
-    model.eval()
+    model.to(device).eval()
     criterion = loss_function(task, reduction="sum")
     loss_sum, correct = 0.0, 0
     for xb, yb in batches(data, batch_size, device, generator=None):
@@ -282,6 +263,6 @@ def evaluate(
         loss_sum += criterion(outputs, yb).item()
         if task != "regression":
             correct += (outputs.argmax(dim=1) == yb).sum().item()
-    outputs_per_example = data.y.shape[1] if task == "regression" else 1
-    accuracy = math.nan if task == "regression" else correct / len(data)
-    return EvalResult(loss_sum / (len(data) * outputs_per_example), accuracy, len(data))
+    if task == "regression":  # the mean over every output of every example
+        return EvalResult(loss_sum / (len(data) * data.y.shape[1]), math.nan, len(data))
+    return EvalResult(loss_sum / len(data), correct / len(data), len(data))

@@ -1,16 +1,5 @@
-"""Aggregation strategies from one Flower-free core.
-
-- :mod:`strategies.core` and the rule modules (``simple_average``, ``fedavg``,
-  ``quality_weighted``, ``hybrid``): the math, numpy only.
-- :mod:`strategies.message`: the rules as Flower Message-API strategies
-  (``flwr.serverapp.strategy``).
-
-Importing this package imports no Flower: an adapter loads when it is asked for.
-
-Add a strategy: write ``strategies/my_rule.py`` with a subclass of
-:class:`~strategies.core.rule.Rule` that implements ``coefficients`` (and, for new knobs, an
-``Options`` dataclass), then add one line to ``REGISTRY`` below (docs/extending.md).
-"""
+"""Aggregation strategies: the rules, numpy only (:mod:`strategies.core`, a module each), and
+their Flower strategies, imported on demand. A new rule: its module, and its line in REGISTRY."""
 
 from __future__ import annotations
 
@@ -34,15 +23,13 @@ REGISTRY: dict[str, type[Rule]] = {
     "hybrid": HybridRule,
 }
 
-# Reference rules for experiments, beside the strategies: each optional part's.
-BASELINES: dict[str, type[Rule]] = {
+# What a run can name as its strategy: the registry's rules, then each optional part's.
+CHOICES: dict[str, type[Rule]] = {
+    **REGISTRY,
     **flower_robust.BASELINES,  # part: flower-baselines
 }
 
-# What a run can name as its strategy.
-CHOICES: dict[str, type[Rule]] = {**REGISTRY, **BASELINES}
-
-# The Flower API halves: the module of each one's adapter.
+# The Flower API halves: each one's adapter class.
 ADAPTERS = {
     "message": "strategies.message.MessageStrategy",
     "legacy": "strategies.legacy.LegacyStrategy",  # part: legacy-api
@@ -64,17 +51,13 @@ def build(
     score_fn: ScoreFn | None = None,
     **kwargs: Any,
 ) -> RuleAdapter:
-    """The strategy of rule ``name`` for the Flower API half ``api`` (one of ``ADAPTERS``).
-
-    ``kwargs`` are the rule's knobs (when no ``options`` are given) and the Flower
-    strategy's own arguments (``fraction_train`` ... on the Message API).
-    """
+    """The strategy of rule ``name`` for the Flower API half ``api``. ``kwargs``: the rule's
+    knobs (without ``options``) and the Flower strategy's own arguments."""
     if api not in ADAPTERS:
         raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(ADAPTERS)}")
     chosen = rule_type(name)
-    rule = build_rule(
-        chosen, rule=None, options=options, score_fn=score_fn, knobs=take_knobs(chosen, kwargs)
-    )
+    knobs = take_knobs(chosen, kwargs)
+    rule = build_rule(chosen, rule=None, options=options, score_fn=score_fn, knobs=knobs)
     module, _, adapter = ADAPTERS[api].rpartition(".")
     strategy: RuleAdapter = getattr(importlib.import_module(module), adapter)(rule=rule, **kwargs)
     return strategy
@@ -88,19 +71,3 @@ def __getattr__(name: str) -> Any:
     if name in LEGACY_NAMES:  # part: legacy-api
         return getattr(importlib.import_module("strategies.legacy"), name)  # part: legacy-api
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")
-
-
-__all__ = [
-    "ADAPTERS",
-    "BASELINES",
-    "CHOICES",
-    "REGISTRY",
-    "FedAvgRule",
-    "HybridRule",
-    "QualityWeightedRule",
-    "Rule",
-    "ServerOptions",
-    "SimpleAverageRule",
-    "build",
-    "rule_type",
-]

@@ -1,11 +1,5 @@
-"""Aggregation math: plain numpy, no Flower, no torch.
-
-A model is a list of numpy arrays (one per layer). Aggregation is a weighted sum
-``Σ c_i θ_i`` folded one client at a time into one preallocated accumulator, through a
-small fixed scratch buffer, so the extra memory is about one model whatever the number
-of clients (Flower's in-place FedAvg also allocates a decoded copy and a scaled copy of
-every update it folds).
-"""
+"""Aggregation math in plain numpy. A model is a list of arrays, one per layer; sums fold one
+client at a time through a small scratch buffer: about one model of extra memory."""
 
 from __future__ import annotations
 
@@ -35,17 +29,12 @@ def _flat(array: Array) -> Array:
     return np.ascontiguousarray(array).reshape(-1)
 
 
-class _Scratch:
-    """One small reusable buffer per dtype for chunked in-place arithmetic."""
+class _Scratch(dict[np.dtype[Any], Array]):
+    """One reusable chunk-sized buffer per dtype."""
 
-    def __init__(self) -> None:
-        self._buffers: dict[np.dtype[Any], Array] = {}
-
-    def get(self, dtype: np.dtype[Any], size: int) -> Array:
-        buf = self._buffers.get(dtype)
-        if buf is None:
-            buf = self._buffers[dtype] = np.empty(CHUNK_ELEMENTS, dtype=dtype)
-        return buf[:size]
+    def __missing__(self, dtype: np.dtype[Any]) -> Array:
+        self[dtype] = buffer = np.empty(CHUNK_ELEMENTS, dtype=dtype)
+        return buffer
 
 
 def weighted_sum(
@@ -54,13 +43,8 @@ def weighted_sum(
     *,
     relative_to: Sequence[Array] | None = None,
 ) -> Model:
-    """Return ``Σ c_i θ_i`` over ``(θ_i, c_i)`` pairs, folding one update at a time.
-
-    ``template`` gives the layer shapes and dtypes; integer layers are summed in float64
-    and rounded back at the end. Updates are read, never modified or copied whole. With
-    ``relative_to`` (a model θ_ref) the sum is ``Σ c_i (θ_i − θ_ref)``, differenced chunk
-    by chunk (no cancellation between two large sums).
-    """
+    """``Σ c_i θ_i`` over ``(θ_i, c_i)``, or ``Σ c_i (θ_i − θ_ref)`` (differenced chunk by chunk:
+    no cancellation between two large sums); integer layers of ``template`` summed in float64."""
     acc = [np.zeros(t.shape, dtype=accumulator_dtype(t.dtype)) for t in template]
     scratch = _Scratch()
     references = [None] * len(acc) if relative_to is None else [_flat(r) for r in relative_to]
@@ -69,7 +53,7 @@ def weighted_sum(
             flat_acc, flat_layer = layer_acc.reshape(-1), _flat(layer)
             for start in range(0, flat_acc.size, CHUNK_ELEMENTS):
                 stop = min(start + CHUNK_ELEMENTS, flat_acc.size)
-                buf = scratch.get(flat_acc.dtype, stop - start)
+                buf = scratch[flat_acc.dtype][: stop - start]
                 if ref is None:
                     np.multiply(flat_layer[start:stop], coefficient, out=buf, casting="unsafe")
                 else:
@@ -88,30 +72,22 @@ def _cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
 def _difference_chunks(
     arrays: Sequence[Array], reference: Sequence[Array], precision: type | None = None
 ) -> Iterator[tuple[int, int, int, Array]]:
-    """``(layer, start, stop, θ − θ_ref over [start, stop))`` chunk by chunk, in a reused buffer.
-
-    Float layers are differenced in their own precision (at least float32), integer layers
-    in float64, so they cannot wrap around; ``precision`` (float64) overrides both.
-    """
+    """``(layer, start, stop, θ − θ_ref on [start, stop))`` in a reused buffer, in ``precision`` or
+    the layer's (at least float32; integers in float64: no wrap-around)."""
     scratch = _Scratch()
     for index, (layer, ref) in enumerate(zip(arrays, reference, strict=True)):
         flat_layer, flat_ref = _flat(layer), _flat(ref)
         work = precision or np.promote_types(accumulator_dtype(layer.dtype), np.float32)
         for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
-            buf = scratch.get(np.dtype(work), stop - start)
+            buf = scratch[np.dtype(work)][: stop - start]
             np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, dtype=work)
             yield index, start, stop, buf
 
 
 def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
-    """``sqrt(Σ x²)`` over ``chunks(precision)``, which yields 1-D pieces of one vector.
-
-    First in the pieces' own precision (float32 squares: fast). Where that overflows (a
-    finite float32 update of 1e30 entries has squares of 1e60), again in float64 scaled by
-    the largest ``|x|``: that is finite whenever the norm itself is (always for float32
-    models), and inf only when the norm exceeds float64's range.
-    """
+    """``sqrt(Σ x²)`` over the pieces ``chunks(precision)`` of one vector: in their own precision
+    (fast), or where float32 squares overflow, in float64 scaled by the largest ``|x|``."""
     with np.errstate(over="ignore", invalid="ignore"):
         total = sum(float(np.dot(c, c)) for c in chunks(None))
     if math.isfinite(total):
@@ -124,32 +100,14 @@ def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
     return top * math.sqrt(scaled)
 
 
-def _pieces(arrays: Sequence[Array], precision: type | None) -> Iterator[Array]:
-    """Each layer whole (``precision`` None), or in float64 chunks (no full-size copy)."""
-    for array in arrays:
-        flat = _flat(array)
-        if precision is None:
-            yield flat
-            continue
-        for start in range(0, flat.size, CHUNK_ELEMENTS):
-            yield flat[start : start + CHUNK_ELEMENTS].astype(precision)
-
-
 def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
-    """Euclidean norm ``‖θ − θ_ref‖`` over all layers, without a full-size temporary.
-
-    Chunks are squared in the layer's precision (at least float32) and their sums carried
-    in float64: for float32 models that is about five times faster than casting to
-    float64, at a relative error near 1e-7. No overflow (see :func:`_euclidean`).
-    """
-    return _euclidean(
-        lambda precision: (buf for _, _, _, buf in _difference_chunks(arrays, reference, precision))
-    )
+    """``‖θ − θ_ref‖``, chunks squared in the layers' precision (fast; relative error near 1e-7
+    for float32) and summed in float64."""
+    return _euclidean(lambda p: (buf for *_, buf in _difference_chunks(arrays, reference, p)))
 
 
 def inner(arrays: Sequence[Array], reference: Sequence[Array], direction: Sequence[Array]) -> float:
-    """``⟨θ − θ_ref, d⟩`` over all layers, chunk by chunk (as :func:`distance`); in float64
-    where the layers' precision overflows."""
+    """``⟨θ − θ_ref, d⟩``, as :func:`distance`; in float64 where the layers' precision overflows."""
     flat = [_flat(d) for d in direction]
 
     def total(precision: type | None) -> float:
@@ -164,8 +122,10 @@ def inner(arrays: Sequence[Array], reference: Sequence[Array], direction: Sequen
 
 
 def norm(arrays: Sequence[Array]) -> float:
-    """``‖θ‖`` over all layers (float64 sums; no overflow, see :func:`_euclidean`)."""
-    return _euclidean(lambda precision: _pieces(arrays, precision))
+    """``‖θ‖``: each layer whole, or where that overflows, in float64 chunks."""
+    flats = [_flat(a) for a in arrays]
+    chunks = [f[i : i + CHUNK_ELEMENTS] for f in flats for i in range(0, f.size, CHUNK_ELEMENTS)]
+    return _euclidean(lambda p: flats if p is None else (c.astype(p) for c in chunks))
 
 
 def all_finite(arrays: Sequence[Array]) -> bool:
@@ -178,7 +138,7 @@ def all_finite(arrays: Sequence[Array]) -> bool:
 
 
 def mismatch(arrays: Sequence[Array], template: Sequence[Array]) -> str | None:
-    """Describe the first layer whose shape or dtype differs from ``template``, or None."""
+    """The first layer count, shape or dtype that differs from ``template``'s, or None."""
     if len(arrays) != len(template):
         return f"{len(arrays)} layers, expected {len(template)}"
     for index, (layer, ref) in enumerate(zip(arrays, template, strict=True)):
@@ -201,19 +161,16 @@ def example_weights(num_examples: Sequence[int]) -> NDArray[np.float64]:
 
 
 def quality_weights(
-    quality: Sequence[float],
+    quality: Floats,
     *,
     higher_is_better: bool,
     weighting: Weighting,
     temperature: float,
     floor: float,
 ) -> NDArray[np.float64] | None:
-    """Normalised weights ``g(q_i) / Σ g(q)``, or None when every weight is zero.
-
-    ``softmax``: ``g(q) = exp(s / τ)`` with ``s = q`` (higher is better) or ``−q``.
-    ``linear``: ``g(q) = max(q − floor, 0)`` (higher is better) or ``max(floor − q, 0)``
-    (lower is better: ``floor`` is then the worst accepted value, e.g. a loss ceiling).
-    """
+    """``g(q_i) / Σ g(q)`` (None when every weight is zero), with ``s = q``, or ``−q`` when lower is
+    better: ``softmax`` ``g = exp(s / τ)``; ``linear`` ``g = max(s − floor, 0)``, or when lower is
+    better ``max(floor − q, 0)`` (``floor`` is then the worst accepted value, e.g. a loss)."""
     q = np.asarray(quality, dtype=np.float64)
     score = q if higher_is_better else -q
     if weighting == "softmax":
@@ -226,10 +183,8 @@ def quality_weights(
 
 def mix_weights(lam: float, first: Array, second: Array) -> NDArray[np.float64]:
     """``λ · first + (1 − λ) · second``; exact ``first`` at λ=1 and exact ``second`` at λ=0."""
-    if lam == 1.0:
-        return np.asarray(first, dtype=np.float64)
-    if lam == 0.0:
-        return np.asarray(second, dtype=np.float64)
+    if lam in (0.0, 1.0):
+        return np.asarray(first if lam else second, dtype=np.float64)
     return lam * np.asarray(first, dtype=np.float64) + (1.0 - lam) * np.asarray(second)
 
 
@@ -237,8 +192,7 @@ def mad_inliers(norms: Floats, k: float) -> NDArray[np.bool_]:
     """Mask of the norms kept by ``norm ≤ median + k · MAD`` (MAD: median absolute deviation)."""
     values = np.asarray(norms, dtype=np.float64)
     median = np.median(values)
-    mad = np.median(np.abs(values - median))
-    return np.asarray(values <= median + k * mad)
+    return np.asarray(values <= median + k * np.median(np.abs(values - median)))
 
 
 def clip_factors(norms: Floats, max_norm: float) -> NDArray[np.float64]:
@@ -255,13 +209,8 @@ def server_step(
     learning_rate: float,
     momentum: float,
 ) -> tuple[Model, Model | None]:
-    """FedAvgM server update, in place on ``average``.
-
-    ``Δ = θ_avg − θ_g``; ``v ← β v + Δ``; ``θ_g ← θ_g + η v``. With η=1 and β=0 the
-    average is returned untouched, so plain FedAvg stays bit-exact. Returns the new global
-    model and the velocity to keep for the next round (None while β=0), a new one: the
-    ``velocity`` given stays as it was, for a round whose step is thrown away.
-    """
+    """FedAvgM, in place on ``average``: ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
+    Returns the model and a new velocity (``velocity`` is left as it was); η=1, β=0: ``average``."""
     if learning_rate == 1.0 and momentum == 0.0:
         return average, None
     # Float layers are updated in place; integer layers in a float64 copy, rounded back.
@@ -271,10 +220,9 @@ def server_step(
     step = work
     if momentum > 0.0:
         previous = velocity or [np.zeros_like(d) for d in work]
-        velocity = [np.multiply(v, momentum) for v in previous]
-        for v, delta in zip(velocity, work, strict=True):
-            v += delta
-        step = velocity
+        step = velocity = [
+            np.multiply(v, momentum) + d for v, d in zip(previous, work, strict=True)
+        ]
     for out, s, g in zip(work, step, global_model, strict=True):
         np.multiply(s, learning_rate, out=out)
         np.add(out, g, out=out)

@@ -1,4 +1,4 @@
-"""FedAvg (McMahan et al. 2017), with optional server learning rate and momentum."""
+"""FedAvg (McMahan et al. 2017); its defaults give Flower's ``FedAvg`` to float tolerance."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ from strategies.core.update import ClientUpdate, Coefficients
 
 
 class FedAvgRule(Rule):
-    """Example-weighted mean: ``θ = Σ n_i θ_i / Σ n_i``.
-
-    With ``server_learning_rate`` η and ``server_momentum`` β it becomes FedAvgM
-    (Hsu et al. 2019): ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
-    The defaults η=1, β=0 reproduce Flower's built-in ``FedAvg`` to float tolerance.
-    Use it as the baseline; server momentum helps on non-IID data.
-    """
+    """Example-weighted mean ``θ = Σ n_i θ_i / Σ n_i``; FedAvgM (Hsu et al. 2019) with η, β."""
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(example_weights([u.num_examples for u in updates]))

@@ -1,19 +1,6 @@
-"""The rules as Flower Message-API strategies (``flwr.serverapp.strategy``).
-
-Each class is a thin adapter over a :class:`~strategies.core.rule.Rule`, used exactly like
-Flower's own Message-API ``FedAvg``:
-
-    strategy = Hybrid(fraction_train=0.5, hybrid_lambda=0.3, robust_filter="mad")
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                            num_rounds=10, evaluate_fn=central_evaluation)
-
-Flower's ``FedAvg`` gives node sampling, the train/evaluate messages and the evaluate
-metric aggregation. ``aggregate_train`` hands the rule the ``.npy`` bytes of each reply's
-``ArrayRecord`` and the ``num-examples`` of its ``MetricRecord``; one bad reply is
-rejected, counted and logged while the others are aggregated (Flower's ``FedAvg`` raises
-``InconsistentMessageReplies`` for the whole round instead). On the same replies the
-model is bit for bit the legacy twin's (:mod:`strategies.legacy`).
-"""
+"""The rules as Flower Message-API strategies: drop-ins for ``flwr.serverapp.strategy.FedAvg``,
+e.g. ``Hybrid(fraction_train=0.5, hybrid_lambda=0.3).start(grid=grid, initial_arrays=...,
+num_rounds=10)``. Flower's ``FedAvg`` samples nodes and sends the messages; the rule aggregates."""
 
 from __future__ import annotations
 
@@ -50,36 +37,13 @@ TEXT_METRICS = "text-metrics"
 
 
 class MessageStrategy(RuleAdapter, FlowerFedAvg):
-    """Flower Message-API strategy over a :class:`~strategies.core.rule.Rule`.
+    """Flower's Message-API ``FedAvg`` (same arguments and defaults) aggregating with a rule.
 
-    Parameters
-    ----------
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes,
-    min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key,
-    train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        Flower's Message-API ``FedAvg`` arguments, with Flower's defaults (the train
-        metrics default to the example-weighted mean of the accepted replies).
-    rule : Rule, optional
-        The rule to run; the named subclasses build theirs from ``options`` or knobs.
-    options : the rule's options dataclass, optional
-    score_fn : callable, optional
-        ``score_fn(arrays) -> metrics`` scores a client model on server-held data.
-    sampling_seed : int, optional
-        Sample nodes reproducibly (:mod:`strategies.sampling`): each node is asked once,
-        with a ``query`` message, for its ``partition-id``; None keeps Flower's
-        unseeded sampling.
-    query_timeout : float, optional
-        How long to wait for those answers (None: as long as it takes).
-    num_partitions : int, optional
-        Logical clients served by a pool of nodes (a simulation's virtual nodes): each
-        round samples ``fraction_train`` of these partitions, not of the nodes, deals them
-        over the nodes and names each one in its message's ConfigRecord (``partition-id``,
-        ``num-partitions``); replies are named by partition. None: each node is one client.
-    **knobs
-        The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``).
-
-    After each round ``last_result`` holds the rule's full :class:`RoundResult`
-    (including ``weights``, a JSON string a ``MetricRecord`` cannot carry).
+    The rule is ``rule``, or built from ``options`` or from ``knobs`` (its options' fields, e.g.
+    ``server_momentum=0.9``); ``score_fn(arrays) -> metrics`` scores a model on server-held data.
+    ``sampling_seed``: seeded sampling (:mod:`strategies.sampling`), asking each node once for its
+    ``partition-id`` (waiting ``query_timeout``). ``num_partitions``: logical clients served by a
+    pool of nodes, each message naming its partition. A bad reply is rejected, not the round.
     """
 
     def __init__(
@@ -124,30 +88,21 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
+        # Flower replaces None by its own mean; ours is the default.
         self.custom_train_metrics = train_metrics_aggr_fn is not None
         self.custom_evaluate_metrics = evaluate_metrics_aggr_fn is not None
-        self._keys: list[str] = []
+        self._keys: list[str] = []  # the global model's layer names
         self._sampled: list[int] = []
         self._sent: list[Message] = []  # a pool's train messages (their ids name the replies)
-
-    # ---- Flower Strategy API --------------------------------------------------------
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.set_global_model(arrays)
         if self.num_partitions is not None:
-            messages = self._pooled(
-                server_round,
-                MessageType.TRAIN,
-                (self.fraction_train, self.min_train_nodes),
-                arrays,
-                config,
-                grid,
-            )
-            self._sent = messages
-            self.rule.sampling = (len(messages), self.num_partitions)
-            return messages
+            self._sent = self._pooled(server_round, "train", arrays, config, grid)
+            self.rule.sampling = (len(self._sent), self.num_partitions)
+            return self._sent
         messages = list(super().configure_train(server_round, arrays, config, grid))
         available = sorted(grid.get_node_ids())
         messages = self._reseeded(server_round, "train", messages, grid, available)
@@ -156,9 +111,7 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         return messages
 
     def set_global_model(self, arrays: ArrayRecord) -> None:
-        """The current global model, which replies are validated against and the server
-        step starts from (``configure_train`` sets it every round); its keys name the layers
-        of the result (a torch ``state_dict``'s names survive)."""
+        """The model replies are checked against and the step starts from; its keys name layers."""
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
 
@@ -166,55 +119,29 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if self.num_partitions is not None:
-            return self._pooled(
-                server_round,
-                MessageType.EVALUATE,
-                (self.fraction_evaluate, self.min_evaluate_nodes),
-                arrays,
-                config,
-                grid,
-            )
+            return self._pooled(server_round, "evaluate", arrays, config, grid)
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         return self._reseeded(server_round, "evaluate", messages, grid)
 
     def _pooled(
-        self,
-        server_round: int,
-        message_type: str,
-        sampling: tuple[float, int],
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        grid: Grid,
+        self, server_round: int, purpose: str, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        """A pool's round: one message per sampled partition, to the node that runs it,
-        its config naming the partition. ``sampling`` is (fraction, minimum) of the logical
-        clients, Flower's ``FedAvg`` rule (no message at fraction 0)."""
-        fraction, minimum = sampling
+        """A pool's round: a message per sampled partition, naming it, to the node that runs it."""
+        train = purpose == "train"
+        fraction = self.fraction_train if train else self.fraction_evaluate
         if fraction == 0.0:
             return []
         assert self.num_partitions is not None
+        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
         size = max(int(self.num_partitions * fraction), minimum)
         sent = dict(config.items()) | {"server-round": server_round}
-        purpose = "train" if message_type == MessageType.TRAIN else "evaluate"
-        nodes = sorted(grid.get_node_ids())
-        return [
-            Message(
-                RecordDict(
-                    {
-                        self.arrayrecord_key: arrays,
-                        self.configrecord_key: ConfigRecord(sent | named),
-                    }
-                ),
-                dst_node_id=node,
-                message_type=message_type,
-            )
-            for node, named in self.assign(server_round, purpose, size, nodes)
-        ]
-
-    @staticmethod
-    def _who(node: int, partition: str | None) -> str:
-        """How a failure names the client: its node, and a pool's partition first."""
-        return f"node {node}" if partition is None else f"client {partition} (node {node})"
+        message_type = MessageType.TRAIN if train else MessageType.EVALUATE
+        messages = []
+        for node, named in self.assign(server_round, purpose, size, sorted(grid.get_node_ids())):
+            content = RecordDict({self.arrayrecord_key: arrays})
+            content[self.configrecord_key] = ConfigRecord(sent | named)
+            messages.append(Message(content, dst_node_id=node, message_type=message_type))
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -223,73 +150,59 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         failures: list[str] = []
         answered: set[int | str] = set()
         contents: dict[str, RecordDict] = {}
-        # A pool's replies are named by the partition their message was for.
-        partitions = {
+        partitions = {  # a pool's replies are named by the partition their message was for
             m.metadata.message_id: str(m.content[self.configrecord_key][PARTITION_KEY])
             for m in self._sent
         }
         for msg in replies:
-            node = msg.metadata.src_node_id
-            partition = partitions.get(msg.metadata.reply_to_message_id)
-            answered.add(node if partition is None else msg.metadata.reply_to_message_id)
+            node, sent_id = msg.metadata.src_node_id, msg.metadata.reply_to_message_id
+            partition = partitions.get(sent_id)
+            answered.add(node if partition is None else sent_id)
             if msg.has_error():
-                failures.append(f"{self._who(node, partition)}: {msg.error.reason}")
+                failures.append(f"{_who(node, partition)}: {msg.error.reason}")
                 continue
             name = self.client_name(node) if partition is None else partition
             update = self._update_of(name, msg.content)
             contents[update.client_id] = msg.content
             updates.append(update)
         if self.num_partitions is None:
-            missing = [self._who(node, None) for node in self._sampled if node not in answered]
+            missing = [_who(node, None) for node in self._sampled if node not in answered]
         else:
             missing = [
-                self._who(m.metadata.dst_node_id, partitions[m.metadata.message_id])
+                _who(m.metadata.dst_node_id, partitions[m.metadata.message_id])
                 for m in self._sent
                 if m.metadata.message_id not in answered
             ]
         failures += [f"{who}: no reply (round timeout)" for who in missing]
-        result = self.rule.aggregate(server_round, updates, failures)
-        self.last_result = result
-        metrics: dict[str, Any] = {
-            k: v for k, v in result.metrics.items() if isinstance(v, int | float)
-        }
-        if result.accepted:
-            client_metrics: dict[str, Any]
-            if self.custom_train_metrics:
-                accepted = [contents[u.client_id] for u in result.accepted]
-                client_metrics = dict(self.train_metrics_aggr_fn(accepted, self.weighted_by_key))
-            else:
-                client_metrics = weighted_metrics(
-                    [(u.num_examples, u.metrics) for u in result.accepted]
-                )
-            metrics = client_metrics | metrics
-        return self._array_record(result.arrays), MetricRecord(metrics)
+        result = self.last_result = self.rule.aggregate(server_round, updates, failures)
+        client_metrics: Mapping[str, Any] = {}
+        if result.accepted and self.custom_train_metrics:
+            accepted = [contents[u.client_id] for u in result.accepted]
+            client_metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
+        elif result.accepted:
+            client_metrics = weighted_metrics(
+                [(u.num_examples, u.metrics) for u in result.accepted]
+            )
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+        return self._array_record(result.arrays), MetricRecord(dict(client_metrics) | metrics)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """The example-weighted metrics of the replies that carry ``num-examples``, in a
-        canonical order (the same floats as the legacy twin); one odd reply is skipped
-        (Flower's ``FedAvg`` raises ``InconsistentMessageReplies`` for the round)."""
-        contents = [msg.content for msg in replies if not msg.has_error()]
+        """Example-weighted metrics of the replies with a ``num-examples``, in a canonical order."""
+        key = self.weighted_by_key
         usable = []
-        for content in contents:
+        for content in (msg.content for msg in replies if not msg.has_error()):
             record = self._metric_record(content)
-            n = record.get(self.weighted_by_key)
+            n = record.get(key)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-                usable.append((content, n, record))
+                usable.append((content, n, {k: v for k, v in record.items() if k != key}))
         if not usable:
             return None
         if self.custom_evaluate_metrics:
-            return self.evaluate_metrics_aggr_fn([c for c, _, _ in usable], self.weighted_by_key)
-        results = [
-            (n, {k: v for k, v in record.items() if k != self.weighted_by_key})
-            for _, n, record in usable
-        ]
-        aggregated: dict[str, Any] = evaluation_metrics(results)
+            return self.evaluate_metrics_aggr_fn([c for c, _, _ in usable], key)
+        aggregated: dict[str, Any] = evaluation_metrics([(n, m) for _, n, m in usable])
         return MetricRecord(aggregated)
-
-    # ---- internals ------------------------------------------------------------------
 
     def _reseeded(
         self,
@@ -299,18 +212,16 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         grid: Grid,
         available: list[int] | None = None,
     ) -> list[Message]:
-        """Flower's messages, readdressed to the seeded sampler's nodes (same number), among
-        ``available`` (the grid's nodes when not given)."""
+        """Flower's messages, readdressed to the seeded sampler's choice among ``available``."""
         if self.sampler is None:
             return messages
-        flower_sample = [m.metadata.dst_node_id for m in messages]
-        if available is None:
-            available = sorted(grid.get_node_ids())
-
-        def ask(nodes: list[int]) -> dict[int, object]:
-            return ask_partition_ids(grid, nodes, self.query_timeout)
-
-        chosen = self.reseed(server_round, purpose, flower_sample, available, ask)
+        chosen = self.reseed(
+            server_round,
+            purpose,
+            [m.metadata.dst_node_id for m in messages],
+            sorted(grid.get_node_ids()) if available is None else available,
+            lambda nodes: ask_partition_ids(grid, nodes, self.query_timeout),
+        )
         for message, node in zip(messages, chosen, strict=False):
             message.metadata.dst_node_id = node
         return messages[: len(chosen)]
@@ -324,19 +235,17 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         )
 
     def _update_of(self, client_id: str, content: RecordDict) -> ClientUpdate:
-        """A reply as the core's update; what is wrong with it is rejected by the core."""
+        """A reply as the core's update; the core rejects what is wrong with it."""
         array_records = content.array_records
         array_record = array_records.get(self.arrayrecord_key)
         if array_record is None and len(array_records) == 1:
             array_record = next(iter(array_records.values()))
         metric_record = self._metric_record(content)
-        metrics: dict[str, Any] = {
-            k: v for k, v in metric_record.items() if k != self.weighted_by_key
-        }
-        text = content.config_records.get(TEXT_METRICS)
-        if text is not None:  # a MetricRecord holds numbers only
-            metrics |= {k: v for k, v in text.items() if isinstance(v, str)}
-        update = ClientUpdate(client_id, [], metric_record.get(self.weighted_by_key), metrics)
+        metrics: dict[str, Any] = dict(metric_record)
+        num_examples = metrics.pop(self.weighted_by_key, None)
+        text: Mapping[str, Any] = content.config_records.get(TEXT_METRICS) or {}
+        metrics |= {k: v for k, v in text.items() if isinstance(v, str)}
+        update = ClientUpdate(client_id, [], num_examples, metrics)
         if array_record is not None and self.rule.global_model is None and not self._keys:
             self._keys = list(array_record.keys())  # no global model known: the first names them
         if array_record is None:
@@ -356,34 +265,32 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         """The rule's result under the global model's keys, one copy per layer."""
         if arrays is None:
             return None
-        shapes = [(str(a.dtype), tuple(a.shape)) for a in arrays]
-        record = ArrayRecord()
-        for key, (dtype, shape), data in zip(
-            self._keys, shapes, encode_tensors(arrays), strict=True
-        ):
+        shapes = [(str(a.dtype), tuple(a.shape)) for a in arrays]  # encode_tensors empties arrays
+        record, encoded = ArrayRecord(), encode_tensors(arrays)
+        for key, (dtype, shape), data in zip(self._keys, shapes, encoded, strict=True):
             record[key] = Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
         return record
 
 
+def _who(node: int, partition: str | None) -> str:
+    """How a failure names the client: its node, and a pool's partition first."""
+    return f"node {node}" if partition is None else f"client {partition} (node {node})"
+
+
 def ask_partition_ids(grid: Grid, nodes: list[int], timeout: float | None) -> dict[int, object]:
-    """The ``partition-id`` each node reports to a ``query`` message (None: an error reply
-    or no such key); nodes that do not answer in time are left out."""
+    """The ``partition-id`` each answering node reports to a ``query`` message (or None)."""
     query = RecordDict({"config": ConfigRecord()})
     messages = [Message(query, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     reports: dict[int, object] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        records: list[Mapping[str, Any]] = []
-        if not reply.has_error():
-            records = [
-                *reply.content.config_records.values(),
-                *reply.content.metric_records.values(),
-            ]
+        content = RecordDict() if reply.has_error() else reply.content
+        records: list[Mapping[str, Any]] = [*content.config_records.values()]
+        records += content.metric_records.values()
         reported = (r[PARTITION_KEY] for r in records if PARTITION_KEY in r)
         reports[reply.metadata.src_node_id] = next(reported, None)
     return reports
 
 
-# The four rules as Message-API strategies, e.g. ``Hybrid(hybrid_lambda=0.3, ...)``.
 SimpleAverage = MessageStrategy.of(SimpleAverageRule, "SimpleAverage")
 FedAvg = MessageStrategy.of(FedAvgRule, "FedAvg")
 QualityWeighted = MessageStrategy.of(QualityWeightedRule, "QualityWeighted")

@@ -22,27 +22,18 @@ QUALITY_WEIGHTINGS: tuple[Weighting, ...] = ("softmax", "linear")
 
 def higher_is_better(metric: str, direction: str) -> bool:
     """``direction`` is "max", "min", or "auto" (lower is better iff the name mentions loss)."""
-    if direction == "auto":
-        return "loss" not in metric.lower()
-    if direction not in ("max", "min"):
+    if direction not in QUALITY_DIRECTIONS:
         raise ValueError(
             f"quality_direction={direction!r}: choose one of {', '.join(QUALITY_DIRECTIONS)}"
         )
-    return direction == "max"
+    return "loss" not in metric.lower() if direction == "auto" else direction == "max"
 
 
 @dataclass(frozen=True, kw_only=True)
 class QualityOptions(ServerOptions):
-    """Knobs of :class:`QualityWeightedRule` (and the server step).
-
-    quality_source : "client" (the metric the client reports) or "server" (the metric
-        ``score_fn`` computes for the client's model on server-held data).
-    quality_metric : metric key, e.g. ``val_accuracy`` (higher is better) or ``val_loss``.
-    quality_direction : "auto" (lower is better iff the name contains "loss"), "max", "min".
-    quality_weighting : "softmax" or "linear".
-    quality_temperature : τ > 0; small τ concentrates the weight on the best clients.
-    quality_floor : the linear map's zero point (for a loss: the worst loss with weight).
-    """
+    """Knobs of :class:`QualityWeightedRule` (and the server step): where the quality comes
+    from, which metric, which way is better, and ``g``'s shape (:func:`.aggregate.quality_weights`:
+    τ > 0, small τ gives the weight to the best clients; ``floor`` of the linear map)."""
 
     quality_source: str = "client"
     quality_metric: str = "val_accuracy"
@@ -53,19 +44,17 @@ class QualityOptions(ServerOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quality_source not in QUALITY_SOURCES:
-            raise ValueError(
-                f"quality_source={self.quality_source!r}: "
-                f"choose one of {', '.join(QUALITY_SOURCES)}"
-            )
-        if self.quality_weighting not in QUALITY_WEIGHTINGS:
-            raise ValueError(
-                f"quality_weighting={self.quality_weighting!r}: "
-                f"choose one of {', '.join(QUALITY_WEIGHTINGS)}"
-            )
-        if not self.quality_temperature > 0:
-            raise ValueError(f"quality_temperature={self.quality_temperature!r}: must be > 0")
+        self._require_one_of("quality_source", QUALITY_SOURCES)
+        self._require_one_of("quality_weighting", QUALITY_WEIGHTINGS)
+        self._require(self.quality_temperature > 0, "quality_temperature", "must be > 0")
         higher_is_better(self.quality_metric, self.quality_direction)  # checks the direction
+
+    def _require(self, ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"{field}={getattr(self, field)!r}: {rule}")
+
+    def _require_one_of(self, field: str, choices: Sequence[str]) -> None:
+        self._require(getattr(self, field) in choices, field, f"choose one of {', '.join(choices)}")
 
     @property
     def higher_is_better(self) -> bool:
@@ -75,19 +64,9 @@ class QualityOptions(ServerOptions):
 class QualityWeightedRule(Rule):
     """Quality-weighted mean: ``θ = Σ w_i θ_i`` with ``w_i = g(q_i) / Σ g(q)``.
 
-    ``q_i`` is the quality of client i's model, read from ``quality_metric`` in the
-    metrics the client reported (``quality_source="client"``) or in the metrics that
-    ``score_fn`` computes for the client's model on a server-held validation set
-    (``quality_source="server"``: clients cannot lie about it).
-
-    ``g`` is ``softmax`` (``exp(s_i/τ)`` with ``s = q``, or ``−q`` when lower is better)
-    or ``linear`` (``max(q − floor, 0)``, or ``max(floor − q, 0)`` when lower is better).
-    An update whose quality is missing or not finite is rejected. If every weight is zero
-    (linear, nobody above the floor) the round falls back to the simple average and
-    reports ``quality_fallback=1``. Knobs: :class:`QualityOptions`.
-
-    Use it when clients' data differ in quality (label noise, bad sensors): weight goes
-    to the models that generalise. Prefer server-side scoring when clients may lie.
+    ``q_i`` is ``quality_metric`` as client i reports it, or as ``score_fn`` computes it on
+    server-held data (``quality_source="server"``: clients cannot lie). An update without a
+    finite quality is rejected; if every weight is zero the round takes the simple average.
     """
 
     Options = QualityOptions
@@ -106,11 +85,9 @@ class QualityWeightedRule(Rule):
         if not self.needs_quality(server_round):
             return None
         metric = self.options.quality_metric
-        scores: Mapping[str, Any]
+        scores: Mapping[str, Any] = update.metrics
         if self.score_fn is not None and self.options.quality_source == "server":
             scores = self.score_fn(update.arrays)
-        else:
-            scores = update.metrics
         value = scores.get(metric)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"quality metric {metric!r} missing or not a number ({value!r})"
@@ -123,17 +100,14 @@ class QualityWeightedRule(Rule):
         metric = self.options.quality_metric
         if not any(reason.startswith(f"quality metric {metric!r}") for _, reason in rejected):
             return super().explain_rejections(rejected)
-        # The numbers only: a text metric (such as the Ray node) cannot be a quality.
-        sent = sorted(
-            {
-                key
-                for update, _ in rejected
-                for key, value in update.metrics.items()
-                if isinstance(value, numbers.Real) and not isinstance(value, bool)
-            }
-        )
+        sent = {  # numbers only: a text metric cannot be a quality
+            key
+            for update, _ in rejected
+            for key, value in update.metrics.items()
+            if isinstance(value, numbers.Real) and not isinstance(value, bool)
+        }
         return (
-            f"the clients sent the metrics [{', '.join(sent)}]: set quality-metric "
+            f"the clients sent the metrics [{', '.join(sorted(sent))}]: set quality-metric "
             "(quality_metric) to one of them, or quality-source=server "
             "(quality_source='server') to score each model on server-held data"
         )
@@ -150,12 +124,10 @@ class QualityWeightedRule(Rule):
             temperature=options.quality_temperature,
             floor=options.quality_floor,
         )
-        if weights is None:
-            LOG.warning(
-                "round %d: every quality weight is zero; using the simple average", server_round
-            )
-            return uniform_weights(len(updates)), True
-        return weights, False
+        if weights is not None:
+            return weights, False
+        LOG.warning("round %d: every quality weight is zero; simple average instead", server_round)
+        return uniform_weights(len(updates)), True
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         weights, fallback = self.quality_coefficients(server_round, updates)

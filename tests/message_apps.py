@@ -8,9 +8,6 @@ simulation engine (4 virtual clients, digits) and writes what the test asserts o
   ``MetricRecord`` with ``num-examples``) trained by each of the four Message-API
   strategies of :mod:`strategies.message`, through ``strategy.start(...)``;
 - ``flower-fedavg``: this project's ClientApp under Flower's own Message-API ``FedAvg``;
-- ``step-by-step``: a NumPyClient as in Flower's step-by-step tutorial (it reports only
-  ``train_loss``) under the legacy ``strategies.QualityWeighted`` with default settings:
-  nothing can be aggregated, and the run must stop with an error instead of freezing.
 """
 
 from __future__ import annotations
@@ -22,11 +19,7 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.client import Client, ClientApp, NumPyClient
 from flwr.clientapp import ClientApp as MessageClientApp
-from flwr.common import NDArrays, Scalar, ndarrays_to_parameters
-from flwr.server import ServerApp as LegacyServerApp
-from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.simulation import run_simulation
@@ -45,7 +38,7 @@ CFG = RunConfig(local_epochs=1, device="cpu", fraction_evaluate=0.0, min_evaluat
 
 def net() -> nn.Module:
     spec = data_spec(CFG)
-    return build_model("mlp", spec.input_shape, spec.num_classes, seed=0)
+    return build_model(CFG.model, spec.input_shape, spec.num_classes, seed=0)
 
 
 def central_loss(model: nn.Module) -> dict[str, float]:
@@ -150,44 +143,8 @@ def flower_fedavg_server(results: dict[str, Any]) -> ServerApp:
     return app
 
 
-# ---- step-by-step: a NumPyClient reporting train_loss, the legacy QualityWeighted ------
-
-
-class TutorialClient(NumPyClient):
-    def __init__(self, partition_id: int) -> None:
-        self.partition_id = partition_id
-        self.model = net()
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        set_weights(self.model, parameters)
-        train_loss, num_examples = train_epoch(self.model, self.partition_id)
-        return get_weights(self.model), num_examples, {"train_loss": train_loss}
-
-
-def tutorial_client(context: Context) -> Client:
-    return TutorialClient(int(context.node_config["partition-id"])).to_client()
-
-
-def tutorial_server(context: Context) -> ServerAppComponents:
-    strategy = strategies.QualityWeighted(
-        initial_parameters=ndarrays_to_parameters(get_weights(net())), fraction_evaluate=0.0
-    )
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=ROUNDS + 2))
-
-
-def main(scenario: str, out: Path) -> None:
-    results: dict[str, Any] = {}
-    apps: dict[str, tuple[Any, Any]] = {
-        "quickstart": (quickstart_server(results), quickstart_client),
-        "flower-fedavg": (flower_fedavg_server(results), client_app_for(CFG)),
-        "step-by-step": (
-            LegacyServerApp(server_fn=tutorial_server),
-            ClientApp(client_fn=tutorial_client),
-        ),
-    }
-    server_app, client_app = apps[scenario]
+def simulate(server_app: Any, client_app: Any, results: dict[str, Any], out: Path) -> None:
+    """Run the two apps on Flower's simulation engine; write ``results`` to ``out``."""
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -195,6 +152,15 @@ def main(scenario: str, out: Path) -> None:
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     out.write_text(json.dumps(results))
+
+
+def main(scenario: str, out: Path) -> None:
+    results: dict[str, Any] = {}
+    apps: dict[str, tuple[Any, Any]] = {
+        "quickstart": (quickstart_server(results), quickstart_client),
+        "flower-fedavg": (flower_fedavg_server(results), client_app_for(CFG)),
+    }
+    simulate(*apps[scenario], results, out)
 
 
 if __name__ == "__main__":

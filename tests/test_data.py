@@ -1,4 +1,4 @@
-"""Datasets, the server/client split, partitioners, Synthetic(α, β) and torchvision offline."""
+"""Datasets, the server/client split and the partitioners."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_partitions_are_disjoint_and_cover_the_pool(partitioner: str) -> None:
     assert sizes == [len(p) for p in parts]
     if partitioner in ("iid", "dirichlet"):
         assert sum(sizes) == pool_size
-    else:  # shard and pathological may leave a remainder out
+    else:  # a partitioner of an optional part may leave a remainder out
         assert sum(sizes) <= pool_size
 
 
@@ -256,6 +256,3 @@ def test_load_client_data_is_cached() -> None:
 def test_partition_id_out_of_range_is_refused(partition_id: int, num_partitions: int) -> None:
     with pytest.raises(ValueError, match="partition-id"):
         load_client_data(RunConfig(), partition_id, num_partitions)
-
-
-# ---- Synthetic(α, β) ----------------------------------------------------------------

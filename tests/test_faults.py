@@ -7,20 +7,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import strategies
 from fl_app.client_app import FlowerClient, make_client
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec
 from fl_app.kit.keys import ConfigError
+from fl_app.kit.seeds import seed_for
+from fl_app.kit.training import train_as_configured
 from fl_app.parts import faulty_client
 from fl_app.parts.faults import FAULT_KINDS, LIE_SHARDS, FaultKeys, is_faulty
 from fl_app.parts.faulty_client import FaultyClient
-from fl_app.task import build_model, get_weights
+from fl_app.task import build_model, get_weights, set_weights
 from tests.fakes import updates_of
 from tests.test_config import assert_bounds_refused, assert_one_line_error
 
 NUM_PARTITIONS = 5
+CPU = torch.device("cpu")
 POISONED = ("nan", "inf", "wrong-shape", "zero-examples", "negative-examples")
 MOVED = ("scale", "sign-flip", "lie-quality")  # honest-looking updates, moved away
 
@@ -120,11 +124,14 @@ def test_little_is_enough_sends_the_shard_mean_shifted_by_s_standard_deviations(
     arrays, n, metrics = attacker.fit([p.copy() for p in g], config)
     # The shard models, trained one by one, and the formula in plain numpy.
     honest_client = attacker.client
-    train = honest_client.data.train
+    cfg, train = honest_client.cfg, honest_client.data.train
     shards = []
     for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
-        honest_client.train_on(train.subset(indices), g, config, part)
-        shards.append(get_weights(honest_client.model))
+        model = honest_client.model
+        set_weights(model, g)
+        seed = seed_for(cfg.seed, "local-training", 1, honest_client.partition_id, part)
+        train_as_configured(cfg, model, train.subset(indices), device=CPU, seed=seed)
+        shards.append(get_weights(model))
     for index, (sent, w) in enumerate(zip(arrays, g, strict=True)):
         deltas = np.stack([shard[index] - w for shard in shards]).astype(np.float64)
         want = w + deltas.mean(axis=0) - 1.5 * deltas.std(axis=0)

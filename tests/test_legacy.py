@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from strategies.legacy import LegacyStrategy
 from strategies.sampling import PARTITION_KEY
 from tests.fakes import message_with, reply, sent_to, start, updates_of
 from tests.legacy_fakes import OK, LegacyHalf, Proxy, fit_res
+from tests.processes import run_python
 from tests.test_config import assert_bounds_refused, assert_one_line_error
 
 SHAPES = [(3, 2), (2,)]
@@ -322,3 +324,16 @@ def message_api(kind: str, weights: list[np.ndarray]) -> Message:
         {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 1})}
     )
     return Message(content, dst_node_id=101, message_type=kind)
+
+
+@pytest.mark.slow
+def test_flowers_tutorial_client_without_the_quality_metric_stops_the_run_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    # Flower's step-by-step NumPyClient reports train_loss only; QualityWeighted's default
+    # quality is val_accuracy. Before: every update rejected, frozen model, exit 0.
+    done = run_python(["-m", "tests.legacy_apps", str(tmp_path / "x.json")])
+    assert done.returncode != 0
+    assert "NothingAggregatedError: round 3: nothing aggregated" in done.stderr
+    assert "the clients sent the metrics [train_loss]" in done.stderr
+    assert "max-empty-rounds=3" in done.stderr

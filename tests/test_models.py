@@ -13,14 +13,14 @@ from fl_app.kit.data import pool
 from fl_app.kit.keys import ConfigError
 from fl_app.task import MODELS, ArrayDataset, build_model, evaluate, get_weights, set_weights, train
 
-DIGITS = (1, 8, 8)
-MNIST = (1, 28, 28)
-CIFAR = (3, 32, 32)
-SYNTHETIC = (60,)
+GRAY_8 = (1, 8, 8)
+GRAY_28 = (1, 28, 28)
+RGB_32 = (3, 32, 32)
+VECTOR_60 = (60,)
 IMAGE_MODELS = [name for name, model in MODELS.items() if model.images_only]
 CPU = torch.device("cpu")
 
-SHAPES = [DIGITS, MNIST, CIFAR, SYNTHETIC]
+SHAPES = [GRAY_8, GRAY_28, RGB_32, VECTOR_60]
 CASES = [
     (name, shape)
     for name in MODELS
@@ -47,14 +47,14 @@ def test_forward_pass_gives_batch_by_classes(
 
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ConfigError, match="'resnet'"):
-        build_model("resnet", DIGITS, 10, seed=0)
+        build_model("resnet", GRAY_8, 10, seed=0)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_same_seed_same_weights_other_seed_other_weights(name: str) -> None:
-    a = get_weights(build_model(name, DIGITS, 10, seed=1))
-    b = get_weights(build_model(name, DIGITS, 10, seed=1))
-    c = get_weights(build_model(name, DIGITS, 10, seed=2))
+    a = get_weights(build_model(name, GRAY_8, 10, seed=1))
+    b = get_weights(build_model(name, GRAY_8, 10, seed=1))
+    c = get_weights(build_model(name, GRAY_8, 10, seed=2))
     assert len(a) == len(b) == len(c)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
@@ -64,14 +64,14 @@ def test_building_a_model_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    build_model("mlp", DIGITS, 10, seed=5)
+    build_model("mlp", GRAY_8, 10, seed=5)
     assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_get_and_set_weights_round_trip(name: str) -> None:
-    source = build_model(name, DIGITS, 10, seed=1)
-    target = build_model(name, DIGITS, 10, seed=2)
+    source = build_model(name, GRAY_8, 10, seed=1)
+    target = build_model(name, GRAY_8, 10, seed=2)
     weights = get_weights(source)
     assert all(isinstance(w, np.ndarray) for w in weights)
     assert len(weights) == len(source.state_dict())
@@ -80,7 +80,7 @@ def test_get_and_set_weights_round_trip(name: str) -> None:
         assert x.dtype == y.dtype
         assert x.shape == y.shape
         assert np.array_equal(x, y)
-    batch = torch.rand(4, *DIGITS)
+    batch = torch.rand(4, *GRAY_8)
     source.eval()
     target.eval()
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_get_and_set_weights_round_trip(name: str) -> None:
 
 
 def test_set_weights_refuses_a_wrong_number_of_arrays() -> None:
-    model = build_model("mlp", DIGITS, 10, seed=0)
+    model = build_model("mlp", GRAY_8, 10, seed=0)
     with pytest.raises(ValueError, match="arrays"):
         set_weights(model, get_weights(model)[:-1])
 
@@ -96,7 +96,7 @@ def test_set_weights_refuses_a_wrong_number_of_arrays() -> None:
 def test_get_weights_is_a_snapshot() -> None:
     # A caller that keeps the weights (the old global model, a client's result) must not
     # see them change when the model trains on.
-    model = build_model("mlp", DIGITS, 10, seed=0)
+    model = build_model("mlp", GRAY_8, 10, seed=0)
     weights = get_weights(model)
     kept = [w.copy() for w in weights]
     with torch.no_grad():
@@ -113,7 +113,7 @@ def digits_subset() -> ArrayDataset:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_train_lowers_the_training_loss(name: str, digits_subset: ArrayDataset) -> None:
-    model = build_model(name, DIGITS, 10, seed=0)
+    model = build_model(name, GRAY_8, 10, seed=0)
     before = evaluate(model, digits_subset, device=CPU)
     last_epoch_loss = train(
         model,
@@ -135,7 +135,7 @@ def test_train_lowers_the_training_loss(name: str, digits_subset: ArrayDataset) 
 
 def test_train_is_deterministic_for_a_seed(digits_subset: ArrayDataset) -> None:
     def trained(seed: int) -> list[np.ndarray]:
-        model = build_model("mlp", DIGITS, 10, seed=0)
+        model = build_model("mlp", GRAY_8, 10, seed=0)
         kwargs = {"batch_size": 32, "learning_rate": 0.05, "momentum": 0.9}
         train(model, digits_subset, epochs=1, device=CPU, seed=seed, **kwargs)
         return [w.copy() for w in get_weights(model)]
@@ -148,7 +148,7 @@ def test_train_is_deterministic_for_a_seed(digits_subset: ArrayDataset) -> None:
 def test_evaluate_accuracy_is_the_share_of_correct_predictions(
     digits_subset: ArrayDataset,
 ) -> None:
-    model = build_model("mlp", DIGITS, 10, seed=0)
+    model = build_model("mlp", GRAY_8, 10, seed=0)
     result = evaluate(model, digits_subset, device=CPU, batch_size=7)
     model.eval()
     with torch.no_grad():
@@ -161,16 +161,16 @@ def test_evaluate_accuracy_is_the_share_of_correct_predictions(
 
 
 def test_evaluate_on_an_empty_dataset_gives_nan() -> None:
-    model = build_model("mlp", DIGITS, 10, seed=0)
-    empty = ArrayDataset(np.zeros((0, *DIGITS), np.float32), np.zeros(0, np.int64))
+    model = build_model("mlp", GRAY_8, 10, seed=0)
+    empty = ArrayDataset(np.zeros((0, *GRAY_8), np.float32), np.zeros(0, np.int64))
     result = evaluate(model, empty, device=CPU)
     assert math.isnan(result.loss)
     assert result.num_examples == 0
 
 
 def test_train_on_an_empty_dataset_gives_nan() -> None:
-    model = build_model("mlp", DIGITS, 10, seed=0)
-    empty = ArrayDataset(np.zeros((0, *DIGITS), np.float32), np.zeros(0, np.int64))
+    model = build_model("mlp", GRAY_8, 10, seed=0)
+    empty = ArrayDataset(np.zeros((0, *GRAY_8), np.float32), np.zeros(0, np.int64))
     loss = train(
         model, empty, epochs=1, batch_size=4, learning_rate=0.1, momentum=0.0, device=CPU, seed=0
     )

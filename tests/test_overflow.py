@@ -1,10 +1,10 @@
-"""Finite updates whose norms overflow: every strategy (and DP mode), on each API half.
+"""Finite updates whose norms overflow: every strategy and variant, on each API half.
 
 An update of 1e30 entries is finite in float32, but its squares (1e60) are not: a norm
 taken in float32 overflows to inf. Each rule must take it without a RuntimeWarning, with
 its norm computed exactly (it is accepted: finite is valid), and give a finite model:
-the attacker's exact weighted share where nothing bounds it, a bounded change where a
-filter, a clip or central DP does.
+the attacker's exact weighted share where nothing bounds it, a bounded change where the
+rule bounds it (a filter, a clip).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ MODELS = [*HONEST, ATTACK]
 CLIP = 0.5
 
 CENTRAL = {"dp": "central", "dp_clipping_norm": CLIP, "dp_noise_multiplier": 0.01}  # part: dp
-DP_KNOBS: dict[str, dict[str, Any]] = {
+# Each optional part's variants of every rule (none: the rule as it is).
+VARIANTS: dict[str, dict[str, Any]] = {
     "none": {},
     "central": {**CENTRAL, "seed": 0},  # part: dp
     "central adaptive": {**CENTRAL, "dp_clipping": "adaptive", "seed": 0},  # part: dp
@@ -40,7 +41,7 @@ DP_KNOBS: dict[str, dict[str, Any]] = {
 # With f = 0 attackers assumed, MultiKrum keeps K − f = all five and Bulyan averages them  # part: flower-baselines
 # all; Krum picks one update, the median and the trimmed mean cut the extremes.  # part: flower-baselines
 CUT = {"flower-krum", "flower-median", "flower-trimmed-mean"}  # part: flower-baselines
-# The robust variants: the rule's own knobs beside DP's.
+# The robust variants: the rule's own knobs.
 RULE_KNOBS = [(name, {}) for name in sorted(strategies.CHOICES)] + [
     ("hybrid", {"robust_filter": f}) for f in ROBUST_FILTERS if f != "none"
 ]
@@ -49,15 +50,15 @@ RULE_KNOBS = [(name, {}) for name in sorted(strategies.CHOICES)] + [
 def _valid(name: str, knobs: dict[str, Any]) -> bool:
     try:
         strategies.rule_type(name).Options(**knobs)
-    except ValueError:  # e.g. central DP with Flower's own aggregators
+    except ValueError:  # a variant the rule refuses
         return False
     return True
 
 
 CASES = [
-    pytest.param(name, {**rule, **dp}, id="-".join([name, *rule.values(), mode]))
-    for (name, rule), (mode, dp) in itertools.product(RULE_KNOBS, DP_KNOBS.items())
-    if _valid(name, {**rule, **dp})
+    pytest.param(name, {**rule, **variant}, id="-".join([name, *rule.values(), mode]))
+    for (name, rule), (mode, variant) in itertools.product(RULE_KNOBS, VARIANTS.items())
+    if _valid(name, {**rule, **variant})
 ]
 
 

@@ -4,12 +4,14 @@ lines, its keys are its own, and a key or flag of a part that is gone is one cle
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from fl_app import parts
+from fl_app import new, parts
 from fl_app.kit.config import CoreKeys, RunConfig, key_of
 from tests.processes import ROOT
 
@@ -103,3 +105,95 @@ def test_the_keys_beyond_the_cores_are_the_present_parts_keys() -> None:
     declared = {key for part in parts.PARTS.values() if part.present for key in part.keys}
     assert every - core == declared
     assert not core & {key for part in parts.PARTS.values() for key in part.keys}
+
+
+# ---- python -m fl_app.new ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bare_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An app of the core alone, as ``python -m fl_app.new DEST`` makes it."""
+    destination = tmp_path_factory.mktemp("new") / "my-app"
+    new.make_app(destination, "my-app", "my-app", [])
+    return destination
+
+
+def text_files(root: Path) -> dict[str, str]:
+    found = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(UnicodeDecodeError):
+                found[path.relative_to(root).as_posix()] = path.read_text()
+    return found
+
+
+def test_a_new_app_is_the_core_and_within_its_line_budget(bare_app: Path) -> None:
+    lines = new.python_lines(bare_app)
+    assert lines == new.sizes()["core"]
+    for part in [*parts.PARTS.values(), parts.TEMPLATE]:
+        kept = [f for f in part.files if (bare_app / f).exists()]
+        assert kept in ([], ["README.md"]), kept  # the app's own README replaces the template's
+
+
+@pytest.mark.parametrize("name", sorted(parts.PARTS))
+def test_a_new_app_holds_no_trace_of_a_part_it_left_out(bare_app: Path, name: str) -> None:
+    """No file of the app (code, tests, help texts, comments, config, README) names the
+    part, its modules, files, keys or flags."""
+    part = parts.PARTS[name]
+    terms = [*part.words, *part.keys, *part.flags, *part.files, part.module, f"part: {name}"]
+    found = re.compile(
+        "|".join(rf"(?<![\w-]){re.escape(term)}(?!\w)" for term in terms if term), re.I
+    )
+    traces = [
+        f"{path}:{number}: {line.strip()}"
+        for path, text in text_files(bare_app).items()
+        for number, line in enumerate(text.splitlines(), 1)
+        if found.search(line)
+    ]
+    assert traces == []
+
+
+def test_a_new_app_with_every_part_is_the_template_less_its_own_files(tmp_path: Path) -> None:
+    new.make_app(tmp_path, "everything", "everything", list(parts.PARTS))
+    made = text_files(tmp_path)
+    for path in new.template_files():
+        if new.belongs_to(path, parts.TEMPLATE):
+            assert path not in made or path in ("README.md", "fl_app/parts/__init__.py")
+        elif path.endswith(".py"):
+            assert made.pop(path) == (ROOT / path).read_text(), path
+
+
+def test_new_takes_the_parts_a_part_builds_on(tmp_path: Path) -> None:
+    new.make_app(tmp_path, "scenarios", "someone", ["presets"])
+    taken = {name for name, part in parts.PARTS.items() if (tmp_path / part.files[0]).exists()}
+    assert taken == {"presets", *parts.PARTS["presets"].requires}
+    pyproject = (tmp_path / "pyproject.toml").read_text()
+    assert 'name = "scenarios"' in pyproject
+    assert 'publisher = "someone"' in pyproject
+    readme = (tmp_path / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in taken)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "wanted"),
+    [
+        (["--with", "nope"], "unknown part 'nope'; the parts: comparisons"),
+        (["--name", "My_App"], "--name 'My_App' is not allowed: lowercase letters"),
+        (["--publisher", "Big Co"], "--publisher 'Big Co' is not allowed"),
+    ],
+)
+def test_a_bad_argument_of_new_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], wanted: str
+) -> None:
+    assert new.main([str(tmp_path / "app"), *arguments]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert wanted in line
+    assert not (tmp_path / "app").exists()
+
+
+def test_new_refuses_a_folder_that_holds_something(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert new.main([str(tmp_path)]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

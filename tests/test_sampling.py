@@ -134,7 +134,7 @@ def test_a_pool_draws_the_partitions_one_node_per_client_draws_and_names_them() 
         assert [{k: m.content["config"][k] for k in named[0]} for m in sent] == named
         assert all(m.content["config"]["server-round"] == server_round for m in sent)
         assert message.last_sampled == want
-        assert message.rule.sampling == (3, 10)  # m of the logical clients, for DP
+        assert message.rule.sampling == (3, 10)  # m of the logical clients
     assert not grid.asked  # a pool's nodes are never asked for a partition id
     evaluated = message.configure_evaluate(3, ArrayRecord(MODEL), ConfigRecord(), grid)
     want = reference.draw(3, "evaluate", 10, 10)

@@ -20,7 +20,7 @@ def test_purposes_ids_and_seeds_each_change_the_stream() -> None:
         rng_for(42, "client-val-split", 11),
         # The collision named seeds remove: a dataset's [seed, 10] was client 10's split.
         rng_for(42, "tabular-regression"),
-        rng_for(42, "faulty-clients", 10),
+        rng_for(42, "local-training", 10),
     ):
         assert not np.array_equal(other.random(8), base)
     # Training seeds of neighbouring rounds and clients do not repeat (the old

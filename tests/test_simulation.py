@@ -99,8 +99,7 @@ def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_each_half(
 ) -> None:
     """50 logical clients, 10 a round: a pool of 10 virtual nodes (the default) and one
     node per client sample the same partitions and give the same history, bit for bit. The
-    reference runs on Ray, the others in this process where this copy can (Ray's results:
-    tests/test_inprocess.py)."""
+    reference runs on Ray, the others wherever runs are fastest (tests/processes.py)."""
     flags = ["--num-clients", "50", "--fraction-fit", "0.2", "--seed", "7"]
     flags += ["--num-server-rounds", "3"]
     reference_run = ("message", "per-client")

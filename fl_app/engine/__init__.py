@@ -1,18 +1,8 @@
-"""The engine seam: every use of Flower's and Ray's private objects, applied through one
-function, :func:`engine`, and checked first.
-
-A simulation runs on Flower's own engine. This package changes three things about it,
-each by replacing a private object of Flower or Ray while a run is in progress:
-
-- :mod:`~fl_app.engine.loopback`: the Ray a simulation starts listens on 127.0.0.1 only;
-- a module that names a ``BACKEND`` runs the clients somewhere else than Flower's Ray
-  actors (a backend is one such module of this package);
-- a module that names a ``PATCH`` changes how the engine waits for messages.
-
-:func:`engine` checks, before it changes anything, that the installed Flower and Ray are
-the versions this was tested on and that every object it touches is there with the
-signature it expects (each module lists them in ``TOUCHES``). Otherwise it runs Flower's
-stock engine, with one warning line: the same results, only slower.
+"""The engine seam: every use of Flower's and Ray's private objects. Each module here lists
+the objects it touches (``TOUCHES``) and names a ``PATCH`` (a change to Flower's engine while a
+run is in progress) or a ``BACKEND`` (where else than Flower's Ray actors the clients run).
+:func:`engine` applies them only when the installed Flower and Ray are the tested versions and
+every touched object is as expected; otherwise Flower's stock engine runs, after one warning.
 """
 
 from __future__ import annotations
@@ -23,12 +13,12 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-# The versions every patch was tested on (and the tests prove each took effect).
+# The versions every patch was tested on (tests/test_engine.py proves each takes effect).
 TESTED = {"flwr": "1.42.0", "ray": "2.55.1"}
 RAY = "ray"  # Flower's own backend: its Ray actors
 LOG = logging.getLogger("flwr.engine")
@@ -63,20 +53,14 @@ class Touch:
 
 
 def modules() -> list[ModuleType]:
-    """This package's modules: the patches, each with its ``TOUCHES``."""
-    return [
-        importlib.import_module(f"{__name__}.{info.name}")
-        for info in pkgutil.iter_modules(__path__)
-    ]
+    """This package's modules, each with its ``TOUCHES``."""
+    return [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]
 
 
 def backends() -> dict[str, Any]:
-    """Where Flower's engine can run the clients: its Ray actors, and each module's ``BACKEND``
-    by the module's name."""
+    """Where the clients can run, by name: Flower's Ray actors, or a module's ``BACKEND``."""
     found: dict[str, Any] = {RAY: None}
-    for module in modules():
-        if hasattr(module, "BACKEND"):
-            found[module.__name__.rpartition(".")[2]] = module
+    found |= {m.__name__.rpartition(".")[2]: m for m in modules() if hasattr(m, "BACKEND")}
     return found
 
 
@@ -92,23 +76,18 @@ def problem() -> str | None:
 
 @contextlib.contextmanager
 def engine(backend: str = RAY, *, joins_ray: bool = False, pollers: int = 1) -> Iterator[bool]:
-    """Flower's simulation engine started inside this block runs as this project runs it:
-    its Ray (unless it ``joins_ray``: a cluster of the user's) on loopback, the clients on
-    ``backend`` (a name of :func:`backends`), each module's ``PATCH`` in place (its waits
-    sized for ``pollers`` nodes). Yields whether the patches are in place: when the
-    installed Flower or Ray is not what they were tested on, nothing is changed and one
-    line says why (Flower's stock engine: the same results, only slower)."""
+    """Flower's simulation engine started in this block runs its clients on ``backend``, with
+    every ``PATCH`` in place (sized for ``pollers`` nodes; a Ray it ``joins_ray`` is the user's
+    and left alone). Yields whether they are: when the seam does not fit, nothing changes."""
     why = problem()
     if why is not None:
         LOG.warning("running Flower's stock simulation engine (the same results, slower): %s", why)
         yield False
         return
-    patches: list[Callable[..., Any]] = [
-        module.PATCH for module in modules() if hasattr(module, "PATCH")
-    ]
     with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch(joins_ray=joins_ray, pollers=pollers))
+        for module in modules():
+            if hasattr(module, "PATCH"):
+                stack.enter_context(module.PATCH(joins_ray=joins_ray, pollers=pollers))
         if backend != RAY:
             stack.enter_context(backends()[backend].BACKEND())
         yield True

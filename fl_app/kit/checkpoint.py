@@ -1,8 +1,4 @@
-"""Atomic per-round checkpoints: global model, strategy state and the rounds so far.
-
-One ``checkpoint.npz`` per run folder, replaced after every round by writing a temporary
-file and renaming it, so a run killed at any moment leaves the last complete round.
-"""
+"""A run's checkpoint after each round: the global model, strategy state and rounds so far."""
 
 from __future__ import annotations
 
@@ -17,7 +13,6 @@ from numpy.typing import NDArray
 from fl_app.kit.files import atomic_file, json_default
 
 CHECKPOINT_FILE = "checkpoint.npz"
-
 Arrays = list[NDArray[Any]]
 
 
@@ -32,22 +27,17 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file, then rename)."""
     arrays = {f"global/{i}": a for i, a in enumerate(checkpoint.global_model)}
     for name, state in checkpoint.strategy_state.items():
         arrays |= {f"state/{name}/{i}": a for i, a in enumerate(state)}
-    meta = {
-        "round": checkpoint.round,
-        "rounds": checkpoint.rounds,
-        "state": sorted(checkpoint.strategy_state),
-    }
+    states = sorted(checkpoint.strategy_state)
+    meta = {"round": checkpoint.round, "rounds": checkpoint.rounds, "state": states}
     arrays["meta"] = np.array(json.dumps(meta, default=json_default))
     with atomic_file(path, "wb") as f:
         np.savez(f, allow_pickle=False, **arrays)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
 
@@ -55,9 +45,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
             count = sum(1 for key in data.files if key.startswith(prefix))
             return [data[f"{prefix}{i}"] for i in range(count)]
 
-        return Checkpoint(
-            round=int(meta["round"]),
-            global_model=layers("global/"),
-            strategy_state={name: layers(f"state/{name}/") for name in meta["state"]},
-            rounds=list(meta["rounds"]),
-        )
+        states = {name: layers(f"state/{name}/") for name in meta["state"]}
+        return Checkpoint(int(meta["round"]), layers("global/"), states, list(meta["rounds"]))

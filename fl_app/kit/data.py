@@ -1,11 +1,6 @@
-"""How the task's datasets reach the server and each client: splits, partitions, caches.
-
-A pooled dataset (:class:`fl_app.task.Pooled`) is split once, by seed, into the server's
-test set (central evaluation), its validation set (server-side quality scoring) and a
-client pool that the ``partitioner`` splits over the clients; each client keeps a share
-of its data for local validation. Every process recomputes the same splits from the seed,
-so no data moves between server and clients. Knows nothing of Flower.
-"""
+"""How the task's data reaches the server and each client: a pooled dataset is split by seed
+into the server's test and validation sets and a client pool that the partitioner splits over
+the clients. Every process recomputes the same splits, so no data moves; no Flower here."""
 
 from __future__ import annotations
 
@@ -20,8 +15,8 @@ from numpy.typing import NDArray
 from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.task import ArrayDataset, DataSpec, Pooled, ServerData, dataset_of
 
-# The run config (``fl_app.kit.config.RunConfig``); these functions read its dataset,
-# partitioner, dirichlet-alpha, test-fraction, server-val-fraction, val-fraction and seed.
+# The run config: these functions read its dataset, partitioner, dirichlet-alpha,
+# test-fraction, server-val-fraction, val-fraction and seed.
 Settings = Any
 
 
@@ -33,8 +28,6 @@ class ClientData:
 
 @dataclass(frozen=True)
 class Pool:
-    """A pooled dataset split into server test, server validation and the client pool."""
-
     test: ArrayDataset
     server_val: ArrayDataset
     clients: ArrayDataset
@@ -44,7 +37,6 @@ class Pool:
 # Caches are keyed by the whole (frozen) config: one run keeps one config per process.
 @functools.lru_cache(maxsize=2)
 def pool(cfg: Settings) -> Pool:
-    """The pooled dataset of ``cfg``, split by seed (cached per process)."""
     dataset = dataset_of(cfg.dataset)
     if not isinstance(dataset, Pooled):
         raise TypeError(f"dataset {cfg.dataset!r} has no pooled form")
@@ -55,21 +47,16 @@ def pool(cfg: Settings) -> Pool:
     test = train.subset(order[:n_test]) if test is None else test
     regression = dataset.task == "regression"
     num_classes = train.y.shape[1] if regression else int(max(train.y.max(), test.y.max())) + 1
-    return Pool(
-        test=test,
-        server_val=train.subset(order[n_test : n_test + n_val]),
-        clients=train.subset(order[n_test + n_val :]),
-        num_classes=num_classes,
-    )
+    server_val, clients = order[n_test : n_test + n_val], order[n_test + n_val :]
+    return Pool(test, train.subset(server_val), train.subset(clients), num_classes)
 
 
 @dataclass(frozen=True)
 class Partitioning:
-    """A flwr-datasets partitioner (``flwr_datasets.partitioner.<name>``) and its arguments
-    besides ``num_partitions``, from (cfg, number of partitions, pool size)."""
+    """A partitioner of ``flwr_datasets.partitioner`` and its arguments but num_partitions."""
 
     name: str
-    arguments: Callable[[Any, int, int], dict[str, Any]]
+    arguments: Callable[[Any, int, int], dict[str, Any]]  # of cfg, num_partitions, pool size
 
 
 # name -> partitioner. "iid" is computed here (iid_rows); flwr-datasets does the others.
@@ -88,7 +75,6 @@ PARTITIONERS: dict[str, Partitioning] = {
 
 
 def make_partitioner(cfg: Settings, num_partitions: int, pool_size: int) -> Any:
-    """The flwr-datasets partitioner named by ``cfg.partitioner``."""
     from flwr_datasets import partitioner
 
     chosen = PARTITIONERS[cfg.partitioner]
@@ -97,7 +83,7 @@ def make_partitioner(cfg: Settings, num_partitions: int, pool_size: int) -> Any:
 
 
 def iid_rows(size: int, partition_id: int, num_partitions: int) -> NDArray[np.int64]:
-    """flwr-datasets' ``IidPartitioner`` split (the same contiguous shards of the shuffled
+    """flwr-datasets' ``IidPartitioner`` split (the same contiguous parts of the shuffled
     pool) without importing flwr-datasets, which costs every process a second or two."""
     base, extra = divmod(size, num_partitions)
     start = base * partition_id + min(partition_id, extra)
@@ -106,12 +92,12 @@ def iid_rows(size: int, partition_id: int, num_partitions: int) -> NDArray[np.in
 
 @functools.lru_cache(maxsize=2)
 def _partitioner(cfg: Settings, num_partitions: int) -> Any:
-    from datasets import Dataset as HFDataset
+    from datasets import Dataset
 
     labels = pool(cfg).clients.y
     partitioner = make_partitioner(cfg, num_partitions, len(labels))
     # Partition only labels and row numbers; the features stay in numpy.
-    partitioner.dataset = HFDataset.from_dict({"label": labels, "row": np.arange(len(labels))})
+    partitioner.dataset = Dataset.from_dict({"label": labels, "row": np.arange(len(labels))})
     return partitioner
 
 
@@ -138,7 +124,6 @@ def load_server_data(cfg: Settings) -> ServerData:
 # serves the usual few-client runs and stays a few MB when thousands of clients are sampled.
 @functools.lru_cache(maxsize=32)
 def load_client_data(cfg: Settings, partition_id: int, num_partitions: int) -> ClientData:
-    """Client ``partition_id``'s training and local validation data (cached per process)."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"partition-id {partition_id} is not in [0, num-partitions={num_partitions})"
@@ -154,11 +139,10 @@ def load_client_data(cfg: Settings, partition_id: int, num_partitions: int) -> C
 
 
 def data_spec(cfg: Settings) -> DataSpec:
-    """Input shape and class count of ``cfg``'s dataset (the same on server and clients)."""
+    """Input shape and class count of the dataset (the same on server and clients)."""
     dataset = dataset_of(cfg.dataset)
     return load_server_data(cfg).spec if isinstance(dataset, Pooled) else dataset.spec(cfg)
 
 
-def task_of(name: str) -> str:
-    """``regression`` or ``classification``: what the loss and the metrics are."""
+def task_of(name: str) -> str:  # regression or classification: what the loss and metrics are
     return dataset_of(name).task

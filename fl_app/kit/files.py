@@ -1,6 +1,4 @@
-"""Writing files so that a reader, or a run killed mid-write, never sees half of one."""
-
-from __future__ import annotations
+"""Files written whole or not at all: no reader, nor a run killed mid-write, sees half of one."""
 
 import os
 import tempfile
@@ -25,8 +23,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     os.replace(tmp.name, path)
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars."""
+def json_default(value: Any) -> Any:  # json.dumps(default=...) for numpy scalars
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")

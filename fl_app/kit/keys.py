@@ -1,10 +1,6 @@
-"""How a config key is declared (its help, allowed values and bounds; its default is the
-pyproject's), and the one-line refusal of a bad value.
-
-Apart from :mod:`fl_app.kit.config` so that an optional part can declare its own keys in
-its own files, which ``RunConfig`` then inherits: the config imports those files, so
-they cannot import it back.
-"""
+"""How a config key is declared (help, allowed values, bounds; its default is the
+pyproject's) and a bad value refused, in one line. Apart from the config so that an optional
+part's files can declare its keys: the config imports them, so they cannot import it."""
 
 from __future__ import annotations
 
@@ -16,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar, dataclass_transform
 
 T = TypeVar("T")
-# The project's pyproject.toml: its [tool.flwr.app.config] holds every key's default.
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -25,17 +20,15 @@ class ConfigError(ValueError):
 
 
 def fail(key: str, value: Any, allowed: str) -> NoReturn:
-    """Refuse ``key`` = ``value`` in one line: what is allowed."""
     raise ConfigError(f"config {key!r} = {value!r} is not allowed: must be {allowed}")
 
 
 class Names:
-    """The names of a registry (a dict, and prefixes that name more, as ``hf:<name>``),
+    """The names of a registry: its keys, and prefixes that name more (``<prefix><name>``),
     read at each use: an optional part may add entries after the config is defined."""
 
     def __init__(self, entries: Mapping[str, Any], prefixes: Mapping[str, Any] | None = None):
-        self.entries = entries
-        self.prefixes = prefixes if prefixes is not None else {}
+        self.entries, self.prefixes = entries, prefixes or {}
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -51,7 +44,6 @@ class Names:
 
 
 Choices = tuple[str, ...] | Names
-
 BOUNDS = (
     ("at_least", ">=", operator.ge),
     ("above", ">", operator.gt),
@@ -61,11 +53,7 @@ BOUNDS = (
 
 
 def option(help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
-    """A config key with its help text and the values it allows; its default is the one
-    ``pyproject.toml``'s ``[tool.flwr.app.config]`` gives (:func:`keys`).
-
-    ``bounds``: any of ``at_least``, ``above``, ``at_most``, ``below`` (see ``BOUNDS``).
-    """
+    """A config key: its help text and the values it allows (``bounds``: names of ``BOUNDS``)."""
     known = {name for name, _, _ in BOUNDS}
     if not set(bounds) <= known:
         raise TypeError(f"unknown bounds {sorted(set(bounds) - known)}: use {sorted(known)}")
@@ -81,20 +69,19 @@ def pyproject_table(path: Path = PYPROJECT) -> dict[str, Any]:
     return dict(table)
 
 
-# The one place a default is set: the pyproject's table (Flower's convention). Where the
-# app runs without the file (a deployment's FAB), Flower hands every key over.
+# The one place a default is set (Flower's convention); without the file (a deployment's
+# FAB) Flower hands every key over.
 DEFAULTS = pyproject_table()
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
 def keys(cls: type[T]) -> type[T]:
-    """``cls`` as a frozen dataclass of config keys, each key's default from :data:`DEFAULTS`."""
+    """``cls`` as a frozen dataclass of config keys, their defaults from :data:`DEFAULTS`."""
     for name, value in vars(cls).items():
         if isinstance(value, Field) and key_of(name) in DEFAULTS:
             value.default = DEFAULTS[key_of(name)]
     return dataclass(frozen=True, kw_only=True)(cls)
 
 
-def key_of(name: str) -> str:
-    """Config key (kebab-case) of a dataclass field name."""
+def key_of(name: str) -> str:  # the config key (kebab-case) of a field name
     return name.replace("_", "-")

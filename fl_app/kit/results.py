@@ -1,10 +1,6 @@
-"""Where a run's results go, and the files, tables and plots written there.
-
-``output-dir/<run-name>/`` receives ``config.json`` (the resolved config, at start),
-``history.json`` and ``metrics.csv`` (rewritten atomically after every round, so an
-interrupted run keeps what it did), and at the end ``final_model.pt`` (a torch
-``state_dict``), ``accuracy.png`` (classification) and ``loss.png``.
-"""
+"""Where a run's results go: ``output-dir/<run-name>/`` gets ``config.json`` at start,
+``history.json`` and ``metrics.csv`` after every round (atomically: an interrupted run keeps
+what it did), and ``final_model.pt`` (a torch ``state_dict``) and the plots at the end."""
 
 from __future__ import annotations
 
@@ -21,29 +17,24 @@ from numpy.typing import NDArray
 
 from fl_app.kit.files import atomic_file, json_default
 
-# One flat record per round (see fl_app.server_loop.RoundRecorder for its keys).
-RoundRecord = dict[str, Any]
+RoundRecord = dict[str, Any]  # one flat record per round: fl_app.kit.rounds.RoundRecorder
 # The fit metric naming the Ray node a client trained on (fl_app.client_app.where_it_ran).
 RAY_NODE = "ray_node"
 NDArrays = list[NDArray[Any]]
 
 
 class RunListener:
-    """Told about every finished round and, at the end, the final global model.
-
-    ``rounds`` is the server's own list of records: every round so far (a resumed run's
-    earlier rounds included), the last one just finished. Read it; there is no need to
-    keep a copy.
-    """
+    """Told about every finished round and, at the end, the final global model. ``rounds``
+    is the server's own list of records (a resumed run's earlier rounds too): no need to copy it."""
 
     def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        """Called after each round (round 0: the initial model's evaluation)."""
+        """After each round (round 0: the initial model's evaluation)."""
 
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
-        """Called once, after the last round, with the final global model."""
+        """Once, after the last round, with the final global model."""
 
     def stopped(self) -> None:
-        """Called when the run ends, after ``run_done`` or instead of it (it stopped)."""
+        """When the run ends, after ``run_done`` or instead of it (it stopped)."""
 
 
 def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
@@ -55,10 +46,8 @@ def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
     if "central_loss" in record:
         parts.append(f"loss {record['central_loss']:.4f}")
     if "sampled" in record:
-        parts.append(
-            f"clients {record.get('accepted', 0)}/{record['sampled']}"
-            f" ({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
-        )
+        counts = f"({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
+        parts.append(f"clients {record.get('accepted', 0)}/{record['sampled']} {counts}")
     if "epsilon" in record:  # part: dp
         parts.append(f"ε {record['epsilon']:.3g}")  # part: dp
     if "seconds" in record:
@@ -93,7 +82,6 @@ def run_directory(cfg: Any) -> Path:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
     with atomic_file(path) as f:
         f.write(text)
 
@@ -103,20 +91,15 @@ def write_json_atomically(path: Path, payload: Any) -> None:
 
 
 def finite(value: Any) -> bool:
-    """Whether ``value`` is a finite number."""
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def last(rounds: Sequence[RoundRecord], key: str) -> Any:
-    """The last value of ``key`` in ``rounds`` (None: no round has it)."""
-    return next((r[key] for r in reversed(rounds) if key in r), None)
-
-
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy (None for regression), final and best loss, wall
-    time, and the Ray nodes clients trained on (a simulation's)."""
+    """Final and best central accuracy (None for regression) and loss, wall time, and the
+    Ray nodes clients trained on."""
     accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
     losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
+    epsilons = [r["epsilon"] for r in rounds if "epsilon" in r]  # part: dp
     return {
         "rounds": max((r["round"] for r in rounds), default=0),
         "final_accuracy": accuracies[-1] if accuracies else None,
@@ -125,33 +108,20 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
         "best_loss": min(losses) if losses else None,
         "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
         "ray_nodes": sorted({node for r in rounds for node in r.get("ray_nodes", ())}),
-        "epsilon": last(rounds, "epsilon"),  # part: dp
+        "epsilon": epsilons[-1] if epsilons else None,  # part: dp
     }
 
 
 def describe(summary: Mapping[str, Any]) -> str:
     """One line: the headline metric (accuracy, or loss for regression) and the time."""
-    if summary["final_accuracy"] is not None:
-        headline = (
-            f"final accuracy {summary['final_accuracy']:.4f}, best {summary['best_accuracy']:.4f}"
-        )
-    else:
-        headline = f"final loss {summary['final_loss']:.4f}, best {summary['best_loss']:.4f}"
+    metric = "accuracy" if summary["final_accuracy"] is not None else "loss"
+    final, best = summary[f"final_{metric}"], summary[f"best_{metric}"]
+    headline = f"final {metric} {final:.4f}, best {best:.4f}"
     where = f" on {len(summary['ray_nodes'])} Ray nodes" if len(summary["ray_nodes"]) > 1 else ""
     line = f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s{where}"
     if summary.get("epsilon") is not None:  # part: dp
         line += f", privacy spent ε = {summary['epsilon']:.3g}"  # part: dp
     return line
-
-
-def metrics_csv(rounds: Sequence[RoundRecord]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(rounds)
-    return buffer.getvalue()
 
 
 def plot_curves(
@@ -183,9 +153,7 @@ def plot_curves(
     if "loss" in ylabel and values and min(values) > 0 and max(values) / min(values) > 50:
         ax.set_yscale("log")  # losses often fall by orders of magnitude
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel="round", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -194,66 +162,37 @@ def plot_curves(
     plt.close(fig)
 
 
-def _points(rounds: Sequence[RoundRecord], key: str) -> list[tuple[int, float]]:
-    return [(r["round"], float(r[key])) for r in rounds if finite(r.get(key))]
-
-
-def plot_run(rounds: Sequence[RoundRecord], directory: Path, title: str) -> list[Path]:
-    """``accuracy.png`` (when there is an accuracy) and ``loss.png`` of one run."""
-    written = []
-    accuracy = {
-        "central (server test set)": _points(rounds, "central_accuracy"),
-        "federated (clients' validation)": _points(rounds, "federated_accuracy"),
-    }
-    if any(accuracy.values()):
-        plot_curves(accuracy, ylabel="accuracy", title=title, path=directory / "accuracy.png")
-        written.append(directory / "accuracy.png")
-    loss = {
-        "central (server test set)": _points(rounds, "central_loss"),
-        "federated (clients' validation)": _points(rounds, "federated_loss"),
-        "clients' training": _points(rounds, "train_loss"),
-    }
-    plot_curves(loss, ylabel="loss", title=title, path=directory / "loss.png")
-    return [*written, directory / "loss.png"]
-
-
-class RoundCollector(RunListener):
-    """Keeps the server's list of round records for whoever started the server."""
-
-    def __init__(self, rounds: Sequence[RoundRecord] = ()) -> None:
-        self.rounds = rounds
-
-    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        self.rounds = rounds
-
-
 class RunWriter(RunListener):
-    """Keeps a run's folder up to date: config, history and metrics per round, model and plots at the end."""
+    """Keeps a run's folder up to date: config at start, history and metrics every round,
+    model and plots at the end."""
 
-    def __init__(
-        self,
-        cfg: Any,
-        directory: Path,
-        save_model: Callable[[NDArrays, Path], None],
-    ) -> None:
-        self.cfg = cfg
-        self.directory = directory
-        self.save_model = save_model
+    def __init__(self, cfg: Any, directory: Path, save_model: Callable[[NDArrays, Path], None]):
+        self.cfg, self.directory, self.save_model = cfg, directory, save_model
         write_json_atomically(directory / "config.json", cfg.run_config)
 
     def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        history = {
-            "config": self.cfg.run_config,
-            "rounds": rounds,
-            "summary": summarize(rounds),
-        }
+        history = {"config": self.cfg.run_config, "rounds": rounds, "summary": summarize(rounds)}
         write_json_atomically(self.directory / "history.json", history)
-        write_text_atomically(self.directory / "metrics.csv", metrics_csv(rounds))
+        table = io.StringIO()
+        rows = csv.DictWriter(table, METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        rows.writeheader()
+        rows.writerows(rounds)
+        write_text_atomically(self.directory / "metrics.csv", table.getvalue())
 
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         self.save_model(parameters, self.directory / "final_model.pt")
-        plot_run(
-            rounds,
-            self.directory,
-            title=f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})",
-        )
+        title = f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})"
+
+        def points(key: str) -> list[tuple[int, float]]:
+            return [(r["round"], float(r[key])) for r in rounds if finite(r.get(key))]
+
+        for metric in ("accuracy", "loss"):  # accuracy.png when there is an accuracy
+            curves = {
+                "central (server test set)": points(f"central_{metric}"),
+                "federated (clients' validation)": points(f"federated_{metric}"),
+            }
+            if metric == "loss":
+                curves["clients' training"] = points("train_loss")
+            if metric == "loss" or any(curves.values()):
+                path = self.directory / f"{metric}.png"
+                plot_curves(curves, ylabel=metric, title=title, path=path)

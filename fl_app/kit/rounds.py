@@ -1,9 +1,5 @@
-"""One flat record per round, whichever loop ran it: the recorder, and the records.
-
-The ServerApp's round loop (and any other: a part's) hands each finished round to one
-:class:`RoundRecorder`: records, listeners (results files, progress) and checkpoints are
-the same whichever loop ran the round.
-"""
+"""One flat record per round, whichever loop ran it (the ServerApp's or a part's): the
+recorder keeps them, tells the listeners (results files, printed lines) and checkpoints."""
 
 from __future__ import annotations
 
@@ -21,26 +17,17 @@ from strategies.core.adapter import RuleAdapter
 from strategies.core.state import Stateful, StrategyState
 from strategies.core.update import NothingAggregatedError
 
-# A child of Flower's logger: these lines show with Flower's, at Flower's level.
-LOG = logging.getLogger("flwr.rounds")
+LOG = logging.getLogger("flwr.rounds")  # a child of Flower's logger: shown at Flower's level
 NDArrays = list[NDArray[Any]]
-# Central evaluation of a global model: the record's ``central_*`` entries.
-CentralEvaluation = Callable[[NDArrays], dict[str, Any]]
+CentralEvaluation = Callable[[NDArrays], dict[str, Any]]  # a model's ``central_*`` entries
 
 
 class RoundRecorder:
-    """Keeps the list of round records; tells listeners; checkpoints after each round.
-
-    A record holds ``round``, ``seconds`` (wall time of the round), ``elapsed``,
-    ``central_loss`` / ``central_accuracy`` (server test set), ``federated_loss`` /
-    ``federated_accuracy`` (clients' validation splits), ``sampled``, ``results``,
-    ``failures`` (counted by the loop itself, so a strategy or wrapper that drops its
-    metrics cannot hide them), ``sampled_partitions`` (the partition ids the seeded
-    sampling chose), ``ray_nodes`` (the Ray nodes the aggregated clients trained on, in
-    a simulation), every fit metric of the strategy (``rejected``,
-    ``accepted``, ``weights``, the clients' mean ``train_loss`` ...) and, for a round that
-    aggregated nothing, ``problem``. Round 0 is the initial model's evaluation.
-    """
+    """Keeps the round records, tells the listeners, checkpoints after each round. A record
+    holds the columns of ``results.METRICS_COLUMNS`` (round 0: the initial model; failures
+    counted by the loop, so that no strategy can hide them), ``sampled_partitions``,
+    ``ray_nodes`` (where the aggregated clients trained), every fit metric of the strategy
+    (``accepted``, ``weights``...) and, for a round that aggregated nothing, ``problem``."""
 
     def __init__(
         self,
@@ -48,16 +35,11 @@ class RoundRecorder:
         checkpoint_path: Path | None = None,
         resume: Checkpoint | None = None,
     ) -> None:
-        self.listeners = list(listeners)
-        self.checkpoint_path = checkpoint_path
-        self.resume = resume
+        self.listeners, self.checkpoint_path, self.resume = list(listeners), checkpoint_path, resume
         self.rounds: list[RoundRecord] = list(resume.rounds) if resume else []
         elapsed = float(self.rounds[-1]["elapsed"]) if self.rounds else 0.0
         self.start = timeit.default_timer() - elapsed  # a resumed run goes on counting
-
-    @property
-    def first_round(self) -> int:
-        return self.resume.round + 1 if self.resume else 1
+        self.first_round = resume.round + 1 if resume else 1
 
     def restore(self, strategy: object) -> NDArrays | None:
         """The resumed global model (None for a fresh run); restores the strategy's state."""
@@ -77,18 +59,10 @@ class RoundRecorder:
         LOG.info("%s", format_round(record))
         for listener in self.listeners:
             listener.round_done(self.rounds)
-        # After the listeners: a checkpoint never runs ahead of history.json.
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None:  # after the listeners: never ahead of history.json
             state = strategy.get_state() if isinstance(strategy, Stateful) else StrategyState()
-            save_checkpoint(
-                self.checkpoint_path,
-                Checkpoint(
-                    round=record["round"],
-                    global_model=model,
-                    strategy_state=state.to_arrays(),
-                    rounds=self.rounds,
-                ),
-            )
+            checkpoint = Checkpoint(record["round"], model, state.to_arrays(), self.rounds)
+            save_checkpoint(self.checkpoint_path, checkpoint)
 
     def done(self, model: NDArrays) -> None:
         for listener in self.listeners:
@@ -105,11 +79,8 @@ def train_record(
     metrics: dict[str, Any],
     aggregated: bool,
 ) -> RoundRecord:
-    """The training part of a round's record, the same for both halves.
-
-    A project strategy's full round result (with ``weights`` and ``problem``) is read
-    from ``last_result``; any other strategy gives its metrics. The loop's own counts win.
-    """
+    """The training part of a round's record: a project strategy's full round result (with
+    ``weights`` and ``problem``), else the strategy's metrics; the loop's own counts win."""
     last = strategy.last_result if isinstance(strategy, RuleAdapter) else None
     fit_metrics = dict(metrics)
     if last is not None:
@@ -117,19 +88,13 @@ def train_record(
         if last.problem is not None:
             fit_metrics["problem"] = last.problem
     fit_metrics.setdefault("accepted", results if aggregated else 0)
-    record: RoundRecord = {
-        "round": server_round,
-        **fit_metrics,
-        "sampled": sampled,
-        "results": results,
-        "failures": failures,
-    }
+    counts = {"sampled": sampled, "results": results, "failures": failures}
+    record: RoundRecord = {"round": server_round, **fit_metrics, **counts}
     if isinstance(strategy, RuleAdapter) and strategy.last_sampled is not None:
         record["sampled_partitions"] = strategy.last_sampled
-    if last is not None:
-        nodes = {u.metrics.get(RAY_NODE) for u in last.accepted} - {None}
-        if nodes:
-            record["ray_nodes"] = sorted(map(str, nodes))  # where the aggregated clients trained
+    nodes = {u.metrics.get(RAY_NODE) for u in last.accepted} - {None} if last is not None else set()
+    if nodes:
+        record["ray_nodes"] = sorted(map(str, nodes))
     return record
 
 

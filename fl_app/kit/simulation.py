@@ -1,6 +1,5 @@
-"""One run of the app on Flower's simulation engine, in this process: its folder, its
-display, the engine's start, its records. ``run_simulation.py`` is the command line over
-this; an optional part may run several (a sweep) through :func:`simulate`."""
+"""Runs on Flower's simulation engine, in this process: their folders, printed lines, records
+and the engine's start. ``run_simulation.py`` is the command line over this."""
 
 from __future__ import annotations
 
@@ -15,31 +14,14 @@ from typing import Any
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from fl_app.client_app import client_app_for
 from fl_app.engine import RAY, engine
+from fl_app.kit import results
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
-from fl_app.kit.results import (
-    RoundCollector,
-    RoundRecord,
-    RunListener,
-    describe,
-    format_round,
-    run_directory,
-    summarize,
-    write_json_atomically,
-)
+from fl_app.kit.results import RoundRecord, RunListener
 from fl_app.server_app import ServerRun, server_app_for
 
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, beside its config
@@ -64,11 +46,8 @@ class Simulation:
     backend: str = RAY  # one of fl_app.engine.backends()
 
     def pool_size(self, configs: Sequence[RunConfig]) -> int | None:
-        """The engine's virtual nodes for ``configs`` run in it (None: one per client).
-
-        Auto: as many as the most clients any round of theirs asks for (training or
-        evaluation), so that every node gets one message a round.
-        """
+        """The engine's virtual nodes for ``configs`` (None: one per client). Auto: the most
+        clients any of their rounds asks for, so that every node gets one message a round."""
         if self.num_nodes == PER_CLIENT:
             return None
         if self.num_nodes != AUTO_NODES:
@@ -83,118 +62,74 @@ class Simulation:
 
 def saved_run(directory: Path) -> dict[str, Any]:
     """The config a run in ``directory`` was started with."""
+    refused = f"--resume {str(directory)!r} is not allowed"
     try:
         config: dict[str, Any] = json.loads((directory / "config.json").read_text())
         simulation = json.loads((directory / SIMULATION_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"--resume {str(directory)!r} is not allowed: not a run folder of this app ({err})"
-        ) from err
+        raise ConfigError(f"{refused}: not a run folder of this app ({err})") from err
     if not (directory / CHECKPOINT_FILE).is_file():
-        raise ConfigError(
-            f"--resume {str(directory)!r} is not allowed: it has no {CHECKPOINT_FILE}"
-        )
-    # A run folder of before num-clients was a config key has it with the simulation flags.
+        raise ConfigError(f"{refused}: it has no {CHECKPOINT_FILE}")
+    # Run folders older than the num-clients key have it with the simulation flags.
     return {"num-clients": int(simulation.get("num_clients", 10))} | config
 
 
-class ProgressDisplay(RunListener):
-    """A line per round, and (in a terminal) a progress bar with elapsed time, ETA, last score.
-
-    ``header``, when given, is printed before the first round's line (a sweep's runs
-    start one after another inside one engine).
-    """
-
-    def __init__(self, cfg: RunConfig, console: Console, header: str | None = None) -> None:
-        self.cfg = cfg
-        self.console = console
-        self.header = header
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("elapsed"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[last]}"),
-            console=console,
-            disable=not console.is_terminal,
-        )
-        self.task = self.progress.add_task(cfg.strategy, total=cfg.num_server_rounds, last="")
-
-    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        record = rounds[-1]
-        if self.header is not None:
-            say(self.console, self.header)
-            self.header = None
-        say(self.console, format_round(record, self.cfg.num_server_rounds))
-        last = (
-            f"accuracy {record['central_accuracy']:.4f}"
-            if "central_accuracy" in record
-            else f"loss {record.get('central_loss', float('nan')):.4f}"
-        )
-        self.progress.update(self.task, completed=record["round"], last=last)
-
-
-def say(console: Console, line: str) -> None:
-    """Print ``line`` as it is (no markup, highlighting or wrapping by rich)."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
 @dataclass
-class PlannedRun:
-    """A run about to start: its config (run name fixed), folder, display and records."""
+class PlannedRun(RunListener):
+    """A run about to start: its config (run name fixed), folder, listeners and resume point.
+    It listens to its rounds too: keeps the server's records and prints a line per round
+    (``header``, when set, before the first one: for runs that start one after another)."""
 
     cfg: RunConfig
     directory: Path
-    display: ProgressDisplay
-    collected: RoundCollector
     listeners: list[RunListener]
     resume: Checkpoint | None = None
+    header: str | None = None
+    rounds: Sequence[RoundRecord] = ()
+
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
+        self.rounds = rounds
+        if self.header is not None:
+            print(self.header, flush=True)
+            self.header = None
+        print(results.format_round(rounds[-1], self.cfg.num_server_rounds), flush=True)
 
 
 def plan(
     cfg: RunConfig,
     simulation: Simulation,
-    console: Console,
     *,
     resume: Checkpoint | None = None,
     listeners: Sequence[RunListener] = (),
     announce: bool = True,
 ) -> PlannedRun:
-    """Fix the run's name and folder, save its simulation flags, set up its display
-    (the header printed now when ``announce``, else before its first round)."""
-    directory = run_directory(cfg)
+    """Fix the run's name and folder, save its simulation flags; print its header line now
+    when ``announce``, else before its first round."""
+    directory = results.run_directory(cfg)
     cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
     header = (
         f"{cfg.strategy} on {cfg.dataset} ({cfg.partitioner}), {cfg.num_clients} clients, "
         f"{cfg.num_server_rounds} rounds, model {cfg.model}"
     )
     if announce:
-        say(console, header)
-    saved = {
-        k: v
-        for k, v in dataclasses.asdict(simulation).items()
-        if k not in ("verbose", "ray_address")
-    }
-    write_json_atomically(directory / SIMULATION_FILE, saved)
-    display = ProgressDisplay(cfg, console, None if announce else header)
-    collected = RoundCollector(resume.rounds if resume is not None else ())
-    if resume is not None:
-        display.progress.update(display.task, completed=resume.round)
-    return PlannedRun(cfg, directory, display, collected, [display, collected, *listeners], resume)
+        print(header, flush=True)
+    flags = dataclasses.asdict(simulation)
+    saved = {k: v for k, v in flags.items() if k not in ("verbose", "ray_address")}
+    results.write_json_atomically(directory / SIMULATION_FILE, saved)
+    rounds = resume.rounds if resume is not None else ()
+    return PlannedRun(cfg, directory, [*listeners], resume, None if announce else header, rounds)
 
 
-def finish(planned: PlannedRun, console: Console) -> list[RoundRecord]:
+def finish(planned: PlannedRun) -> list[RoundRecord]:
     """The run's records, after its summary line; an error when it stopped early."""
-    rounds, cfg = planned.collected.rounds, planned.cfg
+    rounds, cfg = planned.rounds, planned.cfg
     if len(rounds) < cfg.num_server_rounds + 1:
         raise RuntimeError(
             f"the simulation stopped after {max(len(rounds) - 1, 0)} of "
             f"{cfg.num_server_rounds} rounds; rerun with --verbose to see Flower's and Ray's logs"
         )
-    say(console, f"done: {describe(summarize(rounds))}; results: {planned.directory}")
+    summary = results.describe(results.summarize(rounds))
+    print(f"done: {summary}; results: {planned.directory}", flush=True)
     return list(rounds)
 
 
@@ -202,19 +137,13 @@ def run(
     cfg: RunConfig,
     simulation: Simulation,
     *,
-    console: Console | None = None,
     resume: Checkpoint | None = None,
     listeners: Sequence[RunListener] = (),
 ) -> list[RoundRecord]:
-    """Run one simulation (or continue one); print a line per round and a summary; return the records.
-
-    ``listeners`` are told about every round too (benchmarks use them to take timings).
-    """
-    console = console or Console()
-    planned = plan(cfg, simulation, console, resume=resume, listeners=listeners)
-    with planned.display.progress:
-        simulate([planned], simulation)
-    return finish(planned, console)
+    """One simulation (or the rest of one), a line per round and a summary; its records."""
+    planned = plan(cfg, simulation, resume=resume, listeners=listeners)
+    simulate([planned], simulation)
+    return finish(planned)
 
 
 def server_runs(runs: Sequence[PlannedRun], simulation: Simulation) -> list[ServerRun]:
@@ -222,7 +151,7 @@ def server_runs(runs: Sequence[PlannedRun], simulation: Simulation) -> list[Serv
     and the logical clients its messages name when a pool of nodes serves them."""
     pool = simulation.pool_size([r.cfg for r in runs])
     partitions = None if pool is None else runs[0].cfg.num_clients
-    return [ServerRun(r.cfg, r.listeners, r.resume, num_partitions=partitions) for r in runs]
+    return [ServerRun(r.cfg, [r, *r.listeners], r.resume, num_partitions=partitions) for r in runs]
 
 
 def simulate(
@@ -230,46 +159,30 @@ def simulate(
     simulation: Simulation,
     apps: tuple[ServerApp, ClientApp] | None = None,
 ) -> None:
-    """Run ``runs`` on one start of Flower's simulation engine, in this process: one run,
-    or with ``apps`` (the ServerApp and ClientApp that run them) several (a part's sweep).
-
-    The one call of ``flwr.simulation.run_simulation``, deprecated since Flower 1.41 (which
-    points to ``flwr run``): when Flower removes it, this function is what changes, to
-    ``flwr run . --run-config ...`` on the local simulation federation (docs/running.md).
-    """
+    """Run ``runs`` on one start of Flower's simulation engine: one run, or several with
+    ``apps`` (the ServerApp and ClientApp that run them). The one call of Flower's
+    ``run_simulation``, deprecated since Flower 1.41 for ``flwr run``."""
     from flwr.simulation import run_simulation
 
-    if not simulation.verbose:  # after Flower's import, which sets its logger's level
+    verbose, address = simulation.verbose, simulation.ray_address  # address: the user's Ray
+    if not verbose:  # after Flower's import, which sets its logger's level
         logging.getLogger("flwr").setLevel(logging.ERROR)
     pool = simulation.pool_size([r.cfg for r in runs])
     if apps is None:
         (only,) = server_runs(runs, simulation)
         apps = server_app_for(only), client_app_for(only.cfg, pooled=pool is not None)
     nodes = runs[0].cfg.num_clients if pool is None else pool
-    joins_ray = bool(simulation.ray_address)  # a cluster of the user's
-    with engine(simulation.backend, joins_ray=joins_ray, pollers=nodes):
-        run_simulation(
-            server_app=apps[0],
-            client_app=apps[1],
-            num_supernodes=nodes,
-            backend_config={
-                "client_resources": {
-                    "num_cpus": simulation.num_cpus,
-                    "num_gpus": simulation.num_gpus,
-                },
-                "init_args": {
-                    "logging_level": "INFO" if simulation.verbose else "ERROR",
-                    "log_to_driver": simulation.verbose,
-                    **({"address": simulation.ray_address} if simulation.ray_address else {}),
-                },
-            },
-            verbose_logging=simulation.verbose,
-        )
+    ray_init = {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}
+    backend_config: dict[str, dict[str, Any]] = {
+        "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
+        "init_args": ray_init | ({"address": address} if address else {}),
+    }
+    with engine(simulation.backend, joins_ray=bool(address), pollers=nodes):
+        run_simulation(*apps, nodes, backend_config=backend_config, verbose_logging=verbose)
 
 
 class Extension:
-    """What an optional part adds to ``run_simulation.py``'s command line (a subclass a
-    part, listed there on its registration line); each hook does nothing here."""
+    """What an optional part adds to ``run_simulation.py``; each hook does nothing here."""
 
     def add_flags(self, group: argparse._ArgumentGroup) -> None:
         """Add the part's flags to the simulation flags."""
@@ -279,8 +192,7 @@ class Extension:
         return {}
 
     def check(self, args: argparse.Namespace, cfg: RunConfig, simulation: Simulation) -> Simulation:
-        """Refuse what the part's flags cannot do (``ConfigError``); the simulation flags as
-        the part resolves them."""
+        """The simulation flags as the part resolves them; ``ConfigError`` for what it cannot do."""
         return simulation
 
     def before(self, simulation: Simulation) -> None:

@@ -1,4 +1,4 @@
-"""The task driven by the run config: a client's training with the run's knobs, and the
+"""The task as the run config drives it: a client's training with the run's knobs, and the
 server's model (initial weights, central evaluation, scoring). Knows nothing of Flower."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from numpy.typing import NDArray
 from torch import nn
 
 from fl_app import task
@@ -16,20 +15,15 @@ from fl_app.kit.data import Settings, load_server_data, task_of
 from fl_app.parts.privacy import dp_sgd_train  # part: dp
 from fl_app.task import ArrayDataset, Weights, build_model, evaluate, get_weights, set_weights
 
-# The run config; training also reads its model, device, local-epochs, batch-size,
-# learning-rate and momentum.
-TrainingSettings = Settings
 
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
+def pick_device(name: str) -> torch.device:  # auto: CUDA when available
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
 
 
 def train_as_configured(
-    cfg: TrainingSettings, model: nn.Module, data: ArrayDataset, *, device: torch.device, seed: int
+    cfg: Settings, model: nn.Module, data: ArrayDataset, *, device: torch.device, seed: int
 ) -> float:
     """:func:`fl_app.task.train` with the run's local-training knobs."""
     if cfg.dp == "dp-sgd":  # part: dp
@@ -50,18 +44,16 @@ def train_as_configured(
 class ServerModel:
     """The server's model and data: the initial global model, central evaluation, scoring."""
 
-    def __init__(self, cfg: TrainingSettings) -> None:
+    def __init__(self, cfg: Settings) -> None:
         self.data = load_server_data(cfg)
         self.device = pick_device(cfg.device)
         spec = self.data.spec
-        self.model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed).to(
-            self.device
-        )
+        model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
+        self.model = model.to(self.device)
         self.initial = get_weights(self.model)
 
-    def central(self, arrays: list[NDArray[Any]] | None = None) -> dict[str, Any]:
-        """``central_loss`` / ``central_accuracy`` of ``arrays`` (default: the model as it
-        is) on the server test set."""
+    def central(self, arrays: Weights | None = None) -> dict[str, Any]:
+        """``central_*`` metrics of ``arrays`` (default: the model as it is) on the test set."""
         if arrays is not None:
             set_weights(self.model, arrays)
         result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
@@ -70,11 +62,9 @@ class ServerModel:
     def score(self, arrays: Sequence[Any]) -> dict[str, float]:
         """A client model's ``val_*`` metrics on the server validation set."""
         set_weights(self.model, list(arrays))
-        return evaluate(
-            self.model, self.data.val, device=self.device, task=self.data.spec.task
-        ).metrics(prefix="val_")
+        result = evaluate(self.model, self.data.val, device=self.device, task=self.data.spec.task)
+        return result.metrics(prefix="val_")
 
     def save(self, arrays: Weights, path: Path) -> None:
-        """``arrays`` as the model's torch ``state_dict`` in ``path``."""
         set_weights(self.model, arrays)
         torch.save(self.model.state_dict(), path)

@@ -86,6 +86,7 @@ PARTS: dict[str, Part] = {
             "strategies/legacy.py",
             "strategies/secure.py",
             "tests/legacy_fakes.py",
+            "tests/legacy_apps.py",
             "tests/test_legacy.py",
             "tests/test_legacy_sampling.py",
             "tests/test_secure_aggregation.py",

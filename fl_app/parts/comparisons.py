@@ -24,7 +24,6 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from rich.console import Console
 
 from fl_app.client_app import client_app_for, sent_config
 from fl_app.kit.config import RunConfig
@@ -36,7 +35,6 @@ from fl_app.kit.simulation import (
     Simulation,
     finish,
     plan,
-    say,
     server_runs,
     simulate,
 )
@@ -158,10 +156,9 @@ def compare(invocation: Comparison) -> Path:
     """
     cfg = invocation.cfg
     seeds = invocation.seeds or (cfg.seed,)
-    console = Console()
     name = cfg.run_name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = run_directory(dataclasses.replace(cfg, run_name=name))
-    runs, failed, interrupted = run_variants(invocation, seeds, name, console)
+    runs, failed, interrupted = run_variants(invocation, seeds, name)
     varied = {key for overrides in invocation.variants.values() for key in overrides}
     data = cfg.dataset
     if "partitioner" not in varied:
@@ -180,8 +177,8 @@ def compare(invocation: Comparison) -> Path:
             title=title,
             references={CENTRALIZED},
         )
-        say(console, table.read_text())
-        say(console, f"comparison: {table} and {plot}")
+        print(table.read_text(), flush=True)
+        print(f"comparison: {table} and {plot}", flush=True)
     if interrupted:
         raise KeyboardInterrupt
     if failed:
@@ -193,7 +190,7 @@ def compare(invocation: Comparison) -> Path:
 
 
 def sweep(
-    cfgs: Sequence[RunConfig], simulation: Simulation, console: Console
+    cfgs: Sequence[RunConfig], simulation: Simulation
 ) -> tuple[dict[str, list[RoundRecord]], dict[str, BaseException], bool]:
     """Run ``cfgs`` (distinct run names) one after another in one start of Flower's engine.
 
@@ -201,7 +198,7 @@ def sweep(
     whether Ctrl-C stopped the sweep (the finished runs stay; the one in progress is not
     among them).
     """
-    planned = [plan(cfg, simulation, console, announce=False) for cfg in cfgs]
+    planned = [plan(cfg, simulation, announce=False) for cfg in cfgs]
     outcome = SweepOutcome()
     runs = server_runs(planned, simulation)
     for run in runs:  # every message names its run: one set of clients serves them all
@@ -223,14 +220,14 @@ def sweep(
     for p in planned:
         name = p.cfg.run_name
         if name in outcome.failed:
-            say(console, f"run {name} failed: {outcome.failed[name]}")
+            print(f"run {name} failed: {outcome.failed[name]}", flush=True)
         elif name in outcome.finished:
-            finished[name] = finish(p, console)
+            finished[name] = finish(p)
     return finished, outcome.failed, interrupted
 
 
 def run_variants(
-    invocation: Comparison, seeds: Sequence[int], name: str, console: Console
+    invocation: Comparison, seeds: Sequence[int], name: str
 ) -> tuple[dict[str, list[SeedRun]], dict[str, BaseException], bool]:
     """Every variant's runs, one per seed (seed by seed), the federated ones in one engine;
     with the runs that failed (by folder) and whether Ctrl-C stopped the sweep."""
@@ -249,7 +246,7 @@ def run_variants(
             else:
                 federated.append((variant, seed, variant_cfg))
     finished, failed, interrupted = (
-        sweep([c for _, _, c in federated], simulation, console) if federated else ({}, {}, False)
+        sweep([c for _, _, c in federated], simulation) if federated else ({}, {}, False)
     )
     for variant, seed, variant_cfg in federated:
         rounds = finished.get(variant_cfg.run_name)

@@ -9,8 +9,10 @@ import numpy as np
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
+from fl_app.kit.seeds import seed_for
+from fl_app.kit.training import train_as_configured
 from fl_app.parts.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
-from fl_app.task import get_weights
+from fl_app.task import get_weights, set_weights
 
 
 class FaultyClient(NumPyClient):
@@ -44,15 +46,20 @@ class FaultyClient(NumPyClient):
         return poison(self.kind, parameters, trained, num_examples, metrics, cfg.fault_scale)
 
     def little_is_enough(self, parameters: NDArrays, config: dict[str, Scalar]) -> NDArrays:
-        """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data, then send
+        """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data (seeded as the
+        client's training, plus the shard's number), then send
         :func:`fl_app.parts.faults.little_is_enough` of the shard models."""
-        client = self.honest
+        client, cfg = self.honest, self.honest.cfg
         train = client.data.train
+        server_round = int(config.get("server-round", 0))
         shard_models = []
         for part, indices in enumerate(np.array_split(np.arange(len(train)), LIE_SHARDS), 1):
-            client.train_on(train.subset(indices), parameters, config, part)
+            set_weights(client.model, parameters)
+            seed = seed_for(cfg.seed, "local-training", server_round, client.partition_id, part)
+            shard = train.subset(indices)
+            train_as_configured(cfg, client.model, shard, device=client.device, seed=seed)
             shard_models.append(get_weights(client.model))
-        return little_is_enough(parameters, shard_models, client.cfg.fault_scale)
+        return little_is_enough(parameters, shard_models, cfg.fault_scale)
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]

@@ -1,8 +1,4 @@
-"""What both Flower adapters share: the rule they run, seeded sampling, a pool's clients.
-
-No Flower: :mod:`strategies.message` (and the legacy half's :mod:`strategies.legacy`)
-subclass :class:`RuleAdapter` together with a Flower strategy class.
-"""
+"""What both Flower adapters share (no Flower): the rule they run, seeded sampling, a pool."""
 
 from __future__ import annotations
 
@@ -31,13 +27,10 @@ def build_rule(
     score_fn: ScoreFn | None,
     knobs: Mapping[str, Any],
 ) -> Rule:
-    """The rule an adapter wraps: ``rule`` itself, or ``rule_type`` built from ``options``
-    or from keyword ``knobs`` (the fields of ``rule_type.Options``)."""
+    """``rule`` itself, or ``rule_type`` built from ``options`` or from ``knobs``."""
     if rule is not None:
-        if knobs or options is not None or score_fn is not None:
-            given = sorted(knobs) + [
-                k for k, v in (("options", options), ("score_fn", score_fn)) if v
-            ]
+        given = sorted(knobs) + [k for k, v in (("options", options), ("score_fn", score_fn)) if v]
+        if given:
             raise TypeError(
                 f"pass either rule= or the rule's knobs, not both (got rule= and "
                 f"{', '.join(given)}); {type(rule).__name__}'s knobs go into its "
@@ -51,8 +44,7 @@ def build_rule(
     if options is not None and knobs:
         raise TypeError(f"pass either options= or the knobs {sorted(knobs)}, not both")
     allowed = rule_type.Options.field_names()
-    unknown = sorted(set(knobs) - set(allowed))
-    if unknown:
+    if unknown := sorted(set(knobs) - set(allowed)):
         raise TypeError(
             f"{rule_type.__name__} has no option {', '.join(map(repr, unknown))}; "
             f"its options are: {', '.join(allowed)}"
@@ -61,22 +53,10 @@ def build_rule(
 
 
 class RuleAdapter:
-    """What both Flower adapters share: the rule they run, its state, the last round.
-
-    A subclass of a Flower strategy class and of this one; ``of`` names one per rule.
-    """
+    """Base of each Flower adapter (beside a Flower strategy class): the rule, its state, the
+    last round, seeded sampling. :meth:`of` makes one per rule."""
 
     rule_type: ClassVar[type[Rule] | None] = None
-    rule: Rule
-    last_result: RoundResult | None
-    # Seeded sampling (None: Flower's own, unseeded) and how long to wait for the nodes'
-    # partition ids; ``last_sampled`` names the nodes the last training round sampled.
-    sampler: SeededSampler | None
-    query_timeout: float | None
-    last_sampled: list[int | str] | None
-    # Logical clients (partitions) served by a pool of nodes: every message names the
-    # partition it is for (None: each node is one client, its own partition).
-    num_partitions: int | None
 
     def adopt(
         self,
@@ -89,14 +69,16 @@ class RuleAdapter:
         query_timeout: float | None = None,
         num_partitions: int | None = None,
     ) -> None:
-        """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``."""
+        """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``. Without a
+        ``sampling_seed`` Flower samples, unseeded; ``query_timeout``: the wait for the nodes'
+        partition ids; ``num_partitions``: the nodes are a pool serving that many clients."""
         self.rule = build_rule(
             self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
         )
-        self.last_result = None
+        self.last_result: RoundResult | None = None
         self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
         self.query_timeout = query_timeout
-        self.last_sampled = None
+        self.last_sampled: list[int | str] | None = None  # the last training round's clients
         if num_partitions is not None and num_partitions < 1:
             raise ValueError(f"num_partitions={num_partitions} is not allowed: must be >= 1")
         self.num_partitions = num_partitions
@@ -104,19 +86,15 @@ class RuleAdapter:
     def assign(
         self, server_round: int, purpose: str, size: int, nodes: Sequence[Node]
     ) -> list[tuple[Node, dict[str, int]]]:
-        """A pool's round: ``size`` of the ``num_partitions`` logical clients, each with
-        the node that runs it (dealt in turn over ``nodes`` in the order given) and the
-        message config naming it.
-
-        Seeded, the partitions are the very ones the seeded sampler draws among nodes
-        that report partitions 0..N-1, one a node: a pool repeats one node per client.
-        """
+        """A pool's round: ``size`` partitions, each with its node (dealt in turn over
+        ``nodes``) and the message config naming it. Seeded, they are the partitions the
+        sampler would draw among nodes that report 0..N-1, one a node."""
         total = self.num_partitions
         assert total is not None, "assign() is for a pool (num_partitions set)"
         if not nodes or size <= 0:
             return []
         size = min(size, total)
-        if self.sampler is None:  # Flower's way: unseeded
+        if self.sampler is None:
             partitions = sorted(random.sample(range(total), size))
         else:
             partitions = self.sampler.draw(server_round, purpose, total, size)
@@ -135,35 +113,26 @@ class RuleAdapter:
         available: Sequence[Node],
         ask: Callable[[list[Node]], Mapping[Node, object]],
     ) -> list[Node]:
-        """The nodes of this round: as many as Flower sampled (Flower decides how many
-        and waits for them), chosen by the seeded sampler among ``available``.
-
-        ``ask(nodes)`` asks nodes that have not reported yet for their partition id and
-        returns what those that answered reported; the others are asked again next round.
-        """
+        """As many nodes as Flower sampled (Flower decides how many and waits for them),
+        chosen by the seeded sampler among ``available``. ``ask(nodes)`` returns the partition
+        ids of those that answered; the others are asked again next round."""
         if self.sampler is None:
             return list(flower_sample)
-        unknown = self.sampler.unknown(available) if flower_sample else []
-        if unknown:
+        if flower_sample and (unknown := self.sampler.unknown(available)):
             for node, partition_id in ask(unknown).items():
                 self.sampler.learn(node, partition_id)
         chosen = self.sampler.sample(server_round, purpose, available, len(flower_sample))
         if len(chosen) < len(flower_sample):
             LOG.warning(
-                "round %d: %d of %d nodes sampled for %s; the others have not reported "
-                "their partition id yet",
-                server_round,
-                len(chosen),
-                len(flower_sample),
-                purpose,
+                f"round {server_round}: {len(chosen)} of {len(flower_sample)} nodes sampled for "
+                f"{purpose}; the others have not reported their partition id yet"
             )
         if purpose == "train":
             self.last_sampled = [self.sampler.label(node) for node in chosen]
         return chosen
 
     def client_name(self, node: Hashable) -> str:
-        """How round results name ``node``: its partition id when it reported one (the same
-        in every run), else its Flower id."""
+        """``node``'s partition id when it reported one (the same in every run), else its id."""
         if self.sampler is not None and node in self.sampler.keys:
             return str(self.sampler.label(node))
         return str(node)
@@ -178,8 +147,7 @@ class RuleAdapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.rule.options})"
 
-    # strategies.core.state.Stateful, for checkpoints
-    def get_state(self) -> StrategyState:
+    def get_state(self) -> StrategyState:  # strategies.core.state.Stateful, for checkpoints
         return self.rule.state
 
     def set_state(self, state: StrategyState) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 
 from strategies.core.update import Metrics
 
+Replies = Sequence[tuple[int, Mapping[str, Any]]]  # each reply's (num_examples, metrics)
 
-def weighted_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metrics:
+
+def weighted_metrics(results: Replies) -> Metrics:
     """Example-weighted mean of every finite numeric metric the clients reported."""
     totals: dict[str, float] = {}
     weights: dict[str, int] = {}
@@ -21,25 +23,18 @@ def weighted_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metric
     return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
 
 
-def evaluation_metrics(results: Sequence[tuple[int, Mapping[str, Any]]]) -> Metrics:
-    """A federated evaluation round: the example-weighted mean of each metric the clients
-    reported, summed in a canonical order (the same floats on both Flower halves and in
-    any arrival order). ``loss`` is averaged over every reply, so a non-finite loss shows
-    (as in Flower); the other metrics over their finite values (:func:`weighted_metrics`).
-    """
+def evaluation_metrics(results: Replies) -> Metrics:
+    """:func:`weighted_metrics` in :func:`canonical_order`, but ``loss`` is averaged over
+    every reply, so that a non-finite loss shows (as in Flower)."""
     ordered = canonical_order(results)
-    metrics = weighted_metrics(
-        [(n, {k: v for k, v in m.items() if k != "loss"}) for n, m in ordered]
-    )
+    without_loss = [(n, {k: v for k, v in m.items() if k != "loss"}) for n, m in ordered]
+    metrics = weighted_metrics(without_loss)
     losses = [(n, float(m["loss"])) for n, m in ordered if "loss" in m]
     if losses:
         metrics["loss"] = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
     return metrics
 
 
-def canonical_order(
-    results: Sequence[tuple[int, Mapping[str, Any]]],
-) -> list[tuple[int, Mapping[str, Any]]]:
-    """``(num_examples, metrics)`` pairs sorted by content, so the float sums over them are
-    the same whatever order the clients answered in (and on both Flower halves)."""
+def canonical_order(results: Replies) -> list[tuple[int, Mapping[str, Any]]]:
+    """``results`` sorted by content, so that sums over them do not depend on arrival order."""
     return sorted(results, key=lambda r: (r[0], sorted((k, repr(v)) for k, v in r[1].items())))

@@ -1,9 +1,4 @@
-"""The knobs every rule has: the server step's, the empty-round limit, and each part's.
-
-A rule with knobs of its own subclasses :class:`ServerOptions` (``QualityOptions``,
-``HybridOptions``); the adapters take every field as a keyword argument, and
-``from_config`` reads them from the run config, which has a key for each.
-"""
+"""The knobs of every rule; a rule with knobs of its own subclasses :class:`ServerOptions`."""
 
 from __future__ import annotations
 
@@ -16,29 +11,20 @@ from strategies.privacy import PrivacyOptions  # part: dp
 
 @dataclass(frozen=True, kw_only=True)
 class StepOptions:
-    """The FedAvgM server step and the empty-round limit.
+    """The FedAvgM server step and the empty-round limit."""
 
-    server_learning_rate : η > 0. 1.0 (with β = 0) takes the average as the new model.
-    server_momentum : β in [0, 1). 0.0 disables server momentum.
-    max_empty_rounds : stop with :class:`~strategies.core.update.NothingAggregatedError`
-        after this many rounds in a row that aggregated nothing (0: never stop).
-    """
-
-    server_learning_rate: float = 1.0
-    server_momentum: float = 0.0
-    max_empty_rounds: int = 3
+    server_learning_rate: float = 1.0  # η > 0 (1.0 with β = 0: the average is the new model)
+    server_momentum: float = 0.0  # β in [0, 1)
+    max_empty_rounds: int = 3  # stop when so many rounds in a row aggregated nothing (0: never)
 
     def __post_init__(self) -> None:
-        if not 0 < self.server_learning_rate < math.inf:
-            raise ValueError(
-                f"server_learning_rate={self.server_learning_rate!r}: must be finite and > 0"
-            )
-        if not 0.0 <= self.server_momentum < 1.0:
-            raise ValueError(f"server_momentum={self.server_momentum!r}: must be in [0, 1)")
-        if isinstance(self.max_empty_rounds, bool) or not (
-            isinstance(self.max_empty_rounds, int) and self.max_empty_rounds >= 0
-        ):
-            raise ValueError(f"max_empty_rounds={self.max_empty_rounds!r}: must be an int >= 0")
+        lr, beta, rounds = self.server_learning_rate, self.server_momentum, self.max_empty_rounds
+        if not 0 < lr < math.inf:
+            raise ValueError(f"server_learning_rate={lr!r}: must be finite and > 0")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"server_momentum={beta!r}: must be in [0, 1)")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"max_empty_rounds={rounds!r}: must be an int >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,8 +36,7 @@ class ServerOptions(
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
-        """These options read from ``config`` (any object with an attribute per field,
-        e.g. :class:`fl_app.kit.config.RunConfig`)."""
+        """The options read from ``config``, an object with an attribute per field."""
         return cls(**{name: getattr(config, name) for name in cls.field_names()})
 
     @classmethod

@@ -1,15 +1,4 @@
-"""The rule: validation, coefficients, the streaming fold and the server step. No Flower.
-
-Both Flower API halves wrap the same :class:`Rule`: the adapters hand it each reply's
-layers as ``.npy`` bytes in a :class:`~strategies.core.update.ClientUpdate`, so a round is
-:meth:`Rule.aggregate` over those, and both halves give the same model bit for bit.
-
-A rule only decides the coefficients of the accepted updates (:meth:`Rule.coefficients`)
-and, when it needs more than the shared checks, validates further
-(:meth:`Rule.check_update`). What it carries from round to round lives in one explicit
-:class:`~strategies.core.state.StrategyState`. An optional part acts inside every round
-through :class:`RoundHooks` (a base class a part, registered on its line).
-"""
+"""The rule both Flower API halves wrap: validation, coefficients, the fold, the server step."""
 
 from __future__ import annotations
 
@@ -17,7 +6,7 @@ import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -37,6 +26,8 @@ from strategies.core.update import (
     ScoreFn,
 )
 from strategies.privacy import PrivateRule  # part: dp
+
+Rejected = list[tuple[ClientUpdate, str]]  # updates turned down, each with the reason
 
 
 class RoundHooks:
@@ -80,19 +71,9 @@ class Rule(
     PrivateRule,  # part: dp
     RoundHooks,
 ):
-    """Base of every aggregation rule: validated, streaming aggregation with a server step.
-
-    Update rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, chosen by :meth:`coefficients`),
-    then the FedAvgM server step ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
-
-    Every update is checked before it is folded in: it must decode, match the global
-    model's layer shapes and dtypes, hold only finite values, and report a positive
-    integer ``num_examples``. A failing update is rejected, reported with the client's id
-    and the reason, and counted in the round's ``rejected`` metric. When nothing valid
-    arrives the round keeps the previous global model and says why; after
-    ``max_empty_rounds`` such rounds in a row :meth:`aggregate` raises
-    :class:`NothingAggregatedError`.
-    """
+    """Base of every aggregation rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, from
+    :meth:`coefficients`), then the server step. Invalid updates are rejected with their reason;
+    a round with nothing valid keeps the previous model (``max_empty_rounds`` in a row stop)."""
 
     Options: ClassVar[type[ServerOptions]] = ServerOptions
     options: ServerOptions
@@ -108,11 +89,8 @@ class Rule(
         self.score_fn = score_fn
         self.state = StrategyState()
         self.global_model: list[Array] | None = None
-        # (sampled, available) clients of the current round, as the Flower adapter sampled
-        # them (None: every client that answered was sampled).
+        # (sampled, available) clients of the round, as the adapter sampled them (None: all).
         self.sampling: tuple[int, int] | None = None
-
-    # ---- hooks for subclasses -------------------------------------------------------
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
@@ -130,8 +108,6 @@ class Rule(
         """The fix for a round in which every update was rejected (after the reasons)."""
         return "check what the clients send (layers, num_examples) against the global model"
 
-    # ---- one round ------------------------------------------------------------------
-
     def aggregate(
         self,
         server_round: int,
@@ -140,13 +116,8 @@ class Rule(
         *,
         indivisible: bool = False,
     ) -> RoundResult:
-        """Validate ``updates``, fold the accepted ones, take the server step.
-
-        ``failures`` describes the clients that raised, timed out or answered with an
-        error (one string each). ``indivisible``: the updates are one masked sum (SecAgg+),
-        so a rejected update cannot be taken out and rejects the round. Raises
-        :class:`NothingAggregatedError` after too many empty rounds in a row.
-        """
+        """Validate ``updates``, fold the accepted ones, take the server step. ``failures``: one
+        string per failed client; ``indivisible``: one masked sum, which any rejection voids."""
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
         self.received(updates, metrics)
         accepted, rejected = self._validate(server_round, updates)
@@ -157,35 +128,35 @@ class Rule(
         if not accepted:
             return self._empty_round(server_round, metrics, rejected, failures)
         self.state.empty_rounds = 0
-
         chosen = self.coefficients(server_round, accepted)
-        self._check_coefficients(chosen, len(accepted))
+        count = len(accepted)
+        clients = np.asarray(chosen.clients, dtype=np.float64)
+        total = float(clients.sum()) + chosen.global_model
+        if clients.shape != (count,) or not np.all(np.isfinite(clients)) or abs(total - 1) > 1e-6:
+            raise ValueError(
+                f"{type(self).__name__}.coefficients gave {clients.tolist()} "
+                f"(+ {chosen.global_model} of the global model) for {count} updates: "
+                "they must be finite, one per update, and sum to 1"
+            )
         weights = chosen.clients if chosen.weights is None else chosen.weights
         answered = len(updates) + len(failures)
         chosen = self.adjusted(server_round, chosen, accepted, answered, metrics)
         # Overflow shows as a non-finite model below, which voids the round with its reason.
         with np.errstate(over="ignore", invalid="ignore"):
-            folded = [
-                (u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c != 0.0
-            ]
+            folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c]
             average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
             metrics |= self.released(server_round, average, weights, answered, accepted)
-            options = self.options
-            velocity = self.state.velocity
-            if options.server_learning_rate != 1.0 or options.server_momentum != 0.0:
+            lr, beta = self.options.server_learning_rate, self.options.server_momentum
+            velocity = self.state.velocity  # kept in the state if the round is voided
+            if lr != 1.0 or beta != 0.0:
                 average, velocity = aggregate.server_step(
-                    average,
-                    self.require_global(),
-                    velocity,  # a new velocity comes back; this one stays for a voided round
-                    learning_rate=options.server_learning_rate,
-                    momentum=options.server_momentum,
+                    average, self.require_global(), velocity, learning_rate=lr, momentum=beta
                 )
-        if not aggregate.all_finite(average):  # a sum (or the server step) overflowed
+        if not aggregate.all_finite(average):
             reason = "the aggregate of the accepted updates overflows the model's dtype"
             metrics |= {"rejected": len(updates), "accepted": 0}
-            return self._empty_round(
-                server_round, metrics, [*rejected, *((u, reason) for u in accepted)], failures
-            )
+            rejected += [(u, reason) for u in accepted]
+            return self._empty_round(server_round, metrics, rejected, failures)
         self.state.velocity = velocity
         metrics |= chosen.metrics
         metrics["weights"] = json.dumps(
@@ -203,19 +174,17 @@ class Rule(
         global_share: float,
         template: Sequence[Array],
     ) -> Model:
-        """``θ_avg = Σ c_i θ_i + c_g θ_g`` over ``folded`` (``(update, c_i)`` with c_i ≠ 0),
-        streamed: each update is decoded as the fold reaches it. ``template`` gives the
-        layers' shapes and dtypes. Updates that share their tensors (SecAgg+ hands every
-        client the one unmasked mean) are folded once, with their coefficients summed."""
+        """``θ_avg = Σ c_i θ_i + c_g θ_g`` in ``template``'s dtypes, decoding each update when the
+        fold reaches it. Updates that share one tensor list (one sum handed to every client) are
+        folded once, their coefficients summed."""
         shared: dict[int, tuple[ClientUpdate, float]] = {}
         for u, c in folded:
             first, total = shared.get(id(u.tensors), (u, 0.0))
             shared[id(u.tensors)] = (first, total + c)
-        terms: Iterator[tuple[Sequence[Array], float]] = (
-            (decode_tensors(u.tensors), c) for u, c in shared.values()
+        terms = itertools.chain(
+            ((decode_tensors(u.tensors), c) for u, c in shared.values()),
+            [(self.require_global(), global_share)] if global_share != 0.0 else [],
         )
-        if global_share != 0.0:
-            terms = itertools.chain(terms, [(self.require_global(), global_share)])
         return aggregate.weighted_sum(terms, template=template)
 
     def require_global(self) -> list[Array]:
@@ -226,41 +195,20 @@ class Rule(
             )
         return self.global_model
 
-    # ---- internals ------------------------------------------------------------------
-
-    def _check_coefficients(self, chosen: Coefficients, count: int) -> None:
-        """A rule's coefficients must be finite, one per update, and sum to 1."""
-        clients = np.asarray(chosen.clients, dtype=np.float64)
-        total = float(clients.sum()) + chosen.global_model
-        if clients.shape != (count,) or not np.all(np.isfinite(clients)) or abs(total - 1) > 1e-6:
-            raise ValueError(
-                f"{type(self).__name__}.coefficients gave {clients.tolist()} "
-                f"(+ {chosen.global_model} of the global model) for {count} updates: "
-                "they must be finite, one per update, and sum to 1"
-            )
-
     def _empty_round(
-        self,
-        server_round: int,
-        metrics: Metrics,
-        rejected: Sequence[tuple[ClientUpdate, str]],
-        failures: Sequence[str],
+        self, server_round: int, metrics: Metrics, rejected: Rejected, failures: Sequence[str]
     ) -> RoundResult:
         if rejected:
-            reasons = Counter(reason for _, reason in rejected)
-            said = "; ".join(f"{reason} (x{n})" for reason, n in reasons.most_common(3))
+            reasons = Counter(reason for _, reason in rejected).most_common(3)
+            said = "; ".join(f"{reason} (x{n})" for reason, n in reasons)
             why = f"all {len(rejected)} updates were rejected: {said}; fix: "
             why += self.explain_rejections(rejected)
         elif failures:
-            why = (
-                f"all {len(failures)} sampled clients failed (first: {failures[0]}); fix: "
-                "see the clients' errors (run_simulation.py --verbose, or flwr log)"
-            )
+            why = f"all {len(failures)} sampled clients failed (first: {failures[0]}); fix: "
+            why += "see the clients' errors (run_simulation.py --verbose, or flwr log)"
         else:
-            why = (
-                "no client was sampled or answered; fix: check that enough clients are "
-                "connected (min-available-clients) and round-timeout"
-            )
+            why = "no client was sampled or answered; fix: check that enough clients are "
+            why += "connected (min-available-clients) and round-timeout"
         problem = f"round {server_round}: nothing aggregated, keeping the previous model: {why}"
         self.state.empty_rounds += 1
         LOG.warning(problem)
@@ -275,16 +223,12 @@ class Rule(
 
     def _validate(
         self, server_round: int, updates: Sequence[ClientUpdate]
-    ) -> tuple[list[ClientUpdate], list[tuple[ClientUpdate, str]]]:
-        """Decode and check every update; return the valid ones and the rejected ones.
-
-        Updates are taken in a canonical order (by content), not in the order clients
-        answered: float sums depend on their order, and a rerun with the same seed must
-        give the same model bit for bit.
-        """
+    ) -> tuple[list[ClientUpdate], Rejected]:
+        """The valid updates and the rejected ones (with why), in a canonical order (by
+        content): float sums depend on order, and a seeded rerun must match bit for bit."""
         template: Sequence[Array] | None = self.global_model
         accepted: list[ClientUpdate] = []
-        rejected: list[tuple[ClientUpdate, str]] = []
+        rejected: Rejected = []
         for update in sorted(updates, key=ClientUpdate.sort_key):
             reason = update.problem
             if reason is None:
@@ -315,8 +259,7 @@ class Rule(
             return f"num_examples={n!r} is not an integer"
         if n <= 0:
             return f"num_examples={n} is not positive"
-        shape_problem = aggregate.mismatch(update.arrays, template)
-        if shape_problem is not None:
+        if (shape_problem := aggregate.mismatch(update.arrays, template)) is not None:
             return shape_problem
         if not aggregate.all_finite(update.arrays):
             return "parameters contain NaN or Inf"

@@ -1,8 +1,4 @@
-"""What a strategy carries from one round to the next, as a checkpoint stores it.
-
-:class:`StrategyState` is the core's state (:class:`CoreState`) plus that of each optional
-part that adds one (a base class a part, registered on its line).
-"""
+"""What a strategy carries from one round to the next, as a checkpoint stores it."""
 
 from __future__ import annotations
 
@@ -18,14 +14,10 @@ from strategies.privacy import PrivacyState  # part: dp
 
 @dataclass
 class CoreState:
-    """``velocity``: the server momentum buffer (None while β = 0 or before round 1);
-    ``empty_rounds``: rounds in a row that aggregated nothing."""
-
-    velocity: Model | None = None
-    empty_rounds: int = 0
+    velocity: Model | None = None  # the server momentum (None while β = 0 or before round 1)
+    empty_rounds: int = 0  # rounds in a row that aggregated nothing
 
     def to_arrays(self) -> dict[str, list[Array]]:
-        """The state as named lists of arrays (what a checkpoint stores)."""
         arrays = {"empty_rounds": [np.array(self.empty_rounds, dtype=np.int64)]}
         if self.velocity is not None:
             arrays["velocity"] = [v.copy() for v in self.velocity]
@@ -34,12 +26,9 @@ class CoreState:
     @classmethod
     def fields_from(cls, arrays: Mapping[str, Sequence[Array]]) -> dict[str, Any]:
         """The fields :meth:`to_arrays` stored (absent ones keep their defaults)."""
-        velocity = arrays.get("velocity")
-        empty = arrays.get("empty_rounds")
-        return {
-            "velocity": None if velocity is None else [np.array(v) for v in velocity],
-            "empty_rounds": int(empty[0]) if empty else 0,
-        }
+        velocity, empty = arrays.get("velocity"), arrays.get("empty_rounds")
+        copied = None if velocity is None else [np.array(v) for v in velocity]
+        return {"velocity": copied, "empty_rounds": int(empty[0]) if empty else 0}
 
 
 @dataclass
@@ -47,7 +36,7 @@ class StrategyState(
     PrivacyState,  # part: dp
     CoreState,
 ):
-    """Everything a strategy carries from one round to the next (for checkpoints)."""
+    """The core's state and each optional part's (a base class a part, on its line)."""
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Sequence[Array]]) -> StrategyState:
@@ -59,5 +48,4 @@ class Stateful(Protocol):
     """A strategy whose state a server checkpoints and restores."""
 
     def get_state(self) -> StrategyState: ...
-
     def set_state(self, state: StrategyState) -> None: ...
