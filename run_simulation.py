@@ -31,7 +31,6 @@ from fl_app.kit.config import RunConfig, describe_choices
 from fl_app.kit.keys import PYPROJECT, ConfigError, key_of, pyproject_table
 from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
 from fl_app.parts.comparisons import ComparisonFlags  # part: comparisons
-from fl_app.parts.legacy.keys import secure_nodes  # part: legacy-api
 from fl_app.parts.presets import PresetFlags  # part: presets
 from fl_app.parts.ray_cluster import ClusterFlags  # part: ray-cluster
 from strategies.core.update import NothingAggregatedError
@@ -51,14 +50,6 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     flags = parser.add_argument_group("simulation")
-    flags.add_argument(
-        "--num-nodes",
-        default=sim.AUTO_NODES,
-        metavar="N",
-        help=f"virtual nodes of Flower's engine: a number (a pool; each message names the "
-        f"client it is for), {sim.AUTO_NODES!r} (a pool of the clients a round asks for), or "
-        f"{sim.PER_CLIENT!r} (one node per client, as a deployment has)",
-    )
     flags.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     flags.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per client, e.g. 0.25")
     flags.add_argument(
@@ -120,14 +111,7 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     args = build_parser(defaults).parse_args(argv)
     fields = dataclasses.fields(RunConfig)
     cfg = RunConfig.from_mapping({key_of(f.name): getattr(args, f.name) for f in fields})
-    nodes = args.num_nodes
-    if nodes not in (sim.AUTO_NODES, sim.PER_CLIENT) and not (nodes.isdigit() and int(nodes) >= 1):
-        raise ConfigError(
-            f"--num-nodes {nodes!r} is not allowed: must be a number >= 1, "
-            f"{sim.AUTO_NODES!r} or {sim.PER_CLIENT!r}"
-        )
-    secure_nodes(cfg, nodes, (sim.AUTO_NODES, sim.PER_CLIENT))  # part: legacy-api
-    simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose, args.ray_address, nodes)
+    simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose, args.ray_address)
     for extension in EXTENSIONS:
         simulation = extension.check(args, cfg, simulation)
     runners = (extension.runner(args, cfg, simulation) for extension in EXTENSIONS)

@@ -4,7 +4,6 @@ app answers the Message API (an ``ArrayRecord`` and a ``MetricRecord`` with ``nu
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,14 +17,15 @@ from torch import nn
 from fl_app.engine.loopback import loopback_in_flowers_simulation
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
-from fl_app.kit.results import RAY_NODE
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
 from fl_app.parts.faulty_client import faulty  # part: faults
 from fl_app.parts.legacy.client import answering_legacy, securely_weighted  # part: legacy-api
 from fl_app.parts.private_client import private  # part: dp
+from fl_app.parts.ray_nodes import on_ray_node  # part: ray-cluster
 from fl_app.task import DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
+from strategies.pools import named_partition  # part: fast-engine
 from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
 
 loopback_in_flowers_simulation()  # before Flower's simulation runtime starts its Ray
@@ -64,7 +64,7 @@ class FlowerClient(NumPyClient):
         loss = train_as_configured(self.cfg, self.model, train, device=self.device, seed=seed)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": loss, **val.metrics(prefix="val_")}
-        return get_weights(self.model), len(train), metrics | where_it_ran()
+        return get_weights(self.model), len(train), metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -75,15 +75,6 @@ class FlowerClient(NumPyClient):
         return result.loss, result.num_examples, metrics
 
 
-def where_it_ran() -> dict[str, Scalar]:
-    """``ray_node``: the Ray node this client trained on (its id's first 12 hex digits, as
-    ``ray list nodes`` shows it) when it runs on Ray; nothing on a SuperNode."""
-    ray = sys.modules.get("ray")  # loaded in a Ray worker; never imported here
-    if ray is None or not ray.is_initialized():
-        return {}
-    return {RAY_NODE: str(ray.get_runtime_context().get_node_id())[:12]}
-
-
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     """The client of the node whose ``node_config`` names its partition."""
     partition_id = int(node_config[PARTITION_KEY])
@@ -92,6 +83,7 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
     honest = FlowerClient(cfg, partition_id, data, model)
     client: NumPyClient = honest
+    client = on_ray_node(client)  # part: ray-cluster
     client = private(cfg, client, partition_id)  # part: dp
     client = faulty(cfg, client, honest, num_partitions)  # part: faults
     client = securely_weighted(cfg, client)  # part: legacy-api
@@ -106,21 +98,16 @@ def sent_config(message: Message, key: str) -> Any:
     return None
 
 
-def partition_config(message: Message, context: Context, *, pooled: bool) -> dict[str, Any]:
-    """The node config the message's client runs with: a node of a simulation's pool runs the
-    partition the message names; a deployed node runs its own and refuses any other."""
-    node = dict(context.node_config)
+def partition_config(message: Message, node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` (a node config), which the message's client runs with: a message naming
+    another partition is refused, a node runs its own partition only."""
     named = {k: sent_config(message, k) for k in (PARTITION_KEY, NUM_PARTITIONS_KEY)}
-    if named[PARTITION_KEY] is None:
-        return node
-    if pooled:
-        return node | named
     own = {k: node.get(k) for k in named}
-    if own != named:
+    if named[PARTITION_KEY] is not None and own != named:
         raise ValueError(
             f"this node is partition {own[PARTITION_KEY]} of {own[NUM_PARTITIONS_KEY]} "
             f"(its node config), the server sent a message for partition "
-            f"{named[PARTITION_KEY]} of {named[NUM_PARTITIONS_KEY]}: a deployed node runs "
+            f"{named[PARTITION_KEY]} of {named[NUM_PARTITIONS_KEY]}: a node runs "
             "its own partition only"
         )
     return node
@@ -151,10 +138,13 @@ ConfigFor = Callable[[Context, Message], RunConfig]
 
 
 def client_app_for(
-    cfg: RunConfig | None = None, *, pooled: bool = False, config: ConfigFor | None = None
+    cfg: RunConfig | None = None,
+    *,
+    config: ConfigFor | None = None,
+    pooled: bool = False,  # part: fast-engine
 ) -> ClientApp:
     """A ClientApp bound to ``cfg`` (Flower's ``run_simulation`` gives clients no run config),
-    or reading the run config when None. ``pooled``: its nodes are a simulation's pool."""
+    or reading the run config when None (``config``: the run config each message is for)."""
 
     def config_of(context: Context, message: Message) -> RunConfig:
         if config is not None:
@@ -162,8 +152,9 @@ def client_app_for(
         return cfg or RunConfig.from_mapping(context.run_config)
 
     def client(context: Context, message: Message) -> NumPyClient:
-        node_config = partition_config(message, context, pooled=pooled)
-        return make_client(config_of(context, message), node_config)
+        node = dict(context.node_config)
+        node |= named_partition(message) if pooled else {}  # part: fast-engine
+        return make_client(config_of(context, message), partition_config(message, node))
 
     client_app = ClientApp()
 
@@ -175,7 +166,7 @@ def client_app_for(
         # The server's layer names come back (a torch state_dict's names survive the round).
         names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
         record = ArrayRecord({name: Array(a) for name, a in zip(names, trained, strict=True)})
-        # A MetricRecord holds numbers only: text metrics (``ray_node``) go in a ConfigRecord.
+        # A MetricRecord holds numbers only: text metrics go in a ConfigRecord.
         text: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, str)}
         numbers: dict[str, Any] = {k: v for k, v in metrics.items() if k not in text}
         numbers["num-examples"] = num_examples

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from fl_app.parts import PARTS, ROOT, TEMPLATE, Part, registered_part
@@ -67,16 +68,16 @@ def belongs_to(path: str, part: Part) -> bool:
 
 
 def kept_lines(text: str, kept: set[str]) -> str:
-    """``text`` less the lines that register a part not in ``kept``; where that leaves two
-    runs of blank lines meeting, the second goes (a dropped function leaves no gap)."""
+    """``text`` less the lines that register a part not in ``kept``; where a dropped run of
+    lines stood between two gaps (a function of its own), the gap after it goes too."""
     out: list[str] = []
-    dropped = False
+    gap_goes = False
     for line in text.splitlines(keepends=True):
         if registered_part(line) not in (None, *kept):
-            dropped = True
-        elif not (dropped and not line.strip() and out and not out[-1].strip()):
+            gap_goes = bool(out) and not out[-1].strip()
+        elif not (gap_goes and not line.strip()):
+            gap_goes = False
             out.append(line)
-            dropped = dropped and not line.strip()
     return "".join(out).rstrip("\n") + "\n" if out else ""
 
 
@@ -165,6 +166,18 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
             '"""The optional parts this app was made with (its README lists them)."""\n'
         )
     (destination / "README.md").write_text(readme(name, kept))
+    tidy(destination)
+
+
+def tidy(destination: Path) -> None:
+    """Format the app as its own lint wants it, where ruff is installed: a dropped line may
+    leave a list empty or an import block to re-sort."""
+    for command in (["format"], ["check", "--fix", "--select", "I"]):
+        subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--quiet", "."],
+            cwd=destination,
+            capture_output=True,
+        )
 
 
 def python_lines(root: Path) -> int:
@@ -177,12 +190,14 @@ def python_lines(root: Path) -> int:
 
 
 def sizes() -> dict[str, int]:
-    """Lines of non-test Python: the template, a new app without parts, each part (its files
-    and its marked lines), the template's own files."""
-    files = [f for f in template_files() if f.endswith(".py") and not f.startswith("tests/")]
+    """Lines of non-test Python: the template, a new app without parts (made in a temporary
+    folder, as ``new`` makes it), each part (its files and its marked lines), the
+    template's own files."""
     counts = {"template": 0, "core": 0, **dict.fromkeys(PARTS, 0), "template's own": 0}
     owners = {**PARTS, "template's own": TEMPLATE}
-    for path in files:
+    for path in template_files():
+        if not path.endswith(".py") or path.startswith("tests/"):
+            continue
         lines = (ROOT / path).read_text().splitlines()
         counts["template"] += len(lines)
         owner = next((name for name, part in owners.items() if belongs_to(path, part)), None)
@@ -190,8 +205,11 @@ def sizes() -> dict[str, int]:
             counts[owner] += len(lines)
             continue
         for line in lines:
-            marked = registered_part(line)
-            counts["core" if marked is None else marked] += 1
+            if (marked := registered_part(line)) is not None:
+                counts[marked] += 1
+    with tempfile.TemporaryDirectory() as folder:
+        make_app(Path(folder) / "app", "app", "app", [])
+        counts["core"] = python_lines(Path(folder) / "app")
     return counts
 
 

@@ -22,15 +22,13 @@ from fl_app.kit.results import RunListener, RunWriter, run_directory
 from fl_app.kit.rounds import RoundRecorder, stopped_record, train_record
 from fl_app.kit.training import ServerModel
 from fl_app.parts.legacy.server import legacy_rounds  # part: legacy-api
+from fl_app.parts.plots import RunPlots  # part: plots
 from strategies.core.update import NothingAggregatedError
 from strategies.message import MessageStrategy
 
 
-def build_strategy(
-    cfg: RunConfig, server: ServerModel, *, num_partitions: int | None = None
-) -> MessageStrategy:
-    """The strategy named by ``cfg.strategy``, with the run's sampling. ``num_partitions``: the
-    logical clients a simulation's pool of nodes serves (None: one client a node)."""
+def build_strategy(cfg: RunConfig, server: ServerModel) -> MessageStrategy:
+    """The strategy named by ``cfg.strategy``, with the run's sampling."""
     rule_type = strategies.rule_type(cfg.strategy)
     rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
     return MessageStrategy(
@@ -43,19 +41,18 @@ def build_strategy(
         # Clients are sampled by (seed, round, partition ids): reproducible, also on resume.
         sampling_seed=cfg.seed if cfg.client_sampling == "seeded" else None,
         query_timeout=cfg.round_timeout or None,
-        num_partitions=num_partitions,
     )
 
 
 @dataclass
 class ServerRun:
-    """One run of the server: its config, who is told about its rounds, where it resumes, the
-    logical clients of a simulation's pool, and the tags every message's config carries."""
+    """One run of the server: its config, who is told about its rounds, where it resumes, and
+    the tags every message's config carries."""
 
     cfg: RunConfig
     listeners: Sequence[RunListener] = ()
     resume: Checkpoint | None = None
-    num_partitions: int | None = None
+    num_partitions: int | None = None  # part: fast-engine
     tags: Mapping[str, Scalar] = field(default_factory=dict)
 
 
@@ -66,6 +63,7 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     grid = polled_grid(grid, cfg, run.num_partitions)  # part: fast-engine
     directory = run_directory(cfg)
     parts = cfg.part_listeners(directory)  # first: a missing package stops the run at once
+    parts.insert(0, RunPlots(cfg, directory))  # part: plots
     try:
         server = ServerModel(cfg)
         log(INFO, "results of this run: %s", directory)
@@ -89,7 +87,8 @@ def message_rounds(
     ``send_and_receive``, ``aggregate_train``, then central and federated evaluation), but each
     round recorded, and a reply that did not come back counted as a failure."""
     cfg = run.cfg
-    strategy = build_strategy(cfg, server, num_partitions=run.num_partitions)
+    strategy = build_strategy(cfg, server)
+    strategy.num_partitions = run.num_partitions  # part: fast-engine
     timeout = cfg.round_timeout or None
     resumed = recorder.restore(strategy)
     model = server.initial if resumed is None else resumed

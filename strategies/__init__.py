@@ -67,7 +67,7 @@ def build(
 LEGACY_NAMES = ("SimpleAverage", "QualityWeighted", "FedAvg", "Hybrid")  # part: legacy-api
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Any:  # part: legacy-api
     if name in LEGACY_NAMES:  # part: legacy-api
         return getattr(importlib.import_module("strategies.legacy"), name)  # part: legacy-api
-    raise AttributeError(f"module 'strategies' has no attribute {name!r}")
+    raise AttributeError(f"module 'strategies' has no attribute {name!r}")  # part: legacy-api

@@ -60,16 +60,16 @@ def weighted_sum(
                     np.subtract(flat_layer[start:stop], ref[start:stop], out=buf, casting="unsafe")
                     buf *= coefficient
                 flat_acc[start:stop] += buf
-    return [_cast_like(a, t.dtype) for a, t in zip(acc, template, strict=True)]
+    return [cast_like(a, t.dtype) for a, t in zip(acc, template, strict=True)]
 
 
-def _cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
+def cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
     if array.dtype == dtype:
         return array
     return np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype)
 
 
-def _difference_chunks(
+def difference_chunks(
     arrays: Sequence[Array], reference: Sequence[Array], precision: type | None = None
 ) -> Iterator[tuple[int, int, int, Array]]:
     """``(layer, start, stop, θ − θ_ref on [start, stop))`` in a reused buffer, in ``precision`` or
@@ -103,22 +103,7 @@ def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
 def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
     """``‖θ − θ_ref‖``, chunks squared in the layers' precision (fast; relative error near 1e-7
     for float32) and summed in float64."""
-    return _euclidean(lambda p: (buf for *_, buf in _difference_chunks(arrays, reference, p)))
-
-
-def inner(arrays: Sequence[Array], reference: Sequence[Array], direction: Sequence[Array]) -> float:
-    """``⟨θ − θ_ref, d⟩``, as :func:`distance`; in float64 where the layers' precision overflows."""
-    flat = [_flat(d) for d in direction]
-
-    def total(precision: type | None) -> float:
-        return sum(
-            float(np.dot(buf, flat[index][start:stop].astype(buf.dtype, copy=False)))
-            for index, start, stop, buf in _difference_chunks(arrays, reference, precision)
-        )
-
-    with np.errstate(over="ignore", invalid="ignore"):
-        fast = total(None)
-        return fast if math.isfinite(fast) else total(np.float64)
+    return _euclidean(lambda p: (buf for *_, buf in difference_chunks(arrays, reference, p)))
 
 
 def norm(arrays: Sequence[Array]) -> float:
@@ -188,42 +173,7 @@ def mix_weights(lam: float, first: Array, second: Array) -> NDArray[np.float64]:
     return lam * np.asarray(first, dtype=np.float64) + (1.0 - lam) * np.asarray(second)
 
 
-def mad_inliers(norms: Floats, k: float) -> NDArray[np.bool_]:
-    """Mask of the norms kept by ``norm ≤ median + k · MAD`` (MAD: median absolute deviation)."""
-    values = np.asarray(norms, dtype=np.float64)
-    median = np.median(values)
-    return np.asarray(values <= median + k * np.median(np.abs(values - median)))
-
-
 def clip_factors(norms: Floats, max_norm: float) -> NDArray[np.float64]:
     """Factors ``min(1, c / ‖Δ_i‖)`` that scale each update to norm at most ``c``."""
     values = np.asarray(norms, dtype=np.float64)
     return np.asarray(np.minimum(1.0, max_norm / np.maximum(values, np.finfo(np.float64).tiny)))
-
-
-def server_step(
-    average: Model,
-    global_model: Sequence[Array],
-    velocity: Model | None,
-    *,
-    learning_rate: float,
-    momentum: float,
-) -> tuple[Model, Model | None]:
-    """FedAvgM, in place on ``average``: ``Δ = θ_avg − θ_g``, ``v ← β v + Δ``, ``θ_g ← θ_g + η v``.
-    Returns the model and a new velocity (``velocity`` is left as it was); η=1, β=0: ``average``."""
-    if learning_rate == 1.0 and momentum == 0.0:
-        return average, None
-    # Float layers are updated in place; integer layers in a float64 copy, rounded back.
-    work = [a if a.dtype == accumulator_dtype(a.dtype) else a.astype(np.float64) for a in average]
-    for delta, g in zip(work, global_model, strict=True):
-        np.subtract(delta, g, out=delta)
-    step = work
-    if momentum > 0.0:
-        previous = velocity or [np.zeros_like(d) for d in work]
-        step = velocity = [
-            np.multiply(v, momentum) + d for v, d in zip(previous, work, strict=True)
-        ]
-    for out, s, g in zip(work, step, global_model, strict=True):
-        np.multiply(s, learning_rate, out=out)
-        np.add(out, g, out=out)
-    return [_cast_like(w, a.dtype) for w, a in zip(work, average, strict=True)], velocity

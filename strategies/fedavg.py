@@ -8,7 +8,7 @@ from strategies.core.update import ClientUpdate, Coefficients
 
 
 class FedAvgRule(Rule):
-    """Example-weighted mean ``θ = Σ n_i θ_i / Σ n_i``; FedAvgM (Hsu et al. 2019) with η, β."""
+    """Example-weighted mean ``θ = Σ n_i θ_i / Σ n_i``."""
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         return Coefficients(example_weights([u.num_examples for u in updates]))

@@ -4,7 +4,7 @@ Krum, MultiKrum, Bulyan, FedMedian and FedTrimmedAvg combine the updates with th
 functions Flower's legacy strategies call in ``aggregate_fit``
 (``flwr.server.strategy.aggregate``), with the same arguments. Everything around the
 combination is the project's: validation and rejection, seeded sampling, records,
-checkpoints and the server step, on both Flower API halves. So a robustness table
+checkpoints and what the optional parts add, on both Flower API halves. So a robustness table
 compares aggregation rules, and nothing else. (The rules see the updates in a canonical
 order, by content, so a run is reproducible; Flower's Bulyan breaks its repeated Krum's
 ties by that order.)

@@ -1,4 +1,4 @@
-"""Hybrid: robust filter + λ-mix of data-size and quality weights + server step."""
+"""Hybrid: a λ-mix of data-size and quality weights (an optional part may filter first)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from strategies import aggregate
-from strategies.core.codec import decode_tensors
-from strategies.core.update import ClientUpdate, Coefficients
+from strategies.core.update import ClientUpdate, Coefficients, Metrics
 from strategies.quality_weighted import QualityOptions, QualityWeightedRule
+from strategies.robust import RobustFilter, RobustOptions  # part: robust
 
-ROBUST_FILTERS = ("none", "mad", "clip", "direction")
 LambdaSchedule = float | Callable[[int], float]
+# Which updates are kept, the factor each is scaled by, and the round's metrics.
+Filtered = tuple[NDArray[np.bool_], NDArray[np.float64], Metrics]
 
 
 def linear_schedule(start: float, end: float, num_rounds: int) -> Callable[[int], float]:
@@ -29,19 +31,17 @@ def linear_schedule(start: float, end: float, num_rounds: int) -> Callable[[int]
 
 
 @dataclass(frozen=True, kw_only=True)
-class HybridOptions(QualityOptions):
-    """Knobs of :class:`HybridRule`: the quality knobs, the server step, λ (a constant, a function
-    of the round, or moving linearly to ``hybrid_lambda_end`` at round ``num_server_rounds``;
-    -1: constant), and the robust filter with its k, c (0: the median norm), ρ and min cosine."""
+class HybridOptions(
+    RobustOptions,  # part: robust
+    QualityOptions,
+):
+    """Knobs of :class:`HybridRule`: the quality knobs, and λ (a constant, a function of the
+    round, or moving linearly to ``hybrid_lambda_end`` at round ``num_server_rounds``; -1:
+    constant)."""
 
     hybrid_lambda: LambdaSchedule = 0.5
     hybrid_lambda_end: float = -1.0
     num_server_rounds: int = 1
-    robust_filter: str = "none"
-    robust_mad_k: float = 3.0
-    robust_clip_norm: float = 0.0
-    robust_min_cosine: float = 0.0
-    robust_norm_ratio: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,11 +55,6 @@ class HybridOptions(QualityOptions):
                 f"hybrid_lambda_end={end!r} needs num_server_rounds >= 2 "
                 f"(the rounds over which λ moves), got {rounds}"
             )
-        self._require_one_of("robust_filter", ROBUST_FILTERS)
-        self._require(self.robust_mad_k > 0, "robust_mad_k", "must be > 0")
-        self._require(self.robust_clip_norm >= 0, "robust_clip_norm", "must be >= 0 (0: median)")
-        self._require(self.robust_norm_ratio > 1.0, "robust_norm_ratio", "must be > 1")
-        self._require(-1 <= self.robust_min_cosine < 1, "robust_min_cosine", "must be in [-1, 1)")
 
     def lambda_at(self, server_round: int) -> float:
         """λ of ``server_round``, clipped to [0, 1]."""
@@ -69,21 +64,26 @@ class HybridOptions(QualityOptions):
         return float(min(max(lam(server_round) if callable(lam) else lam, 0.0), 1.0))
 
 
-class HybridRule(QualityWeightedRule):
-    """One rule that has the other rules as special cases.
+class KeepEvery:
+    """Which updates :class:`HybridRule` folds, and by what factor: an optional part may
+    drop or scale some; the core keeps every one as it is and reports nothing."""
 
-    1. Robust filter (optional) on the updates ``Δ_i = θ_i − θ_g``: ``"mad"`` drops those whose
-       norm exceeds ``median + k · MAD``; ``"clip"`` scales each to norm at most ``c``;
-       ``"direction"`` drops those whose norm exceeds ``ρ · median`` (a bound honest updates
-       do not reach, unlike MAD's on IID rounds) and those whose cosine to
-       ``r = (1/K) Σ min(1, m/‖Δ_i‖) Δ_i`` (the mean of the updates clipped to their median
-       norm ``m``, which a minority cannot turn around) is below ``robust_min_cosine``:
-       sign-flipped updates keep their norm, not their direction.
-    2. Weights ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates, ``q_i`` the
-       quality weights of :class:`QualityWeightedRule`; then FedAvg's server step (η, β).
+    def filtered(self, server_round: int, updates: list[ClientUpdate]) -> Filtered:
+        count = len(updates)
+        return np.ones(count, dtype=bool), np.ones(count), {}
 
-    ``λ = 1`` without filter is exactly FedAvg, ``λ = 0`` exactly QualityWeighted; quality is
-    only required in rounds where λ < 1. For non-IID federations with unreliable clients.
+
+class HybridRule(
+    RobustFilter,  # part: robust
+    KeepEvery,
+    QualityWeightedRule,
+):
+    """One rule that has the other rules as special cases: weights
+    ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates (:meth:`filtered`), ``q_i``
+    the quality weights of :class:`QualityWeightedRule`.
+
+    ``λ = 1`` over every update is exactly FedAvg, ``λ = 0`` exactly QualityWeighted; quality
+    is only required in rounds where λ < 1. For non-IID federations with unreliable clients.
     """
 
     Options = HybridOptions
@@ -92,27 +92,11 @@ class HybridRule(QualityWeightedRule):
     def needs_quality(self, server_round: int) -> bool:
         return self.options.lambda_at(server_round) < 1.0
 
-    def needs_distance(self, server_round: int) -> bool:
-        return self.options.robust_filter != "none"
-
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
-        options = self.options
         count = len(updates)
-        kept = np.ones(count, dtype=bool)
-        scale = np.ones(count)
-        if options.robust_filter != "none":
-            norms = np.array([u.distance for u in updates])
-            median = float(np.median(norms))
-            if options.robust_filter == "mad":
-                kept = aggregate.mad_inliers(norms, options.robust_mad_k)
-            elif options.robust_filter == "clip":
-                scale = aggregate.clip_factors(norms, options.robust_clip_norm or median)
-            else:  # direction
-                aligned = self.cosines(updates, aggregate.clip_factors(norms, median))
-                short = norms <= options.robust_norm_ratio * median
-                kept = short & (aligned >= options.robust_min_cosine)
+        kept, scale, filtered = self.filtered(server_round, updates)
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
-        lam = options.lambda_at(server_round)
+        lam = self.options.lambda_at(server_round)
         data_weights = aggregate.example_weights([u.num_examples for u in kept_updates])
         if lam < 1.0:
             quality, fallback = self.quality_coefficients(server_round, kept_updates)
@@ -122,31 +106,8 @@ class HybridRule(QualityWeightedRule):
         weights[kept] = aggregate.mix_weights(lam, data_weights, quality)
         return Coefficients(
             weights * scale,
-            # What clipping takes off the updates stays on the global model.
+            # What scaling takes off the updates stays on the global model.
             global_model=float(np.sum(weights * (1.0 - scale))),
             weights=weights,
-            metrics={
-                "lambda": lam,
-                "quality_fallback": int(fallback),
-                "filtered": int(count - kept.sum()),
-                "clipped": int(np.sum(scale < 1.0)),
-            },
+            metrics={"lambda": lam, "quality_fallback": int(fallback), **filtered},
         )
-
-    def cosines(self, updates: list[ClientUpdate], scale: aggregate.Array) -> aggregate.Array:
-        """Cosine of each ``Δ_i`` to ``r = (1/K) Σ s_i Δ_i`` (0 where ``Δ_i`` or ``r`` is 0)."""
-        global_model = self.require_global()
-        factors = scale / len(updates)
-        template = [np.empty(g.shape, np.promote_types(g.dtype, np.float32)) for g in global_model]
-        reference = aggregate.weighted_sum(
-            ((decode_tensors(u.tensors), float(f)) for u, f in zip(updates, factors, strict=True)),
-            template=template,
-            relative_to=global_model,
-        )
-        length = aggregate.norm(reference)
-        cosines = np.zeros(len(updates))
-        for index, update in enumerate(updates):
-            if update.distance > 0 and length > 0:
-                inner = aggregate.inner(decode_tensors(update.tensors), global_model, reference)
-                cosines[index] = inner / (update.distance * length)
-        return cosines

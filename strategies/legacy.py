@@ -6,7 +6,7 @@ evaluate-metric aggregation; ``aggregate_fit`` hands the tensors of each ``FitRe
 the rule. The Message-API twins in :mod:`strategies.message` give the same model bit for
 bit on the same replies.
 
-    strategy = Hybrid(hybrid_lambda=0.3, robust_filter="mad", fraction_fit=0.5)
+    strategy = Hybrid(hybrid_lambda=0.3, quality_metric="val_loss", fraction_fit=0.5)
     strategy = Hybrid(options=HybridOptions(hybrid_lambda=0.3), fraction_fit=0.5)
 """
 
@@ -21,18 +21,11 @@ from typing import Any
 
 from flwr.common import (
     Code,
-    DisconnectRes,
-    EvaluateIns,
     EvaluateRes,
-    FitIns,
     FitRes,
-    GetParametersIns,
-    GetParametersRes,
     GetPropertiesIns,
-    GetPropertiesRes,
     Metrics,
     Parameters,
-    ReconnectIns,
     Scalar,
     parameters_to_ndarrays,
 )
@@ -49,6 +42,7 @@ from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, RoundResult, ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
+from strategies.pools import PooledProxies  # part: fast-engine
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
 from strategies.secure import secure_aggregation_problem
@@ -75,7 +69,11 @@ def describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str
     return f"client {proxy.cid}: {res.status.code.name} {res.status.message}"
 
 
-class LegacyStrategy(RuleAdapter, FlowerFedAvg):
+class LegacyStrategy(
+    PooledProxies,  # part: fast-engine
+    RuleAdapter,
+    FlowerFedAvg,
+):
     """Flower legacy strategy over a :class:`~strategies.core.rule.Rule`.
 
     Parameters
@@ -91,12 +89,6 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         once for its ``partition-id`` property; None keeps Flower's unseeded sampling.
     query_timeout : float, optional
         How long to wait for that answer (None: as long as it takes).
-    num_partitions : int, optional
-        Logical clients served by a pool of nodes (a simulation's virtual nodes): each
-        round samples ``fraction_fit`` of these partitions, not of the nodes, deals them
-        over the nodes and names each one in its ``FitIns``/``EvaluateIns`` config
-        (``partition-id``, ``num-partitions``); results are named by partition. None:
-        each node is one client.
     secure_aggregation : bool
         The rounds run Flower's ``SecAggPlusWorkflow``: every result carries the same
         float64 weighted mean of the clients' models (the clients weighted themselves by
@@ -105,7 +97,7 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         update (its metrics are its own). A rejected update rejects the round: its share
         is inside the mean. Only rules with a client-side weight and no central DP allow it.
     **kwargs
-        The rule's knobs (fields of its options, e.g. ``server_momentum=0.9``), and
+        The rule's knobs (fields of its options, e.g. ``max_empty_rounds=5``), and
         Flower's ``FedAvg`` arguments: ``fraction_fit``, ``fraction_evaluate``,
         ``min_fit_clients``, ``min_evaluate_clients``, ``min_available_clients``,
         ``evaluate_fn``, ``on_fit_config_fn``, ``on_evaluate_config_fn``,
@@ -121,19 +113,12 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         score_fn: ScoreFn | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
-        num_partitions: int | None = None,
         secure_aggregation: bool = False,
         **kwargs: Any,
     ) -> None:
         knobs = take_knobs(self.rule_type, kwargs)
         self.adopt(
-            rule,
-            options,
-            score_fn,
-            knobs,
-            sampling_seed=sampling_seed,
-            query_timeout=query_timeout,
-            num_partitions=num_partitions,
+            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
         )
         if secure_aggregation:
             problem = secure_aggregation_problem(self.rule)
@@ -158,47 +143,14 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         # The server hands over the current global model here every round: keep it
         # to validate updates against and to take the server step from.
         self.rule.global_model = parameters_to_ndarrays(parameters)
-        if self.num_partitions is not None:
-            config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
-            size = self.num_fit_clients(self.num_partitions)[0]
-            pairs = [
-                (proxy, FitIns(parameters, config | named))
-                for proxy, named in self._pooled(server_round, "train", size, client_manager)
-            ]
-            self.rule.sampling = (len(pairs), self.num_partitions)
-            return pairs
         pairs = super().configure_fit(server_round, parameters, client_manager)
-        pairs = self._reseeded(server_round, "train", pairs, client_manager)
-        self.rule.sampling = (len(pairs), client_manager.num_available())
-        return pairs
+        return self._reseeded(server_round, "train", pairs, client_manager)
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, Any]]:
-        if self.num_partitions is not None:
-            if self.fraction_evaluate == 0.0:
-                return []
-            fn = self.on_evaluate_config_fn
-            config = fn(server_round) if fn else {}
-            size = self.num_evaluation_clients(self.num_partitions)[0]
-            return [
-                (proxy, EvaluateIns(parameters, config | named))
-                for proxy, named in self._pooled(server_round, "evaluate", size, client_manager)
-            ]
         pairs = super().configure_evaluate(server_round, parameters, client_manager)
         return self._reseeded(server_round, "evaluate", pairs, client_manager)
-
-    def _pooled(
-        self, server_round: int, purpose: str, size: int, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, dict[str, Scalar]]]:
-        """A pool's round: each sampled partition's proxy (named by the partition, sent
-        through its node) and the config entries that name it."""
-        nodes = client_manager.all()
-        order = sorted(nodes, key=lambda cid: (len(cid), cid))  # node ids, numerically
-        return [
-            (PartitionProxy(nodes[cid], int(named[PARTITION_KEY])), dict(named))
-            for cid, named in self.assign(server_round, purpose, size, order)
-        ]
 
     def aggregate_fit(
         self,
@@ -274,48 +226,16 @@ class LegacyStrategy(RuleAdapter, FlowerFedAvg):
         pairs: list[tuple[ClientProxy, Any]],
         client_manager: ClientManager,
     ) -> list[tuple[ClientProxy, Any]]:
-        """Flower's sample, its clients swapped for the seeded sampler's (same number)."""
-        if self.sampler is None:
-            return pairs
+        """Flower's sample, its clients swapped for the seeded sampler's (same number): a
+        client Flower sampled keeps its instruction, another gets the same as the first."""
         proxies = client_manager.all()
 
         def ask(cids: list[str]) -> dict[str, object]:
             return ask_partition_ids([proxies[cid] for cid in cids], self.query_timeout)
 
         chosen = self.reseed(server_round, purpose, [p.cid for p, _ in pairs], list(proxies), ask)
-        return [(proxies[cid], pairs[0][1]) for cid in chosen]
-
-
-class PartitionProxy(ClientProxy):
-    """One logical client of a pool: ``cid`` is its partition id, messages go through the
-    proxy of the node that runs it (several partitions may share a node in one round)."""
-
-    def __init__(self, node: ClientProxy, partition_id: int) -> None:
-        super().__init__(str(partition_id))
-        self.node = node
-
-    def get_properties(
-        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
-    ) -> GetPropertiesRes:
-        return self.node.get_properties(ins, timeout, group_id)
-
-    def get_parameters(
-        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
-    ) -> GetParametersRes:
-        return self.node.get_parameters(ins, timeout, group_id)
-
-    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
-        return self.node.fit(ins, timeout, group_id)
-
-    def evaluate(
-        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
-    ) -> EvaluateRes:
-        return self.node.evaluate(ins, timeout, group_id)
-
-    def reconnect(
-        self, ins: ReconnectIns, timeout: float | None, group_id: int | None
-    ) -> DisconnectRes:
-        return self.node.reconnect(ins, timeout, group_id)
+        given = {proxy.cid: (proxy, ins) for proxy, ins in pairs}
+        return [given[cid] if cid in given else (proxies[cid], pairs[0][1]) for cid in chosen]
 
 
 def ask_partition_ids(proxies: list[ClientProxy], timeout: float | None) -> dict[str, object]:

@@ -4,7 +4,7 @@ num_rounds=10)``. Flower's ``FedAvg`` samples nodes and sends the messages; the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import (
@@ -27,6 +27,7 @@ from strategies.core.rule import Rule
 from strategies.core.update import ClientUpdate, ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
+from strategies.pools import PooledMessages  # part: fast-engine
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
 from strategies.simple_average import SimpleAverageRule
@@ -36,14 +37,17 @@ MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
 TEXT_METRICS = "text-metrics"
 
 
-class MessageStrategy(RuleAdapter, FlowerFedAvg):
+class MessageStrategy(
+    PooledMessages,  # part: fast-engine
+    RuleAdapter,
+    FlowerFedAvg,
+):
     """Flower's Message-API ``FedAvg`` (same arguments and defaults) aggregating with a rule.
 
     The rule is ``rule``, or built from ``options`` or from ``knobs`` (its options' fields, e.g.
-    ``server_momentum=0.9``); ``score_fn(arrays) -> metrics`` scores a model on server-held data.
+    ``max_empty_rounds=5``); ``score_fn(arrays) -> metrics`` scores a model on server-held data.
     ``sampling_seed``: seeded sampling (:mod:`strategies.sampling`), asking each node once for its
-    ``partition-id`` (waiting ``query_timeout``). ``num_partitions``: logical clients served by a
-    pool of nodes, each message naming its partition. A bad reply is rejected, not the round.
+    ``partition-id`` (waiting ``query_timeout``). A bad reply is rejected, not the round.
     """
 
     def __init__(
@@ -64,17 +68,11 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
-        num_partitions: int | None = None,
+        num_partitions: int | None = None,  # part: fast-engine
         **knobs: Any,
     ) -> None:
         self.adopt(
-            rule,
-            options,
-            score_fn,
-            knobs,
-            sampling_seed=sampling_seed,
-            query_timeout=query_timeout,
-            num_partitions=num_partitions,
+            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
         )
         super().__init__(
             fraction_train=fraction_train,
@@ -87,28 +85,21 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
             configrecord_key=configrecord_key,
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+            num_partitions=num_partitions,  # part: fast-engine
         )
         # Flower replaces None by its own mean; ours is the default.
         self.custom_train_metrics = train_metrics_aggr_fn is not None
         self.custom_evaluate_metrics = evaluate_metrics_aggr_fn is not None
         self._keys: list[str] = []  # the global model's layer names
-        self._sampled: list[int] = []
-        self._sent: list[Message] = []  # a pool's train messages (their ids name the replies)
+        self._sent: list[Message] = []  # this round's train messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.set_global_model(arrays)
-        if self.num_partitions is not None:
-            self._sent = self._pooled(server_round, "train", arrays, config, grid)
-            self.rule.sampling = (len(self._sent), self.num_partitions)
-            return self._sent
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        available = sorted(grid.get_node_ids())
-        messages = self._reseeded(server_round, "train", messages, grid, available)
-        self._sampled = [m.metadata.dst_node_id for m in messages]
-        self.rule.sampling = (len(messages), len(available))
-        return messages
+        self._sent = self._reseeded(server_round, "train", messages, grid)
+        return self._sent
 
     def set_global_model(self, arrays: ArrayRecord) -> None:
         """The model replies are checked against and the step starts from; its keys name layers."""
@@ -118,62 +109,29 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.num_partitions is not None:
-            return self._pooled(server_round, "evaluate", arrays, config, grid)
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         return self._reseeded(server_round, "evaluate", messages, grid)
-
-    def _pooled(
-        self, server_round: int, purpose: str, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """A pool's round: a message per sampled partition, naming it, to the node that runs it."""
-        train = purpose == "train"
-        fraction = self.fraction_train if train else self.fraction_evaluate
-        if fraction == 0.0:
-            return []
-        assert self.num_partitions is not None
-        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
-        size = max(int(self.num_partitions * fraction), minimum)
-        sent = dict(config.items()) | {"server-round": server_round}
-        message_type = MessageType.TRAIN if train else MessageType.EVALUATE
-        messages = []
-        for node, named in self.assign(server_round, purpose, size, sorted(grid.get_node_ids())):
-            content = RecordDict({self.arrayrecord_key: arrays})
-            content[self.configrecord_key] = ConfigRecord(sent | named)
-            messages.append(Message(content, dst_node_id=node, message_type=message_type))
-        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates: list[ClientUpdate] = []
         failures: list[str] = []
-        answered: set[int | str] = set()
+        answered: set[Hashable] = set()
         contents: dict[str, RecordDict] = {}
-        partitions = {  # a pool's replies are named by the partition their message was for
-            m.metadata.message_id: str(m.content[self.configrecord_key][PARTITION_KEY])
-            for m in self._sent
-        }
         for msg in replies:
-            node, sent_id = msg.metadata.src_node_id, msg.metadata.reply_to_message_id
-            partition = partitions.get(sent_id)
-            answered.add(node if partition is None else sent_id)
+            key, name, who = self.sender(msg.metadata.src_node_id, msg.metadata.reply_to_message_id)
+            answered.add(key)
             if msg.has_error():
-                failures.append(f"{_who(node, partition)}: {msg.error.reason}")
+                failures.append(f"{who}: {msg.error.reason}")
                 continue
-            name = self.client_name(node) if partition is None else partition
             update = self._update_of(name, msg.content)
             contents[update.client_id] = msg.content
             updates.append(update)
-        if self.num_partitions is None:
-            missing = [_who(node, None) for node in self._sampled if node not in answered]
-        else:
-            missing = [
-                _who(m.metadata.dst_node_id, partitions[m.metadata.message_id])
-                for m in self._sent
-                if m.metadata.message_id not in answered
-            ]
-        failures += [f"{who}: no reply (round timeout)" for who in missing]
+        for sent in self._sent:
+            key, _, who = self.sender(sent.metadata.dst_node_id, sent.metadata.message_id)
+            if key not in answered:
+                failures.append(f"{who}: no reply (round timeout)")
         result = self.last_result = self.rule.aggregate(server_round, updates, failures)
         client_metrics: Mapping[str, Any] = {}
         if result.accepted and self.custom_train_metrics:
@@ -210,16 +168,13 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         purpose: str,
         messages: list[Message],
         grid: Grid,
-        available: list[int] | None = None,
     ) -> list[Message]:
-        """Flower's messages, readdressed to the seeded sampler's choice among ``available``."""
-        if self.sampler is None:
-            return messages
+        """Flower's messages, readdressed to the seeded sampler's choice among the nodes."""
         chosen = self.reseed(
             server_round,
             purpose,
             [m.metadata.dst_node_id for m in messages],
-            sorted(grid.get_node_ids()) if available is None else available,
+            sorted(grid.get_node_ids()),
             lambda nodes: ask_partition_ids(grid, nodes, self.query_timeout),
         )
         for message, node in zip(messages, chosen, strict=False):
@@ -270,11 +225,6 @@ class MessageStrategy(RuleAdapter, FlowerFedAvg):
         for key, (dtype, shape), data in zip(self._keys, shapes, encoded, strict=True):
             record[key] = Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
         return record
-
-
-def _who(node: int, partition: str | None) -> str:
-    """How a failure names the client: its node, and a pool's partition first."""
-    return f"node {node}" if partition is None else f"client {partition} (node {node})"
 
 
 def ask_partition_ids(grid: Grid, nodes: list[int], timeout: float | None) -> dict[int, object]:

@@ -31,7 +31,7 @@ def higher_is_better(metric: str, direction: str) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class QualityOptions(ServerOptions):
-    """Knobs of :class:`QualityWeightedRule` (and the server step): where the quality comes
+    """Knobs of :class:`QualityWeightedRule` (and every rule's): where the quality comes
     from, which metric, which way is better, and ``g``'s shape (:func:`.aggregate.quality_weights`:
     τ > 0, small τ gives the weight to the best clients; ``floor`` of the linear map)."""
 

@@ -17,8 +17,7 @@ Node = TypeVar("Node", bound=Hashable)  # the Flower half's handle: a node id, a
 NodeKey = tuple[int, int, str]
 # One independent stream per purpose: the train sample does not move the evaluate sample.
 PURPOSES = ("train", "evaluate")
-# The node-config keys of a node's partition and of their number; a pool's messages name
-# with them the logical client each one is for (``RuleAdapter.assign``).
+# The node-config keys of a node's partition and of their number.
 PARTITION_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 # seeded (here), or flower (Flower's unseeded sampling: asks nothing, for huge federations).

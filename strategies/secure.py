@@ -19,12 +19,11 @@ def secure_weight(rule_type: type[Rule], options: ServerOptions) -> str | None:
     """The weight each client sends when only the masked sum reaches the server:
     "examples" (each client's n_i), "one" (the same for every client), or None when the
     rule needs the individual updates."""
-    if issubclass(rule_type, HybridRule):  # FedAvg exactly: λ = 1 in every round, no filter
+    if issubclass(rule_type, HybridRule):  # FedAvg exactly: λ = 1 in every round, unfiltered
         assert isinstance(options, HybridOptions)
         rounds = range(1, options.num_server_rounds + 1)
-        fedavg = options.robust_filter == "none" and all(
-            options.lambda_at(r) == 1.0 for r in rounds
-        )
+        fedavg = all(options.lambda_at(r) == 1.0 for r in rounds)
+        fedavg &= options.robust_filter == "none"  # part: robust
         return "examples" if fedavg else None
     if issubclass(rule_type, FedAvgRule):
         return "examples"
@@ -41,6 +40,7 @@ def secure_aggregation_problem(rule: Rule) -> str | None:
         return (
             f"{type(rule).__name__} weighs, scores or filters each update with these options, "
             "and SecAgg+ shows the server only the weighted sum: use simple, fedavg, "
-            "or hybrid with hybrid-lambda = 1 and robust-filter = none"
+            "or hybrid with hybrid-lambda = 1"
+            " and robust-filter = none"  # part: robust
         )
     return None

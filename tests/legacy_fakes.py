@@ -72,6 +72,9 @@ class NoClients:
     def num_available(self) -> int:
         return 0
 
+    def all(self) -> dict[str, Any]:
+        return {}
+
     def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):  # type: ignore[no-untyped-def]
         return []
 

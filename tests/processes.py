@@ -104,14 +104,15 @@ def read_history(run_dir: Path) -> dict[str, Any]:
 
 
 # The only entries of a history that differ between two runs of the same config: wall
-# times, the Ray nodes (new ids with every Ray), and where the run was written.
-CIRCUMSTANCES = ("seconds", "elapsed", "ray_nodes")
+# times, what an optional part says of where it ran, and where the run was written.
+CIRCUMSTANCES = ["seconds", "elapsed"]
+CIRCUMSTANCES += ["ray_nodes"]  # part: ray-cluster
 PLACES = ("run-name", "output-dir")
 
 
 def without_timings(history: dict[str, Any]) -> dict[str, Any]:
-    """``history`` less its wall times, Ray nodes and places: what two runs of one seed
-    share bit for bit."""
+    """``history`` less its wall times, where it ran and its places: what two runs of one
+    seed share bit for bit."""
     return {
         "config": {k: v for k, v in history["config"].items() if k not in PLACES},
         "rounds": [

@@ -20,13 +20,10 @@ from strategies.aggregate import (
     clip_factors,
     distance,
     example_weights,
-    inner,
-    mad_inliers,
     mismatch,
     mix_weights,
     norm,
     quality_weights,
-    server_step,
     uniform_weights,
     weighted_sum,
 )
@@ -178,7 +175,7 @@ def test_weighted_sum_relative_to_sums_the_differences(monkeypatch, chunk):
     np.testing.assert_array_equal(out[0], [1.0, 4.0])
 
 
-# ---- distance, inner, norm ----------------------------------------------------------
+# ---- distance, norm -----------------------------------------------------------------
 
 
 def test_distance_hand_example():
@@ -201,17 +198,9 @@ def test_distance_matches_linalg_norm(monkeypatch, chunk):
     assert distance(a, b) == pytest.approx(want, rel=1e-12)
 
 
-@pytest.mark.parametrize("chunk", [None, 3])
-def test_inner_and_norm_by_hand(monkeypatch, chunk):
-    if chunk is not None:
-        monkeypatch.setattr(aggregate, "CHUNK_ELEMENTS", chunk)
-    # ⟨([3, 1, 2, 0], [[4]]) − ([1, 1, 1, 1], [[1]]), ([1, 0, 2, 5], [[-1]])⟩
-    #   = ⟨([2, 0, 1, −1], [[3]]), ...⟩ = 2 + 0 + 2 − 5 − 3 = −4
-    theta = [np.array([3.0, 1.0, 2.0, 0.0]), np.array([[4.0]])]
-    reference = [np.ones(4), np.ones((1, 1))]
-    direction = [np.array([1.0, 0.0, 2.0, 5.0], dtype=np.float32), np.array([[-1.0]])]
-    assert inner(theta, reference, direction) == pytest.approx(-4.0, rel=1e-15)
+def test_norm_by_hand():
     # ‖([1, 0, 2, 5], [[-1]])‖ = sqrt(1 + 4 + 25 + 1)
+    direction = [np.array([1.0, 0.0, 2.0, 5.0], dtype=np.float32), np.array([[-1.0]])]
     assert norm(direction) == pytest.approx(np.sqrt(31.0), rel=1e-7)
 
 
@@ -405,32 +394,7 @@ def test_mix_weights_ends_ignore_the_unused_side():
     np.testing.assert_array_equal(mix_weights(0.0, np.array([np.inf, 0.0]), first), first)
 
 
-# ---- robust filter ------------------------------------------------------------------
-
-
-def test_mad_inliers_drops_the_outlier_by_hand():
-    # median 1.05; |x − median| = [0.05, 0.05, 0.15, 0, 8.95] -> MAD 0.05;
-    # threshold 1.05 + 3·0.05 = 1.2 -> the 10 goes.
-    mask = mad_inliers([1.0, 1.1, 0.9, 1.05, 10.0], k=3.0)
-    assert mask.dtype == np.bool_
-    assert mask.tolist() == [True, True, True, True, False]
-
-
-def test_mad_inliers_keeps_everything_when_no_outlier():
-    assert mad_inliers([2.0, 2.0, 2.0], k=3.0).all()
-    assert mad_inliers([1.0, 2.0], k=1.0).all()  # median 1.5, MAD 0.5 -> threshold 2.0
-    assert mad_inliers([1.0, 1.1, 0.9, 1.05, 10.0], k=1000.0).all()
-
-
-def test_mad_inliers_is_one_sided():
-    # Small norms are never outliers: median 1, MAD 0 -> only values ≤ 1 stay.
-    assert mad_inliers([1.0, 1.0, 1.0, 0.0, 5.0], k=3.0).tolist() == [
-        True,
-        True,
-        True,
-        True,
-        False,
-    ]
+# ---- clip factors -------------------------------------------------------------------
 
 
 def test_clip_factors_by_hand():
@@ -438,84 +402,6 @@ def test_clip_factors_by_hand():
     np.testing.assert_allclose(
         clip_factors([0.5, 1.0, 2.0, 4.0, 0.0], 1.0), [1.0, 1.0, 0.5, 0.25, 1.0], rtol=1e-15
     )
-
-
-# ---- server_step --------------------------------------------------------------------
-
-
-def test_server_step_identity_returns_the_same_object():
-    average = [np.array([3.0, 5.0]), np.array([[1.0]])]
-    originals = [layer.copy() for layer in average]
-    global_model = [np.array([1.0, 1.0]), np.array([[9.0]])]
-    out, velocity = server_step(average, global_model, None, learning_rate=1.0, momentum=0.0)
-    assert out is average
-    assert all(o is a for o, a in zip(out, average, strict=True))
-    for got, want in zip(out, originals, strict=True):
-        np.testing.assert_array_equal(got, want)
-    assert velocity is None
-
-
-def test_server_step_learning_rate_by_hand():
-    # g + 0.5·(avg − g) = [1, 1] + 0.5·([3, 5] − [1, 1]) = [2, 3]
-    global_model = [np.array([1.0, 1.0])]
-    out, velocity = server_step(
-        [np.array([3.0, 5.0])], global_model, None, learning_rate=0.5, momentum=0.0
-    )
-    np.testing.assert_allclose(out[0], [2.0, 3.0], rtol=1e-15)
-    assert velocity is None
-    np.testing.assert_array_equal(global_model[0], [1.0, 1.0])  # not modified
-
-
-def test_server_step_learning_rate_keeps_float32():
-    out, _ = server_step(
-        [np.array([3.0, 5.0], np.float32)],
-        [np.array([1.0, 1.0], np.float32)],
-        None,
-        learning_rate=0.5,
-        momentum=0.0,
-    )
-    assert out[0].dtype == np.float32
-    np.testing.assert_array_equal(out[0], np.array([2.0, 3.0], np.float32))
-
-
-def test_server_step_momentum_two_rounds_by_hand():
-    # η = 0.5, β = 0.5
-    # round 1: g0 = [0, 0], avg = [2, 4]: d1 = [2, 4], v1 = d1 = [2, 4],
-    #          g1 = g0 + 0.5·v1 = [1, 2]
-    # round 2: avg = [3, 6]: d2 = [2, 4], v2 = 0.5·[2, 4] + [2, 4] = [3, 6],
-    #          g2 = g1 + 0.5·v2 = [2.5, 5]
-    g0 = [np.array([0.0, 0.0])]
-    g1, v1 = server_step([np.array([2.0, 4.0])], g0, None, learning_rate=0.5, momentum=0.5)
-    assert v1 is not None
-    np.testing.assert_allclose(g1[0], [1.0, 2.0], rtol=1e-15)
-    np.testing.assert_allclose(v1[0], [2.0, 4.0], rtol=1e-15)
-    g1_copy = [layer.copy() for layer in g1]
-    g2, v2 = server_step([np.array([3.0, 6.0])], g1_copy, v1, learning_rate=0.5, momentum=0.5)
-    assert v2 is not None
-    np.testing.assert_allclose(v2[0], [3.0, 6.0], rtol=1e-15)
-    np.testing.assert_allclose(g2[0], [2.5, 5.0], rtol=1e-15)
-
-
-def test_server_step_momentum_with_unit_learning_rate_first_round_is_the_average():
-    # v1 = d1, so g1 = g0 + d1 = avg whatever β.
-    out, velocity = server_step(
-        [np.array([3.0, -1.0])], [np.array([1.0, 1.0])], None, learning_rate=1.0, momentum=0.9
-    )
-    np.testing.assert_allclose(out[0], [3.0, -1.0], rtol=1e-15)
-    assert velocity is not None
-    np.testing.assert_allclose(velocity[0], [2.0, -2.0], rtol=1e-15)
-
-
-def test_server_step_momentum_with_an_integer_layer():
-    # A model may carry integer buffers (e.g. BatchNorm's num_batches_tracked, int64).
-    # Round 1 with η = 1: v1 = d1 and g1 = g0 + d1 = avg, whatever β, so the int layer
-    # must come back as the average [5, 7], in int64, and the step must not raise.
-    average = [np.array([1.0, 2.0]), np.array([5, 7], dtype=np.int64)]
-    global_model = [np.zeros(2), np.array([1, 1], dtype=np.int64)]
-    out, _ = server_step(average, global_model, None, learning_rate=1.0, momentum=0.9)
-    np.testing.assert_allclose(out[0], [1.0, 2.0], rtol=1e-15)
-    assert out[1].dtype == np.int64
-    np.testing.assert_array_equal(out[1], [5, 7])
 
 
 # ---- properties ---------------------------------------------------------------------

@@ -39,6 +39,7 @@ def test_centralized_training_learns_and_writes_a_run_folder(tmp_path: Path) -> 
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.5
     assert read_history(tmp_path / "c")["rounds"] == rounds
     assert (tmp_path / "c" / "final_model.pt").is_file()
+    assert {p.name for p in (tmp_path / "c").glob("*.png")} == {"accuracy.png", "loss.png"}
 
 
 def test_compare_takes_centralized_as_a_row() -> None:

@@ -189,16 +189,6 @@ def trained_loss(cfg: RunConfig, partition_id: int) -> float:
     return float(metrics["train_loss"])
 
 
-def test_a_pool_node_runs_the_partition_each_message_names_on_both_halves() -> None:
-    pooled = client_app.client_app_for(CFG, pooled=True)
-    for partition in (3, 4):
-        want = trained_loss(CFG, partition)
-        assert want != trained_loss(CFG, 1)
-        for half, message in named_train(global_weights(), **node(partition)):
-            reply = pooled(message, context(CFG.run_config, partition_id=1))  # node 1 of a pool
-            assert half.train_loss(reply) == want
-
-
 def test_a_deployed_node_refuses_a_message_for_another_partition() -> None:
     for _, message in named_train(global_weights(), **node(3)):
         with pytest.raises(ValueError, match="runs its own partition only") as refused:

@@ -47,6 +47,8 @@ def update(client: str, value: float, n: int = 10, **metrics: float) -> ClientUp
         "fl_app.kit.results",
         "fl_app.kit.checkpoint",
         "fl_app.parts.faults",  # part: faults
+        "strategies.robust",  # part: robust
+        "strategies.server_optimizer",  # part: server-optimizer
     ],
 )
 def test_the_core_and_the_torch_modules_import_no_flower(module: str) -> None:
@@ -75,7 +77,7 @@ def test_missing_quality_says_what_the_clients_sent_and_which_keys_to_change() -
     rule = QualityWeightedRule()
     rule.global_model = GLOBAL
     sent = [update("a", 1.0, train_loss=0.5), update("b", 2.0, train_loss=0.4)]
-    sent[0].metrics["ray_node"] = "5434810aa09d"  # text: never a quality, not listed
+    sent[0].metrics["host"] = "5434810aa09d"  # text: never a quality, not listed
     result = rule.aggregate(1, sent, failures=[])
     assert result.arrays is None
     assert result.problem is not None
@@ -126,14 +128,9 @@ def test_max_empty_rounds_zero_never_stops() -> None:
 
 
 def test_strategy_state_round_trips_through_arrays() -> None:
-    velocity = [np.arange(3, dtype=np.float32), np.ones((2, 2))]
-    state = StrategyState(velocity=velocity, empty_rounds=2)
+    state = StrategyState(empty_rounds=2)
     again = StrategyState.from_arrays(state.to_arrays())
     assert again.empty_rounds == 2
-    assert again.velocity is not None
-    for got, want in zip(again.velocity, velocity, strict=True):
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
     assert StrategyState.from_arrays({}) == StrategyState()
 
 
@@ -141,10 +138,10 @@ def test_strategy_state_round_trips_through_arrays() -> None:
     ("options", "kwargs", "parameter"),
     [
         (ServerOptions, {"max_empty_rounds": -1}, "max_empty_rounds"),
-        (ServerOptions, {"server_momentum": 1.0}, "server_momentum"),
+        (ServerOptions, {"server_momentum": 1.0}, "server_momentum"),  # part: server-optimizer
         (QualityOptions, {"quality_direction": "up"}, "quality_direction"),
         (HybridOptions, {"hybrid_lambda_end": 2.0}, "hybrid_lambda_end"),
-        (HybridOptions, {"robust_filter": "median"}, "robust_filter"),
+        (HybridOptions, {"robust_filter": "median"}, "robust_filter"),  # part: robust
     ],
 )
 def test_bad_options_name_the_parameter(
@@ -162,8 +159,8 @@ def test_hybrid_owns_its_lambda_schedule() -> None:
 
 def test_options_read_from_any_config_object() -> None:
     values: dict[str, Any] = {
-        "server_learning_rate": 0.5,
-        "server_momentum": 0.9,
+        "server_learning_rate": 0.5,  # part: server-optimizer
+        "server_momentum": 0.9,  # part: server-optimizer
         "max_empty_rounds": 0,
         "dp": "central",  # part: dp
         "dp_noise_multiplier": 0.5,  # part: dp

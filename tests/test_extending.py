@@ -1,128 +1,146 @@
-"""The recipes of docs/extending.md ("Extending the template"), applied to a copy of the
-project and run.
+"""The recipes of docs/extending.md, applied as written to an app made by ``python -m
+fl_app.new``: its quick tests, lint and types still pass, and it trains with the new rules,
+model and dataset, which the page's last block makes its defaults.
 
-The code blocks of that page say where they go in their first line
-(``# path: a new file``, ``# path: add after "anchor"``, ``# path: add before "anchor"``);
-this test applies them as written, counts the files they touch, and trains with the new
-strategy, model and dataset together on both Flower API halves.
+Each block of that page says where it goes in its first line (``# path: a new file``,
+``# path: add after "anchor"``, ``# path: add before "anchor"``, ``# path: set in
+[table]``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.halves import API_FLAGS
 from tests.processes import ROOT, read_history, run_python
 
 pytestmark = pytest.mark.slow
 
-# The whole page is the recipes: its title, then everything to the end (its own headings are
-# `## Add ...`; a `# ` line may be a comment inside a code block, so it cannot end the match).
 PAGE = ROOT / "docs" / "extending.md"
-SECTION = re.compile(r"\A# Extending the template\n(.*)\Z", re.S)
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-WHERE = re.compile(r'^# (\S+): (a new file|add after "(.*)"|add before "(.*)")$')
+BLOCK = re.compile(r"^```(?:python|toml)\n(.*?)^```", re.S | re.M)
+WHERE = re.compile(r'^# (\S+): (a new file|add after "(.*)"|add before "(.*)"|set in (\[.*\]))$')
 
 
 def recipes() -> list[tuple[str, str, str, str]]:
-    """(path, how, anchor, code) of every code block of the extending page."""
-    match = SECTION.search(PAGE.read_text())
-    assert match is not None
+    """(path, how, anchor, code) of every block of the page, in order."""
     found = []
-    for block in BLOCK.findall(match.group(1)):
+    for block in BLOCK.findall(PAGE.read_text()):
         first, _, code = block.partition("\n")
         where = WHERE.match(first)
         assert where is not None, f"a block without a place: {first!r}"
-        path, how = where.group(1), where.group(2).split(' "')[0]
-        found.append((path, how, where.group(3) or where.group(4) or "", code))
+        path, how = where.group(1), where.group(2).split(' "')[0].split(" [")[0]
+        found.append((path, how, where.group(3) or where.group(4) or where.group(5) or "", code))
     return found
 
 
-def apply(copy: Path, path: str, how: str, anchor: str, code: str) -> None:
-    target = copy / path
+def apply(app: Path, path: str, how: str, anchor: str, code: str) -> None:
+    target = app / path
     if how == "a new file":
         assert not target.exists(), path
         target.write_text(code)
         return
-    lines = target.read_text().splitlines(keepends=True)
+    text = target.read_text()
+    if how == "set in":  # each `key = value` replaces the key's line in that table
+        assert anchor in text, anchor
+        for line in code.splitlines():
+            key = line.split(" = ")[0]
+            text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", line, text)
+            assert found == 1, f"{path}: {found} lines set {key}"
+        target.write_text(text)
+        return
+    lines = text.splitlines(keepends=True)
     at = [i for i, line in enumerate(lines) if line.startswith(anchor)]
     assert len(at) == 1, f"{path}: {len(at)} lines start with {anchor!r}"
     insert = at[0] + 1 if how == "add after" else at[0]
-    padding = "" if how == "add after" else "\n\n"
-    lines[insert:insert] = [code + padding]
+    lines[insert:insert] = [code + ("" if how == "add after" else "\n\n")]
     target.write_text("".join(lines))
 
 
 @pytest.fixture(scope="module")
-def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project with the extending page's strategy, model and dataset added."""
-    copy = tmp_path_factory.mktemp("extended")
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in listed:
-        if name.startswith(("fl_app/", "strategies/")) or name in (
-            "run_simulation.py",
-            "pyproject.toml",
-        ):
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    for path, how, anchor, code in recipes():
-        apply(copy, path, how, anchor, code)
-    return copy
+def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new app (no optional part) with every recipe of the page applied."""
+    app = tmp_path_factory.mktemp("extended") / "extended"
+    made = run_python(["-m", "fl_app.new", str(app)], timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    for recipe in recipes():
+        apply(app, *recipe)
+    return app
 
 
-def test_the_recipes_touch_the_files_the_page_counts() -> None:
-    touched: dict[str, set[str]] = {}
-    for path, _, _, code in recipes():
-        kind = "strategy" if path.startswith("strategies/") else path
-        touched.setdefault(kind, set()).add(path)
-        assert code.strip()
+def in_app(app: Path, *arguments: str) -> str:
+    done = run_python(list(arguments), cwd=app)
+    assert done.returncode == 0, f"{arguments}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_the_recipes_touch_the_files_the_page_says() -> None:
+    touched = {path for path, *_ in recipes()}
     assert touched == {
-        "strategy": {"strategies/sqrt_weighted.py", "strategies/__init__.py"},
-        "fl_app/models.py": {"fl_app/models.py"},
-        "fl_app/data.py": {"fl_app/data.py"},
+        "strategies/sqrt_weighted.py",
+        "strategies/median.py",
+        "strategies/__init__.py",
+        "fl_app/task.py",
+        "pyproject.toml",
     }
 
 
-@pytest.mark.parametrize("api", list(API_FLAGS))
-def test_the_new_strategy_model_and_dataset_train_together(extended: Path, api: str) -> None:
-    out = extended / "outputs"
-    done = run_python(
-        [
-            "run_simulation.py", "--output-dir", str(out), "--run-name", api,
-            "--strategy", "sqrt", "--model", "tiny", "--dataset", "blobs", *API_FLAGS[api],
-            "--num-clients", "3", "--num-server-rounds", "3", "--local-epochs", "1",
-        ],
-        cwd=extended,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    history = read_history(out / api)
-    assert (history["config"]["strategy"], history["config"]["model"]) == ("sqrt", "tiny")
+def test_the_apps_quick_tests_lint_and_types_pass_with_the_recipes(app: Path) -> None:
+    in_app(app, "-m", "ruff", "check", ".")
+    in_app(app, "-m", "mypy")
+    quick = in_app(app, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow")
+    assert " passed" in quick.splitlines()[-1], quick[-500:]
+
+
+def test_the_new_defaults_train(app: Path) -> None:
+    """No flag: the defaults the page set (the median, the new model and dataset, more
+    clients on Dirichlet partitions, fewer rounds) are what runs."""
+    in_app(app, "run_simulation.py", "--output-dir", str(app / "outputs"), "--run-name", "run")
+    history = read_history(app / "outputs" / "run")
+    set_in_page = dict(
+        line.split(" = ") for *_, code in recipes()[-1:] for line in code.split("\n") if line
+    )
+    config = history["config"]
+    assert {k: json.dumps(config[k]) for k in set_in_page} == set_in_page
     rounds = history["rounds"]
-    assert [r["accepted"] for r in rounds[1:]] == [3, 3, 3]
-    weights = sorted(json.loads(rounds[1]["weights"]).values())
-    # IID shards of 700 pooled rows, 10 % of each kept for validation: 210, 210, 211
-    # training examples; √n weights differ from n-proportional ones in the 4th digit.
-    sqrt_n = [210**0.5, 210**0.5, 211**0.5]
-    assert weights == pytest.approx([w / sum(sqrt_n) for w in sqrt_n], abs=1e-6)
+    assert [r["round"] for r in rounds] == list(range(config["num-server-rounds"] + 1))
+    assert [r["accepted"] for r in rounds[1:]] == [config["num-clients"]] * config[
+        "num-server-rounds"
+    ]
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.3
 
 
-def test_the_copy_refuses_what_the_new_entries_do_not_allow(extended: Path) -> None:
-    # The new model is a vector model, the new dataset vectors: the config's own rules
-    # apply to them with no edit to the config.
-    done = run_python(
-        ["run_simulation.py", "--dataset", "blobs", "--model", "cnn", "--num-server-rounds", "1"],
-        cwd=extended,
-    )
+def test_the_rules_compute_what_their_recipes_say(app: Path) -> None:
+    """The app's own code on three updates: √n weights, and the coordinate-wise median."""
+    probe = """
+import json
+import numpy as np
+import strategies
+from strategies.core.codec import encode_tensors
+from strategies.core.update import ClientUpdate
+
+models = [[np.array([1.0, -5.0], np.float32)], [np.array([2.0, 0.0], np.float32)],
+          [np.array([9.0, 1.0], np.float32)]]
+counts = [1, 4, 9]
+out = {}
+for name in ("sqrt", "median"):
+    rule = strategies.build(name).rule
+    updates = [ClientUpdate(str(i), encode_tensors(m), n, {}) for i, (m, n) in enumerate(zip(models, counts))]
+    result = rule.aggregate(1, updates, [])
+    out[name] = {"model": result.arrays[0].tolist(), "weights": json.loads(result.metrics["weights"])}
+print(json.dumps(out))
+"""
+    got = json.loads(in_app(app, "-c", probe))
+    sqrt_n = [1.0, 2.0, 3.0]
+    assert got["sqrt"]["weights"] == {str(i): pytest.approx(w / 6) for i, w in enumerate(sqrt_n)}
+    assert got["sqrt"]["model"] == pytest.approx([(1 + 4 + 27) / 6, (-5 + 0 + 3) / 6])
+    assert got["median"]["model"] == [2.0, 0.0]
+
+
+def test_the_config_refuses_a_model_it_does_not_know_and_lists_the_new_one(app: Path) -> None:
+    done = run_python(["run_simulation.py", "--model", "nope", "--num-server-rounds", "1"], cwd=app)
     assert done.returncode == 2
-    assert "config 'model' = 'cnn' is not allowed" in done.stderr
-    assert "tiny" in done.stderr  # the new model is among the allowed ones
+    assert "config 'model' = 'nope' is not allowed" in done.stderr
+    assert "tiny" in done.stderr

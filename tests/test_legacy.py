@@ -32,7 +32,6 @@ from flwr.compat.common.recorddict_compat import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import run_simulation
 import strategies
 from fl_app import client_app
 from fl_app.client_app import app, make_client
@@ -62,11 +61,12 @@ def legacy_with(global_model: Sequence[np.ndarray], name: str, **knobs: Any) -> 
     return strategy
 
 
+FEDAVG: dict[str, st.SearchStrategy[Any]] = {}  # fedavg's knobs: an optional part's
+FEDAVG["server_momentum"] = st.sampled_from([0.0, 0.9])  # part: server-optimizer
+FEDAVG["server_learning_rate"] = st.just(0.7)  # part: server-optimizer
 KNOBS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "simple": st.fixed_dictionaries({}),
-    "fedavg": st.fixed_dictionaries(
-        {"server_momentum": st.sampled_from([0.0, 0.9]), "server_learning_rate": st.just(0.7)}
-    ),
+    "fedavg": st.fixed_dictionaries(FEDAVG),
     "quality": st.fixed_dictionaries(
         {
             "quality_weighting": st.sampled_from(["softmax", "linear"]),
@@ -76,8 +76,8 @@ KNOBS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "hybrid": st.fixed_dictionaries(
         {
             "hybrid_lambda": st.floats(0.0, 1.0),
-            "robust_filter": st.sampled_from(["none", "mad", "clip", "direction"]),
-            "server_momentum": st.sampled_from([0.0, 0.5]),
+            "robust_filter": st.sampled_from(["none", "mad", "clip", "direction"]),  # part: robust
+            "server_momentum": st.sampled_from([0.0, 0.5]),  # part: server-optimizer
         }
     ),
 }
@@ -149,6 +149,9 @@ def test_both_halves_give_the_same_model_bit_for_bit(
 class _NoClients:
     def num_available(self) -> int:
         return 0
+
+    def all(self) -> dict[str, Any]:
+        return {}
 
     def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):  # type: ignore[no-untyped-def]
         return []
@@ -229,15 +232,6 @@ def test_the_flower_api_is_one_of_the_halves(bad: str) -> None:
     assert "message, legacy" in assert_one_line_error(info.value, "flower-api", bad)
     for api in FLOWER_APIS:
         assert RunConfig.from_mapping({"flower-api": api}).flower_api == api
-
-
-def test_a_pool_of_nodes_is_refused_under_secure_aggregation() -> None:
-    secure = ["--flower-api", "legacy", "--secure-aggregation"]
-    with pytest.raises(ConfigError, match="SecAgg\\+ keeps each client's") as info:
-        run_simulation.parse(["--num-nodes", "4", *secure])
-    assert "\n" not in str(info.value)
-    invocation = run_simulation.parse([*secure, "--fraction-evaluate", "0"])
-    assert invocation.simulation.pool_size([invocation.cfg]) is None  # node state
 
 
 # ---- the client side ------------------------------------------------------------------

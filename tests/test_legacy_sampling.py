@@ -15,7 +15,7 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 import strategies
-from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY
+from strategies.sampling import PARTITION_KEY
 from tests.test_sampling import MODEL, drawn, sampler_of
 
 
@@ -74,25 +74,3 @@ def test_a_legacy_client_that_does_not_answer_is_asked_again_and_not_sampled_mea
     assert len(strategy.configure_fit(2, parameters, manager)) == 3
     assert strategy.last_sampled == [0, 2, "node 8"]
     assert silent.asked == 2
-
-
-def test_a_pool_of_legacy_proxies_draws_and_names_the_partitions_of_the_sampler() -> None:
-    """10 logical clients on 3 nodes: the partitions the seeded sampler draws among 10
-    nodes reporting 0..9, dealt over the nodes in turn, each instruction naming its own."""
-    legacy = strategies.build(
-        "fedavg", api="legacy", sampling_seed=7, fraction_fit=0.3, num_partitions=10
-    )
-    manager = SimpleClientManager()
-    for cid in ("12", "9", "100"):
-        manager.register(ReportingProxy(cid, None))
-    reference = sampler_of(7, {p: p for p in range(10)})
-    parameters = ndarrays_to_parameters(MODEL)
-    for server_round in (1, 2):
-        want = drawn(reference, server_round, range(10), 3)
-        named = [{PARTITION_KEY: p, NUM_PARTITIONS_KEY: 10} for p in want]
-        pairs = legacy.configure_fit(server_round, parameters, manager)
-        assert [proxy.cid for proxy, _ in pairs] == [str(p) for p in want]
-        assert [proxy.node.cid for proxy, _ in pairs] == ["9", "12", "100"]  # type: ignore[attr-defined]
-        assert [{k: ins.config[k] for k in named[0]} for _, ins in pairs] == named
-        assert legacy.last_sampled == want
-        assert legacy.rule.sampling == (3, 10)  # m of the logical clients, for DP

@@ -134,16 +134,19 @@ def test_client_metrics_are_the_example_weighted_mean_of_the_accepted() -> None:
 
 @pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
 def test_build_gives_each_registered_rule_on_the_message_half(name: str) -> None:
-    strategy = strategies.build(name, api="message", fraction_train=0.5, server_momentum=0.5)
+    strategy = strategies.build(name, api="message", fraction_train=0.5, max_empty_rounds=5)
     assert isinstance(strategy, MessageStrategy)
     assert isinstance(strategy.rule, strategies.REGISTRY[name])
     assert strategy.fraction_train == 0.5
-    assert strategy.rule.options.server_momentum == 0.5
+    assert strategy.rule.options.max_empty_rounds == 5
 
 
 def test_message_classes_take_flowers_message_api_names_keyword_only() -> None:
     strategy = strategies.message.Hybrid(
-        fraction_train=0.3, min_train_nodes=4, hybrid_lambda=0.2, robust_filter="mad"
+        fraction_train=0.3,
+        min_train_nodes=4,
+        hybrid_lambda=0.2,
+        robust_filter="mad",  # part: robust
     )
     assert (strategy.fraction_train, strategy.min_train_nodes) == (0.3, 4)
     assert strategy.rule.options.hybrid_lambda == 0.2

@@ -163,15 +163,17 @@ def test_sampling_fewer_clients_spends_less_and_every_round_spends_more() -> Non
 
 def test_a_failing_client_does_not_stop_the_round_and_state_keeps_the_accountant(half: Any) -> None:
     models, counts = a_round()
-    strategy = private(half, dp_noise_multiplier=1.0, seed=1, server_momentum=0.9)
+    knobs: dict[str, Any] = {"dp_noise_multiplier": 1.0, "seed": 1}
+    knobs["server_momentum"] = 0.9  # part: server-optimizer
+    strategy = private(half, **knobs)
     updates = updates_of(models, counts)
     out, metrics = half.aggregate(strategy, updates[:3], [RuntimeError("crashed")])
     assert out is not None
     assert (metrics["accepted"], metrics["failures"]) == (3, 1)
-    # The accountant's rounds travel through a checkpoint with the momentum.
+    # The accountant's rounds travel through a checkpoint with the rest of the state.
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
     assert state.private_rounds == [(4, 4)]
-    assert state.velocity is not None
+    assert state.velocity is not None  # part: server-optimizer
     assert metrics["epsilon"] == epsilon([(4, 4)], 1.0, 1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Simulation on a running Ray cluster: a real two-node cluster on this machine."""
+"""Simulation on a running Ray cluster: a real two-node cluster on this machine; the Ray
+nodes the clients trained on, in the records and the summary."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import run_simulation
+import strategies
+from fl_app.client_app import make_client
+from fl_app.kit.config import RunConfig
+from fl_app.kit.results import describe, summarize
+from fl_app.kit.rounds import train_record
 from fl_app.parts.ray_cluster import ray_node
+from fl_app.parts.ray_nodes import RAY_NODE, RayNodeClient, on_ray_node
+from strategies.core.update import ClientUpdate, RoundResult
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
@@ -20,6 +29,47 @@ from tests.processes import (
     stop_tagged,
     tagged_pids,
 )
+from tests.test_results import record
+
+
+def test_the_summary_lists_every_ray_node_and_says_how_many() -> None:
+    spread = summarize(
+        [
+            record(0, 0.1, 2.0),
+            record(1, 0.5, 1.0, ray_nodes=["b3", "a1"]),
+            record(2, 0.6, 0.9, ray_nodes=["b3", "c7"]),
+        ]
+    )
+    assert spread["ray_nodes"] == ["a1", "b3", "c7"]
+    assert describe(spread).endswith("2 rounds in 3.0 s on 3 Ray nodes")
+    alone = summarize([record(0, 0.1, 2.0), record(1, 0.5, 1.0, ray_nodes=["b3"])])
+    assert describe(alone).endswith("1 rounds in 2.0 s")  # one node: nothing to say
+
+
+def test_a_round_records_the_ray_nodes_of_its_aggregated_clients() -> None:
+    def accepted(node: str | None) -> ClientUpdate:
+        return ClientUpdate("c", [], 1, {} if node is None else {RAY_NODE: node})
+
+    strategy = strategies.build("fedavg")
+    counts = {"sampled": 3, "results": 3, "failures": 0, "aggregated": True}
+    strategy.last_result = RoundResult(None, {}, [accepted("b3"), accepted("a1")], None)
+    assert train_record(1, strategy, metrics={}, **counts)["ray_nodes"] == ["a1", "b3"]
+    strategy.last_result = RoundResult(None, {}, [accepted(None)], None)  # not on Ray
+    assert "ray_nodes" not in train_record(1, strategy, metrics={}, **counts)
+
+
+@pytest.mark.usefixtures("one_torch_thread", "task_identity")
+def test_a_client_on_ray_reports_its_node_and_elsewhere_nothing() -> None:
+    cfg = RunConfig(local_epochs=1, device="cpu")
+    client = make_client(cfg, {"partition-id": 0, "num-partitions": 5})
+    assert not isinstance(client, RayNodeClient)  # Ray is not running in this process
+    assert on_ray_node(client) is client
+    weights = [w.copy() for w in client.get_parameters({})]
+    on_node = RayNodeClient(client, "5434810aa09d")
+    _, _, metrics = on_node.fit(weights, {"server-round": 1})
+    assert metrics[RAY_NODE] == "5434810aa09d"
+    assert RAY_NODE not in on_node.evaluate(weights, {})[2]
+    np.testing.assert_array_equal(on_node.get_parameters({})[0], weights[0])
 
 
 def test_an_address_where_no_ray_answers_is_one_line_at_start(

@@ -1,4 +1,4 @@
-"""Run folders: the files, columns, summaries, tables and plots written for a run."""
+"""Run folders: the files, columns, summaries and tables written for a run."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from fl_app.kit.results import (
     summarize,
     write_text_atomically,
 )
-
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def record(round_: int, accuracy: float | None, loss: float, **extra: Any) -> dict[str, Any]:
@@ -73,19 +71,7 @@ def test_run_writer_keeps_the_documented_files_up_to_date(tmp_path: Path) -> Non
     final = [np.ones(3)]
     writer.run_done(final, ROUNDS)
     assert saved == [(final, tmp_path / "final_model.pt")]
-    for png in ("accuracy.png", "loss.png"):
-        assert (tmp_path / png).read_bytes()[:8] == PNG
     assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_regression_runs_plot_loss_only(tmp_path: Path) -> None:
-    writer = RunWriter(RunConfig(), tmp_path, lambda arrays, path: None)
-    rounds = [record(0, None, 9.0), record(1, None, 0.02)]
-    writer.round_done(rounds[:1])
-    writer.round_done(rounds)
-    writer.run_done([], rounds)
-    assert (tmp_path / "loss.png").exists()
-    assert not (tmp_path / "accuracy.png").exists()
 
 
 def test_summary_headline_is_accuracy_or_loss() -> None:
@@ -97,18 +83,9 @@ def test_summary_headline_is_accuracy_or_loss() -> None:
         "final_loss": 0.6,
         "best_loss": 0.5,
         "seconds": 4.0,
-        "ray_nodes": [],
+        "ray_nodes": [],  # part: ray-cluster
         "epsilon": None,  # part: dp
     }
-    spread = summarize(
-        [
-            record(0, 0.1, 2.0),
-            record(1, 0.5, 1.0, ray_nodes=["b3", "a1"]),
-            record(2, 0.6, 0.9, ray_nodes=["b3", "c7"]),
-        ]
-    )
-    assert spread["ray_nodes"] == ["a1", "b3", "c7"]
-    assert describe(spread).endswith("2 rounds in 3.0 s on 3 Ray nodes")
     assert describe(summary).startswith("final accuracy 0.8000, best 0.8500, 3 rounds")
     regression = summarize([record(0, None, 9.0), record(1, None, 0.25)])
     assert regression["final_accuracy"] is None

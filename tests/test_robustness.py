@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import json  # part: robust
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fl_app.kit.config import RunConfig
-from fl_app.parts.faults import is_faulty
+from fl_app.kit.config import RunConfig  # part: robust
+from fl_app.parts.faults import is_faulty  # part: robust
 from tests.halves import API_FLAGS
 from tests.processes import IN_PROCESS, read_history, run_simulation_cli
 
@@ -49,31 +49,39 @@ def test_nan_updates_are_rejected_and_the_model_stays_finite(tmp_path: Path) -> 
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.4
 
 
-def test_robust_hybrid_stops_scaled_and_sign_flipped_updates(tmp_path: Path, api: str) -> None:
-    direction = ["--strategy", "hybrid", "--robust-filter", "direction"]
-    clean_rounds = rounds_of(tmp_path, api, "clean", *direction)
-    # No false positives: on IID digits every honest update is kept, every round.
-    assert [r["filtered"] for r in clean_rounds[1:]] == [0, 0, 0]
-    clean = clean_rounds[-1]["central_accuracy"]
+def test_robust_hybrid_stops_scaled_and_sign_flipped_updates(  # part: robust
+    tmp_path: Path,  # part: robust
+    api: str,  # part: robust
+) -> None:  # part: robust
+    direction = ["--strategy", "hybrid", "--robust-filter", "direction"]  # part: robust
+    clean_rounds = rounds_of(tmp_path, api, "clean", *direction)  # part: robust
+    # No false positives: on IID digits every honest update is kept.  # part: robust
+    assert [r["filtered"] for r in clean_rounds[1:]] == [0, 0, 0]  # part: robust
+    clean = clean_rounds[-1]["central_accuracy"]  # part: robust
 
-    # ×10 updates: FedAvg breaks, the norm filter (mad) drops them.
-    scale = ["--fault-kind", "scale", "--fault-fraction", "0.2", "--fault-scale", "10"]
-    fedavg = rounds_of(tmp_path, api, "fedavg", *scale)[-1]["central_accuracy"]
-    mad = ["--strategy", "hybrid", "--robust-filter", "mad", "--hybrid-lambda", "1"]
-    robust = rounds_of(tmp_path, api, "hybrid", *scale, *mad)
-    # The two attackers every round, and at most one honest update with them (MAD, k = 3).
-    assert all(2 <= r["filtered"] <= 3 for r in robust[1:]), [r["filtered"] for r in robust]
-    assert robust[-1]["central_accuracy"] > clean - 0.05
-    assert fedavg < robust[-1]["central_accuracy"] - 0.2
+    # ×10 updates: FedAvg breaks, the norm filter (mad) drops them.  # part: robust
+    scale = ["--fault-kind", "scale", "--fault-fraction", "0.2"]  # part: robust
+    scale += ["--fault-scale", "10"]  # part: robust
+    fedavg = rounds_of(tmp_path, api, "fedavg", *scale)  # part: robust
+    mad = ["--strategy", "hybrid", "--robust-filter", "mad"]  # part: robust
+    mad += ["--hybrid-lambda", "1"]  # part: robust
+    robust = rounds_of(tmp_path, api, "hybrid", *scale, *mad)  # part: robust
+    # The two attackers every round, and at most one honest update  # part: robust
+    # with them (MAD, k = 3).  # part: robust
+    filtered = [r["filtered"] for r in robust[1:]]  # part: robust
+    assert all(2 <= f <= 3 for f in filtered), filtered  # part: robust
+    assert robust[-1]["central_accuracy"] > clean - 0.05  # part: robust
+    assert fedavg[-1]["central_accuracy"] < robust[-1]["central_accuracy"] - 0.2  # part: robust
 
-    # Sign-flipped updates keep their norm; the direction filter drops exactly them, and
-    # the model ends within 3 points of the clean run (the goal of the robustness table).
-    flip = ["--fault-kind", "sign-flip", "--fault-fraction", "0.2"]
-    flipped = rounds_of(tmp_path, api, "sign-flip", *direction, *flip)
-    cfg = RunConfig(fault_kind="sign-flip", fault_fraction=0.2)
-    attackers = {str(pid) for pid in range(10) if is_faulty(cfg, pid, 10)}
-    assert len(attackers) == 2
-    for record in flipped[1:]:
-        weights = json.loads(record["weights"])
-        assert {c for c, w in weights.items() if w == 0.0} == attackers
-    assert flipped[-1]["central_accuracy"] >= clean - 0.03
+    # Sign-flipped updates keep their norm; the direction filter drops  # part: robust
+    # exactly them, and the model ends within 3 points of the clean run  # part: robust
+    # (the goal of the robustness table).  # part: robust
+    flip = ["--fault-kind", "sign-flip", "--fault-fraction", "0.2"]  # part: robust
+    flipped = rounds_of(tmp_path, api, "sign-flip", *direction, *flip)  # part: robust
+    cfg = RunConfig(fault_kind="sign-flip", fault_fraction=0.2)  # part: robust
+    attackers = {str(p) for p in range(10) if is_faulty(cfg, p, 10)}  # part: robust
+    assert len(attackers) == 2  # part: robust
+    for record in flipped[1:]:  # part: robust
+        weights = json.loads(record["weights"])  # part: robust
+        assert {c for c, w in weights.items() if w == 0.0} == attackers  # part: robust
+    assert flipped[-1]["central_accuracy"] >= clean - 0.03  # part: robust

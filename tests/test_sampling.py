@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 import strategies
 from fl_app.kit.config import RunConfig
 from fl_app.kit.training import ServerModel
 from fl_app.server_app import build_strategy
-from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, SeededSampler
+from strategies.sampling import PARTITION_KEY, SeededSampler
 from tests.halves import API_CONFIG
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -118,53 +117,3 @@ def test_the_run_config_chooses_seeded_or_flowers_sampling(api: str) -> None:
     assert seeded.sampler.seed == 5
     sampling = {**API_CONFIG[api], "client-sampling": "flower"}
     assert build_strategy(RunConfig.from_mapping(sampling), server).sampler is None
-
-
-def test_a_pool_draws_the_partitions_one_node_per_client_draws_and_names_them() -> None:
-    """10 logical clients on 3 nodes: the partitions the seeded sampler draws among 10
-    nodes reporting 0..9, dealt over the nodes in turn, each message naming its own."""
-    message = strategies.build("fedavg", sampling_seed=7, fraction_train=0.3, num_partitions=10)
-    grid = QueryGrid({12: 0, 9: 0, 100: 0})
-    reference = sampler_of(7, {p: p for p in range(10)})
-    for server_round in (1, 2):
-        want = drawn(reference, server_round, range(10), 3)
-        named = [{PARTITION_KEY: p, NUM_PARTITIONS_KEY: 10} for p in want]
-        sent = message.configure_train(server_round, ArrayRecord(MODEL), ConfigRecord(), grid)
-        assert [m.metadata.dst_node_id for m in sent] == [9, 12, 100]
-        assert [{k: m.content["config"][k] for k in named[0]} for m in sent] == named
-        assert all(m.content["config"]["server-round"] == server_round for m in sent)
-        assert message.last_sampled == want
-        assert message.rule.sampling == (3, 10)  # m of the logical clients
-    assert not grid.asked  # a pool's nodes are never asked for a partition id
-    evaluated = message.configure_evaluate(3, ArrayRecord(MODEL), ConfigRecord(), grid)
-    want = reference.draw(3, "evaluate", 10, 10)
-    assert [m.content["config"][PARTITION_KEY] for m in evaluated] == want
-    assert [m.metadata.dst_node_id for m in evaluated][:4] == [9, 12, 100, 9]
-
-
-def test_a_pool_names_replies_by_their_messages_partition() -> None:
-    strategy = strategies.build("fedavg", sampling_seed=1, num_partitions=4)
-    sent = strategy.configure_train(1, ArrayRecord(MODEL), ConfigRecord(), QueryGrid({5: 0}))
-    for i, m in enumerate(sent):  # as the grid does when it pushes them
-        m.metadata.__dict__["_message_id"] = f"message-{i}"
-    one = np.ones(3, dtype=np.float32)
-    replies = [
-        Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord([one * (i + 1)]),
-                    "metrics": MetricRecord({"num-examples": 1}),
-                }
-            ),
-            reply_to=m,
-        )
-        for i, m in enumerate(sent[:3])  # the fourth never answers
-    ]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    result = strategy.last_result
-    assert result is not None
-    assert sorted(json.loads(result.metrics["weights"])) == ["0", "1", "2"]
-    assert result.metrics["failures"] == 1
-    assert result.problem is None
-    assert arrays is not None
-    np.testing.assert_array_equal(arrays.to_numpy_ndarrays()[0], one * 2)  # (1 + 2 + 3) / 3

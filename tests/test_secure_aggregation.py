@@ -26,6 +26,7 @@ from tests.legacy_fakes import make, results_of
 from tests.processes import read_history, run_python, run_simulation_cli
 
 GLOBAL = [np.zeros((6, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+FILTERED = {"strategy": "hybrid", "hybrid_lambda": 1.0, "robust_filter": "mad"}  # part: robust
 SECURE = {"flower-api": "legacy", "secure-aggregation": True}
 
 
@@ -36,7 +37,7 @@ SECURE = {"flower-api": "legacy", "secure-aggregation": True}
         ({"dp": "central"}, "central DP clips each update"),  # part: dp
         ({"strategy": "quality"}, "'quality': QualityWeightedRule weighs, scores or filters"),
         ({"strategy": "hybrid", "hybrid_lambda": 0.5}, "'hybrid': HybridRule weighs"),
-        ({"strategy": "hybrid", "hybrid_lambda": 1.0, "robust_filter": "mad"}, "HybridRule"),
+        (FILTERED, "HybridRule"),  # part: robust
         ({"secagg_num_shares": 3, "secagg_reconstruction_threshold": 3}, "less than secagg-num"),
         ({"min_fit_clients": 1}, "masks pairs of clients"),
         ({"fault_kind": "sign-flip", "fault_fraction": 0.2}, "cannot be rejected"),  # part: faults

@@ -17,12 +17,10 @@ from fl_app.kit.training import ServerModel
 from tests.halves import API_CONFIG, API_FLAGS
 from tests.processes import (
     IN_PROCESS,
-    ON_RAY,
     SHARED_CLIENTS,
     SHARED_ROUNDS,
     on_loopback,
     simulate,
-    without_timings,
 )
 
 pytestmark = pytest.mark.slow
@@ -62,8 +60,6 @@ def test_each_strategy_learns(shared_runs: SharedRuns, strategy: str, api: str) 
     assert lines[0].split(",") == list(METRICS_COLUMNS)
     assert len(lines) == 1 + SHARED_ROUNDS + 1
     assert json.loads((run / "config.json").read_text()) == config
-    for png in ("accuracy.png", "loss.png"):
-        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = torch.load(run / "final_model.pt")
     model = ServerModel(RunConfig.from_mapping(config)).model.state_dict()
     assert {k: t.shape for k, t in saved.items()} == {k: t.shape for k, t in model.items()}
@@ -82,48 +78,18 @@ def test_each_other_flower_api_gives_the_message_apis_numbers_every_round(
 
 
 @pytest.mark.parametrize("api", list(API_FLAGS))
-def test_hybrid_mad_filter_and_server_momentum_run_end_to_end(tmp_path: Path, api: str) -> None:
+def test_hybrid_with_a_lambda_schedule_runs_end_to_end(tmp_path: Path, api: str) -> None:
     history = simulate(
         tmp_path, *API_FLAGS[api], *IN_PROCESS,
-        "--strategy", "hybrid", "--robust-filter", "mad", "--server-momentum", "0.5",
+        "--strategy", "hybrid",
+        "--robust-filter", "mad",  # part: robust
+        "--server-momentum", "0.5",  # part: server-optimizer
         "--hybrid-lambda", "1.0", "--hybrid-lambda-end", "0.0", "--quality-source", "server",
         "--num-clients", "4", "--num-server-rounds", "2",
     )  # fmt: skip
     rounds = history["rounds"]
     assert [r["lambda"] for r in rounds[1:]] == [1.0, 0.0]  # the linear schedule
     assert rounds[-1]["central_accuracy"] > rounds[0]["central_accuracy"] + 0.2
-
-
-def test_a_pool_of_nodes_gives_one_node_per_clients_results_on_each_half(
-    tmp_path: Path,
-) -> None:
-    """50 logical clients, 10 a round: a pool of 10 virtual nodes (the default) and one
-    node per client sample the same partitions and give the same history, bit for bit. The
-    reference runs on Ray, the others wherever runs are fastest (tests/processes.py)."""
-    flags = ["--num-clients", "50", "--fraction-fit", "0.2", "--seed", "7"]
-    flags += ["--num-server-rounds", "3"]
-    reference_run = ("message", "per-client")
-    runs = {
-        (api, nodes): without_timings(
-            simulate(
-                tmp_path / f"{api}-{nodes}", *API_FLAGS[api], "--num-nodes", nodes, *flags,
-                *(ON_RAY if (api, nodes) == reference_run else IN_PROCESS),
-            )
-        )
-        for api in API_FLAGS
-        for nodes in ("per-client", "auto")
-    }  # fmt: skip
-    api_keys = {key for config in API_CONFIG.values() for key in config}
-    for run in runs.values():
-        run["config"] = {k: v for k, v in run["config"].items() if k not in api_keys}
-    reference = runs[reference_run]
-    sampled = [r["sampled_partitions"] for r in reference["rounds"][1:]]
-    assert [len(s) for s in sampled] == [10] * 3  # 0.2 of 50 clients
-    assert len({tuple(s) for s in sampled}) > 1  # rounds draw different clients
-    assert max(max(s) for s in sampled) >= 10  # partitions beyond the pool's 10 nodes
-    assert reference["rounds"][-1]["central_accuracy"] > reference["rounds"][0]["central_accuracy"]
-    for run in runs.values():
-        assert run == reference
 
 
 @pytest.mark.parametrize("api", list(API_FLAGS))

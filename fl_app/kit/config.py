@@ -20,9 +20,10 @@ from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
 from fl_app.parts.privacy import DpKeys  # part: dp
+from fl_app.parts.robust_keys import RobustKeys  # part: robust
+from fl_app.parts.server_optimizer_keys import ServerOptimizerKeys  # part: server-optimizer
 from fl_app.parts.tracking import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
-from strategies.hybrid import ROBUST_FILTERS
 from strategies.quality_weighted import (
     QUALITY_DIRECTIONS,
     QUALITY_SOURCES,
@@ -74,8 +75,6 @@ class CoreKeys:
     output_dir: str = option("folder that receives <run-name>/history.json")
     run_name: str = option("name of this run's output folder (empty: strategy and time)")
     # Strategy knobs (each strategy reads the fields of its options dataclass)
-    server_learning_rate: float = option("server learning rate η", above=0)
-    server_momentum: float = option("server momentum β", at_least=0, below=1)
     max_empty_rounds: int = option(
         "rounds in a row that aggregate nothing before the run stops (0: never)", at_least=0
     )
@@ -90,13 +89,6 @@ class CoreKeys:
     hybrid_lambda: float = option("hybrid: share λ of data-size weights", at_least=0, at_most=1)
     hybrid_lambda_end: float = option(
         "hybrid: λ at the last round, moved linearly (-1: constant λ)", at_least=-1, at_most=1
-    )
-    robust_filter: str = option("hybrid: robust filter", choices=ROBUST_FILTERS)
-    robust_mad_k: float = option("mad filter: k of median + k·MAD", above=0)
-    robust_clip_norm: float = option("clip filter: max update norm (0: the median)", at_least=0)
-    robust_norm_ratio: float = option("direction filter: max norm / the median norm", above=1)
-    robust_min_cosine: float = option(
-        "direction filter: least cosine to the clipped mean kept", at_least=-1, below=1
     )
 
     def check(self) -> None:
@@ -158,6 +150,8 @@ class RunConfig(
     DpKeys,  # part: dp
     FaultKeys,  # part: faults
     LegacyKeys,  # part: legacy-api
+    RobustKeys,  # part: robust
+    ServerOptimizerKeys,  # part: server-optimizer
     CoreKeys,
 ):
     """Every knob of a run: the core's keys and one base class per optional part this copy has."""

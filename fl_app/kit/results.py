@@ -1,6 +1,7 @@
 """Where a run's results go: ``output-dir/<run-name>/`` gets ``config.json`` at start,
 ``history.json`` and ``metrics.csv`` after every round (atomically: an interrupted run keeps
-what it did), and ``final_model.pt`` (a torch ``state_dict``) and the plots at the end."""
+what it did), and ``final_model.pt`` (a torch ``state_dict``) at the end; optional parts may
+add files."""
 
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from numpy.typing import NDArray
 from fl_app.kit.files import atomic_file, json_default
 
 RoundRecord = dict[str, Any]  # one flat record per round: fl_app.kit.rounds.RoundRecorder
-# The fit metric naming the Ray node a client trained on (fl_app.client_app.where_it_ran).
-RAY_NODE = "ray_node"
 NDArrays = list[NDArray[Any]]
 
 
@@ -95,11 +94,12 @@ def finite(value: Any) -> bool:
 
 
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy (None for regression) and loss, wall time, and the
-    Ray nodes clients trained on."""
+    """Final and best central accuracy (None for regression) and loss, wall time, and what
+    optional parts add."""
     accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
     losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
     epsilons = [r["epsilon"] for r in rounds if "epsilon" in r]  # part: dp
+    nodes = sorted({n for r in rounds for n in r.get("ray_nodes", ())})  # part: ray-cluster
     return {
         "rounds": max((r["round"] for r in rounds), default=0),
         "final_accuracy": accuracies[-1] if accuracies else None,
@@ -107,7 +107,7 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "best_loss": min(losses) if losses else None,
         "seconds": rounds[-1]["elapsed"] if rounds else 0.0,
-        "ray_nodes": sorted({node for r in rounds for node in r.get("ray_nodes", ())}),
+        "ray_nodes": nodes,  # part: ray-cluster
         "epsilon": epsilons[-1] if epsilons else None,  # part: dp
     }
 
@@ -117,54 +117,17 @@ def describe(summary: Mapping[str, Any]) -> str:
     metric = "accuracy" if summary["final_accuracy"] is not None else "loss"
     final, best = summary[f"final_{metric}"], summary[f"best_{metric}"]
     headline = f"final {metric} {final:.4f}, best {best:.4f}"
-    where = f" on {len(summary['ray_nodes'])} Ray nodes" if len(summary["ray_nodes"]) > 1 else ""
-    line = f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s{where}"
+    line = f"{headline}, {summary['rounds']} rounds in {summary['seconds']:.1f} s"
+    if len(summary.get("ray_nodes", ())) > 1:  # part: ray-cluster
+        line += f" on {len(summary['ray_nodes'])} Ray nodes"  # part: ray-cluster
     if summary.get("epsilon") is not None:  # part: dp
         line += f", privacy spent ε = {summary['epsilon']:.3g}"  # part: dp
     return line
 
 
-def plot_curves(
-    curves: Mapping[str, Sequence[tuple[int, float]]],
-    *,
-    ylabel: str,
-    title: str,
-    path: Path,
-    bands: Mapping[str, Sequence[tuple[int, float, float]]] | None = None,
-) -> None:
-    """One line per named curve of (round, value) points, saved as a PNG; a curve's
-    ``bands`` entry of (round, low, high) points is shaded around it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, points in curves.items():
-        if points:
-            xs, ys = zip(*points, strict=True)
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
-            band = (bands or {}).get(label)
-            if band:
-                rounds, low, high = zip(*band, strict=True)
-                ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    values = [v for points in curves.values() for _, v in points]
-    if "loss" in ylabel and values and min(values) > 0 and max(values) / min(values) > 50:
-        ax.set_yscale("log")  # losses often fall by orders of magnitude
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="round", ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
 class RunWriter(RunListener):
     """Keeps a run's folder up to date: config at start, history and metrics every round,
-    model and plots at the end."""
+    the model at the end."""
 
     def __init__(self, cfg: Any, directory: Path, save_model: Callable[[NDArrays, Path], None]):
         self.cfg, self.directory, self.save_model = cfg, directory, save_model
@@ -181,18 +144,3 @@ class RunWriter(RunListener):
 
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         self.save_model(parameters, self.directory / "final_model.pt")
-        title = f"{self.cfg.strategy} on {self.cfg.dataset} ({self.cfg.partitioner})"
-
-        def points(key: str) -> list[tuple[int, float]]:
-            return [(r["round"], float(r[key])) for r in rounds if finite(r.get(key))]
-
-        for metric in ("accuracy", "loss"):  # accuracy.png when there is an accuracy
-            curves = {
-                "central (server test set)": points(f"central_{metric}"),
-                "federated (clients' validation)": points(f"federated_{metric}"),
-            }
-            if metric == "loss":
-                curves["clients' training"] = points("train_loss")
-            if metric == "loss" or any(curves.values()):
-                path = self.directory / f"{metric}.png"
-                plot_curves(curves, ylabel=metric, title=title, path=path)

@@ -12,7 +12,8 @@ from typing import Any
 from numpy.typing import NDArray
 
 from fl_app.kit.checkpoint import Checkpoint, save_checkpoint
-from fl_app.kit.results import RAY_NODE, RoundRecord, RunListener, format_round
+from fl_app.kit.results import RoundRecord, RunListener, format_round
+from fl_app.parts.ray_nodes import trained_on  # part: ray-cluster
 from strategies.core.adapter import RuleAdapter
 from strategies.core.state import Stateful, StrategyState
 from strategies.core.update import NothingAggregatedError
@@ -25,9 +26,9 @@ CentralEvaluation = Callable[[NDArrays], dict[str, Any]]  # a model's ``central_
 class RoundRecorder:
     """Keeps the round records, tells the listeners, checkpoints after each round. A record
     holds the columns of ``results.METRICS_COLUMNS`` (round 0: the initial model; failures
-    counted by the loop, so that no strategy can hide them), ``sampled_partitions``,
-    ``ray_nodes`` (where the aggregated clients trained), every fit metric of the strategy
-    (``accepted``, ``weights``...) and, for a round that aggregated nothing, ``problem``."""
+    counted by the loop, so that no strategy can hide them), ``sampled_partitions``, every
+    fit metric of the strategy (``accepted``, ``weights``...), what optional parts add and,
+    for a round that aggregated nothing, ``problem``."""
 
     def __init__(
         self,
@@ -92,9 +93,7 @@ def train_record(
     record: RoundRecord = {"round": server_round, **fit_metrics, **counts}
     if isinstance(strategy, RuleAdapter) and strategy.last_sampled is not None:
         record["sampled_partitions"] = strategy.last_sampled
-    nodes = {u.metrics.get(RAY_NODE) for u in last.accepted} - {None} if last is not None else set()
-    if nodes:
-        record["ray_nodes"] = sorted(map(str, nodes))
+    record |= trained_on(last)  # part: ray-cluster
     return record
 
 

@@ -22,12 +22,10 @@ from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import RoundRecord, RunListener
+from fl_app.parts.pools import pool_runs, pool_size  # part: fast-engine
 from fl_app.server_app import ServerRun, server_app_for
 
 SIMULATION_FILE = "simulation.json"  # the run's simulation flags, beside its config
-# --num-nodes: a pool sized by the clients a round asks for, or one node per client.
-AUTO_NODES = "auto"
-PER_CLIENT = "per-client"
 
 
 class RunError(Exception):
@@ -42,22 +40,8 @@ class Simulation:
     num_gpus: float = 0.0
     verbose: bool = False
     ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
-    num_nodes: str = AUTO_NODES  # a number, AUTO_NODES or PER_CLIENT
+    num_nodes: str = "auto"  # part: fast-engine
     backend: str = RAY  # one of fl_app.engine.backends()
-
-    def pool_size(self, configs: Sequence[RunConfig]) -> int | None:
-        """The engine's virtual nodes for ``configs`` (None: one per client). Auto: the most
-        clients any of their rounds asks for, so that every node gets one message a round."""
-        if self.num_nodes == PER_CLIENT:
-            return None
-        if self.num_nodes != AUTO_NODES:
-            return int(self.num_nodes)
-        if any(cfg.secure_aggregation for cfg in configs):  # part: legacy-api
-            return None  # part: legacy-api
-        asked = max(
-            max(c.fit_clients(c.num_clients), c.evaluate_clients(c.num_clients)) for c in configs
-        )
-        return max(1, min(configs[0].num_clients, asked))
 
 
 def saved_run(directory: Path) -> dict[str, Any]:
@@ -147,11 +131,11 @@ def run(
 
 
 def server_runs(runs: Sequence[PlannedRun], simulation: Simulation) -> list[ServerRun]:
-    """What the ServerApp runs for ``runs``: each one's config, listeners and resume point,
-    and the logical clients its messages name when a pool of nodes serves them."""
-    pool = simulation.pool_size([r.cfg for r in runs])
-    partitions = None if pool is None else runs[0].cfg.num_clients
-    return [ServerRun(r.cfg, [r, *r.listeners], r.resume, num_partitions=partitions) for r in runs]
+    """What the ServerApp runs for ``runs``: each one's config, listeners and resume point
+    (and what an optional part adds for ``simulation``)."""
+    served = [ServerRun(r.cfg, [r, *r.listeners], r.resume) for r in runs]
+    pool_runs(served, simulation.num_nodes)  # part: fast-engine
+    return served
 
 
 def simulate(
@@ -167,11 +151,15 @@ def simulate(
     verbose, address = simulation.verbose, simulation.ray_address  # address: the user's Ray
     if not verbose:  # after Flower's import, which sets its logger's level
         logging.getLogger("flwr").setLevel(logging.ERROR)
-    pool = simulation.pool_size([r.cfg for r in runs])
     if apps is None:
         (only,) = server_runs(runs, simulation)
-        apps = server_app_for(only), client_app_for(only.cfg, pooled=pool is not None)
-    nodes = runs[0].cfg.num_clients if pool is None else pool
+        client_app = client_app_for(
+            only.cfg,
+            pooled=only.num_partitions is not None,  # part: fast-engine
+        )
+        apps = server_app_for(only), client_app
+    nodes = runs[0].cfg.num_clients  # one virtual node per client
+    nodes = pool_size(simulation.num_nodes, [r.cfg for r in runs]) or nodes  # part: fast-engine
     ray_init = {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}
     backend_config: dict[str, dict[str, Any]] = {
         "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},

@@ -62,22 +62,39 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.parts.comparisons",
         flags=("--compare", "--seeds", "--num-seeds", "--target-accuracy"),
+        requires=("plots",),
         words=("comparison", "comparisons", "centralized", "sweep"),
     ),
     "fast-engine": Part(
         "the clients in this process, and waits for what Flower's engine stores instead of "
-        "polling (same results, faster)",
+        "polling (same results, faster); it also serves many clients from a pool of virtual "
+        "nodes",
         (
             "fl_app/engine/inprocess.py",
             "fl_app/engine/arrivals.py",
             "fl_app/engine/polled.py",
             "fl_app/parts/backend_flags.py",
+            "fl_app/parts/pools.py",
+            "strategies/pools.py",
             "tests/test_inprocess.py",
             "tests/test_arrivals.py",
+            "tests/test_pools.py",
         ),
         module="fl_app.engine.inprocess",
-        flags=("--backend",),
-        words=("inprocess", "in-process backend", "arrivals", "polled", "event-driven"),
+        flags=("--backend", "--num-nodes"),
+        words=(
+            "inprocess",
+            "in-process backend",
+            "arrivals",
+            "polled",
+            "event-driven",
+            "pool of nodes",
+            "pool of virtual nodes",
+            "num_nodes",
+            "PooledMessages",
+            "PooledProxies",
+            "PartitionProxy",
+        ),
     ),
     "legacy-api": Part(
         "Flower's legacy API half (NumPyClient messages, flwr.server.strategy) with SecAgg+",
@@ -136,6 +153,36 @@ PARTS: dict[str, Part] = {
         ),
         words=("dp", "DP", "privacy", "DP-SGD", "Opacus", "epsilon", "ε", "accountant"),
     ),
+    "server-optimizer": Part(
+        "the server's optimizer step on the aggregate (FedAvgM: learning rate η, momentum β)",
+        (
+            "strategies/server_optimizer.py",
+            "fl_app/parts/server_optimizer_keys.py",
+            "tests/test_server_optimizer.py",
+        ),
+        module="strategies.server_optimizer",
+        keys=("server-learning-rate", "server-momentum"),
+        words=(
+            "FedAvgM",
+            "server momentum",
+            "server learning rate",
+            "velocity",
+            "server-optimizer",
+        ),
+    ),
+    "robust": Part(
+        "robust filters of the hybrid rule: MAD, norm clipping, and a direction and cosine test",
+        ("strategies/robust.py", "fl_app/parts/robust_keys.py", "tests/test_robust.py"),
+        module="strategies.robust",
+        keys=(
+            "robust-filter",
+            "robust-mad-k",
+            "robust-clip-norm",
+            "robust-norm-ratio",
+            "robust-min-cosine",
+        ),
+        words=("robust filter", "robust filters", "MAD", "cosine", "robust-filter"),
+    ),
     "zoo": Part(
         "more datasets (torchvision's, generated, Hugging Face), models and partitioners",
         ("fl_app/parts/zoo.py", "tests/test_zoo.py"),
@@ -157,6 +204,12 @@ PARTS: dict[str, Part] = {
         keys=("tracker",),
         words=("tracker", "tracking", "TensorBoard", "MLflow", "wandb", "Weights & Biases"),
     ),
+    "plots": Part(
+        "the run's accuracy and loss curves as PNG files (matplotlib)",
+        ("fl_app/parts/plots.py", "tests/test_plots.py"),
+        module="fl_app.parts.plots",
+        words=("matplotlib", "accuracy.png", "loss.png", "plot", "plots"),
+    ),
     "flower-baselines": Part(
         "Flower's robust aggregators (flower-krum, flower-median, ...) as baselines",
         (
@@ -173,14 +226,15 @@ PARTS: dict[str, Part] = {
         ("fl_app/parts/presets.py", "tests/test_presets.py"),
         module="fl_app.parts.presets",
         flags=("--preset",),
-        requires=("comparisons", "zoo"),
+        requires=("comparisons", "plots", "zoo"),
         words=("preset",),
     ),
     "ray-cluster": Part(
-        "starting Ray nodes and checking a cluster before run_simulation.py --ray-address joins it",
-        ("fl_app/parts/ray_cluster.py", "tests/test_ray_cluster.py"),
+        "starting Ray nodes and checking a cluster before run_simulation.py --ray-address joins "
+        "it; the Ray nodes the clients trained on, in the records and the summary",
+        ("fl_app/parts/ray_cluster.py", "fl_app/parts/ray_nodes.py", "tests/test_ray_cluster.py"),
         module="fl_app.parts.ray_cluster",
-        words=("ray_cluster", "ray-cluster"),
+        words=("ray_cluster", "ray-cluster", "ray_node", "ray_nodes", "Ray nodes"),
     ),
     "benchmarks": Part(
         "scripts that measure aggregation, overhead, peers, privacy, robustness, scale, "

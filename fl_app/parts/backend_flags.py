@@ -1,5 +1,6 @@
 """``run_simulation.py --backend``: where the engine runs the clients (the optional part
-``fast-engine``); ``auto`` picks the faster one here, with the same results."""
+``fast-engine``); ``auto`` picks the faster one here, with the same results. ``--num-nodes``:
+how many virtual nodes serve them (:mod:`fl_app.parts.pools`)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,29 @@ from typing import Any
 from fl_app import engine
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.simulation import Extension, Simulation
+from fl_app.parts.pools import AUTO_NODES, PER_CLIENT
 
 AUTO = "auto"
+# SecAgg+ keeps each client's protocol state in its node: no pool of nodes under it.  # part: legacy-api
+NO_SECURE_POOL = "is not allowed with secure-aggregation = true: SecAgg+ keeps each client's protocol state in its node (use one of auto, per-client)"  # part: legacy-api
 # Ray's start (seconds) and its dispatch per message (a few ms more than in this process)
 # pay off only with several clients side by side: from this many on (docs/performance.md).
 RAY_FROM_WORKERS = 4
 
 
 class BackendFlags(Extension):
-    """``--backend``: Ray actors (Flower's own), this process, or the faster here."""
+    """``--backend``: Ray actors (Flower's own), this process, or the faster here;
+    ``--num-nodes``: a pool of virtual nodes, or one per client."""
 
     def add_flags(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--num-nodes",
+            default=AUTO_NODES,
+            metavar="N",
+            help=f"virtual nodes of Flower's engine: a number (a pool; each message names the "
+            f"client it is for), {AUTO_NODES!r} (a pool of the clients a round asks for), or "
+            f"{PER_CLIENT!r} (one node per client, as a deployment has)",
+        )
         group.add_argument(
             "--backend",
             choices=(AUTO, *engine.backends()),
@@ -32,13 +45,21 @@ class BackendFlags(Extension):
         )
 
     def check(self, args: argparse.Namespace, cfg: Any, simulation: Simulation) -> Simulation:
+        nodes = args.num_nodes
+        if nodes not in (AUTO_NODES, PER_CLIENT) and not (nodes.isdigit() and int(nodes) >= 1):
+            raise ConfigError(
+                f"--num-nodes {nodes!r} is not allowed: must be a number >= 1, "
+                f"{AUTO_NODES!r} or {PER_CLIENT!r}"
+            )
+        if cfg.secure_aggregation and nodes not in (AUTO_NODES, PER_CLIENT):  # part: legacy-api
+            raise ConfigError(f"--num-nodes {nodes} {NO_SECURE_POOL}")  # part: legacy-api
         if args.backend not in (AUTO, engine.RAY) and args.ray_address:
             raise ConfigError(
                 f"--ray-address {args.ray_address!r} is not allowed with --backend "
                 f"{args.backend}: the clients run in this process (use --backend ray)"
             )
         backend = pick_backend(args.backend, cfg, simulation)
-        return Simulation(**{**vars(simulation), "backend": backend})
+        return Simulation(**{**vars(simulation), "backend": backend, "num_nodes": nodes})
 
 
 def pick_backend(backend: str, cfg: Any, simulation: Simulation) -> str:

@@ -18,6 +18,7 @@ from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import RoundRecord, RunListener, RunWriter, run_directory
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import ServerModel, train_as_configured
+from fl_app.parts.plots import RunPlots
 from fl_app.task import ArrayDataset, dataset_of, get_weights
 
 CENTRALIZED = "centralized"
@@ -50,7 +51,8 @@ def train_centrally(
     data = pooled_training_data(cfg, num_clients)
     # The federated server's model: the same initial weights, test set and files.
     server = ServerModel(cfg)
-    listeners = [RunWriter(cfg, run_directory(cfg), server.save), *listeners]
+    directory = run_directory(cfg)
+    listeners = [RunWriter(cfg, directory, server.save), RunPlots(cfg, directory), *listeners]
     rounds: list[RoundRecord] = []
     start = timeit.default_timer()
     for server_round in range(cfg.num_server_rounds + 1):

@@ -208,8 +208,11 @@ def sweep(
     def config(context: Context, message: Message) -> RunConfig:
         return by_name[str(sent_config(message, SWEEP_RUN_KEY))]
 
-    pooled = runs[0].num_partitions is not None
-    apps = sweep_server_app(runs, outcome), client_app_for(pooled=pooled, config=config)
+    client_app = client_app_for(
+        config=config,
+        pooled=runs[0].num_partitions is not None,  # part: fast-engine
+    )
+    apps = sweep_server_app(runs, outcome), client_app
     interrupted = False
     try:
         simulate(planned, simulation, apps)

@@ -22,11 +22,11 @@ import numpy as np
 from fl_app.kit.results import (
     RoundRecord,
     finite,
-    plot_curves,
     summarize,
     write_json_atomically,
     write_text_atomically,
 )
+from fl_app.parts.plots import plot_curves
 
 # A difference is called significant below this p-value (no multiple-comparison correction).
 SIGNIFICANCE = 0.05

@@ -1,8 +1,7 @@
-"""What both Flower adapters share (no Flower): the rule they run, seeded sampling, a pool."""
+"""What both Flower adapters share (no Flower): the rule they run, seeded sampling."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
@@ -10,7 +9,7 @@ from strategies.core.options import ServerOptions
 from strategies.core.rule import Rule
 from strategies.core.state import StrategyState
 from strategies.core.update import LOG, RoundResult, ScoreFn
-from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, Node, SeededSampler
+from strategies.sampling import Node, SeededSampler
 
 
 def take_knobs(rule_type: type[Rule] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -67,11 +66,10 @@ class RuleAdapter:
         *,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
-        num_partitions: int | None = None,
     ) -> None:
         """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``. Without a
         ``sampling_seed`` Flower samples, unseeded; ``query_timeout``: the wait for the nodes'
-        partition ids; ``num_partitions``: the nodes are a pool serving that many clients."""
+        partition ids."""
         self.rule = build_rule(
             self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
         )
@@ -79,31 +77,6 @@ class RuleAdapter:
         self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
         self.query_timeout = query_timeout
         self.last_sampled: list[int | str] | None = None  # the last training round's clients
-        if num_partitions is not None and num_partitions < 1:
-            raise ValueError(f"num_partitions={num_partitions} is not allowed: must be >= 1")
-        self.num_partitions = num_partitions
-
-    def assign(
-        self, server_round: int, purpose: str, size: int, nodes: Sequence[Node]
-    ) -> list[tuple[Node, dict[str, int]]]:
-        """A pool's round: ``size`` partitions, each with its node (dealt in turn over
-        ``nodes``) and the message config naming it. Seeded, they are the partitions the
-        sampler would draw among nodes that report 0..N-1, one a node."""
-        total = self.num_partitions
-        assert total is not None, "assign() is for a pool (num_partitions set)"
-        if not nodes or size <= 0:
-            return []
-        size = min(size, total)
-        if self.sampler is None:
-            partitions = sorted(random.sample(range(total), size))
-        else:
-            partitions = self.sampler.draw(server_round, purpose, total, size)
-        if purpose == "train":
-            self.last_sampled = list(partitions)
-        return [
-            (nodes[i % len(nodes)], {PARTITION_KEY: p, NUM_PARTITIONS_KEY: total})
-            for i, p in enumerate(partitions)
-        ]
 
     def reseed(
         self,
@@ -113,22 +86,25 @@ class RuleAdapter:
         available: Sequence[Node],
         ask: Callable[[list[Node]], Mapping[Node, object]],
     ) -> list[Node]:
-        """As many nodes as Flower sampled (Flower decides how many and waits for them),
-        chosen by the seeded sampler among ``available``. ``ask(nodes)`` returns the partition
-        ids of those that answered; the others are asked again next round."""
-        if self.sampler is None:
-            return list(flower_sample)
-        if flower_sample and (unknown := self.sampler.unknown(available)):
-            for node, partition_id in ask(unknown).items():
-                self.sampler.learn(node, partition_id)
-        chosen = self.sampler.sample(server_round, purpose, available, len(flower_sample))
-        if len(chosen) < len(flower_sample):
-            LOG.warning(
-                f"round {server_round}: {len(chosen)} of {len(flower_sample)} nodes sampled for "
-                f"{purpose}; the others have not reported their partition id yet"
-            )
+        """The round's nodes: Flower's sample, or as many nodes (Flower decides how many and
+        waits for them) chosen by the seeded sampler among ``available``. ``ask(nodes)``
+        returns the partition ids of those that answered; the others are asked again next
+        round. A training round tells the rule what share of the clients it asks."""
+        chosen = list(flower_sample)
+        if self.sampler is not None:
+            if flower_sample and (unknown := self.sampler.unknown(available)):
+                for node, partition_id in ask(unknown).items():
+                    self.sampler.learn(node, partition_id)
+            chosen = self.sampler.sample(server_round, purpose, available, len(flower_sample))
+            if len(chosen) < len(flower_sample):
+                LOG.warning(
+                    f"round {server_round}: {len(chosen)} of {len(flower_sample)} nodes sampled "
+                    f"for {purpose}; the others have not reported their partition id yet"
+                )
+            if purpose == "train":
+                self.last_sampled = [self.sampler.label(node) for node in chosen]
         if purpose == "train":
-            self.last_sampled = [self.sampler.label(node) for node in chosen]
+            self.rule.sampling = (len(chosen), len(available))
         return chosen
 
     def client_name(self, node: Hashable) -> str:
@@ -136,6 +112,12 @@ class RuleAdapter:
         if self.sampler is not None and node in self.sampler.keys:
             return str(self.sampler.label(node))
         return str(node)
+
+    def sender(self, node: Hashable, instruction: str) -> tuple[Hashable, str, str]:
+        """Who answers ``instruction`` (the id of what was sent) from ``node``: the key that
+        matches the reply to what was sent, the client id of its update, and how a failure
+        names it. Each node is one client here (an optional part may serve several)."""
+        return node, self.client_name(node), f"node {node}"
 
     @classmethod
     def of(cls, rule_type: type[Rule], name: str) -> type[Self]:

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Self
 
 from strategies.privacy import PrivacyOptions  # part: dp
+from strategies.server_optimizer import ServerOptimizerOptions  # part: server-optimizer
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepOptions:
-    """The FedAvgM server step and the empty-round limit."""
+class CoreOptions:
+    """The core's knobs: the empty-round limit."""
 
-    server_learning_rate: float = 1.0  # η > 0 (1.0 with β = 0: the average is the new model)
-    server_momentum: float = 0.0  # β in [0, 1)
     max_empty_rounds: int = 3  # stop when so many rounds in a row aggregated nothing (0: never)
 
     def __post_init__(self) -> None:
-        lr, beta, rounds = self.server_learning_rate, self.server_momentum, self.max_empty_rounds
-        if not 0 < lr < math.inf:
-            raise ValueError(f"server_learning_rate={lr!r}: must be finite and > 0")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"server_momentum={beta!r}: must be in [0, 1)")
+        rounds = self.max_empty_rounds
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
             raise ValueError(f"max_empty_rounds={rounds!r}: must be an int >= 0")
 
@@ -30,9 +24,10 @@ class StepOptions:
 @dataclass(frozen=True, kw_only=True)
 class ServerOptions(
     PrivacyOptions,  # part: dp
-    StepOptions,
+    ServerOptimizerOptions,  # part: server-optimizer
+    CoreOptions,
 ):
-    """The knobs of every rule: the server step's, then each optional part's."""
+    """The knobs of every rule: the core's, then each optional part's."""
 
     @classmethod
     def from_config(cls, config: Any) -> Self:

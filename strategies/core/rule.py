@@ -1,4 +1,4 @@
-"""The rule both Flower API halves wrap: validation, coefficients, the fold, the server step."""
+"""The rule both Flower API halves wrap: validation, coefficients, the fold."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from strategies.core.update import (
     ScoreFn,
 )
 from strategies.privacy import PrivateRule  # part: dp
+from strategies.server_optimizer import ServerOptimizer  # part: server-optimizer
 
 Rejected = list[tuple[ClientUpdate, str]]  # updates turned down, each with the reason
 
@@ -63,17 +64,26 @@ class RoundHooks:
         answered: int,
         accepted: Sequence[ClientUpdate],
     ) -> Metrics:
-        """After the fold, before the server step: may change ``average`` in place."""
+        """After the fold: may change ``average`` in place."""
         return {}
+
+    def stepped(self, server_round: int, average: Model) -> Model:
+        """After :meth:`released`: the round's new model (the core's: ``average`` itself)."""
+        return average
+
+    def committed(self, server_round: int) -> None:
+        """The round's new model is finite and becomes the global model."""
 
 
 class Rule(
     PrivateRule,  # part: dp
+    ServerOptimizer,  # part: server-optimizer
     RoundHooks,
 ):
     """Base of every aggregation rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, from
-    :meth:`coefficients`), then the server step. Invalid updates are rejected with their reason;
-    a round with nothing valid keeps the previous model (``max_empty_rounds`` in a row stop)."""
+    :meth:`coefficients`) is the new model (or what an optional part's step makes of it).
+    Invalid updates are rejected with their reason; a round with nothing valid keeps the
+    previous model (``max_empty_rounds`` in a row stop)."""
 
     Options: ClassVar[type[ServerOptions]] = ServerOptions
     options: ServerOptions
@@ -116,8 +126,8 @@ class Rule(
         *,
         indivisible: bool = False,
     ) -> RoundResult:
-        """Validate ``updates``, fold the accepted ones, take the server step. ``failures``: one
-        string per failed client; ``indivisible``: one masked sum, which any rejection voids."""
+        """Validate ``updates`` and fold the accepted ones. ``failures``: one string per failed
+        client; ``indivisible``: one masked sum, which any rejection voids."""
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
         self.received(updates, metrics)
         accepted, rejected = self._validate(server_round, updates)
@@ -146,18 +156,13 @@ class Rule(
             folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c]
             average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
             metrics |= self.released(server_round, average, weights, answered, accepted)
-            lr, beta = self.options.server_learning_rate, self.options.server_momentum
-            velocity = self.state.velocity  # kept in the state if the round is voided
-            if lr != 1.0 or beta != 0.0:
-                average, velocity = aggregate.server_step(
-                    average, self.require_global(), velocity, learning_rate=lr, momentum=beta
-                )
+            average = self.stepped(server_round, average)
         if not aggregate.all_finite(average):
             reason = "the aggregate of the accepted updates overflows the model's dtype"
             metrics |= {"rejected": len(updates), "accepted": 0}
             rejected += [(u, reason) for u in accepted]
             return self._empty_round(server_round, metrics, rejected, failures)
-        self.state.velocity = velocity
+        self.committed(server_round)
         metrics |= chosen.metrics
         metrics["weights"] = json.dumps(
             {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}

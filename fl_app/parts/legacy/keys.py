@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import strategies
-from fl_app.kit.keys import ConfigError, fail, keys, option
+from fl_app.kit.keys import fail, keys, option
 from strategies.secure import secure_aggregation_problem
 
 # The Flower API halves the server can run (the Message API is the core's).
@@ -33,7 +33,8 @@ class LegacyKeys:
     secure_aggregation: bool = option(
         "run training rounds through Flower's SecAgg+ (the server sees only the sum of the "
         "clients' weighted models): legacy flower-api; simple, fedavg, or hybrid "
-        "with hybrid-lambda 1 and no robust filter",
+        "with hybrid-lambda 1"
+        " and no robust filter",  # part: robust
     )
     secagg_num_shares: int = option(
         "SecAgg+: shares each client's secret is split into (its neighbours + 1)", at_least=3
@@ -92,13 +93,3 @@ class LegacyKeys:
                 f"{SECAGG_MAX_CLIENTS} clients a round with secure-aggregation = true ({sampled} "
                 "now; more overflow SecAgg+'s 32-bit masked sum)",
             )
-
-
-def secure_nodes(cfg: Any, num_nodes: str, allowed: tuple[str, ...]) -> None:
-    """Refuse a pool of nodes (``--num-nodes N``) under SecAgg+: its protocol keeps each
-    client's state in its node."""
-    if cfg.secure_aggregation and num_nodes not in allowed:
-        raise ConfigError(
-            f"--num-nodes {num_nodes} is not allowed with secure-aggregation = true: SecAgg+ "
-            f"keeps each client's protocol state in its node (use one of {', '.join(allowed)})"
-        )

@@ -69,7 +69,7 @@ def round_config(tags: Mapping[str, Scalar], server_round: int) -> dict[str, Sca
 
 
 def build_legacy_strategy(
-    cfg: Any, server: ServerModel, *, num_partitions: int | None, tags: Mapping[str, Scalar]
+    cfg: Any, server: ServerModel, *, tags: Mapping[str, Scalar]
 ) -> LegacyStrategy:
     """The strategy named by ``cfg.strategy`` on the legacy half, with the run's sampling."""
     rule_type = strategies.rule_type(cfg.strategy)
@@ -84,7 +84,6 @@ def build_legacy_strategy(
         min_available_clients=cfg.min_available_clients,
         sampling_seed=cfg.seed if cfg.client_sampling == "seeded" else None,
         query_timeout=cfg.round_timeout or None,
-        num_partitions=num_partitions,
         initial_parameters=ndarrays_to_parameters(server.initial),
         on_fit_config_fn=config_fn,
         on_evaluate_config_fn=config_fn,
@@ -94,7 +93,8 @@ def build_legacy_strategy(
 def run_legacy_rounds(grid: Grid, run: Any, server: ServerModel, recorder: RoundRecorder) -> None:
     """The run's rounds on Flower's legacy ``Server`` (through SecAgg+ when asked)."""
     cfg = run.cfg
-    strategy = build_legacy_strategy(cfg, server, num_partitions=run.num_partitions, tags=run.tags)
+    strategy = build_legacy_strategy(cfg, server, tags=run.tags)
+    strategy.num_partitions = run.num_partitions  # part: fast-engine
     loop: dict[str, Any] = {
         "client_manager": SimpleClientManager(),
         "strategy": strategy,
