@@ -147,7 +147,7 @@ def project_in_process(flags: list[str]) -> Timing:
 
 
 def central_evaluation(cfg: RunConfig, model: torch.nn.Module) -> float:
-    return evaluate(model, load_server_data(cfg).test, device=torch.device("cpu")).accuracy
+    return evaluate(model, load_server_data(cfg).test, device=torch.device("cpu"))["accuracy"]
 
 
 def plain_loop(flags: list[str]) -> Timing:

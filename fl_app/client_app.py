@@ -7,7 +7,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
@@ -16,7 +15,7 @@ from torch import nn
 
 from fl_app.engine.loopback import loopback_in_flowers_simulation
 from fl_app.kit.config import RunConfig
-from fl_app.kit.data import ClientData, data_spec, load_client_data, task_of
+from fl_app.kit.data import data_spec, load_client_data, task_of
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
 from fl_app.parts.faulty_client import faulty  # part: faults
@@ -39,17 +38,14 @@ def _model(name: str, spec: DataSpec, seed: int, device: str) -> nn.Module:
 
 
 class FlowerClient(NumPyClient):
-    """``fit`` trains on the partition and reports ``train_loss``, then ``val_loss`` and
-    ``val_accuracy`` on its held-out validation split (the signal of the quality-weighted
-    rules); ``evaluate`` scores the global model on that split."""
+    """``fit`` trains on the partition, then reports ``train_loss`` and the ``val_*`` metrics of
+    its held-out validation split (the quality-weighted rules' signal); ``evaluate`` scores there."""
 
-    def __init__(self, cfg: RunConfig, partition_id: int, data: ClientData, model: nn.Module):
-        self.cfg = cfg
-        self.task = task_of(cfg.dataset)
-        self.partition_id = partition_id
-        self.data = data
-        self.model = model
-        self.device = torch.device(next(model.parameters()).device)
+    def __init__(self, cfg: RunConfig, partition_id: int, num_partitions: int) -> None:
+        self.cfg, self.partition_id, self.task = cfg, partition_id, task_of(cfg.dataset)
+        self.data = load_client_data(cfg, partition_id, num_partitions)
+        self.device = pick_device(cfg.device)
+        self.model = _model(cfg.model, data_spec(cfg), cfg.seed, str(self.device))
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(self.model)
@@ -63,26 +59,23 @@ class FlowerClient(NumPyClient):
         train = self.data.train
         loss = train_as_configured(self.cfg, self.model, train, device=self.device, seed=seed)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
-        metrics: dict[str, Scalar] = {"train_loss": loss, **val.metrics(prefix="val_")}
+        metrics: dict[str, Scalar] = {"train_loss": loss, **{f"val_{k}": v for k, v in val.items()}}
         return get_weights(self.model), len(train), metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         set_weights(self.model, parameters)
-        result = evaluate(self.model, self.data.val, device=self.device, task=self.task)
-        metrics: dict[str, Scalar] = {k: v for k, v in result.metrics().items() if k != "loss"}
-        return result.loss, result.num_examples, metrics
+        metrics = evaluate(self.model, self.data.val, device=self.device, task=self.task)
+        return metrics.pop("loss"), len(self.data.val), dict(metrics)
 
 
 def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     """The client of the node whose ``node_config`` names its partition."""
     partition_id = int(node_config[PARTITION_KEY])
     num_partitions = int(node_config[NUM_PARTITIONS_KEY])
-    data = load_client_data(cfg, partition_id, num_partitions)
-    model = _model(cfg.model, data_spec(cfg), cfg.seed, str(pick_device(cfg.device)))
-    honest = FlowerClient(cfg, partition_id, data, model)
-    client: NumPyClient = honest
+    client: NumPyClient = FlowerClient(cfg, partition_id, num_partitions)
+    honest = client  # part: faults
     client = on_ray_node(client)  # part: ray-cluster
     client = private(cfg, client, partition_id)  # part: dp
     client = faulty(cfg, client, honest, num_partitions)  # part: faults
@@ -92,76 +85,53 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
 
 def sent_config(message: Message, key: str) -> Any:
     """The value of ``key`` in any of the message's ConfigRecords, or None."""
-    for record in message.content.config_records.values():
-        if key in record:
-            return record[key]
-    return None
+    return next((r[key] for r in message.content.config_records.values() if key in r), None)
 
 
-def partition_config(message: Message, node: dict[str, Any]) -> dict[str, Any]:
-    """``node`` (a node config), which the message's client runs with: a message naming
-    another partition is refused, a node runs its own partition only."""
-    named = {k: sent_config(message, k) for k in (PARTITION_KEY, NUM_PARTITIONS_KEY)}
-    own = {k: node.get(k) for k in named}
-    if named[PARTITION_KEY] is not None and own != named:
-        raise ValueError(
-            f"this node is partition {own[PARTITION_KEY]} of {own[NUM_PARTITIONS_KEY]} "
-            f"(its node config), the server sent a message for partition "
-            f"{named[PARTITION_KEY]} of {named[NUM_PARTITIONS_KEY]}: a node runs "
-            "its own partition only"
-        )
-    return node
-
-
-def _the_one(records: Any, key: str, what: str, *, optional: bool = False) -> Any:
-    """The record named ``key`` (Flower's default), or the message's only record of its
-    kind; None when there is none and it is ``optional``."""
-    if key in records:
-        return records[key]
-    if len(records) == 1:
-        return next(iter(records.values()))
-    if optional and not records:
-        return None
-    raise ValueError(f"expected one {what} (named {key!r}) in the message, got {list(records)}")
-
-
-def _received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]:
-    """The layer names, arrays and config the server sent."""
-    content = message.content
-    arrays = _the_one(content.array_records, "arrays", "ArrayRecord")
-    config = _the_one(content.config_records, "config", "ConfigRecord", optional=True)
-    return list(arrays.keys()), arrays.to_numpy_ndarrays(), dict(config or {})
-
-
-# The run config a message is for, when one engine runs several runs.
-ConfigFor = Callable[[Context, Message], RunConfig]
+def _the_one(records: Any, key: str) -> Any:
+    """The record named ``key`` (Flower's name for it), or the message's only one of its kind."""
+    if key not in records and len(records) != 1:
+        raise ValueError(f"expected one record named {key!r} in the message, got {list(records)}")
+    return records[key] if key in records else next(iter(records.values()))
 
 
 def client_app_for(
-    cfg: RunConfig | None = None,
-    *,
-    config: ConfigFor | None = None,
+    cfg: RunConfig | Callable[[Context, Message], RunConfig] | None = None,
     pooled: bool = False,  # part: fast-engine
 ) -> ClientApp:
-    """A ClientApp bound to ``cfg`` (Flower's ``run_simulation`` gives clients no run config),
-    or reading the run config when None (``config``: the run config each message is for)."""
+    """A ClientApp for run config ``cfg`` (Flower's ``run_simulation`` gives clients none), for
+    the one a function of context and message gives (several runs), or (None) the context's."""
 
     def config_of(context: Context, message: Message) -> RunConfig:
-        if config is not None:
-            return config(context, message)
+        if callable(cfg):
+            return cfg(context, message)
         return cfg or RunConfig.from_mapping(context.run_config)
 
     def client(context: Context, message: Message) -> NumPyClient:
         node = dict(context.node_config)
         node |= named_partition(message) if pooled else {}  # part: fast-engine
-        return make_client(config_of(context, message), partition_config(message, node))
+        keys = (PARTITION_KEY, NUM_PARTITIONS_KEY)
+        named, own = [sent_config(message, k) for k in keys], [node.get(k) for k in keys]
+        if named[0] is not None and named != own:
+            raise ValueError(
+                "this node is partition {} of {} (its node config), the server sent a message "
+                "for partition {} of {}: a node runs its own partition only".format(*own, *named)
+            )
+        return make_client(config_of(context, message), node)
+
+    def received(message: Message) -> tuple[list[str], NDArrays, dict[str, Scalar]]:
+        """The layer names, arrays and config (none: empty) the server sent."""
+        arrays = _the_one(message.content.array_records, "arrays")
+        configs = message.content.config_records
+        sent = dict(_the_one(configs, "config")) if configs else {}
+        return list(arrays.keys()), arrays.to_numpy_ndarrays(), sent
 
     client_app = ClientApp()
 
     @client_app.train()
     def train_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
-        keys, arrays, sent = _received(message)
+        keys, arrays, sent = received(message)
         trained, num_examples, metrics = numpy_client.fit(arrays, sent)
         # The server's layer names come back (a torch state_dict's names survive the round).
         names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
@@ -178,7 +148,7 @@ def client_app_for(
     @client_app.evaluate()
     def evaluate_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
-        _, arrays, sent = _received(message)
+        _, arrays, sent = received(message)
         loss, num_examples, metrics = numpy_client.evaluate(arrays, sent)
         reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
         return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)

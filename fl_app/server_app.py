@@ -4,7 +4,7 @@ the Message API, each round recorded, checkpointed and resumable."""
 from __future__ import annotations
 
 import timeit
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -30,9 +30,8 @@ from strategies.message import MessageStrategy
 def build_strategy(cfg: RunConfig, server: ServerModel) -> MessageStrategy:
     """The strategy named by ``cfg.strategy``, with the run's sampling."""
     rule_type = strategies.rule_type(cfg.strategy)
-    rule = rule_type(rule_type.Options.from_config(cfg), score_fn=server.score)
     return MessageStrategy(
-        rule=rule,
+        rule=rule_type(rule_type.Options.from_config(cfg), score_fn=server.score),
         fraction_train=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_fit_clients,
@@ -46,8 +45,7 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> MessageStrategy:
 
 @dataclass
 class ServerRun:
-    """One run of the server: its config, who is told about its rounds, where it resumes, and
-    the tags every message's config carries."""
+    """One run of the server: config, listeners, resume point, tags for every message's config."""
 
     cfg: RunConfig
     listeners: Sequence[RunListener] = ()
@@ -67,12 +65,9 @@ def run_server(grid: Grid, run: ServerRun) -> None:
     try:
         server = ServerModel(cfg)
         log(INFO, "results of this run: %s", directory)
-        recorder = RoundRecorder(
-            [RunWriter(cfg, directory, server.save), *run.listeners, *parts],
-            checkpoint_path=directory / CHECKPOINT_FILE,
-            resume=run.resume,
-        )
-        rounds: Callable[[Grid, ServerRun, ServerModel, RoundRecorder], None] = message_rounds
+        listeners = [RunWriter(cfg, directory, server.save), *run.listeners, *parts]
+        recorder = RoundRecorder(listeners, directory / CHECKPOINT_FILE, run.resume)
+        rounds = message_rounds
         rounds = legacy_rounds(cfg, rounds)  # part: legacy-api
         rounds(grid, run, server, recorder)
     finally:
@@ -83,9 +78,8 @@ def run_server(grid: Grid, run: ServerRun) -> None:
 def message_rounds(
     grid: Grid, run: ServerRun, server: ServerModel, recorder: RoundRecorder
 ) -> None:
-    """The rounds as Flower's ``Strategy.start`` runs them (``configure_train``,
-    ``send_and_receive``, ``aggregate_train``, then central and federated evaluation), but each
-    round recorded, and a reply that did not come back counted as a failure."""
+    """The rounds as Flower's ``Strategy.start`` runs them (train, then central and federated
+    evaluation), but each round recorded, and a reply that did not come back a failure."""
     cfg = run.cfg
     strategy = build_strategy(cfg, server)
     strategy.num_partitions = run.num_partitions  # part: fast-engine
@@ -94,11 +88,11 @@ def message_rounds(
     model = server.initial if resumed is None else resumed
     arrays = ArrayRecord(model)
     tags: dict[str, Any] = dict(run.tags)  # a fresh ConfigRecord each call: FedAvg writes to it
+    start = timeit.default_timer()
     if resumed is None:
-        start = timeit.default_timer()
         recorder.emit({"round": 0, **server.central(model)}, start, model, strategy)
     for server_round in range(recorder.first_round, cfg.num_server_rounds + 1):
-        round_start = timeit.default_timer()
+        start = timeit.default_timer()
         sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(tags), grid))
         replies = _exchange(grid, sent, timeout)
         ok = sum(1 for reply in replies if not reply.has_error())
@@ -106,8 +100,7 @@ def message_rounds(
         try:
             new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         except NothingAggregatedError as error:
-            stopped = stopped_record(server_round, error, **counts)
-            recorder.emit(stopped, round_start, model, strategy)
+            recorder.emit(stopped_record(server_round, error, **counts), start, model, strategy)
             raise
         aggregated = new_arrays is not None
         if new_arrays is not None:
@@ -121,22 +114,19 @@ def message_rounds(
         if federated is not None and "loss" in federated:
             record["federated_loss"] = federated["loss"]
             record["federated_accuracy"] = federated.get("accuracy")
-        recorder.emit(record, round_start, model, strategy)
+        recorder.emit(record, start, model, strategy)
     recorder.done(model)
 
 
 def _exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-    if not messages:
-        return []
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
     if (missing := len(messages) - len(replies)) > 0:
         log(WARNING, "%d of %d nodes did not reply in time", missing, len(messages))
     return replies
 
 
 def server_app_for(run: ServerRun | None = None) -> ServerApp:
-    """A ServerApp for ``run``, or for the run config when None (Flower's ``run_simulation``
-    passes no run config)."""
+    """A ServerApp for ``run`` (None: the context's run config)."""
     server_app = ServerApp()
 
     @server_app.main()

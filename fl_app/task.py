@@ -1,14 +1,12 @@
-"""What a user edits: the data, the model, and how a client trains and evaluates. No Flower.
-
-Like Flower's quickstart ``task.py``, in order: the data, the model, training, evaluation. The
-run config's ``dataset`` and ``model`` name entries of ``DATASETS`` and ``MODELS``.
-"""
+"""What a user edits, like Flower's quickstart ``task.py``: the data, the model, training and
+evaluation (no Flower). The run config's ``dataset`` and ``model`` name entries of
+``DATASETS`` and ``MODELS``."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import seed_for
 
 Weights = list[NDArray[Any]]
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -63,9 +60,8 @@ class ServerData:
 
 
 class Dataset:
-    """A dataset the config can name. ``features``: ``images`` (``(C, H, W)``) or ``vectors``.
-    ``partitioned``: the ``partitioner`` splits it; when False (data made per client) the
-    dataset implements the three methods itself."""
+    """A dataset the config can name, of ``images`` ``(C, H, W)`` or ``vectors``. The
+    ``partitioner`` splits it, or (``partitioned = False``) it makes each client's data."""
 
     features = "images"
     task = "classification"  # or "regression"
@@ -83,9 +79,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Pooled(Dataset):
-    """A dataset loaded whole: ``load(cfg)`` gives ``(train, test or None)``. The kit
-    (``fl_app.kit.data``) splits it, by seed, into the server's test and validation sets
-    and a client pool that the ``partitioner`` splits over the clients."""
+    """A dataset loaded whole: ``load(cfg)`` gives ``(train, test or None)``, which the kit
+    splits, by seed, into the server's test and validation sets and the clients' pool."""
 
     load: Callable[[Any], tuple[ArrayDataset, ArrayDataset | None]]
     features: str = "images"
@@ -93,8 +88,7 @@ class Pooled(Dataset):
 
 
 def _digits(cfg: Any) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """scikit-learn's bundled 8×8 digits, read from its file as ``load_digits`` does
-    (importing scikit-learn would cost every simulation process a second)."""
+    """scikit-learn's 8×8 digits, read from its file (importing scikit-learn costs a second)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("dataset 'digits' needs scikit-learn installed (it ships the file)")
@@ -110,7 +104,6 @@ DATASET_PREFIXES: dict[str, Callable[[str], Dataset]] = {}
 
 
 def dataset_of(name: str) -> Dataset:
-    """The dataset ``name`` (KeyError for an unknown one)."""
     for prefix, make in DATASET_PREFIXES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return make(name.removeprefix(prefix))
@@ -137,7 +130,6 @@ class Architecture:
     images_only: bool = False
 
 
-# name -> model. Add a model: a builder above and one entry here.
 MODELS: dict[str, Architecture] = {"mlp": Architecture(mlp)}
 
 
@@ -167,7 +159,7 @@ def set_weights(model: nn.Module, weights: Weights) -> None:
 
 def batches(
     data: ArrayDataset, batch_size: int, device: torch.device, generator: torch.Generator | None
-) -> Iterator[Batch]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches on ``device``, shuffled when a ``generator`` is given (drawn on the CPU,
     so the same on any device)."""
     x = torch.from_numpy(data.x).to(device)
@@ -179,9 +171,7 @@ def batches(
 
 
 def loss_function(task: str, reduction: str = "mean") -> nn.Module:
-    if task == "regression":
-        return nn.MSELoss(reduction=reduction)
-    return nn.CrossEntropyLoss(reduction=reduction)
+    return (nn.MSELoss if task == "regression" else nn.CrossEntropyLoss)(reduction=reduction)
 
 
 def train(
@@ -196,51 +186,22 @@ def train(
     seed: int,
     task: str = "classification",
 ) -> float:
-    """SGD on ``data`` for ``epochs``, in place; the mean training loss of the last epoch."""
+    """SGD on ``data`` for ``epochs``, in place; the mean training loss of the last epoch
+    (NaN when there was none)."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    criterion = loss_function(task)
     generator = torch.Generator().manual_seed(seed)
-
-    def shuffled() -> Iterator[Batch]:
-        return batches(data, batch_size, device, generator)
-
-    return train_epochs(model, optimizer, loss_function(task), epochs, shuffled)
-
-
-def train_epochs(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    epochs: int,
-    epoch_batches: Callable[[], Iterable[Batch]],
-) -> float:
-    """The training loop; the mean loss of the last epoch (NaN when it saw no example)."""
     loss_sum, seen = 0.0, 0
     for _ in range(epochs):
         loss_sum, seen = 0.0, 0
-        for xb, yb in epoch_batches():
+        for xb, yb in batches(data, batch_size, device, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)
             loss.backward()
-            optimizer.step()  # also on an empty batch: an optimizer may add noise to it
-            if len(yb):
-                loss_sum += loss.item() * len(yb)
-                seen += len(yb)
+            optimizer.step()
+            loss_sum, seen = loss_sum + loss.item() * len(yb), seen + len(yb)
     return loss_sum / seen if seen else math.nan
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    accuracy: float  # NaN for regression
-    num_examples: int
-
-    def metrics(self, prefix: str = "") -> dict[str, float]:
-        """``{prefix}loss`` and, for classification, ``{prefix}accuracy``."""
-        values = {f"{prefix}loss": self.loss}
-        if not math.isnan(self.accuracy):
-            values[f"{prefix}accuracy"] = self.accuracy
-        return values
 
 
 @torch.no_grad()
@@ -251,18 +212,18 @@ def evaluate(
     device: torch.device,
     task: str = "classification",
     batch_size: int = 1024,
-) -> EvalResult:
-    """Mean loss (per example and output) and accuracy on ``data``; NaN for an empty set."""
+) -> dict[str, float]:
+    """``loss`` (the mean per example and output; NaN on no data) and, for classification,
+    ``accuracy`` of ``model`` on ``data``."""
     if len(data) == 0:
-        return EvalResult(math.nan, math.nan, 0)
+        return {"loss": math.nan}
     model.to(device).eval()
     criterion = loss_function(task, reduction="sum")
     loss_sum, correct = 0.0, 0
     for xb, yb in batches(data, batch_size, device, generator=None):
         outputs = model(xb)
         loss_sum += criterion(outputs, yb).item()
-        if task != "regression":
-            correct += (outputs.argmax(dim=1) == yb).sum().item()
+        correct += (outputs.argmax(dim=1) == yb).sum().item() if task != "regression" else 0
     if task == "regression":  # the mean over every output of every example
-        return EvalResult(loss_sum / (len(data) * data.y.shape[1]), math.nan, len(data))
-    return EvalResult(loss_sum / len(data), correct / len(data), len(data))
+        return {"loss": loss_sum / (len(data) * data.y.shape[1])}
+    return {"loss": loss_sum / len(data), "accuracy": correct / len(data)}

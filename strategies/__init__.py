@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 from strategies import flower_robust  # part: flower-baselines
-from strategies.core.adapter import RuleAdapter, build_rule, take_knobs
+from strategies.core.adapter import RuleAdapter, build_rule
 from strategies.core.options import ServerOptions
 from strategies.core.rule import Rule
 from strategies.core.update import ScoreFn
@@ -23,14 +23,12 @@ REGISTRY: dict[str, type[Rule]] = {
     "hybrid": HybridRule,
 }
 
-# What a run can name as its strategy: the registry's rules, then each optional part's.
-CHOICES: dict[str, type[Rule]] = {
+CHOICES: dict[str, type[Rule]] = {  # what a run can name: the registry, then optional parts'
     **REGISTRY,
     **flower_robust.BASELINES,  # part: flower-baselines
 }
 
-# The Flower API halves: each one's adapter class.
-ADAPTERS = {
+ADAPTERS = {  # each Flower API half's adapter class
     "message": "strategies.message.MessageStrategy",
     "legacy": "strategies.legacy.LegacyStrategy",  # part: legacy-api
 }
@@ -51,13 +49,10 @@ def build(
     score_fn: ScoreFn | None = None,
     **kwargs: Any,
 ) -> RuleAdapter:
-    """The strategy of rule ``name`` for the Flower API half ``api``. ``kwargs``: the rule's
-    knobs (without ``options``) and the Flower strategy's own arguments."""
+    """Rule ``name``'s strategy for Flower API half ``api``; ``kwargs``: its knobs, then Flower's."""
     if api not in ADAPTERS:
         raise ValueError(f"unknown Flower API {api!r}: choose one of {', '.join(ADAPTERS)}")
-    chosen = rule_type(name)
-    knobs = take_knobs(chosen, kwargs)
-    rule = build_rule(chosen, rule=None, options=options, score_fn=score_fn, knobs=knobs)
+    rule = build_rule(rule_type(name), kwargs, options=options, score_fn=score_fn)
     module, _, adapter = ADAPTERS[api].rpartition(".")
     strategy: RuleAdapter = getattr(importlib.import_module(module), adapter)(rule=rule, **kwargs)
     return strategy

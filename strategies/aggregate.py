@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[Any]
 Model = list[Array]
-Weighting = Literal["softmax", "linear"]
 Floats = Sequence[float] | NDArray[np.float64]
+Terms = Iterable[tuple[Sequence[Array], float]]  # the (θ_i, c_i) of a weighted sum
 
 # Elements per fold step: 64 Ki float32 = 256 KiB, small enough to stay in L2 cache.
 CHUNK_ELEMENTS = 1 << 16
@@ -24,33 +24,17 @@ def accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
-def _flat(array: Array) -> Array:
-    """1-D view of ``array`` (a copy only when it is not C-contiguous)."""
-    return np.ascontiguousarray(array).reshape(-1)
-
-
-class _Scratch(dict[np.dtype[Any], Array]):
-    """One reusable chunk-sized buffer per dtype."""
-
-    def __missing__(self, dtype: np.dtype[Any]) -> Array:
-        self[dtype] = buffer = np.empty(CHUNK_ELEMENTS, dtype=dtype)
-        return buffer
-
-
 def weighted_sum(
-    updates: Iterable[tuple[Sequence[Array], float]],
-    template: Sequence[Array],
-    *,
-    relative_to: Sequence[Array] | None = None,
+    updates: Terms, template: Sequence[Array], *, relative_to: Sequence[Array] | None = None
 ) -> Model:
     """``Σ c_i θ_i`` over ``(θ_i, c_i)``, or ``Σ c_i (θ_i − θ_ref)`` (differenced chunk by chunk:
     no cancellation between two large sums); integer layers of ``template`` summed in float64."""
     acc = [np.zeros(t.shape, dtype=accumulator_dtype(t.dtype)) for t in template]
-    scratch = _Scratch()
-    references = [None] * len(acc) if relative_to is None else [_flat(r) for r in relative_to]
+    scratch = {a.dtype: np.empty(CHUNK_ELEMENTS, a.dtype) for a in acc}  # one reused buffer each
+    references = [None] * len(acc) if relative_to is None else [r.reshape(-1) for r in relative_to]
     for arrays, coefficient in updates:
         for layer_acc, layer, ref in zip(acc, arrays, references, strict=True):
-            flat_acc, flat_layer = layer_acc.reshape(-1), _flat(layer)
+            flat_acc, flat_layer = layer_acc.reshape(-1), layer.reshape(-1)
             for start in range(0, flat_acc.size, CHUNK_ELEMENTS):
                 stop = min(start + CHUNK_ELEMENTS, flat_acc.size)
                 buf = scratch[flat_acc.dtype][: stop - start]
@@ -64,9 +48,8 @@ def weighted_sum(
 
 
 def cast_like(array: Array, dtype: np.dtype[Any]) -> Array:
-    if array.dtype == dtype:
-        return array
-    return np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype)
+    rounded = np.rint(array) if np.issubdtype(dtype, np.integer) and array.dtype != dtype else array
+    return rounded.astype(dtype, copy=False)
 
 
 def difference_chunks(
@@ -74,13 +57,13 @@ def difference_chunks(
 ) -> Iterator[tuple[int, int, int, Array]]:
     """``(layer, start, stop, θ − θ_ref on [start, stop))`` in a reused buffer, in ``precision`` or
     the layer's (at least float32; integers in float64: no wrap-around)."""
-    scratch = _Scratch()
     for index, (layer, ref) in enumerate(zip(arrays, reference, strict=True)):
-        flat_layer, flat_ref = _flat(layer), _flat(ref)
+        flat_layer, flat_ref = layer.reshape(-1), ref.reshape(-1)
         work = precision or np.promote_types(accumulator_dtype(layer.dtype), np.float32)
+        scratch = np.empty(min(CHUNK_ELEMENTS, flat_layer.size), work)
         for start in range(0, flat_layer.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, flat_layer.size)
-            buf = scratch[np.dtype(work)][: stop - start]
+            buf = scratch[: stop - start]
             np.subtract(flat_layer[start:stop], flat_ref[start:stop], out=buf, dtype=work)
             yield index, start, stop, buf
 
@@ -90,9 +73,8 @@ def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
     (fast), or where float32 squares overflow, in float64 scaled by the largest ``|x|``."""
     with np.errstate(over="ignore", invalid="ignore"):
         total = sum(float(np.dot(c, c)) for c in chunks(None))
-    if math.isfinite(total):
-        return math.sqrt(total)
-    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(total):
+            return math.sqrt(total)
         top = max((float(np.max(np.abs(c))) for c in chunks(np.float64) if c.size), default=0.0)
         if not 0.0 < top < math.inf:  # 0: all zeros; inf: a difference beyond float64
             return top
@@ -101,14 +83,13 @@ def _euclidean(chunks: Callable[[type | None], Iterable[Array]]) -> float:
 
 
 def distance(arrays: Sequence[Array], reference: Sequence[Array]) -> float:
-    """``‖θ − θ_ref‖``, chunks squared in the layers' precision (fast; relative error near 1e-7
-    for float32) and summed in float64."""
+    """``‖θ − θ_ref‖``, chunks squared in the layers' precision (fast) and summed in float64."""
     return _euclidean(lambda p: (buf for *_, buf in difference_chunks(arrays, reference, p)))
 
 
 def norm(arrays: Sequence[Array]) -> float:
     """``‖θ‖``: each layer whole, or where that overflows, in float64 chunks."""
-    flats = [_flat(a) for a in arrays]
+    flats = [a.reshape(-1) for a in arrays]
     chunks = [f[i : i + CHUNK_ELEMENTS] for f in flats for i in range(0, f.size, CHUNK_ELEMENTS)]
     return _euclidean(lambda p: flats if p is None else (c.astype(p) for c in chunks))
 
@@ -146,12 +127,7 @@ def example_weights(num_examples: Sequence[int]) -> NDArray[np.float64]:
 
 
 def quality_weights(
-    quality: Floats,
-    *,
-    higher_is_better: bool,
-    weighting: Weighting,
-    temperature: float,
-    floor: float,
+    quality: Floats, *, higher_is_better: bool, weighting: str, temperature: float, floor: float
 ) -> NDArray[np.float64] | None:
     """``g(q_i) / Σ g(q)`` (None when every weight is zero), with ``s = q``, or ``−q`` when lower is
     better: ``softmax`` ``g = exp(s / τ)``; ``linear`` ``g = max(s − floor, 0)``, or when lower is

@@ -36,8 +36,7 @@ class HybridOptions(
     QualityOptions,
 ):
     """Knobs of :class:`HybridRule`: the quality knobs, and λ (a constant, a function of the
-    round, or moving linearly to ``hybrid_lambda_end`` at round ``num_server_rounds``; -1:
-    constant)."""
+    round, or moving linearly to ``hybrid_lambda_end`` >= 0 at round ``num_server_rounds``)."""
 
     hybrid_lambda: LambdaSchedule = 0.5
     hybrid_lambda_end: float = -1.0
@@ -50,11 +49,8 @@ class HybridOptions(
         self._require(end <= 1.0, "hybrid_lambda_end", "must be <= 1 (< 0: constant λ)")
         whole = isinstance(rounds, int) and not isinstance(rounds, bool)
         self._require(whole and rounds >= 1, "num_server_rounds", "must be an int >= 1")
-        if end >= 0 and rounds < 2:
-            raise ValueError(
-                f"hybrid_lambda_end={end!r} needs num_server_rounds >= 2 "
-                f"(the rounds over which λ moves), got {rounds}"
-            )
+        moves = f"needs num_server_rounds >= 2 (the rounds over which λ moves), got {rounds}"
+        self._require(end < 0 or rounds >= 2, "hybrid_lambda_end", moves)
 
     def lambda_at(self, server_round: int) -> float:
         """λ of ``server_round``, clipped to [0, 1]."""
@@ -78,13 +74,10 @@ class HybridRule(
     KeepEvery,
     QualityWeightedRule,
 ):
-    """One rule that has the other rules as special cases: weights
-    ``w_i = λ · n_i / Σ n + (1 − λ) · q_i`` over the kept updates (:meth:`filtered`), ``q_i``
-    the quality weights of :class:`QualityWeightedRule`.
-
-    ``λ = 1`` over every update is exactly FedAvg, ``λ = 0`` exactly QualityWeighted; quality
-    is only required in rounds where λ < 1. For non-IID federations with unreliable clients.
-    """
+    """One rule that has the other rules as special cases: ``w_i = λ · n_i / Σ n + (1 − λ) · q_i``
+    over the kept updates (:meth:`filtered`), ``q_i`` the quality weights of
+    :class:`QualityWeightedRule`. ``λ = 1`` over every update is exactly FedAvg, ``λ = 0`` exactly
+    QualityWeighted; quality is only required in rounds where λ < 1."""
 
     Options = HybridOptions
     options: HybridOptions
@@ -93,21 +86,18 @@ class HybridRule(
         return self.options.lambda_at(server_round) < 1.0
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
-        count = len(updates)
         kept, scale, filtered = self.filtered(server_round, updates)
         kept_updates = [u for u, keep in zip(updates, kept, strict=True) if keep]
         lam = self.options.lambda_at(server_round)
         data_weights = aggregate.example_weights([u.num_examples for u in kept_updates])
-        if lam < 1.0:
-            quality, fallback = self.quality_coefficients(server_round, kept_updates)
-        else:
-            quality, fallback = np.zeros(len(kept_updates)), False
-        weights = np.zeros(count)
-        weights[kept] = aggregate.mix_weights(lam, data_weights, quality)
+        quality = Coefficients(np.zeros(len(kept_updates)), metrics={"quality_fallback": 0})
+        if lam < 1.0:  # the quality weights of QualityWeightedRule
+            quality = super().coefficients(server_round, kept_updates)
+        weights = np.zeros(len(updates))
+        weights[kept] = aggregate.mix_weights(lam, data_weights, quality.clients)
         return Coefficients(
             weights * scale,
-            # What scaling takes off the updates stays on the global model.
-            global_model=float(np.sum(weights * (1.0 - scale))),
+            global_model=float(np.sum(weights * (1.0 - scale))),  # what scaling takes off
             weights=weights,
-            metrics={"lambda": lam, "quality_fallback": int(fallback), **filtered},
+            metrics={"lambda": lam, **quality.metrics, **filtered},
         )

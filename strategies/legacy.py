@@ -34,12 +34,10 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
-from strategies.core.adapter import RuleAdapter, take_knobs
+from strategies.core.adapter import RuleAdapter
 from strategies.core.codec import decode_tensors, encode_tensors
 from strategies.core.metrics import canonical_order, evaluation_metrics, weighted_metrics
-from strategies.core.options import ServerOptions
-from strategies.core.rule import Rule
-from strategies.core.update import ClientUpdate, RoundResult, ScoreFn
+from strategies.core.update import ClientUpdate, RoundResult
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.pools import PooledProxies  # part: fast-engine
@@ -105,29 +103,15 @@ class LegacyStrategy(
         ``evaluate_metrics_aggregation_fn`` (both default to the example-weighted mean).
     """
 
-    def __init__(
-        self,
-        *,
-        rule: Rule | None = None,
-        options: ServerOptions | None = None,
-        score_fn: ScoreFn | None = None,
-        sampling_seed: int | None = None,
-        query_timeout: float | None = None,
-        secure_aggregation: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        knobs = take_knobs(self.rule_type, kwargs)
-        self.adopt(
-            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
-        )
+    def __init__(self, *, secure_aggregation: bool = False, **kwargs: Any) -> None:
+        for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
+            kwargs.setdefault(metrics, weighted_metrics)
+        super().__init__(**kwargs)
         if secure_aggregation:
             problem = secure_aggregation_problem(self.rule)
             if problem is not None:
                 raise ValueError(f"secure_aggregation=True: {problem}")
         self.secure_aggregation = secure_aggregation
-        for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
-            kwargs.setdefault(metrics, weighted_metrics)
-        super().__init__(**kwargs)
 
     # ---- Flower Strategy API --------------------------------------------------------
 

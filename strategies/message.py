@@ -4,7 +4,7 @@ num_rounds=10)``. Flower's ``FedAvg`` samples nodes and sends the messages; the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import (
@@ -22,9 +22,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from strategies.core.adapter import RuleAdapter
 from strategies.core.codec import decode_tensors, encode_tensors
 from strategies.core.metrics import evaluation_metrics, weighted_metrics
-from strategies.core.options import ServerOptions
-from strategies.core.rule import Rule
-from strategies.core.update import ClientUpdate, ScoreFn
+from strategies.core.update import ClientUpdate
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.pools import PooledMessages  # part: fast-engine
@@ -32,7 +30,6 @@ from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
 from strategies.simple_average import SimpleAverageRule
 
-MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
 # The ConfigRecord of a train reply holding its text metrics (a MetricRecord holds numbers).
 TEXT_METRICS = "text-metrics"
 
@@ -42,54 +39,16 @@ class MessageStrategy(
     RuleAdapter,
     FlowerFedAvg,
 ):
-    """Flower's Message-API ``FedAvg`` (same arguments and defaults) aggregating with a rule.
+    """Flower's Message-API ``FedAvg`` (its arguments, keyword-only) aggregating with a rule:
+    ``rule``, or one built from ``options`` or from its knobs; ``score_fn(arrays) -> metrics``
+    scores a model on server-held data; ``sampling_seed``: seeded sampling
+    (:mod:`strategies.sampling`). A bad reply is rejected, not the round."""
 
-    The rule is ``rule``, or built from ``options`` or from ``knobs`` (its options' fields, e.g.
-    ``max_empty_rounds=5``); ``score_fn(arrays) -> metrics`` scores a model on server-held data.
-    ``sampling_seed``: seeded sampling (:mod:`strategies.sampling`), asking each node once for its
-    ``partition-id`` (waiting ``query_timeout``). A bad reply is rejected, not the round.
-    """
-
-    def __init__(
-        self,
-        *,
-        rule: Rule | None = None,
-        options: ServerOptions | None = None,
-        score_fn: ScoreFn | None = None,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: MetricsAggregation | None = None,
-        evaluate_metrics_aggr_fn: MetricsAggregation | None = None,
-        sampling_seed: int | None = None,
-        query_timeout: float | None = None,
-        num_partitions: int | None = None,  # part: fast-engine
-        **knobs: Any,
-    ) -> None:
-        self.adopt(
-            rule, options, score_fn, knobs, sampling_seed=sampling_seed, query_timeout=query_timeout
-        )
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-            num_partitions=num_partitions,  # part: fast-engine
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         # Flower replaces None by its own mean; ours is the default.
-        self.custom_train_metrics = train_metrics_aggr_fn is not None
-        self.custom_evaluate_metrics = evaluate_metrics_aggr_fn is not None
+        self.custom_train_metrics = kwargs.get("train_metrics_aggr_fn") is not None
+        self.custom_evaluate_metrics = kwargs.get("evaluate_metrics_aggr_fn") is not None
         self._keys: list[str] = []  # the global model's layer names
         self._sent: list[Message] = []  # this round's train messages
 
@@ -133,16 +92,14 @@ class MessageStrategy(
             if key not in answered:
                 failures.append(f"{who}: no reply (round timeout)")
         result = self.last_result = self.rule.aggregate(server_round, updates, failures)
-        client_metrics: Mapping[str, Any] = {}
+        from_clients: Mapping[str, Any] = {}
         if result.accepted and self.custom_train_metrics:
             accepted = [contents[u.client_id] for u in result.accepted]
-            client_metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
+            from_clients = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         elif result.accepted:
-            client_metrics = weighted_metrics(
-                [(u.num_examples, u.metrics) for u in result.accepted]
-            )
+            from_clients = weighted_metrics([(u.num_examples, u.metrics) for u in result.accepted])
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-        return self._array_record(result.arrays), MetricRecord(dict(client_metrics) | metrics)
+        return self._array_record(result.arrays), MetricRecord(dict(from_clients) | metrics)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -163,11 +120,7 @@ class MessageStrategy(
         return MetricRecord(aggregated)
 
     def _reseeded(
-        self,
-        server_round: int,
-        purpose: str,
-        messages: list[Message],
-        grid: Grid,
+        self, server_round: int, purpose: str, messages: list[Message], grid: Grid
     ) -> list[Message]:
         """Flower's messages, readdressed to the seeded sampler's choice among the nodes."""
         chosen = self.reseed(
@@ -195,8 +148,7 @@ class MessageStrategy(
         array_record = array_records.get(self.arrayrecord_key)
         if array_record is None and len(array_records) == 1:
             array_record = next(iter(array_records.values()))
-        metric_record = self._metric_record(content)
-        metrics: dict[str, Any] = dict(metric_record)
+        metrics: dict[str, Any] = dict(self._metric_record(content))
         num_examples = metrics.pop(self.weighted_by_key, None)
         text: Mapping[str, Any] = content.config_records.get(TEXT_METRICS) or {}
         metrics |= {k: v for k, v in text.items() if isinstance(v, str)}

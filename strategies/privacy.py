@@ -313,10 +313,10 @@ class PrivacyState:
 
 
 class PrivateRule:
-    """DP inside every round of a rule (a base of :class:`~strategies.core.rule.Rule`,
-    overriding its :class:`~strategies.core.rule.RoundHooks`): central DP clips the
-    updates, adds the noise and accounts; local DP and DP-SGD account the clients'
-    releases, and DP-SGD refuses an update without its schedule."""
+    """DP inside every round of a rule (a base of :class:`~strategies.core.rule.Rule`, whose
+    marked lines call these hooks): central DP clips the updates, adds the noise and
+    accounts; local DP and DP-SGD account the clients' releases, and DP-SGD refuses an
+    update without its schedule."""
 
     options: PrivacyOptions
     state: PrivacyState

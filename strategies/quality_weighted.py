@@ -8,32 +8,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from strategies.aggregate import Weighting, quality_weights, uniform_weights
+from strategies.aggregate import quality_weights, uniform_weights
 from strategies.core.options import ServerOptions
 from strategies.core.rule import Rule
 from strategies.core.update import LOG, ClientUpdate, Coefficients
 
 QUALITY_SOURCES = ("client", "server")
 QUALITY_DIRECTIONS = ("auto", "max", "min")
-QUALITY_WEIGHTINGS: tuple[Weighting, ...] = ("softmax", "linear")
+QUALITY_WEIGHTINGS = ("softmax", "linear")
 
 
 def higher_is_better(metric: str, direction: str) -> bool:
     """``direction`` is "max", "min", or "auto" (lower is better iff the name mentions loss)."""
-    if direction not in QUALITY_DIRECTIONS:
-        raise ValueError(
-            f"quality_direction={direction!r}: choose one of {', '.join(QUALITY_DIRECTIONS)}"
-        )
     return "loss" not in metric.lower() if direction == "auto" else direction == "max"
 
 
 @dataclass(frozen=True, kw_only=True)
 class QualityOptions(ServerOptions):
-    """Knobs of :class:`QualityWeightedRule` (and every rule's): where the quality comes
-    from, which metric, which way is better, and ``g``'s shape (:func:`.aggregate.quality_weights`:
-    τ > 0, small τ gives the weight to the best clients; ``floor`` of the linear map)."""
+    """Knobs of :class:`QualityWeightedRule`: the quality's source, metric and direction, and
+    ``g``'s (:func:`.aggregate.quality_weights`; a small τ > 0 favours the best clients)."""
 
     quality_source: str = "client"
     quality_metric: str = "val_accuracy"
@@ -47,7 +40,7 @@ class QualityOptions(ServerOptions):
         self._require_one_of("quality_source", QUALITY_SOURCES)
         self._require_one_of("quality_weighting", QUALITY_WEIGHTINGS)
         self._require(self.quality_temperature > 0, "quality_temperature", "must be > 0")
-        higher_is_better(self.quality_metric, self.quality_direction)  # checks the direction
+        self._require_one_of("quality_direction", QUALITY_DIRECTIONS)
 
     def _require(self, ok: bool, field: str, rule: str) -> None:
         if not ok:
@@ -62,12 +55,10 @@ class QualityOptions(ServerOptions):
 
 
 class QualityWeightedRule(Rule):
-    """Quality-weighted mean: ``θ = Σ w_i θ_i`` with ``w_i = g(q_i) / Σ g(q)``.
-
-    ``q_i`` is ``quality_metric`` as client i reports it, or as ``score_fn`` computes it on
-    server-held data (``quality_source="server"``: clients cannot lie). An update without a
-    finite quality is rejected; if every weight is zero the round takes the simple average.
-    """
+    """Quality-weighted mean: ``θ = Σ w_i θ_i`` with ``w_i = g(q_i) / Σ g(q)``. ``q_i`` is
+    ``quality_metric`` as client i reports it, or as ``score_fn`` computes it on server-held data
+    (``quality_source="server"``: clients cannot lie). An update without a finite quality is
+    rejected; if every weight is zero the round takes the simple average."""
 
     Options = QualityOptions
     options: QualityOptions
@@ -100,35 +91,24 @@ class QualityWeightedRule(Rule):
         metric = self.options.quality_metric
         if not any(reason.startswith(f"quality metric {metric!r}") for _, reason in rejected):
             return super().explain_rejections(rejected)
-        sent = {  # numbers only: a text metric cannot be a quality
-            key
-            for update, _ in rejected
-            for key, value in update.metrics.items()
-            if isinstance(value, numbers.Real) and not isinstance(value, bool)
-        }
+        metrics = [item for update, _ in rejected for item in update.metrics.items()]
+        sent = {k for k, v in metrics if isinstance(v, numbers.Real) and not isinstance(v, bool)}
         return (
             f"the clients sent the metrics [{', '.join(sorted(sent))}]: set quality-metric "
             "(quality_metric) to one of them, or quality-source=server "
             "(quality_source='server') to score each model on server-held data"
         )
 
-    def quality_coefficients(
-        self, server_round: int, updates: list[ClientUpdate]
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], bool]:
-        """Normalised quality weights, and whether they fell back to the simple average."""
+    def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         options = self.options
         weights = quality_weights(
             [u.quality for u in updates],
             higher_is_better=options.higher_is_better,
-            weighting="linear" if options.quality_weighting == "linear" else "softmax",
+            weighting=options.quality_weighting,
             temperature=options.quality_temperature,
             floor=options.quality_floor,
         )
-        if weights is not None:
-            return weights, False
-        LOG.warning("round %d: every quality weight is zero; simple average instead", server_round)
-        return uniform_weights(len(updates)), True
-
-    def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
-        weights, fallback = self.quality_coefficients(server_round, updates)
+        if fallback := weights is None:
+            LOG.warning("round %d: every quality weight is 0: simple average instead", server_round)
+            weights = uniform_weights(len(updates))
         return Coefficients(weights, metrics={"quality_fallback": int(fallback)})

@@ -1,27 +1,21 @@
-"""Seeded client sampling, no Flower: round r's nodes depend on (seed, r, purpose, the nodes'
-keys) only, so runs repeat (Flower samples node ids, new each run, unseeded). A node's key is
-the partition id it reports, else its node id (stable while it runs)."""
+"""Seeded client sampling, no Flower: a round's nodes depend only on the seed, the round, the
+purpose and the nodes' keys (the partition id each reports, else its node id): runs repeat."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
 import numpy as np
 
-LOG = logging.getLogger("flwr.strategies")
+from strategies.core.update import LOG
 
 Node = TypeVar("Node", bound=Hashable)  # the Flower half's handle: a node id, a proxy's cid
-# How nodes are ordered before the draw: reported partition ids first, then stable ids.
-NodeKey = tuple[int, int, str]
-# One independent stream per purpose: the train sample does not move the evaluate sample.
-PURPOSES = ("train", "evaluate")
-# The node-config keys of a node's partition and of their number.
-PARTITION_KEY = "partition-id"
+NodeKey = tuple[int, int, str]  # the draw's order: reported partition ids, then stable ids
+PURPOSES = ("train", "evaluate")  # a stream each: training does not move evaluation's sample
+PARTITION_KEY = "partition-id"  # the node-config keys of a node's partition, and their number
 NUM_PARTITIONS_KEY = "num-partitions"
-# seeded (here), or flower (Flower's unseeded sampling: asks nothing, for huge federations).
-SAMPLINGS = ("seeded", "flower")
+SAMPLINGS = ("seeded", "flower")  # flower: Flower's, unseeded (asks nothing: huge federations)
 
 
 class SeededSampler:
@@ -37,8 +31,7 @@ class SeededSampler:
         return [node for node in nodes if node not in self.keys]
 
     def learn(self, node: Hashable, partition_id: object) -> None:
-        """Record ``node``'s partition id (anything but an int: none). An id already claimed
-        (two SuperNodes configured alike) is not taken twice: ``node`` goes by its own id."""
+        """Record ``node``'s partition id (not an int, or another node's: it goes by its node id)."""
         key: NodeKey = (1, 0, str(node))
         if isinstance(partition_id, int) and not isinstance(partition_id, bool):
             if partition_id not in self.claimed:
@@ -46,10 +39,8 @@ class SeededSampler:
                 self.claimed.add(partition_id)
             else:
                 LOG.warning(
-                    "node %s reports partition id %d, which another node reported first: "
-                    "it is sampled by its node id",
-                    node,
-                    partition_id,
+                    f"node {node} reports partition id {partition_id}, which another node "
+                    "reported first: it is sampled by its node id"
                 )
         self.keys[node] = key
 
@@ -62,8 +53,7 @@ class SeededSampler:
         self, server_round: int, purpose: str, nodes: Iterable[Node], size: int
     ) -> list[Node]:
         """``size`` of the reported ``nodes`` (all if fewer), in key order, whatever their order."""
-        known = [node for node in nodes if node in self.keys]
-        ordered = sorted(known, key=self.keys.__getitem__)
+        ordered = sorted((n for n in nodes if n in self.keys), key=self.keys.__getitem__)
         return [ordered[i] for i in self.draw(server_round, purpose, len(ordered), size)]
 
     def draw(self, server_round: int, purpose: str, population: int, size: int) -> list[int]:

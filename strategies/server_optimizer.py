@@ -3,9 +3,8 @@ FedAvgM (Hsu et al. 2019), after every rule's fold.
 
 With ``Δ = θ_avg − θ_g`` the round's aggregate change, the server keeps a velocity ``v``
 and takes ``v ← β v + Δ``, ``θ_g ← θ_g + η v`` (``server_learning_rate`` η,
-``server_momentum`` β). η = 1, β = 0 is the fold itself. The step comes after what
-:meth:`~strategies.core.rule.RoundHooks.released` adds (central DP's noise); a step whose
-model is not finite voids the round, and its velocity is not kept.
+``server_momentum`` β). η = 1, β = 0 is the fold itself. The step comes after any noise
+an optional part adds; a step whose model is not finite voids the round, velocity and all.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ class ServerOptimizerState:
 
 
 class ServerOptimizer:
-    """The step in every round of a rule (a base of :class:`~strategies.core.rule.Rule`,
-    overriding its :class:`~strategies.core.rule.RoundHooks`)."""
+    """The step in every round of a rule (a base of :class:`~strategies.core.rule.Rule`, whose
+    marked lines call these hooks)."""
 
     options: ServerOptimizerOptions
     state: ServerOptimizerState

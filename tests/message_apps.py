@@ -43,7 +43,7 @@ def net() -> nn.Module:
 
 def central_loss(model: nn.Module) -> dict[str, float]:
     data = load_server_data(CFG)
-    return evaluate(model, data.test, device=torch.device("cpu")).metrics()
+    return evaluate(model, data.test, device=torch.device("cpu"))
 
 
 def train_epoch(model: nn.Module, partition_id: int) -> tuple[float, int]:

@@ -192,7 +192,7 @@ def test_compare_flag_runs_the_named_strategies_on_the_same_data_per_seed(
 def test_a_sweep_client_app_trains_with_the_config_of_the_run_each_message_names() -> None:
     cfg = RunConfig(local_epochs=1, device="cpu")
     runs = {"a": cfg, "b": RunConfig(local_epochs=1, device="cpu", val_fraction=0.3)}
-    swept = client_app_for(config=lambda ctx, msg: runs[sent_config(msg, SWEEP_RUN_KEY)])
+    swept = client_app_for(lambda ctx, msg: runs[sent_config(msg, SWEEP_RUN_KEY)])
     node = {"partition-id": 2, "num-partitions": 5}
     sent = make_client(cfg, node).get_parameters({})
     for name, run_cfg in runs.items():

@@ -14,10 +14,8 @@ import run_simulation
 import strategies
 from fl_app import task
 from fl_app.kit import data as fl_data
-from fl_app.kit.config import CoreKeys, RunConfig
-from fl_app.kit.config import _coerce as coerce
-from fl_app.kit.keys import ConfigError, key_of, pyproject_table
-from fl_app.kit.simulation import Simulation
+from fl_app.kit.config import CoreKeys, RunConfig, _checked
+from fl_app.kit.keys import ConfigError, key_of, option, pyproject_table
 from strategies.quality_weighted import QUALITY_DIRECTIONS, QUALITY_SOURCES, QUALITY_WEIGHTINGS
 from strategies.sampling import SAMPLINGS
 from tests.processes import ROOT
@@ -272,6 +270,13 @@ def test_bool_strings_are_accepted(text: str | bool, expected: bool) -> None:
         coerce("a-switch", "yes", "bool")
 
 
+def coerce(key: str, value: Any, type_name: str) -> Any:
+    """``value`` as the config makes it for a field of ``type_name`` (no choices, no bounds)."""
+    field = option("a test field")
+    field.type = type_name
+    return _checked(key, value, field)
+
+
 @pytest.mark.parametrize(
     "key", ["num-rounds", "num_server_rounds", "Strategy", "lr", "", "strategy "]
 )
@@ -361,11 +366,9 @@ def test_non_finite_numbers_are_refused(key: str, value: float) -> None:
     assert_one_line_error(info.value, key, value)
 
 
-def parsed(argv: list[str]) -> tuple[RunConfig, Simulation, Any]:
-    """What run_simulation.py makes of ``argv``: config, simulation flags, and what runs
-    them instead of one run (None: one run)."""
-    invocation = run_simulation.parse(argv)
-    return invocation.cfg, invocation.simulation, invocation.runner
+def parsed(argv: list[str]) -> RunConfig:
+    """The run config run_simulation.py makes of ``argv``."""
+    return run_simulation.parse(argv).cfg
 
 
 # ---- pyproject.toml and run_config round trip ------------------------------------
@@ -431,13 +434,13 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_without_flags_gives_the_defaults() -> None:
-    cfg, _, _ = parsed([])
+    cfg = parsed([])
     assert cfg == DEFAULTS
     assert cfg.num_clients >= cfg.min_available_clients
 
 
 def test_flags_override_defaults() -> None:
-    cfg, _, _ = parsed(
+    cfg = parsed(
         [
             "--strategy",
             "hybrid",
@@ -510,7 +513,7 @@ def test_non_positive_num_clients_is_refused(num_clients: str) -> None:
 
 
 def test_one_client_is_fine_when_the_minimums_allow_it() -> None:
-    cfg, _, _ = parsed(
+    cfg = parsed(
         [
             "--num-clients",
             "1",

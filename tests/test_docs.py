@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from fl_app.parts import PARTS
 from tests.processes import ROOT
 
 DOCS = ROOT / "docs"
@@ -74,3 +75,24 @@ def test_the_site_front_page_shows_the_readme_quickstart_and_layout() -> None:
         "pytest\n",
     ]
     assert commands == re.findall(r"^```bash\n(.*?)^```", index, re.S | re.M)[:2]
+
+
+def test_the_template_page_lists_every_part_with_what_it_builds_on() -> None:
+    rows = re.findall(r"^\| `([a-z-]+)` \|.*\|([^|]*)\|$", (DOCS / "template.md").read_text(), re.M)
+    listed = {name: set(re.findall(r"`([a-z-]+)`", builds_on)) for name, builds_on in rows}
+    assert listed == {name: set(part.requires) for name, part in PARTS.items()}
+
+
+def test_the_readme_layout_matches_the_tree() -> None:
+    """Every module of the apps is in the layout, and everything the layout names exists."""
+    layout = fenced(README.read_text(), "Layout")
+    named = set(re.findall(r"[\w.-]+\.(?:py|toml|yml)|[\w-]+/", layout))
+    modules = {
+        path.name
+        for package in ("fl_app", "strategies")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py" and "parts" not in path.relative_to(ROOT).parts
+    }
+    assert modules - named == set()
+    everything = {path.name for path in ROOT.rglob("*") if ".venv" not in path.parts}
+    assert {name.rstrip("/") for name in named} - everything == set()

@@ -33,7 +33,6 @@ def flowers_objects() -> tuple[object, ...]:
 
 def test_the_seam_fits_the_installed_flower_and_ray() -> None:
     assert engine.problem() is None
-    assert engine.RAY in engine.backends()
     touches = [t for module in engine.modules() for t in getattr(module, "TOUCHES", ())]
     assert all(touch.problem() is None for touch in touches)
     assert any(t.attribute == "ENABLE_RAY_CLUSTER" for t in touches)
@@ -56,7 +55,7 @@ def test_an_object_that_moved_is_found(touch: engine.Touch, why: str) -> None:
 
 def test_the_loopback_patch_takes_effect_and_is_undone() -> None:
     before = flowers_objects()
-    with engine.engine(engine.RAY) as patched:
+    with engine.engine() as patched:
         assert patched
         assert ray_constants.ENABLE_RAY_CLUSTER is False
         assert os.environ[loopback.SINGLE_MACHINE] == "0"  # for Ray's own processes too
@@ -65,7 +64,7 @@ def test_the_loopback_patch_takes_effect_and_is_undone() -> None:
 
 
 def test_a_joined_cluster_is_left_as_its_owner_runs_it() -> None:
-    with engine.engine(engine.RAY, joins_ray=True):
+    with engine.engine(joins_ray=True):
         assert ray_constants.ENABLE_RAY_CLUSTER is True
 
 
@@ -75,7 +74,7 @@ def test_an_untested_flower_runs_the_stock_engine_with_one_warning(
     monkeypatch.setitem(engine.TESTED, "flwr", "0.0.1")
     before = flowers_objects()
     warnings = caplog.at_level(logging.WARNING, logger="flwr.engine")
-    with warnings, engine.engine(engine.RAY) as patched:
+    with warnings, engine.engine() as patched:
         assert not patched
         assert flowers_objects() == before  # nothing replaced
     (record,) = caplog.records

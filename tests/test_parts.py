@@ -82,11 +82,11 @@ def test_the_code_without_a_part_still_parses(name: str) -> None:
 
 
 def test_every_registration_line_names_a_part_of_the_table() -> None:
-    named = {
-        parts.registered_part(line)
+    named = {  # a part registers in the core or in another part (one it builds on)
+        name
         for path in python_files()
-        if part_of(path) is None
         for line in path.read_text().splitlines()
+        if (name := parts.registered_part(line)) != part_of(path)
     }
     assert named - {None} <= set(parts.PARTS)
     imported_parts = {name for name, part in parts.PARTS.items() if part.module and part.present}
@@ -125,6 +125,16 @@ def text_files(root: Path) -> dict[str, str]:
             with contextlib.suppress(UnicodeDecodeError):
                 found[path.relative_to(root).as_posix()] = path.read_text()
     return found
+
+
+# A new app without parts reads in an afternoon: at most this many lines of non-test
+# Python (docs/template.md; `python -m fl_app.new --sizes` prints the counts).
+CORE_LINES = 3000
+
+
+def test_a_new_app_is_the_core_within_its_line_budget(bare_app: Path) -> None:
+    lines = new.python_lines(bare_app)
+    assert lines <= CORE_LINES, f"the core has {lines} lines of non-test Python"
 
 
 def test_a_new_app_holds_no_file_of_a_part(bare_app: Path) -> None:

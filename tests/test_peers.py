@@ -29,7 +29,8 @@ pytestmark = pytest.mark.skipif(
 def test_pfl_gets_the_projects_partitions_cohorts_and_model(tmp_path: Path) -> None:
     rounds = 3
     invocation = run_simulation.parse(workload_flags(rounds, 7, str(tmp_path / "out")))
-    cfg, num_clients = invocation.cfg, invocation.simulation.num_clients
+    cfg = invocation.cfg
+    num_clients = cfg.num_clients
     workload, seen_path = tmp_path / "workload.npz", tmp_path / "seen.npz"
     export_workload(cfg, num_clients, workload)
 

@@ -17,16 +17,15 @@ from tests.test_config import parsed
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_config(name: str) -> None:
-    cfg, _, comparison = parsed(["--preset", name])
+    invocation = run_simulation.parse(["--preset", name])
+    cfg, comparison = invocation.cfg, invocation.runner
     preset = PRESETS[name]
     assert {k: cfg.run_config[k] for k in preset.config} == preset.config
     assert (comparison.variants if preset.variants else comparison) == (preset.variants or None)
 
 
 def test_flags_win_over_a_preset() -> None:
-    cfg, _, _ = parsed(
-        ["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"]
-    )
+    cfg = parsed(["--preset", "linear-regression", "--local-epochs", "2", "--num-clients", "3"])
     assert cfg.local_epochs == 2
     assert cfg.num_clients == 3
     assert cfg.dataset == "tabular-regression"

@@ -1,5 +1,5 @@
 """A simulation's clients in this process: Flower's simulation engine without Ray (the
-backend ``inprocess`` of :func:`fl_app.engine.engine`; the optional part ``fast-engine``).
+backend ``inprocess``, in the optional part ``fast-engine``).
 
 Flower's engine hands every message to a ``Backend``, and the one it builds is always its
 ``RayBackend`` (``vce_api.start_vce`` imports it when it builds the backend; no setting
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import torch
 from flwr.app import Context, Message
@@ -100,4 +100,15 @@ def in_process_clients() -> Iterator[None]:
         raybackend.RayBackend = ray_backend  # type: ignore[misc]
 
 
-BACKEND = in_process_clients
+RAY = "ray"  # Flower's own backend: its Ray actors
+BACKENDS = (RAY, "inprocess")  # where the clients can run
+
+
+@contextmanager
+def on_backend(patches: AbstractContextManager[bool], backend: str) -> Iterator[bool]:
+    """The engine's ``patches`` (:func:`fl_app.engine.engine`), with the clients on ``backend``
+    where they are in place."""
+    with patches as patched, ExitStack() as stack:
+        if patched and backend != RAY:
+            stack.enter_context(in_process_clients())
+        yield patched

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from fl_app import engine
@@ -29,9 +29,8 @@ def _single_machine() -> Callable[[], None]:
 
     def restore() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
-        if saved is None:
-            os.environ.pop(SINGLE_MACHINE, None)
-        else:
+        os.environ.pop(SINGLE_MACHINE, None)
+        if saved is not None:
             os.environ[SINGLE_MACHINE] = saved
 
     return restore
@@ -39,26 +38,22 @@ def _single_machine() -> Callable[[], None]:
 
 @contextmanager
 def loopback_ray(*, joins_ray: bool = False, pollers: int = 1) -> Iterator[None]:
-    """A Ray started by ``ray.init()`` inside this block listens on loopback only; a Ray it
-    ``joins_ray`` (a cluster of the user's) is left alone. The seam's ``PATCH`` (no ``pollers``)."""
-    restore = (lambda: None) if joins_ray else _single_machine()
-    try:
+    """The seam's ``PATCH``: a Ray started by ``ray.init()`` inside this block listens on
+    loopback only; a Ray it ``joins_ray`` (a cluster of the user's) is left alone."""
+    with ExitStack() as undo:
+        if not joins_ray:
+            undo.callback(_single_machine())
         yield
-    finally:
-        restore()
 
 
 def loopback_in_flowers_simulation() -> None:
     """Loopback for the Ray of ``flwr run``'s ``flwr-simulation`` process, which imports the
-    ClientApp (and this) before its plain ``ray.init()``, a call no config can reach. Nothing
-    elsewhere, when ``RAY_ADDRESS`` names a cluster to join, or when the seam does not fit."""
-    if Path(sys.argv[0]).name != "flwr-simulation" or os.environ.get("RAY_ADDRESS"):
-        return
-    why = engine.problem()
-    if why is None:
-        _single_machine()  # for the rest of that process: it runs one simulation
-    else:
-        engine.LOG.warning("the simulation's Ray listens on Ray's defaults: %s", why)
+    ClientApp (and this) before its plain ``ray.init()``, a call no config can reach."""
+    if Path(sys.argv[0]).name == "flwr-simulation" and not os.environ.get("RAY_ADDRESS"):
+        if (why := engine.problem()) is None:
+            _single_machine()  # for the rest of that process: it runs one simulation
+        else:
+            engine.LOG.warning("the simulation's Ray listens on Ray's defaults: %s", why)
 
 
 PATCH = loopback_ray

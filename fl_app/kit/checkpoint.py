@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from fl_app.kit.files import atomic_file, json_default
+from fl_app.kit.results import NDArrays, RoundRecord
 
 CHECKPOINT_FILE = "checkpoint.npz"
-Arrays = list[NDArray[Any]]
 
 
 @dataclass
@@ -21,9 +19,9 @@ class Checkpoint:
     """The state after round ``round``: enough to continue as if never interrupted."""
 
     round: int
-    global_model: Arrays
-    strategy_state: dict[str, Arrays] = field(default_factory=dict)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    global_model: NDArrays
+    strategy_state: dict[str, NDArrays] = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -41,7 +39,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
 
-        def layers(prefix: str) -> Arrays:
+        def layers(prefix: str) -> NDArrays:
             count = sum(1 for key in data.files if key.startswith(prefix))
             return [data[f"{prefix}{i}"] for i in range(count)]
 

@@ -1,6 +1,5 @@
-"""The run configuration: each field a key of pyproject.toml's ``[tool.flwr.app.config]``
-(kebab-case there, where its default is set) and a flag of ``run_simulation.py``. A bad value
-stops the run at start in one line naming key, value and what is allowed."""
+"""The run configuration: each field a key of pyproject.toml's ``[tool.flwr.app.config]`` (where
+its default is) and a flag of ``run_simulation.py``; a bad value stops the run in one line."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import Any
 import strategies
 from fl_app import task
 from fl_app.kit import data
-from fl_app.kit.keys import BOUNDS, Choices, ConfigError, Names, fail, key_of, keys, option
+from fl_app.kit.keys import BOUNDS, ConfigError, Names, fail, key_of, keys, option
 from fl_app.kit.results import RunListener
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
 from fl_app.parts.faults import FaultKeys  # part: faults
@@ -24,17 +23,10 @@ from fl_app.parts.robust_keys import RobustKeys  # part: robust
 from fl_app.parts.server_optimizer_keys import ServerOptimizerKeys  # part: server-optimizer
 from fl_app.parts.tracking import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
-from strategies.quality_weighted import (
-    QUALITY_DIRECTIONS,
-    QUALITY_SOURCES,
-    QUALITY_WEIGHTINGS,
-    QualityWeightedRule,
-    higher_is_better,
-)
+from strategies import quality_weighted as quality
 from strategies.sampling import SAMPLINGS
 
 DATASETS = Names(task.DATASETS, task.DATASET_PREFIXES)
-PARTITIONERS = Names(data.PARTITIONERS)
 
 
 @keys
@@ -51,9 +43,7 @@ class CoreKeys:
     min_fit_clients: int = option("minimum clients to train per round", at_least=1)
     min_evaluate_clients: int = option("minimum clients to evaluate per round", at_least=0)
     min_available_clients: int = option("clients connected before a round starts", at_least=1)
-    client_sampling: str = option(
-        "seeded (by seed, round and partition id) or flower (Flower's, unseeded)", choices=SAMPLINGS
-    )
+    client_sampling: str = option("seeded, or flower (Flower's own, unseeded)", choices=SAMPLINGS)
     round_timeout: float = option("seconds a round waits for clients (0: no limit)", at_least=0)
     num_clients: int = option("clients (data partitions); flwr run: num-supernodes", at_least=1)
     # Local training
@@ -63,7 +53,7 @@ class CoreKeys:
     momentum: float = option("client SGD momentum (reset every round)", at_least=0, below=1)
     # Data
     dataset: str = option("the data of clients and server (fl_app/task.py)", choices=DATASETS)
-    partitioner: str = option("how the pooled data is split over clients", choices=PARTITIONERS)
+    partitioner: str = option("how data is split over clients", choices=Names(data.PARTITIONERS))
     dirichlet_alpha: float = option("Dirichlet(α) label skew (small: more skew)", above=0)
     test_fraction: float = option("pooled-data share held out as server test set", above=0, below=1)
     server_val_fraction: float = option("pooled-data share for server scoring", above=0, below=1)
@@ -75,15 +65,13 @@ class CoreKeys:
     output_dir: str = option("folder that receives <run-name>/history.json")
     run_name: str = option("name of this run's output folder (empty: strategy and time)")
     # Strategy knobs (each strategy reads the fields of its options dataclass)
-    max_empty_rounds: int = option(
-        "rounds in a row that aggregate nothing before the run stops (0: never)", at_least=0
-    )
-    quality_source: str = option("quality from clients or the server", choices=QUALITY_SOURCES)
+    max_empty_rounds: int = option("empty rounds in a row that stop the run (0: never)", at_least=0)
+    quality_source: str = option("from the clients or the server", choices=quality.QUALITY_SOURCES)
     quality_metric: str = option("metric used as quality (e.g. val_loss)")
     quality_direction: str = option(
-        "max/min: higher/lower is better; auto: min iff a loss", choices=QUALITY_DIRECTIONS
+        "max/min: higher/lower is better; auto: min iff a loss", choices=quality.QUALITY_DIRECTIONS
     )
-    quality_weighting: str = option("quality → weight", choices=QUALITY_WEIGHTINGS)
+    quality_weighting: str = option("quality → weight", choices=quality.QUALITY_WEIGHTINGS)
     quality_temperature: float = option("softmax temperature τ", above=0)
     quality_floor: float = option("linear map: quality whose weight is zero")
     hybrid_lambda: float = option("hybrid: share λ of data-size weights", at_least=0, at_most=1)
@@ -97,11 +85,9 @@ class CoreKeys:
         if needed > self.num_clients:
             wanted = f">= {needed}: min-available-clients/min-fit-clients need that many"
             fail("num-clients", self.num_clients, f"{wanted} (the run would wait forever)")
-        available = f"at most min-available-clients ({self.min_available_clients})"
-        if self.min_fit_clients > self.min_available_clients:
-            fail("min-fit-clients", self.min_fit_clients, available)
-        if self.min_evaluate_clients > self.min_available_clients:
-            fail("min-evaluate-clients", self.min_evaluate_clients, available)
+        for key in ("min-fit-clients", "min-evaluate-clients"):
+            if (value := getattr(self, key.replace("-", "_"))) > self.min_available_clients:
+                fail(key, value, f"at most min-available-clients ({self.min_available_clients})")
         if self.test_fraction + self.server_val_fraction >= 0.9:
             wanted = f"test-fraction + server-val-fraction below 0.9 (test-fraction is {self.test_fraction})"
             fail("server-val-fraction", self.server_val_fraction, wanted)
@@ -118,24 +104,18 @@ class CoreKeys:
         if regression and self.partitioner != "iid":
             wanted = f"iid with regression dataset {self.dataset!r} (the others split by class)"
             fail("partitioner", self.partitioner, wanted)
-        uses_quality = issubclass(strategies.rule_type(self.strategy), QualityWeightedRule)
+        uses_quality = issubclass(strategies.rule_type(self.strategy), quality.QualityWeightedRule)
         if regression and uses_quality and "accuracy" in self.quality_metric:
             wanted = "a loss (e.g. val_loss) for a regression dataset"
             fail("quality-metric", self.quality_metric, wanted)
-        lower_is_better = not higher_is_better(self.quality_metric, self.quality_direction)
+        lower_is_better = not quality.higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
             why = "> 0 for a lower-is-better metric (it is the worst loss that still gets weight)"
             fail("quality-floor", self.quality_floor, why)
 
     def fit_clients(self, available: int) -> int:
-        """Clients a training round samples of ``available`` (Flower's FedAvg:
-        ``max(int(fraction-fit · available), min-fit-clients)``)."""
+        """Clients a training round samples of ``available`` (as Flower's FedAvg)."""
         return max(int(self.fraction_fit * available), self.min_fit_clients)
-
-    def evaluate_clients(self, available: int) -> int:
-        """Clients an evaluation round asks of ``available`` (none at fraction-evaluate 0)."""
-        asked = max(int(self.fraction_evaluate * available), self.min_evaluate_clients)
-        return asked if self.fraction_evaluate else 0
 
     def part_listeners(self, directory: Path) -> list[RunListener]:
         """Listeners the optional parts add to a run in ``directory`` (each calls ``super()``)."""
@@ -166,11 +146,8 @@ class RunConfig(
         return cls(**{names[key]: value for key, value in values.items()})
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            key = key_of(f.name)
-            value = _coerce(key, getattr(self, f.name), f.type)
-            object.__setattr__(self, f.name, value)  # frozen: ints become floats, "true" a bool
-            _check_field(key, value, f.metadata)
+        for f in dataclasses.fields(self):  # frozen: each value set as its field's type
+            object.__setattr__(self, f.name, _checked(key_of(f.name), getattr(self, f.name), f))
         self.check()
 
     @property
@@ -179,29 +156,23 @@ class RunConfig(
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def describe_choices(choices: Choices) -> str:
-    return ", ".join(choices) if isinstance(choices, tuple) else choices.describe()
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """``value`` as the field's type (ints for floats, "true"/"false" for bools), or a refusal."""
-    type_name = annotation if isinstance(annotation, str) else annotation.__name__
+def _checked(key: str, value: Any, f: dataclasses.Field[Any]) -> Any:
+    """``value`` as the field's type (an int for a float, "true"/"false" for a bool) within its
+    choices and bounds, or a one-line refusal."""
+    type_name = f.type if isinstance(f.type, str) else f.type.__name__
     if type_name == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
+        value = value.lower() == "true"
     wanted = {"bool": bool, "int": int, "float": int | float}.get(type_name, str)
-    if isinstance(value, wanted) and (type_name == "bool" or not isinstance(value, bool)):
-        return float(value) if type_name == "float" else value
-    return fail(key, value, f"of type {type_name}")
-
-
-def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if not isinstance(value, wanted) or (type_name != "bool" and isinstance(value, bool)):
+        fail(key, value, f"of type {type_name}")
+    value = float(value) if type_name == "float" else value
     if isinstance(value, float) and not math.isfinite(value):
         fail(key, value, "a finite number")
-    choices = meta.get("choices")
+    choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        fail(key, value, f"one of {describe_choices(choices)}")
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        fail(key, value, f"one of {choices.describe()}")
     for name, symbol, holds in BOUNDS:
-        limit = meta.get(name)
-        if numeric and limit is not None and not holds(value, limit):
+        limit = f.metadata.get(name)
+        if type_name in ("int", "float") and limit is not None and not holds(value, limit):
             fail(key, value, f"{symbol} {limit}")
+    return value

@@ -1,6 +1,5 @@
-"""How the task's data reaches the server and each client: a pooled dataset is split by seed
-into the server's test and validation sets and a client pool that the partitioner splits over
-the clients. Every process recomputes the same splits, so no data moves; no Flower here."""
+"""The data of the server and each client: a pooled dataset split by seed into the server's test
+and validation sets and a pool the partitioner splits over clients, alike in every process."""
 
 from __future__ import annotations
 
@@ -15,9 +14,7 @@ from numpy.typing import NDArray
 from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.task import ArrayDataset, DataSpec, Pooled, ServerData, dataset_of
 
-# The run config: these functions read its dataset, partitioner, dirichlet-alpha,
-# test-fraction, server-val-fraction, val-fraction and seed.
-Settings = Any
+Settings = Any  # the run config: its dataset, partitioner, *-fraction, dirichlet-alpha, seed
 
 
 @dataclass(frozen=True)
@@ -43,12 +40,11 @@ def pool(cfg: Settings) -> Pool:
     train, test = dataset.load(cfg)
     order = rng_for(cfg.seed, "server-split").permutation(len(train))
     n_test = 0 if test is not None else round(cfg.test_fraction * len(train))
-    n_val = round(cfg.server_val_fraction * len(train))
     test = train.subset(order[:n_test]) if test is None else test
+    split = n_test + round(cfg.server_val_fraction * len(train))  # server validation before it
     regression = dataset.task == "regression"
     num_classes = train.y.shape[1] if regression else int(max(train.y.max(), test.y.max())) + 1
-    server_val, clients = order[n_test : n_test + n_val], order[n_test + n_val :]
-    return Pool(test, train.subset(server_val), train.subset(clients), num_classes)
+    return Pool(test, train.subset(order[n_test:split]), train.subset(order[split:]), num_classes)
 
 
 @dataclass(frozen=True)
@@ -83,8 +79,7 @@ def make_partitioner(cfg: Settings, num_partitions: int, pool_size: int) -> Any:
 
 
 def iid_rows(size: int, partition_id: int, num_partitions: int) -> NDArray[np.int64]:
-    """flwr-datasets' ``IidPartitioner`` split (the same contiguous parts of the shuffled
-    pool) without importing flwr-datasets, which costs every process a second or two."""
+    """flwr-datasets' ``IidPartitioner`` rows, without importing it (a second or two a process)."""
     base, extra = divmod(size, num_partitions)
     start = base * partition_id + min(partition_id, extra)
     return np.arange(start, start + base + int(partition_id < extra), dtype=np.int64)
@@ -125,9 +120,7 @@ def load_server_data(cfg: Settings) -> ServerData:
 @functools.lru_cache(maxsize=32)
 def load_client_data(cfg: Settings, partition_id: int, num_partitions: int) -> ClientData:
     if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id {partition_id} is not in [0, num-partitions={num_partitions})"
-        )
+        raise ValueError(f"partition-id {partition_id} not in [0, num-partitions={num_partitions})")
     dataset = dataset_of(cfg.dataset)
     if isinstance(dataset, Pooled):
         data = pool(cfg).clients.subset(partition_indices(cfg, partition_id, num_partitions))

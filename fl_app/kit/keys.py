@@ -1,6 +1,5 @@
-"""How a config key is declared (help, allowed values, bounds; its default is the
-pyproject's) and a bad value refused, in one line. Apart from the config so that an optional
-part's files can declare its keys: the config imports them, so they cannot import it."""
+"""How a config key is declared (help, allowed values, bounds; its default is the pyproject's)
+and a bad value refused in one line: apart from the config, which imports the parts' keys."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ class Names:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        named = (name.startswith(p) and len(name) > len(p) for p in self.prefixes)
-        return name in self.entries or any(named)
+        return name in self.entries or any(name.startswith(p) and name != p for p in self.prefixes)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -43,7 +41,6 @@ class Names:
         return ", ".join([*self.entries, *(f"{p}<name>" for p in self.prefixes)])
 
 
-Choices = tuple[str, ...] | Names
 BOUNDS = (
     ("at_least", ">=", operator.ge),
     ("above", ">", operator.gt),
@@ -52,21 +49,19 @@ BOUNDS = (
 )
 
 
-def option(help: str, *, choices: Choices | None = None, **bounds: float) -> Any:
+def option(help: str, *, choices: Names | tuple[str, ...] | None = None, **bounds: float) -> Any:
     """A config key: its help text and the values it allows (``bounds``: names of ``BOUNDS``)."""
     known = {name for name, _, _ in BOUNDS}
     if not set(bounds) <= known:
         raise TypeError(f"unknown bounds {sorted(set(bounds) - known)}: use {sorted(known)}")
+    choices = Names(dict.fromkeys(choices)) if isinstance(choices, tuple) else choices
     return field(metadata={"help": help, "choices": choices, **dict.fromkeys(known), **bounds})
 
 
 def pyproject_table(path: Path = PYPROJECT) -> dict[str, Any]:
     """``[tool.flwr.app.config]`` of ``path`` ({} when there is no such file)."""
-    if not path.is_file():
-        return {}
-    with path.open("rb") as f:
-        table = tomllib.load(f).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
-    return dict(table)
+    toml = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return dict(toml.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
 
 # The one place a default is set (Flower's convention); without the file (a deployment's

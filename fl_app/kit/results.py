@@ -1,12 +1,10 @@
-"""Where a run's results go: ``output-dir/<run-name>/`` gets ``config.json`` at start,
-``history.json`` and ``metrics.csv`` after every round (atomically: an interrupted run keeps
-what it did), and ``final_model.pt`` (a torch ``state_dict``) at the end; optional parts may
-add files."""
+"""A run's folder, ``output-dir/<run-name>/``: ``config.json`` at start, ``history.json`` and
+``metrics.csv`` after every round (atomically: an interrupted run keeps what it did) and
+``final_model.pt`` (a torch ``state_dict``) at the end; optional parts may add files."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import time
@@ -23,37 +21,31 @@ NDArrays = list[NDArray[Any]]
 
 
 class RunListener:
-    """Told about every finished round and, at the end, the final global model. ``rounds``
-    is the server's own list of records (a resumed run's earlier rounds too): no need to copy it."""
+    """Told of each finished round (round 0: the initial model's evaluation), of the final global
+    model after the last one, and that the run ended (after ``run_done``, or instead: it stopped).
+    ``rounds`` is the server's own list (a resumed run's earlier rounds too): no need to copy it."""
 
-    def round_done(self, rounds: Sequence[RoundRecord]) -> None:
-        """After each round (round 0: the initial model's evaluation)."""
+    def round_done(self, rounds: Sequence[RoundRecord]) -> None: ...
 
-    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
-        """Once, after the last round, with the final global model."""
+    def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None: ...
 
-    def stopped(self) -> None:
-        """When the run ends, after ``run_done`` or instead of it (it stopped)."""
+    def stopped(self) -> None: ...
 
 
 def format_round(record: RoundRecord, num_rounds: int | None = None) -> str:
-    """One human-readable line for a round."""
-    of = f"/{num_rounds}" if num_rounds else ""
-    parts = [f"round {record['round']:>3}{of}"]
-    if "central_accuracy" in record:
-        parts.append(f"accuracy {record['central_accuracy']:.4f}")
-    if "central_loss" in record:
-        parts.append(f"loss {record['central_loss']:.4f}")
-    if "sampled" in record:
-        counts = f"({record.get('failures', 0)} failed, {record.get('rejected', 0)} rejected)"
-        parts.append(f"clients {record.get('accepted', 0)}/{record['sampled']} {counts}")
-    if "epsilon" in record:  # part: dp
-        parts.append(f"ε {record['epsilon']:.3g}")  # part: dp
-    if "seconds" in record:
-        parts.append(f"{record['seconds']:.2f} s")
-    if "problem" in record:
-        parts.append(f"\n  {record['problem']}")
-    return "  ".join(parts)
+    """One human-readable line for a round: what its record has of these."""
+    r, of = record, f"/{num_rounds}" if num_rounds else ""
+    failed = f"{r.get('failures', 0)} failed, {r.get('rejected', 0)} rejected"
+    parts = [
+        f"round {r['round']:>3}{of}",
+        f"accuracy {r['central_accuracy']:.4f}" if "central_accuracy" in r else "",
+        f"loss {r['central_loss']:.4f}" if "central_loss" in r else "",
+        f"clients {r.get('accepted', 0)}/{r['sampled']} ({failed})" if "sampled" in r else "",
+        f"ε {r['epsilon']:.3g}" if "epsilon" in r else "",  # part: dp
+        f"{r['seconds']:.2f} s" if "seconds" in r else "",
+        f"\n  {r['problem']}" if "problem" in r else "",
+    ]
+    return "  ".join(part for part in parts if part)
 
 
 # metrics.csv, one row per round (round 0: the initial model).
@@ -94,8 +86,7 @@ def finite(value: Any) -> bool:
 
 
 def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
-    """Final and best central accuracy (None for regression) and loss, wall time, and what
-    optional parts add."""
+    """Final and best central accuracy (None for regression) and loss, rounds and wall time."""
     accuracies = [r["central_accuracy"] for r in rounds if finite(r.get("central_accuracy"))]
     losses = [r["central_loss"] for r in rounds if finite(r.get("central_loss"))]
     epsilons = [r["epsilon"] for r in rounds if "epsilon" in r]  # part: dp
@@ -126,8 +117,7 @@ def describe(summary: Mapping[str, Any]) -> str:
 
 
 class RunWriter(RunListener):
-    """Keeps a run's folder up to date: config at start, history and metrics every round,
-    the model at the end."""
+    """Keeps a run's folder up to date: config, then history and metrics, then the model."""
 
     def __init__(self, cfg: Any, directory: Path, save_model: Callable[[NDArrays, Path], None]):
         self.cfg, self.directory, self.save_model = cfg, directory, save_model
@@ -136,11 +126,10 @@ class RunWriter(RunListener):
     def round_done(self, rounds: Sequence[RoundRecord]) -> None:
         history = {"config": self.cfg.run_config, "rounds": rounds, "summary": summarize(rounds)}
         write_json_atomically(self.directory / "history.json", history)
-        table = io.StringIO()
-        rows = csv.DictWriter(table, METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        rows.writeheader()
-        rows.writerows(rounds)
-        write_text_atomically(self.directory / "metrics.csv", table.getvalue())
+        with atomic_file(self.directory / "metrics.csv") as f:
+            rows = csv.DictWriter(f, METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            rows.writeheader()
+            rows.writerows(rounds)
 
     def run_done(self, parameters: NDArrays, rounds: Sequence[RoundRecord]) -> None:
         self.save_model(parameters, self.directory / "final_model.pt")

@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import logging
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from numpy.typing import NDArray
-
 from fl_app.kit.checkpoint import Checkpoint, save_checkpoint
-from fl_app.kit.results import RoundRecord, RunListener, format_round
+from fl_app.kit.results import NDArrays, RoundRecord, RunListener, format_round
 from fl_app.parts.ray_nodes import trained_on  # part: ray-cluster
 from strategies.core.adapter import RuleAdapter
 from strategies.core.state import Stateful, StrategyState
 from strategies.core.update import NothingAggregatedError
 
 LOG = logging.getLogger("flwr.rounds")  # a child of Flower's logger: shown at Flower's level
-NDArrays = list[NDArray[Any]]
-CentralEvaluation = Callable[[NDArrays], dict[str, Any]]  # a model's ``central_*`` entries
 
 
 class RoundRecorder:
-    """Keeps the round records, tells the listeners, checkpoints after each round. A record
-    holds the columns of ``results.METRICS_COLUMNS`` (round 0: the initial model; failures
-    counted by the loop, so that no strategy can hide them), ``sampled_partitions``, every
-    fit metric of the strategy (``accepted``, ``weights``...), what optional parts add and,
-    for a round that aggregated nothing, ``problem``."""
+    """Keeps the round records, tells the listeners, checkpoints after each round. A record has
+    the columns of ``results.METRICS_COLUMNS`` (failures counted by the loop: no strategy can
+    hide them), ``sampled_partitions``, the strategy's fit metrics and, if nothing was
+    aggregated, ``problem``."""
 
     def __init__(
         self,
@@ -51,11 +46,9 @@ class RoundRecorder:
         LOG.info("resuming after round %d", self.resume.round)
         return self.resume.global_model
 
-    def emit(
-        self, record: RoundRecord, round_start: float, model: NDArrays, strategy: object
-    ) -> None:
+    def emit(self, record: RoundRecord, started: float, model: NDArrays, strategy: object) -> None:
         now = timeit.default_timer()
-        record |= {"seconds": now - round_start, "elapsed": now - self.start}
+        record |= {"seconds": now - started, "elapsed": now - self.start}
         self.rounds.append(record)
         LOG.info("%s", format_round(record))
         for listener in self.listeners:
@@ -71,26 +64,17 @@ class RoundRecorder:
 
 
 def train_record(
-    server_round: int,
-    strategy: object,
-    *,
-    sampled: int,
-    results: int,
-    failures: int,
-    metrics: dict[str, Any],
-    aggregated: bool,
+    server_round: int, strategy: object, *, metrics: dict[str, Any], aggregated: bool, **counts: int
 ) -> RoundRecord:
-    """The training part of a round's record: a project strategy's full round result (with
-    ``weights`` and ``problem``), else the strategy's metrics; the loop's own counts win."""
+    """The training part of a round's record: the strategy's metrics (a project strategy's
+    whole round result, ``weights`` and ``problem`` too), then the loop's ``counts`` (sampled,
+    results, failures), which win."""
     last = strategy.last_result if isinstance(strategy, RuleAdapter) else None
-    fit_metrics = dict(metrics)
-    if last is not None:
-        fit_metrics |= last.metrics
-        if last.problem is not None:
-            fit_metrics["problem"] = last.problem
-    fit_metrics.setdefault("accepted", results if aggregated else 0)
-    counts = {"sampled": sampled, "results": results, "failures": failures}
-    record: RoundRecord = {"round": server_round, **fit_metrics, **counts}
+    record: RoundRecord = {"round": server_round, **metrics, **(last.metrics if last else {})}
+    if last is not None and last.problem is not None:
+        record["problem"] = last.problem
+    record.setdefault("accepted", counts["results"] if aggregated else 0)
+    record |= counts
     if isinstance(strategy, RuleAdapter) and strategy.last_sampled is not None:
         record["sampled_partitions"] = strategy.last_sampled
     record |= trained_on(last)  # part: ray-cluster

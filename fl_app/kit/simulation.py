@@ -1,13 +1,12 @@
-"""Runs on Flower's simulation engine, in this process: their folders, printed lines, records
-and the engine's start. ``run_simulation.py`` is the command line over this."""
+"""Runs on Flower's simulation engine in this process: folders, printed lines, records, the
+engine's start. ``run_simulation.py`` is the command line over this."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fl_app.client_app import client_app_for
-from fl_app.engine import RAY, engine
+from fl_app.engine import engine
+from fl_app.engine.inprocess import RAY, on_backend  # part: fast-engine
 from fl_app.kit import results
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
 from fl_app.kit.config import RunConfig
@@ -25,11 +25,7 @@ from fl_app.kit.results import RoundRecord, RunListener
 from fl_app.parts.pools import pool_runs, pool_size  # part: fast-engine
 from fl_app.server_app import ServerRun, server_app_for
 
-SIMULATION_FILE = "simulation.json"  # the run's simulation flags, beside its config
-
-
-class RunError(Exception):
-    """A run could not do what it was asked (the command exits with status 1)."""
+Apps = tuple[ServerApp, ClientApp]  # the apps that serve several runs in one engine start
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ class Simulation:
     verbose: bool = False
     ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
     num_nodes: str = "auto"  # part: fast-engine
-    backend: str = RAY  # one of fl_app.engine.backends()
+    backend: str = RAY  # part: fast-engine
 
 
 def saved_run(directory: Path) -> dict[str, Any]:
@@ -49,20 +45,17 @@ def saved_run(directory: Path) -> dict[str, Any]:
     refused = f"--resume {str(directory)!r} is not allowed"
     try:
         config: dict[str, Any] = json.loads((directory / "config.json").read_text())
-        simulation = json.loads((directory / SIMULATION_FILE).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{refused}: not a run folder of this app ({err})") from err
     if not (directory / CHECKPOINT_FILE).is_file():
         raise ConfigError(f"{refused}: it has no {CHECKPOINT_FILE}")
-    # Run folders older than the num-clients key have it with the simulation flags.
-    return {"num-clients": int(simulation.get("num_clients", 10))} | config
+    return config
 
 
 @dataclass
 class PlannedRun(RunListener):
-    """A run about to start: its config (run name fixed), folder, listeners and resume point.
-    It listens to its rounds too: keeps the server's records and prints a line per round
-    (``header``, when set, before the first one: for runs that start one after another)."""
+    """A run about to start (config with its run name fixed, folder, listeners, resume point);
+    it keeps the server's records and prints a line per round (``header`` first, when set)."""
 
     cfg: RunConfig
     directory: Path
@@ -97,9 +90,8 @@ def plan(
     )
     if announce:
         print(header, flush=True)
-    flags = dataclasses.asdict(simulation)
-    saved = {k: v for k, v in flags.items() if k not in ("verbose", "ray_address")}
-    results.write_json_atomically(directory / SIMULATION_FILE, saved)
+    saved = {k: v for k, v in vars(simulation).items() if k not in ("verbose", "ray_address")}
+    results.write_json_atomically(directory / "simulation.json", saved)  # beside the config
     rounds = resume.rounds if resume is not None else ()
     return PlannedRun(cfg, directory, [*listeners], resume, None if announce else header, rounds)
 
@@ -131,20 +123,14 @@ def run(
 
 
 def server_runs(runs: Sequence[PlannedRun], simulation: Simulation) -> list[ServerRun]:
-    """What the ServerApp runs for ``runs``: each one's config, listeners and resume point
-    (and what an optional part adds for ``simulation``)."""
+    """What the ServerApp runs for ``runs`` (and what an optional part adds for ``simulation``)."""
     served = [ServerRun(r.cfg, [r, *r.listeners], r.resume) for r in runs]
     pool_runs(served, simulation.num_nodes)  # part: fast-engine
     return served
 
 
-def simulate(
-    runs: Sequence[PlannedRun],
-    simulation: Simulation,
-    apps: tuple[ServerApp, ClientApp] | None = None,
-) -> None:
-    """Run ``runs`` on one start of Flower's simulation engine: one run, or several with
-    ``apps`` (the ServerApp and ClientApp that run them). The one call of Flower's
+def simulate(runs: Sequence[PlannedRun], simulation: Simulation, apps: Apps | None = None) -> None:
+    """Run ``runs`` on one start of Flower's engine (several need ``apps``); the one call of its
     ``run_simulation``, deprecated since Flower 1.41 for ``flwr run``."""
     from flwr.simulation import run_simulation
 
@@ -165,29 +151,7 @@ def simulate(
         "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
         "init_args": ray_init | ({"address": address} if address else {}),
     }
-    with engine(simulation.backend, joins_ray=bool(address), pollers=nodes):
+    patches = engine(joins_ray=bool(address), pollers=nodes)
+    patches = on_backend(patches, simulation.backend)  # part: fast-engine
+    with patches:
         run_simulation(*apps, nodes, backend_config=backend_config, verbose_logging=verbose)
-
-
-class Extension:
-    """What an optional part adds to ``run_simulation.py``; each hook does nothing here."""
-
-    def add_flags(self, group: argparse._ArgumentGroup) -> None:
-        """Add the part's flags to the simulation flags."""
-
-    def defaults(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Config values the part sets before the flags are read (flags still win)."""
-        return {}
-
-    def check(self, args: argparse.Namespace, cfg: RunConfig, simulation: Simulation) -> Simulation:
-        """The simulation flags as the part resolves them; ``ConfigError`` for what it cannot do."""
-        return simulation
-
-    def before(self, simulation: Simulation) -> None:
-        """Called once before anything runs."""
-
-    def runner(
-        self, args: argparse.Namespace, cfg: RunConfig, simulation: Simulation
-    ) -> Callable[[], Any] | None:
-        """What runs instead of one run, when the part's flags ask for it (None: one run)."""
-        return None

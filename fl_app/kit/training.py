@@ -16,10 +16,9 @@ from fl_app.parts.privacy import dp_sgd_train  # part: dp
 from fl_app.task import ArrayDataset, Weights, build_model, evaluate, get_weights, set_weights
 
 
-def pick_device(name: str) -> torch.device:  # auto: CUDA when available
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def pick_device(name: str) -> torch.device:
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(auto if name == "auto" else name)
 
 
 def train_as_configured(
@@ -45,11 +44,9 @@ class ServerModel:
     """The server's model and data: the initial global model, central evaluation, scoring."""
 
     def __init__(self, cfg: Settings) -> None:
-        self.data = load_server_data(cfg)
-        self.device = pick_device(cfg.device)
-        spec = self.data.spec
-        model = build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
-        self.model = model.to(self.device)
+        self.data, self.device = load_server_data(cfg), pick_device(cfg.device)
+        shape, classes = self.data.spec.input_shape, self.data.spec.num_classes
+        self.model = build_model(cfg.model, shape, classes, cfg.seed).to(self.device)
         self.initial = get_weights(self.model)
 
     def central(self, arrays: Weights | None = None) -> dict[str, Any]:
@@ -57,13 +54,13 @@ class ServerModel:
         if arrays is not None:
             set_weights(self.model, arrays)
         result = evaluate(self.model, self.data.test, device=self.device, task=self.data.spec.task)
-        return {f"central_{k}": v for k, v in result.metrics().items()}
+        return {f"central_{k}": v for k, v in result.items()}
 
     def score(self, arrays: Sequence[Any]) -> dict[str, float]:
         """A client model's ``val_*`` metrics on the server validation set."""
         set_weights(self.model, list(arrays))
         result = evaluate(self.model, self.data.val, device=self.device, task=self.data.spec.task)
-        return result.metrics(prefix="val_")
+        return {f"val_{k}": v for k, v in result.items()}
 
     def save(self, arrays: Weights, path: Path) -> None:
         set_weights(self.model, arrays)

@@ -62,7 +62,7 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.parts.comparisons",
         flags=("--compare", "--seeds", "--num-seeds", "--target-accuracy"),
-        requires=("plots",),
+        requires=("cli-extensions", "plots"),
         words=("comparison", "comparisons", "centralized", "sweep"),
     ),
     "fast-engine": Part(
@@ -82,6 +82,7 @@ PARTS: dict[str, Part] = {
         ),
         module="fl_app.engine.inprocess",
         flags=("--backend", "--num-nodes"),
+        requires=("cli-extensions",),
         words=(
             "inprocess",
             "in-process backend",
@@ -226,7 +227,7 @@ PARTS: dict[str, Part] = {
         ("fl_app/parts/presets.py", "tests/test_presets.py"),
         module="fl_app.parts.presets",
         flags=("--preset",),
-        requires=("comparisons", "plots", "zoo"),
+        requires=("cli-extensions", "comparisons", "plots", "zoo"),
         words=("preset",),
     ),
     "ray-cluster": Part(
@@ -234,7 +235,14 @@ PARTS: dict[str, Part] = {
         "it; the Ray nodes the clients trained on, in the records and the summary",
         ("fl_app/parts/ray_cluster.py", "fl_app/parts/ray_nodes.py", "tests/test_ray_cluster.py"),
         module="fl_app.parts.ray_cluster",
+        requires=("cli-extensions",),
         words=("ray_cluster", "ray-cluster", "ray_node", "ray_nodes", "Ray nodes"),
+    ),
+    "cli-extensions": Part(
+        "the hooks through which optional parts add flags and runs to run_simulation.py",
+        ("fl_app/kit/extensions.py",),
+        module="fl_app.kit.extensions",
+        words=("Extension", "extensions", "RunError"),
     ),
     "benchmarks": Part(
         "scripts that measure aggregation, overhead, peers, privacy, robustness, scale, "

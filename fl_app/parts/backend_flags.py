@@ -8,9 +8,10 @@ import argparse
 import os
 from typing import Any
 
-from fl_app import engine
+from fl_app.engine.inprocess import BACKENDS, RAY
+from fl_app.kit.extensions import Extension
 from fl_app.kit.keys import ConfigError
-from fl_app.kit.simulation import Extension, Simulation
+from fl_app.kit.simulation import Simulation
 from fl_app.parts.pools import AUTO_NODES, PER_CLIENT
 
 AUTO = "auto"
@@ -36,7 +37,7 @@ class BackendFlags(Extension):
         )
         group.add_argument(
             "--backend",
-            choices=(AUTO, *engine.backends()),
+            choices=(AUTO, *BACKENDS),
             default=AUTO,
             help="where Flower's engine runs the clients: Ray actors, in parallel; or this "
             "process, one at a time (no Ray to start: for light workloads and debugging); "
@@ -53,7 +54,7 @@ class BackendFlags(Extension):
             )
         if cfg.secure_aggregation and nodes not in (AUTO_NODES, PER_CLIENT):  # part: legacy-api
             raise ConfigError(f"--num-nodes {nodes} {NO_SECURE_POOL}")  # part: legacy-api
-        if args.backend not in (AUTO, engine.RAY) and args.ray_address:
+        if args.backend not in (AUTO, RAY) and args.ray_address:
             raise ConfigError(
                 f"--ray-address {args.ray_address!r} is not allowed with --backend "
                 f"{args.backend}: the clients run in this process (use --backend ray)"
@@ -78,4 +79,4 @@ def pick_backend(backend: str, cfg: Any, simulation: Simulation) -> str:
     workers = cpus / per_client if per_client > 0 else float(cpus)  # 0: Ray reserves nothing
     side_by_side = workers >= RAY_FROM_WORKERS or simulation.num_gpus > 0
     side_by_side |= cfg.fault_kind == "straggle"  # part: faults
-    return engine.RAY if side_by_side or simulation.ray_address else "inprocess"
+    return RAY if side_by_side or simulation.ray_address else "inprocess"

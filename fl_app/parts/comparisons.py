@@ -27,17 +27,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_app.client_app import client_app_for, sent_config
 from fl_app.kit.config import RunConfig
+from fl_app.kit.extensions import Extension, RunError
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import RoundRecord, run_directory
-from fl_app.kit.simulation import (
-    Extension,
-    RunError,
-    Simulation,
-    finish,
-    plan,
-    server_runs,
-    simulate,
-)
+from fl_app.kit.simulation import Simulation, finish, plan, server_runs, simulate
 from fl_app.parts.centralized import CENTRALIZED, check_pooled, train_centrally
 from fl_app.parts.statistics import SeedRun, write_comparison
 from fl_app.server_app import ServerRun, run_server
@@ -209,7 +202,7 @@ def sweep(
         return by_name[str(sent_config(message, SWEEP_RUN_KEY))]
 
     client_app = client_app_for(
-        config=config,
+        config,
         pooled=runs[0].num_partitions is not None,  # part: fast-engine
     )
     apps = sweep_server_app(runs, outcome), client_app

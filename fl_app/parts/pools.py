@@ -25,9 +25,15 @@ def pool_size(num_nodes: str, configs: Sequence[RunConfig]) -> int | None:
     if any(cfg.secure_aggregation for cfg in configs):  # part: legacy-api
         return None  # part: legacy-api
     asked = max(
-        max(c.fit_clients(c.num_clients), c.evaluate_clients(c.num_clients)) for c in configs
+        max(c.fit_clients(c.num_clients), evaluate_clients(c, c.num_clients)) for c in configs
     )
     return max(1, min(configs[0].num_clients, asked))
+
+
+def evaluate_clients(cfg: RunConfig, available: int) -> int:
+    """Clients an evaluation round asks of ``available`` (none at fraction-evaluate 0)."""
+    asked = max(int(cfg.fraction_evaluate * available), cfg.min_evaluate_clients)
+    return asked if cfg.fraction_evaluate else 0
 
 
 def pool_runs(runs: Sequence[ServerRun], num_nodes: str) -> None:

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_app.kit.extensions import Extension
 from fl_app.kit.keys import ConfigError
-from fl_app.kit.simulation import Extension, Simulation
+from fl_app.kit.simulation import Simulation
 from fl_app.parts.centralized import CENTRALIZED
 from fl_app.parts.comparisons import comparison_of
 

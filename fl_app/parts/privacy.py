@@ -8,6 +8,7 @@ schedule, which the server accounts. No Flower here: the config imports this mod
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from fl_app.kit.data import task_of
 from fl_app.kit.keys import fail, keys, option
-from fl_app.task import ArrayDataset, loss_function, train, train_epochs
+from fl_app.task import ArrayDataset, loss_function, train
 from strategies.privacy import (
     DP_CLIPPINGS,
     DP_MODES,
@@ -123,14 +124,19 @@ def dp_sgd_train(
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         torch.manual_seed(seed)
         private, optimizer, loader = _make_private(model, optimizer, data, cfg, seed)
+        criterion, loss_sum, seen = loss_function(task), 0.0, 0
         try:
-            return train_epochs(
-                private,
-                optimizer,
-                loss_function(task),
-                cfg.local_epochs,
-                lambda: ((x.to(device), y.to(device)) for x, y in loader),
-            )
+            for _ in range(cfg.local_epochs):  # the task's training loop, on Opacus's batches
+                loss_sum, seen = 0.0, 0
+                for x, y in loader:
+                    xb, yb = x.to(device), y.to(device)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(private(xb), yb)
+                    loss.backward()
+                    optimizer.step()  # also on an empty Poisson batch: it adds the noise
+                    if len(yb):
+                        loss_sum, seen = loss_sum + loss.item() * len(yb), seen + len(yb)
+            return loss_sum / seen if seen else math.nan
         finally:
             private.to_standard_module()  # hooks off: the cached model is used again
 

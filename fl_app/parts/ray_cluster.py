@@ -26,9 +26,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO
 
+from fl_app.kit.extensions import Extension
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.local import free_port
-from fl_app.kit.simulation import Extension, Simulation
+from fl_app.kit.simulation import Simulation
 
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 120.0

@@ -12,71 +12,55 @@ from strategies.core.update import LOG, RoundResult, ScoreFn
 from strategies.sampling import Node, SeededSampler
 
 
-def take_knobs(rule_type: type[Rule] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Move the rule's knobs (fields of its options) out of ``kwargs``, which keeps the rest."""
-    known = rule_type.Options.field_names() if rule_type is not None else ()
-    return {key: kwargs.pop(key) for key in list(kwargs) if key in known}
-
-
 def build_rule(
     rule_type: type[Rule] | None,
-    *,
-    rule: Rule | None,
-    options: ServerOptions | None,
-    score_fn: ScoreFn | None,
-    knobs: Mapping[str, Any],
+    kwargs: dict[str, Any],
+    rule: Rule | None = None,
+    options: ServerOptions | None = None,
+    score_fn: ScoreFn | None = None,
 ) -> Rule:
-    """``rule`` itself, or ``rule_type`` built from ``options`` or from ``knobs``."""
-    if rule is not None:
-        given = sorted(knobs) + [k for k, v in (("options", options), ("score_fn", score_fn)) if v]
-        if given:
-            raise TypeError(
-                f"pass either rule= or the rule's knobs, not both (got rule= and "
-                f"{', '.join(given)}); {type(rule).__name__}'s knobs go into its "
-                f"{rule.Options.__name__}"
-            )
-        if rule_type is not None and not isinstance(rule, rule_type):
-            raise TypeError(f"rule= must be a {rule_type.__name__}, not {type(rule).__name__}")
-        return rule
-    if rule_type is None:
-        raise TypeError("pass rule=, or use a strategy class that names its rule")
-    if options is not None and knobs:
-        raise TypeError(f"pass either options= or the knobs {sorted(knobs)}, not both")
-    allowed = rule_type.Options.field_names()
-    if unknown := sorted(set(knobs) - set(allowed)):
+    """``rule``, or ``rule_type`` built from ``options`` or from its knobs, popped from ``kwargs``."""
+    known = rule_type.Options.field_names() if rule_type is not None else ()
+    knobs = {key: kwargs.pop(key) for key in list(kwargs) if key in known}
+    if rule is None:
+        if rule_type is None:
+            raise TypeError("pass rule=, or use a strategy class that names its rule")
+        if options is not None and knobs:
+            raise TypeError(f"pass either options= or the knobs {sorted(knobs)}, not both")
+        return rule_type(options or rule_type.Options(**knobs), score_fn=score_fn)
+    if knobs or options is not None or score_fn is not None:
         raise TypeError(
-            f"{rule_type.__name__} has no option {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(allowed)}"
+            f"pass either rule= or what builds one (options=, score_fn=, knobs), not both: "
+            f"{type(rule).__name__}'s knobs go into its {rule.Options.__name__}"
         )
-    return rule_type(options or rule_type.Options(**knobs), score_fn=score_fn)
+    if rule_type is not None and not isinstance(rule, rule_type):
+        raise TypeError(f"rule= must be a {rule_type.__name__}, not {type(rule).__name__}")
+    return rule
 
 
 class RuleAdapter:
-    """Base of each Flower adapter (beside a Flower strategy class): the rule, its state, the
-    last round, seeded sampling. :meth:`of` makes one per rule."""
+    """Base of each Flower adapter, beside a Flower strategy: the rule, the last round, sampling."""
 
     rule_type: ClassVar[type[Rule] | None] = None
 
-    def adopt(
+    def __init__(
         self,
-        rule: Rule | None,
-        options: ServerOptions | None,
-        score_fn: ScoreFn | None,
-        knobs: Mapping[str, Any],
         *,
+        rule: Rule | None = None,
+        options: ServerOptions | None = None,
+        score_fn: ScoreFn | None = None,
         sampling_seed: int | None = None,
         query_timeout: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Take ``rule``, or build ``rule_type`` from ``options`` or ``knobs``. Without a
-        ``sampling_seed`` Flower samples, unseeded; ``query_timeout``: the wait for the nodes'
-        partition ids."""
-        self.rule = build_rule(
-            self.rule_type, rule=rule, options=options, score_fn=score_fn, knobs=knobs
-        )
+        """``kwargs``: the rule's knobs, then the Flower strategy's arguments. ``sampling_seed``:
+        seeded sampling (None: Flower's), waiting ``query_timeout`` for partition ids."""
+        self.rule = build_rule(self.rule_type, kwargs, rule, options, score_fn)
         self.last_result: RoundResult | None = None
         self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
         self.query_timeout = query_timeout
         self.last_sampled: list[int | str] | None = None  # the last training round's clients
+        super().__init__(**kwargs)
 
     def reseed(
         self,
@@ -86,10 +70,9 @@ class RuleAdapter:
         available: Sequence[Node],
         ask: Callable[[list[Node]], Mapping[Node, object]],
     ) -> list[Node]:
-        """The round's nodes: Flower's sample, or as many nodes (Flower decides how many and
-        waits for them) chosen by the seeded sampler among ``available``. ``ask(nodes)``
-        returns the partition ids of those that answered; the others are asked again next
-        round. A training round tells the rule what share of the clients it asks."""
+        """The round's nodes: Flower's sample, or as many chosen by the seeded sampler among
+        ``available``. ``ask(nodes)``: the partition ids of those that answered (the others are
+        asked again next round). A training round tells the rule what share of clients it asks."""
         chosen = list(flower_sample)
         if self.sampler is not None:
             if flower_sample and (unknown := self.sampler.unknown(available)):
@@ -109,14 +92,11 @@ class RuleAdapter:
 
     def client_name(self, node: Hashable) -> str:
         """``node``'s partition id when it reported one (the same in every run), else its id."""
-        if self.sampler is not None and node in self.sampler.keys:
-            return str(self.sampler.label(node))
-        return str(node)
+        return str(self.sampler.label(node) if self.sampler and node in self.sampler.keys else node)
 
     def sender(self, node: Hashable, instruction: str) -> tuple[Hashable, str, str]:
-        """Who answers ``instruction`` (the id of what was sent) from ``node``: the key that
-        matches the reply to what was sent, the client id of its update, and how a failure
-        names it. Each node is one client here (an optional part may serve several)."""
+        """The key matching ``node``'s reply to ``instruction`` (what was sent), its update's
+        client id, and how a failure names it (one client a node; an optional part may differ)."""
         return node, self.client_name(node), f"node {node}"
 
     @classmethod

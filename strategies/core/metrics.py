@@ -13,8 +13,7 @@ Replies = Sequence[tuple[int, Mapping[str, Any]]]  # each reply's (num_examples,
 
 def weighted_metrics(results: Replies) -> Metrics:
     """Example-weighted mean of every finite numeric metric the clients reported."""
-    totals: dict[str, float] = {}
-    weights: dict[str, int] = {}
+    totals, weights = dict[str, float](), dict[str, int]()
     for num_examples, metrics in results:
         for key, value in metrics.items():
             if isinstance(value, int | float) and math.isfinite(value):
@@ -24,12 +23,10 @@ def weighted_metrics(results: Replies) -> Metrics:
 
 
 def evaluation_metrics(results: Replies) -> Metrics:
-    """:func:`weighted_metrics` in :func:`canonical_order`, but ``loss`` is averaged over
-    every reply, so that a non-finite loss shows (as in Flower)."""
-    ordered = canonical_order(results)
-    without_loss = [(n, {k: v for k, v in m.items() if k != "loss"}) for n, m in ordered]
-    metrics = weighted_metrics(without_loss)
-    losses = [(n, float(m["loss"])) for n, m in ordered if "loss" in m]
+    """:func:`weighted_metrics` in :func:`canonical_order`, ``loss`` over every reply (as Flower)."""
+    rows = canonical_order(results)
+    metrics = weighted_metrics([(n, {k: v for k, v in m.items() if k != "loss"}) for n, m in rows])
+    losses = [(n, float(m["loss"])) for n, m in rows if "loss" in m]
     if losses:
         metrics["loss"] = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
     return metrics

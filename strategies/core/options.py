@@ -11,8 +11,6 @@ from strategies.server_optimizer import ServerOptimizerOptions  # part: server-o
 
 @dataclass(frozen=True, kw_only=True)
 class CoreOptions:
-    """The core's knobs: the empty-round limit."""
-
     max_empty_rounds: int = 3  # stop when so many rounds in a row aggregated nothing (0: never)
 
     def __post_init__(self) -> None:
@@ -31,7 +29,7 @@ class ServerOptions(
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
-        """The options read from ``config``, an object with an attribute per field."""
+        """The options read from ``config``, which has an attribute per field."""
         return cls(**{name: getattr(config, name) for name in cls.field_names()})
 
     @classmethod

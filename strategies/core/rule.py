@@ -11,8 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from strategies import aggregate
-from strategies.aggregate import Array, Model
+from strategies.aggregate import Array, Model, all_finite, distance, mismatch, weighted_sum
 from strategies.core.codec import decode_tensors
 from strategies.core.options import ServerOptions
 from strategies.core.state import StrategyState
@@ -29,61 +28,16 @@ from strategies.privacy import PrivateRule  # part: dp
 from strategies.server_optimizer import ServerOptimizer  # part: server-optimizer
 
 Rejected = list[tuple[ClientUpdate, str]]  # updates turned down, each with the reason
-
-
-class RoundHooks:
-    """Where an optional part acts inside :meth:`Rule.aggregate`; the core's do nothing."""
-
-    def received(self, updates: Sequence[ClientUpdate], metrics: Metrics) -> None:
-        """Every update of the round, valid or not, before validation."""
-
-    def measures_distance(self) -> bool:
-        """Whether every update's ``distance`` ``‖θ_i − θ_g‖`` is measured in validation."""
-        return False
-
-    def refuses(self, update: ClientUpdate) -> str | None:
-        """Why to reject ``update`` (checked after the core's checks), or None."""
-        return None
-
-    def adjusted(
-        self,
-        server_round: int,
-        chosen: Coefficients,
-        accepted: list[ClientUpdate],
-        answered: int,
-        metrics: Metrics,
-    ) -> Coefficients:
-        """The coefficients to fold with, from the rule's ``chosen`` ones."""
-        return chosen
-
-    def released(
-        self,
-        server_round: int,
-        average: Model,
-        weights: Array,
-        answered: int,
-        accepted: Sequence[ClientUpdate],
-    ) -> Metrics:
-        """After the fold: may change ``average`` in place."""
-        return {}
-
-    def stepped(self, server_round: int, average: Model) -> Model:
-        """After :meth:`released`: the round's new model (the core's: ``average`` itself)."""
-        return average
-
-    def committed(self, server_round: int) -> None:
-        """The round's new model is finite and becomes the global model."""
+Folded = Sequence[tuple[ClientUpdate, float]]  # the updates folded, each with its coefficient
 
 
 class Rule(
     PrivateRule,  # part: dp
     ServerOptimizer,  # part: server-optimizer
-    RoundHooks,
 ):
     """Base of every aggregation rule: ``θ_avg = Σ c_i θ_i`` (``Σ c_i = 1``, from
-    :meth:`coefficients`) is the new model (or what an optional part's step makes of it).
-    Invalid updates are rejected with their reason; a round with nothing valid keeps the
-    previous model (``max_empty_rounds`` in a row stop)."""
+    :meth:`coefficients`) is the new model. Invalid updates are rejected with their reason; a
+    round with nothing valid keeps the previous model (``max_empty_rounds`` in a row stop)."""
 
     Options: ClassVar[type[ServerOptions]] = ServerOptions
     options: ServerOptions
@@ -99,8 +53,7 @@ class Rule(
         self.score_fn = score_fn
         self.state = StrategyState()
         self.global_model: list[Array] | None = None
-        # (sampled, available) clients of the round, as the adapter sampled them (None: all).
-        self.sampling: tuple[int, int] | None = None
+        self.sampling: tuple[int, int] | None = None  # the round's (sampled, available) clients
 
     def coefficients(self, server_round: int, updates: list[ClientUpdate]) -> Coefficients:
         """Coefficients of the valid ``updates`` (summing to 1 with ``global_model``)."""
@@ -127,9 +80,9 @@ class Rule(
         indivisible: bool = False,
     ) -> RoundResult:
         """Validate ``updates`` and fold the accepted ones. ``failures``: one string per failed
-        client; ``indivisible``: one masked sum, which any rejection voids."""
+        client; ``indivisible``: one masked sum stands for every update, any rejection voids it."""
         metrics: Metrics = {"results": len(updates), "failures": len(failures)}
-        self.received(updates, metrics)
+        self.received(updates, metrics)  # part: dp
         accepted, rejected = self._validate(server_round, updates)
         if indivisible and rejected:  # its share is inside every other update
             rejected += [(u, "inside a masked sum with a rejected update") for u in accepted]
@@ -149,20 +102,20 @@ class Rule(
                 "they must be finite, one per update, and sum to 1"
             )
         weights = chosen.clients if chosen.weights is None else chosen.weights
-        answered = len(updates) + len(failures)
-        chosen = self.adjusted(server_round, chosen, accepted, answered, metrics)
+        answered = len(updates) + len(failures)  # part: dp
+        chosen = self.adjusted(server_round, chosen, accepted, answered, metrics)  # part: dp
         # Overflow shows as a non-finite model below, which voids the round with its reason.
         with np.errstate(over="ignore", invalid="ignore"):
             folded = [(u, float(c)) for u, c in zip(accepted, chosen.clients, strict=True) if c]
             average = self.combine(folded, chosen.global_model, decode_tensors(accepted[0].tensors))
-            metrics |= self.released(server_round, average, weights, answered, accepted)
-            average = self.stepped(server_round, average)
-        if not aggregate.all_finite(average):
+            metrics |= self.released(server_round, average, weights, answered, accepted)  # part: dp
+            average = self.stepped(server_round, average)  # part: server-optimizer
+        if not all_finite(average):
             reason = "the aggregate of the accepted updates overflows the model's dtype"
             metrics |= {"rejected": len(updates), "accepted": 0}
             rejected += [(u, reason) for u in accepted]
             return self._empty_round(server_round, metrics, rejected, failures)
-        self.committed(server_round)
+        self.committed(server_round)  # part: server-optimizer
         metrics |= chosen.metrics
         metrics["weights"] = json.dumps(
             {u.client_id: round(float(w), 6) for u, w in zip(accepted, weights, strict=True)}
@@ -173,15 +126,9 @@ class Rule(
         )
         return RoundResult(average, metrics, accepted)
 
-    def combine(
-        self,
-        folded: Sequence[tuple[ClientUpdate, float]],
-        global_share: float,
-        template: Sequence[Array],
-    ) -> Model:
+    def combine(self, folded: Folded, global_share: float, template: Sequence[Array]) -> Model:
         """``θ_avg = Σ c_i θ_i + c_g θ_g`` in ``template``'s dtypes, decoding each update when the
-        fold reaches it. Updates that share one tensor list (one sum handed to every client) are
-        folded once, their coefficients summed."""
+        fold reaches it; updates that share one tensor list are folded once, coefficients summed."""
         shared: dict[int, tuple[ClientUpdate, float]] = {}
         for u, c in folded:
             first, total = shared.get(id(u.tensors), (u, 0.0))
@@ -190,7 +137,7 @@ class Rule(
             ((decode_tensors(u.tensors), c) for u, c in shared.values()),
             [(self.require_global(), global_share)] if global_share != 0.0 else [],
         )
-        return aggregate.weighted_sum(terms, template=template)
+        return weighted_sum(terms, template=template)
 
     def require_global(self) -> list[Array]:
         if self.global_model is None:
@@ -204,8 +151,9 @@ class Rule(
         self, server_round: int, metrics: Metrics, rejected: Rejected, failures: Sequence[str]
     ) -> RoundResult:
         if rejected:
-            reasons = Counter(reason for _, reason in rejected).most_common(3)
-            said = "; ".join(f"{reason} (x{n})" for reason, n in reasons)
+            said = "; ".join(
+                f"{r} (x{n})" for r, n in Counter(r for _, r in rejected).most_common(3)
+            )
             why = f"all {len(rejected)} updates were rejected: {said}; fix: "
             why += self.explain_rejections(rejected)
         elif failures:
@@ -235,15 +183,13 @@ class Rule(
         accepted: list[ClientUpdate] = []
         rejected: Rejected = []
         for update in sorted(updates, key=ClientUpdate.sort_key):
-            reason = update.problem
-            if reason is None:
+            if (reason := update.problem) is None:
                 try:
                     update.arrays = decode_tensors(update.tensors)
                 except ValueError as err:
                     reason = f"undecodable parameters ({err})"
-                else:
-                    if template is None:  # no global model known: the first sets the layout
-                        template = update.arrays
+                else:  # no global model known: the first update sets the layout
+                    template = update.arrays if template is None else template
                     reason = self._check(server_round, update, template)
                     update.arrays = []
             if reason is None:
@@ -264,12 +210,16 @@ class Rule(
             return f"num_examples={n!r} is not an integer"
         if n <= 0:
             return f"num_examples={n} is not positive"
-        if (shape_problem := aggregate.mismatch(update.arrays, template)) is not None:
+        if (shape_problem := mismatch(update.arrays, template)) is not None:
             return shape_problem
-        if not aggregate.all_finite(update.arrays):
+        if not all_finite(update.arrays):
             return "parameters contain NaN or Inf"
-        if self.needs_distance(server_round) or self.measures_distance():
-            update.distance = aggregate.distance(update.arrays, self.require_global())
+        measure = self.needs_distance(server_round)
+        measure = measure or self.measures_distance()  # part: dp
+        if measure:
+            update.distance = distance(update.arrays, self.require_global())
             if not math.isfinite(update.distance):
                 return "the update's norm ‖θ_i − θ_g‖ exceeds float64's range"
-        return self.refuses(update) or self.check_update(server_round, update)
+        if (refused := self.refuses(update)) is not None:  # part: dp
+            return refused  # part: dp
+        return self.check_update(server_round, update)

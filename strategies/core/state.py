@@ -23,8 +23,7 @@ class CoreState:
     @classmethod
     def fields_from(cls, arrays: Mapping[str, Sequence[Array]]) -> dict[str, Any]:
         """The fields :meth:`to_arrays` stored (absent ones keep their defaults)."""
-        empty = arrays.get("empty_rounds")
-        return {"empty_rounds": int(empty[0]) if empty else 0}
+        return {"empty_rounds": int(empty[0]) if (empty := arrays.get("empty_rounds")) else 0}
 
 
 @dataclass

@@ -8,12 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from strategies.aggregate import Array, Model
 
-Scalar = bool | bytes | float | int | str
-Metrics = dict[str, Scalar]
+Metrics = dict[str, bool | bytes | float | int | str]
 LOG = logging.getLogger("flwr.strategies")  # a child of Flower's: shown at Flower's level
 ScoreFn = Callable[[Sequence[Array]], Mapping[str, float]]  # scores a model on server data
 
@@ -49,16 +46,14 @@ class ClientUpdate:
 class Coefficients:
     """A rule's decision for a round: ``θ = c_g θ_g + Σ c_i θ_i``."""
 
-    clients: np.ndarray[Any, np.dtype[np.float64]]  # c_i, one per valid update (0 drops it)
+    clients: Array  # c_i, one per valid update (0 drops it)
     global_model: float = 0.0  # c_g
-    weights: np.ndarray[Any, np.dtype[np.float64]] | None = None  # reported (None: clients)
+    weights: Array | None = None  # reported (None: clients)
     metrics: Metrics = field(default_factory=dict)  # the rule's own details of the round
 
 
 @dataclass
-class RoundResult:
-    """What :meth:`Rule.aggregate` made of a round."""
-
+class RoundResult:  # what Rule.aggregate made of a round
     arrays: Model | None  # the new model, emptied as an adapter encodes it; None: nothing new
     metrics: Metrics  # results, failures, rejected, accepted; weights (JSON) if aggregated
     accepted: list[ClientUpdate]

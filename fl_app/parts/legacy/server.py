@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import timeit
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import (
@@ -37,7 +37,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 import strategies
-from fl_app.kit.rounds import CentralEvaluation, RoundRecorder, stopped_record, train_record
+from fl_app.kit.rounds import RoundRecorder, stopped_record, train_record
 from fl_app.kit.training import ServerModel
 from strategies.core.adapter import RuleAdapter
 from strategies.core.update import NothingAggregatedError
@@ -49,12 +49,13 @@ from strategies.legacy import LegacyStrategy
 # polling delays again. Waiting threads cost no CPU.
 MESSAGE_THREADS = 512
 # The rounds of a run (the core's ``message_rounds``, or :func:`run_legacy_rounds`).
-Rounds = Callable[[Grid, Any, ServerModel, RoundRecorder], None]
+Rounds = TypeVar("Rounds")
+CentralEvaluation = Callable[[NDArrays], dict[str, Any]]  # a model's ``central_*`` entries
 
 
 def legacy_rounds(cfg: Any, rounds: Rounds) -> Rounds:
     """The legacy half's loop for a run on it (``flower-api = "legacy"``), else ``rounds``."""
-    return run_legacy_rounds if cfg.flower_api == "legacy" else rounds
+    return cast(Rounds, run_legacy_rounds) if cfg.flower_api == "legacy" else rounds
 
 
 def legacy_pollers(cfg: Any, pollers: int, num_partitions: int | None, grid: Grid) -> int:
