@@ -16,9 +16,12 @@ from fl_app.kit import data as fl_data
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import iid_rows, load_client_data, load_server_data, partition_indices, pool
 from fl_app.kit.seeds import rng_for
-from fl_app.task import ArrayDataset
+from fl_app.task import DATASETS, ArrayDataset
 
 NUM_PARTITIONS = 10
+# The tests of the embedded dataset's loading and splits; an app that removed it skips them.
+DIGITS = RunConfig(dataset="digits", partitioner="iid")
+needs_digits = pytest.mark.skipif("digits" not in DATASETS, reason="no dataset 'digits' here")
 PARTITIONERS = tuple(fl_data.PARTITIONERS)
 CACHED = tuple(
     getattr(fl_data, n) for n in ("pool", "_partitioner", "load_server_data", "load_client_data")
@@ -62,11 +65,15 @@ def all_digits() -> ArrayDataset:
     return ArrayDataset(x, digits.target.astype(np.int64))
 
 
-def test_a_default_client_imports_neither_scikit_learn_nor_flwr_datasets() -> None:
+@needs_digits
+def test_a_client_of_digits_on_iid_partitions_imports_neither_scikit_learn_nor_flwr_datasets() -> (
+    None
+):
     # Each import costs every simulation worker (and every deployment message) a second.
     code = (
         "import sys; from fl_app.kit.config import RunConfig; from fl_app.kit.data import "
-        "load_client_data; load_client_data(RunConfig(), 3, 10); "
+        "load_client_data; load_client_data(RunConfig(dataset='digits', partitioner='iid'), "
+        "3, 10); "
         "print(sorted({'sklearn', 'flwr_datasets', 'datasets'} & set(sys.modules)))"
     )
     imported = subprocess.run(
@@ -75,11 +82,12 @@ def test_a_default_client_imports_neither_scikit_learn_nor_flwr_datasets() -> No
     assert imported.strip() == "[]"
 
 
+@needs_digits
 def test_digits_are_scikit_learns_exactly() -> None:
-    data = pool(RunConfig())
+    data = pool(DIGITS)
     full = all_digits()
     got = ArrayDataset.concat([data.test, data.server_val, data.clients])
-    order = rng_for(RunConfig().seed, "server-split").permutation(len(full))
+    order = rng_for(DIGITS.seed, "server-split").permutation(len(full))
     np.testing.assert_array_equal(got.x, full.x[order])
     np.testing.assert_array_equal(got.y, full.y[order])
     assert got.x.dtype == np.float32
@@ -105,11 +113,12 @@ def partitions(cfg: RunConfig, n: int = NUM_PARTITIONS) -> list[np.ndarray]:
 # ---- server split -----------------------------------------------------------------
 
 
+@needs_digits
 @pytest.mark.parametrize(("test_fraction", "val_fraction"), [(0.2, 0.1), (0.3, 0.05)])
 def test_server_test_val_and_client_pool_split_the_data(
     test_fraction: float, val_fraction: float
 ) -> None:
-    cfg = RunConfig(test_fraction=test_fraction, server_val_fraction=val_fraction)
+    cfg = dataclasses.replace(DIGITS, test_fraction=test_fraction, server_val_fraction=val_fraction)
     full = all_digits()
     pooled = pool(cfg)
     n = len(full)
@@ -124,8 +133,9 @@ def test_server_test_val_and_client_pool_split_the_data(
     assert pooled.num_classes == 10
 
 
+@needs_digits
 def test_server_data_is_the_pool_test_and_val() -> None:
-    cfg = RunConfig()
+    cfg = DIGITS
     server = load_server_data(cfg)
     pooled = pool(cfg)
     assert rows(server.test) == rows(pooled.test)
@@ -234,10 +244,15 @@ def mean_label_skew(cfg: RunConfig) -> float:
     )
 
 
+@needs_digits
 def test_dirichlet_with_small_alpha_skews_labels_more_than_iid() -> None:
-    iid = mean_label_skew(RunConfig(partitioner="iid"))
-    skewed = mean_label_skew(RunConfig(partitioner="dirichlet", dirichlet_alpha=0.1))
-    mild = mean_label_skew(RunConfig(partitioner="dirichlet", dirichlet_alpha=100.0))
+    iid = mean_label_skew(DIGITS)
+    skewed = mean_label_skew(
+        dataclasses.replace(DIGITS, partitioner="dirichlet", dirichlet_alpha=0.1)
+    )
+    mild = mean_label_skew(
+        dataclasses.replace(DIGITS, partitioner="dirichlet", dirichlet_alpha=100.0)
+    )
     assert skewed > 2 * iid
     assert skewed - iid > 0.2
     assert skewed > mild

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fl_app.kit.config import RunConfig
-from fl_app.kit.data import pool
+from fl_app.kit.data import data_spec, pool
 from fl_app.kit.keys import ConfigError
 from fl_app.task import MODELS, ArrayDataset, build_model, evaluate, get_weights, set_weights, train
 
@@ -19,6 +19,7 @@ RGB_32 = (3, 32, 32)
 VECTOR_60 = (60,)
 IMAGE_MODELS = [name for name, model in MODELS.items() if model.images_only]
 CPU = torch.device("cpu")
+ANY_MODEL = next(iter(MODELS))
 
 SHAPES = [GRAY_8, GRAY_28, RGB_32, VECTOR_60]
 CASES = [
@@ -64,7 +65,7 @@ def test_building_a_model_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    build_model("mlp", GRAY_8, 10, seed=5)
+    build_model(ANY_MODEL, GRAY_8, 10, seed=5)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -88,7 +89,7 @@ def test_get_and_set_weights_round_trip(name: str) -> None:
 
 
 def test_set_weights_refuses_a_wrong_number_of_arrays() -> None:
-    model = build_model("mlp", GRAY_8, 10, seed=0)
+    model = build_model(ANY_MODEL, GRAY_8, 10, seed=0)
     with pytest.raises(ValueError, match="arrays"):
         set_weights(model, get_weights(model)[:-1])
 
@@ -96,7 +97,7 @@ def test_set_weights_refuses_a_wrong_number_of_arrays() -> None:
 def test_get_weights_is_a_snapshot() -> None:
     # A caller that keeps the weights (the old global model, a client's result) must not
     # see them change when the model trains on.
-    model = build_model("mlp", GRAY_8, 10, seed=0)
+    model = build_model(ANY_MODEL, GRAY_8, 10, seed=0)
     weights = get_weights(model)
     kept = [w.copy() for w in weights]
     with torch.no_grad():
@@ -105,19 +106,28 @@ def test_get_weights_is_a_snapshot() -> None:
     assert all(np.array_equal(w, k) for w, k in zip(weights, kept, strict=True))
 
 
+# Training and evaluation on the app's own data (the configured dataset), whatever it is.
+SPEC = data_spec(RunConfig())
+FITTING = [n for n, m in MODELS.items() if not (m.images_only and len(SPEC.input_shape) != 3)]
+
+
+def model_for_the_data(name: str) -> torch.nn.Module:
+    return build_model(name, SPEC.input_shape, SPEC.num_classes, seed=0)
+
+
 @pytest.fixture(scope="module")
-def digits_subset() -> ArrayDataset:
+def subset() -> ArrayDataset:
     clients = pool(RunConfig()).clients
-    return clients.subset(np.arange(300))
+    return clients.subset(np.arange(min(300, len(clients))))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_train_lowers_the_training_loss(name: str, digits_subset: ArrayDataset) -> None:
-    model = build_model(name, GRAY_8, 10, seed=0)
-    before = evaluate(model, digits_subset, device=CPU)
+@pytest.mark.parametrize("name", FITTING)
+def test_train_lowers_the_training_loss(name: str, subset: ArrayDataset) -> None:
+    model = model_for_the_data(name)
+    before = evaluate(model, subset, device=CPU)
     last_epoch_loss = train(
         model,
-        digits_subset,
+        subset,
         epochs=3,
         batch_size=16,
         learning_rate=0.05,
@@ -125,18 +135,18 @@ def test_train_lowers_the_training_loss(name: str, digits_subset: ArrayDataset) 
         device=CPU,
         seed=0,
     )
-    after = evaluate(model, digits_subset, device=CPU)
+    after = evaluate(model, subset, device=CPU)
     assert math.isfinite(last_epoch_loss)
     assert after["loss"] < before["loss"]
     assert after["accuracy"] > before["accuracy"]
     assert 0.0 <= after["accuracy"] <= 1.0
 
 
-def test_train_is_deterministic_for_a_seed(digits_subset: ArrayDataset) -> None:
+def test_train_is_deterministic_for_a_seed(subset: ArrayDataset) -> None:
     def trained(seed: int) -> list[np.ndarray]:
-        model = build_model("mlp", GRAY_8, 10, seed=0)
+        model = model_for_the_data(FITTING[0])
         kwargs = {"batch_size": 32, "learning_rate": 0.05, "momentum": 0.9}
-        train(model, digits_subset, epochs=1, device=CPU, seed=seed, **kwargs)
+        train(model, subset, epochs=1, device=CPU, seed=seed, **kwargs)
         return [w.copy() for w in get_weights(model)]
 
     a, b, c = trained(1), trained(1), trained(2)
@@ -145,14 +155,14 @@ def test_train_is_deterministic_for_a_seed(digits_subset: ArrayDataset) -> None:
 
 
 def test_evaluate_accuracy_is_the_share_of_correct_predictions(
-    digits_subset: ArrayDataset,
+    subset: ArrayDataset,
 ) -> None:
-    model = build_model("mlp", GRAY_8, 10, seed=0)
-    result = evaluate(model, digits_subset, device=CPU, batch_size=7)
+    model = model_for_the_data(FITTING[0])
+    result = evaluate(model, subset, device=CPU, batch_size=7)
     model.eval()
     with torch.no_grad():
-        logits = model(torch.from_numpy(digits_subset.x))
-    labels = torch.from_numpy(digits_subset.y)
+        logits = model(torch.from_numpy(subset.x))
+    labels = torch.from_numpy(subset.y)
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
@@ -160,13 +170,13 @@ def test_evaluate_accuracy_is_the_share_of_correct_predictions(
 
 
 def test_evaluate_on_an_empty_dataset_gives_nan() -> None:
-    model = build_model("mlp", GRAY_8, 10, seed=0)
+    model = build_model(ANY_MODEL, GRAY_8, 10, seed=0)
     empty = ArrayDataset(np.zeros((0, *GRAY_8), np.float32), np.zeros(0, np.int64))
     assert math.isnan(evaluate(model, empty, device=CPU)["loss"])
 
 
 def test_train_on_an_empty_dataset_gives_nan() -> None:
-    model = build_model("mlp", GRAY_8, 10, seed=0)
+    model = build_model(ANY_MODEL, GRAY_8, 10, seed=0)
     empty = ArrayDataset(np.zeros((0, *GRAY_8), np.float32), np.zeros(0, np.int64))
     loss = train(
         model, empty, epochs=1, batch_size=4, learning_rate=0.1, momentum=0.0, device=CPU, seed=0
