@@ -27,7 +27,8 @@ from robustness import cell, final_accuracies
 import run_simulation
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import load_client_data
-from strategies.privacy import DP_MODES, dp_sgd_schedule, epsilon, sample_epsilon
+from strategies.accounting import dp_sgd_schedule, epsilon, sample_epsilon
+from strategies.privacy import DP_MODES
 
 ROWS = {
     "fedavg": ["--strategy", "fedavg"],

@@ -29,15 +29,13 @@ from fl_app.kit.keys import ConfigError
 from fl_app.kit.seeds import rng_for
 from fl_app.parts.privacy import DpKeys
 from strategies import aggregate
+from strategies.accounting import dp_sgd_schedule, epsilon, sample_epsilon
 from strategies.core.state import StrategyState
 from strategies.core.update import NothingAggregatedError
 from strategies.privacy import (
     DP_CLIPPINGS,
     DP_MODES,
-    dp_sgd_schedule,
-    epsilon,
     privatize_update,
-    sample_epsilon,
     update_noise_multiplier,
 )
 from tests.fakes import updates_of

@@ -137,6 +137,7 @@ PARTS: dict[str, Part] = {
         "differential privacy: central, local and DP-SGD, with their ε accountants",
         (
             "strategies/privacy.py",
+            "strategies/accounting.py",
             "fl_app/parts/privacy.py",
             "fl_app/parts/private_client.py",
             "tests/test_privacy.py",

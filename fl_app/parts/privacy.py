@@ -105,7 +105,7 @@ def dp_sgd_train(
     """The task's training with Opacus's DP-SGD steps: every example's gradient clipped to
     ``dp-clipping-norm``, ``N(0, (z·C)²)`` added to their sum, batches Poisson-sampled
     (each example with probability ``batch-size / n``; the same number of batches per
-    epoch, :func:`strategies.privacy.dp_sgd_schedule`). ``model`` is trained in place."""
+    epoch, :func:`strategies.accounting.dp_sgd_schedule`). ``model`` is trained in place."""
     knobs = {
         "epochs": cfg.local_epochs,
         "batch_size": cfg.batch_size,

@@ -9,7 +9,8 @@ from flwr.client import NumPyClient
 
 from fl_app.kit.seeds import rng_for
 from fl_app.task import Weights
-from strategies.privacy import DP_SGD_METRICS, dp_sgd_schedule, privatize_update
+from strategies.accounting import DP_SGD_METRICS, dp_sgd_schedule
+from strategies.privacy import privatize_update
 
 
 class PrivateClient(NumPyClient):
