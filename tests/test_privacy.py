@@ -30,8 +30,10 @@ from fl_app.kit.seeds import rng_for
 from fl_app.parts.privacy import DpKeys
 from strategies import aggregate
 from strategies.accounting import dp_sgd_schedule, epsilon, sample_epsilon
+from strategies.core.codec import decode_tensors
+from strategies.core.rule import Rule
 from strategies.core.state import StrategyState
-from strategies.core.update import NothingAggregatedError
+from strategies.core.update import Coefficients, NothingAggregatedError
 from strategies.privacy import (
     DP_CLIPPINGS,
     DP_MODES,
@@ -426,3 +428,20 @@ def test_local_dp_clips_a_1e30_update_to_the_clipping_norm() -> None:
         warnings.simplefilter("error", RuntimeWarning)
         sent = privatize_update(start, attack, 0.5, 0.0, np.random.default_rng(0))
     assert aggregate.distance(sent, start) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_central_dp_is_refused_for_a_rule_that_combines_updates_its_own_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Median(Rule):
+        def coefficients(self, server_round: int, updates: list[Any]) -> Coefficients:
+            return Coefficients(np.full(len(updates), 1 / len(updates)))
+
+        def combine(self, folded: Any, global_share: float, template: Any) -> list[Any]:
+            return [np.median([decode_tensors(u.tensors)[0] for u, _ in folded], axis=0)]
+
+    monkeypatch.setitem(strategies.CHOICES, "median", Median)
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"strategy": "median", "dp": "central"})
+    assert "combines the updates its own way" in assert_one_line_error(info.value, "dp", "central")
+    assert RunConfig.from_mapping({"strategy": "median", "dp": "local"}).dp == "local"

@@ -34,7 +34,7 @@ class CoreKeys:
     """The core's keys (an optional part's are in its own files: see :class:`RunConfig`)."""
 
     # Strategy and rounds
-    strategy: str = option("aggregation strategy", choices=tuple(strategies.CHOICES))
+    strategy: str = option("aggregation strategy", choices=Names(strategies.CHOICES))
     num_server_rounds: int = option("number of federated rounds", at_least=1)
     fraction_fit: float = option("fraction of clients sampled to train a round", above=0, at_most=1)
     fraction_evaluate: float = option(

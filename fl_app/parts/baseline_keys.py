@@ -8,10 +8,7 @@ registration (docs/template.md).
 
 from __future__ import annotations
 
-from typing import Any
-
-from fl_app.kit.keys import fail, keys, option
-from strategies.flower_robust import BASELINES
+from fl_app.kit.keys import keys, option
 
 
 @keys
@@ -29,13 +26,3 @@ class BaselineKeys:
         at_least=0,
         below=0.5,
     )
-
-    def check(self) -> None:
-        super().check()  # type: ignore[misc]
-        cfg: Any = self  # the whole RunConfig
-        if cfg.strategy in BASELINES and cfg.dp == "central":  # part: dp
-            fail("dp", cfg.dp, f"none or local with {cfg.strategy!r}: {NO_CENTRAL_DP}")  # part: dp
-
-
-# Why central DP does not apply to them.  # part: dp
-NO_CENTRAL_DP = "Flower's robust aggregators combine the updates their own way; central DP needs the weighted sum of clipped updates"  # part: dp

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+import strategies
 from fl_app.kit.data import task_of
 from fl_app.kit.keys import fail, keys, option
 from fl_app.task import ArrayDataset, loss_function, train
+from strategies.core.rule import Rule
 from strategies.privacy import (
     DP_CLIPPINGS,
     DP_MODES,
@@ -97,6 +99,14 @@ class DpKeys:
                     f"(m/20 = {stddev:g} for the {sampled} clients a round samples), or set "
                     "dp-clipped-count-stddev",
                 )
+        if cfg.dp == "central" and strategies.rule_type(cfg.strategy).combine is not Rule.combine:
+            fail("dp", cfg.dp, f"none or local with strategy {cfg.strategy!r}: {NOT_A_SUM}")
+
+
+# A rule that combines updates its own way (it overrides Rule.combine), like a median.
+NOT_A_SUM = (
+    "it combines the updates its own way, and central DP needs the weighted sum of clipped updates"
+)
 
 
 def dp_sgd_train(
