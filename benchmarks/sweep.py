@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fl_app.engine.inprocess import BACKENDS
+from fl_app.engine.inprocess import backends
 from tests.processes import isolated_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--backends",
         nargs="+",
-        choices=BACKENDS,
-        default=list(BACKENDS),
+        choices=list(backends()),
+        default=list(backends()),
         help="--backend",
     )
     options = parser.parse_args(argv)

@@ -14,13 +14,17 @@ and the SuperNode is unchanged. Run it beside a SuperNode started with
     python scripts/warm_superexec.py --runtime-api-address 127.0.0.1:9094 --insecure \\
         --parent-pid <the SuperNode's PID>
 
-The warm parent (the *zygote*) is forked from this process before it imports anything
-heavy or starts a thread; it imports the app's ClientApp module (``--app``, by default the
+The warm parent (the *zygote*) is forked from this process before it imports the app or
+starts a thread; it imports the app's ClientApp module (``--app``, by default the
 ``clientapp`` of ``pyproject.toml``) and then forgets the app's own modules, keeping every
 library they imported: each task imports the app fresh from the FAB the SuperNode
 installs (so a resubmitted app runs its new code), on top of a warm Flower and torch.
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's setting: how often SuperExec asks for a
 task, 1 s by default) is 0.05 s here unless set.
+
+Its patches of Flower are :mod:`fl_app.engine.warm`, checked first: where the installed Flower
+is not the one they were tested on, this is Flower's plain ``flower-superexec`` (a fresh
+``flwr-clientapp`` process per message, Flower's retry timing), after one warning line.
 """
 
 from __future__ import annotations
@@ -35,11 +39,10 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+
+from fl_app.engine import warm
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTAPP_COMMAND = "flwr-clientapp"
 POLL_INTERVAL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
@@ -56,18 +59,10 @@ PRELOAD = ("torch._dynamo",)
 
 # A warm ClientApp asks for its message a few ms after the SuperNode announces the task,
 # before the SuperNode has pulled the message's content from the SuperLink. Flower's first
-# retry of an unavailable object then waits 1 s (PULL_INITIAL_BACKOFF,
-# flwr/supercore/constant.py line 48), sized for a process that took seconds to start;
-# here the first retry waits 50 ms, doubling from there as Flower's does (to its 10 s cap).
+# retry of an unavailable object then waits 1 s (PULL_INITIAL_BACKOFF, the default
+# initial_backoff of pull_objects), sized for a process that took seconds to start; here
+# the first retry waits 50 ms, doubling from there as Flower's does (to its 10 s cap).
 FIRST_RETRY = 0.05
-
-
-def _retry_sooner() -> None:
-    from flwr.supercore.inflatable import inflatable_utils
-
-    for pull in (inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects):
-        assert pull.__kwdefaults__ is not None
-        pull.__kwdefaults__["initial_backoff"] = FIRST_RETRY
 
 
 def warm_up(app_module: str, project: Path, preload: Sequence[str] = PRELOAD) -> list[str]:
@@ -79,7 +74,6 @@ def warm_up(app_module: str, project: Path, preload: Sequence[str] = PRELOAD) ->
     importlib.import_module(app_module)
     sys.path.remove(str(project))
     importlib.import_module("flwr.supernode.cli.flwr_clientapp")
-    _retry_sooner()
     for name in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -106,7 +100,7 @@ def _run_clientapp(arguments: list[str], quiet: bool) -> None:  # pragma: no cov
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-        sys.argv = [CLIENTAPP_COMMAND, *arguments]
+        sys.argv = [warm.CLIENTAPP_COMMAND, *arguments]
         from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
         flwr_clientapp()
@@ -121,10 +115,10 @@ def _run_clientapp(arguments: list[str], quiet: bool) -> None:  # pragma: no cov
 
 def serve(requests: int, app_module: str, project: Path) -> None:  # pragma: no cover
     """The zygote: warm up, then fork one ClientApp process per request line (JSON:
-    the arguments and whether to silence it); exits when the pipe closes."""
+    the arguments and whether to silence it), retrying sooner; exits when the pipe closes."""
     warm_up(app_module, project)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished tasks
-    with os.fdopen(requests, "r") as lines:
+    with warm.retry_sooner(FIRST_RETRY), os.fdopen(requests, "r") as lines:
         for line in lines:
             request = json.loads(line)
             if os.fork() == 0:
@@ -132,45 +126,25 @@ def serve(requests: int, app_module: str, project: Path) -> None:  # pragma: no 
     os._exit(0)
 
 
-class WarmPopen:
-    """What Flower's subprocess executor sees as ``subprocess``: ``Popen`` of a
-    ``flwr-clientapp`` command writes it to the zygote; any other command is a real
-    subprocess."""
-
-    def __init__(self, requests: Any, real: Any) -> None:
-        self._requests, self._real = requests, real
-        self.DEVNULL = real.DEVNULL
-
-    def Popen(self, args: list[str], stdout: Any = None, stderr: Any = None) -> Any:  # noqa: N802
-        if args[0] != CLIENTAPP_COMMAND:
-            return self._real.Popen(args, stdout=stdout, stderr=stderr)
-        quiet = stdout is self._real.DEVNULL
-        self._requests.write(json.dumps({"arguments": args[1:], "quiet": quiet}) + "\n")
-        self._requests.flush()
-        return SimpleNamespace(args=args)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--app", default=None)
     ours, flowers = parser.parse_known_args(argv)
     app_module = ours.app or default_app()
+    sys.argv = ["flower-superexec", *flowers]
+    from flwr.supercore.cli.flower_superexec import flower_superexec
+
+    if not warm.fits():  # Flower's own SuperExec, as flower-superexec runs it
+        flower_superexec()
+        return
     read_end, write_end = os.pipe()
     if os.fork() == 0:  # pragma: no cover - the zygote
         os.close(write_end)
         serve(read_end, app_module, ROOT)
     os.close(read_end)
     os.environ.setdefault(POLL_INTERVAL, "0.05")
-
-    import subprocess
-
-    from flwr.supercore.cli.flower_superexec import flower_superexec
-    from flwr.supercore.superexec.executor import subprocess_executor
-
-    # The one line of Flower's that starts a task process (subprocess_executor.py, launch).
-    subprocess_executor.subprocess = WarmPopen(os.fdopen(write_end, "w"), subprocess)  # type: ignore[assignment,attr-defined]
-    sys.argv = ["flower-superexec", *flowers]
-    flower_superexec()
+    with os.fdopen(write_end, "w") as requests, warm.tasks_through(requests):
+        flower_superexec()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
@@ -51,6 +52,32 @@ def test_an_object_that_moved_is_found(touch: engine.Touch, why: str) -> None:
     problem = touch.problem()
     assert problem is not None
     assert why in problem
+
+
+def test_a_module_applied_by_its_own_caller_is_checked_apart_from_the_simulation(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A module with ``SIMULATION = False`` (a patch of a process that is no simulation) is not
+    the simulation's: its patch is not applied, and a change in what it touches leaves the
+    simulation's patches in place; its caller checks it alone."""
+    moved = engine.Touch(f"{vce_api.__name__}", "start_vce", source="a line it lacks")
+
+    def patch(**_: object) -> None:
+        raise AssertionError("a simulation applied another process's patch")
+
+    other = types.SimpleNamespace(SIMULATION=False, TOUCHES=[moved], PATCH=patch)
+    found = engine.modules()
+    monkeypatch.setattr(engine, "modules", lambda: [*found, other])
+    assert other not in engine.simulation()
+    assert engine.problem() is None
+    with caplog.at_level(logging.WARNING, logger="flwr.engine"), engine.engine() as patched:
+        assert patched
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert caplog.records == []
+    problem = engine.problem(modules=[other])
+    assert problem is not None
+    assert "no longer has 'a line it lacks'" in problem
+    assert engine.problem(modules=[loopback]) is None
 
 
 def test_the_loopback_patch_takes_effect_and_is_undone() -> None:

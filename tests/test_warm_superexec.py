@@ -1,21 +1,42 @@
-"""The warm SuperExec's pieces: what its parent keeps imported, and how tasks reach it.
+"""The warm SuperExec: what its parent keeps imported, how tasks reach it, its patches of Flower
+(fl_app/engine/warm.py: checked alone, each takes effect and is undone), and Flower's plain
+SuperExec where they do not fit.
 
 End to end it runs in every deployment test (``scripts/local_deployment.py`` starts it
-beside each SuperNode wherever a process can fork).
+beside each SuperNode wherever a process can fork); the slow tests here watch which process
+starts each ClientApp.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from flwr.supercore.constant import PULL_INITIAL_BACKOFF, TaskType
+from flwr.supercore.inflatable import inflatable_utils
+from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+from flwr.supercore.superexec.executor import subprocess_executor
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+from fl_app import engine
+from fl_app.engine import warm
+from scripts import local_deployment as ld
 from scripts import warm_superexec
-from tests.processes import ROOT
+from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
 
 # In a fresh interpreter (warm_up changes sys.modules): warm up, then load the ClientApp
 # the way Flower's flwr-clientapp does, from an installed FAB that differs from the project.
@@ -29,13 +50,15 @@ from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.object_ref import load_app
 app = load_app("fl_app.client_app:app", ImportError, Path(sys.argv[1]))
 module = sys.modules["fl_app.client_app"]
+with w.warm.retry_sooner(w.FIRST_RETRY):  # as the warm parent serves its tasks
+    first_retry = inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"]
 print(json.dumps({
     "dropped": dropped,
     "kept": [m for m in ("torch", "torch._dynamo", "flwr.supernode.cli.flwr_clientapp")
              if m in sys.modules],
     "loaded_from": module.__file__,
     "marker": getattr(module, "FAB_MARKER", None),
-    "first_retry": inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"],
+    "first_retry": first_retry,
 }))
 """
 
@@ -76,7 +99,7 @@ class RealSubprocess:
 
 def test_clientapp_commands_go_to_the_warm_parent_and_others_start_as_before() -> None:
     requests, real = io.StringIO(), RealSubprocess()
-    popen = warm_superexec.WarmPopen(requests, real)
+    popen = warm.WarmPopen(requests, real)
     task = ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:9094", "--token", "t"]
     popen.Popen(task, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     popen.Popen([*task, "--insecure"])
@@ -87,3 +110,251 @@ def test_clientapp_commands_go_to_the_warm_parent_and_others_start_as_before() -
         {"arguments": [*task[1:], "--insecure"], "quiet": False},
     ]
     assert real.started == [["flwr-serverapp", "--token", "t"]]
+
+
+# ---- the patches: fl_app/engine/warm.py --------------------------------------------------
+
+
+def test_the_warm_patches_fit_the_installed_flower_and_are_no_simulations() -> None:
+    assert all(touch.problem() is None for touch in warm.TOUCHES)
+    assert warm.fits()
+    assert warm in engine.modules()
+    assert warm not in engine.simulation()  # engine.engine() neither checks nor applies them
+
+
+def clientapp_task(suppress_output: bool) -> ExecutionSpec:
+    return ExecutionSpec(
+        task_type=TaskType.CLIENT_APP,
+        runtime_api_address="127.0.0.1:9094",
+        token="a-token",
+        insecure=True,
+        root_certificates_path=None,
+        runtime_dependency_install=False,
+        parent_pid=None,
+        suppress_output=suppress_output,
+        task_id=1,
+    )
+
+
+def test_flowers_executor_hands_its_clientapp_tasks_to_the_warm_parent_inside_the_block() -> None:
+    """Flower's own ``SubprocessExecutor.launch`` (as flower-superexec calls it): each
+    ``flwr-clientapp`` it would start is a request line instead."""
+    requests = io.StringIO()
+    with warm.tasks_through(requests):
+        SubprocessExecutor().launch(clientapp_task(suppress_output=True))
+        SubprocessExecutor().launch(clientapp_task(suppress_output=False))
+    assert subprocess_executor.subprocess is subprocess
+    sent = [json.loads(line) for line in requests.getvalue().splitlines()]
+    arguments = ["--runtime-api-address", "127.0.0.1:9094", "--token", "a-token", "--insecure"]
+    assert sent == [
+        {"arguments": arguments, "quiet": True},
+        {"arguments": arguments, "quiet": False},
+    ]
+
+
+def pull_after_one_miss() -> float:
+    """Seconds Flower's ``pull_objects`` takes for an object that is not there at first."""
+    missed: list[str] = []
+
+    def pull(object_id: str) -> bytes:
+        if not missed:
+            missed.append(object_id)
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    start = time.monotonic()
+    assert inflatable_utils.pull_objects(["an-object"], pull) == {"an-object": b"content"}
+    return time.monotonic() - start
+
+
+def test_a_warm_clientapp_retries_a_missing_object_sooner_inside_the_block() -> None:
+    pulls = (inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects)
+    with warm.retry_sooner(0.05):
+        assert [pull.__kwdefaults__["initial_backoff"] for pull in pulls] == [0.05, 0.05]
+        assert pull_after_one_miss() < 0.5  # Flower's first retry waits 1 s ± 20 %
+    assert [pull.__kwdefaults__["initial_backoff"] for pull in pulls] == [PULL_INITIAL_BACKOFF] * 2
+
+
+class FlowersSuperExec:
+    """flower-superexec, as the script calls it: what it saw when it started."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self) -> None:
+        self.seen = {
+            "argv": list(sys.argv),
+            "subprocess": subprocess_executor.subprocess,
+            "poll_interval": os.environ.get(warm_superexec.POLL_INTERVAL),
+        }
+        # A task: in the warm SuperExec, a request line to the warm parent.
+        SubprocessExecutor().launch(clientapp_task(suppress_output=True))
+
+
+@pytest.fixture
+def superexec(monkeypatch: pytest.MonkeyPatch) -> FlowersSuperExec:
+    started = FlowersSuperExec()
+    cli = importlib.import_module("flwr.supercore.cli.flower_superexec")  # the package's
+    monkeypatch.setattr(cli, "flower_superexec", started)  # name is the function's
+    monkeypatch.delenv(warm_superexec.POLL_INTERVAL, raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    return started
+
+
+ARGUMENTS = ["--runtime-api-address", "127.0.0.1:9094", "--insecure", "--parent-pid", "1"]
+
+
+def test_the_warm_superexec_forks_its_parent_and_sends_it_flowers_tasks(
+    superexec: FlowersSuperExec, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``main`` on the tested Flower, up to the fork (the warm parent is not started here):
+    Flower's flower-superexec runs with the patch in place, and it is undone after."""
+    pipes: list[int] = []
+    real_pipe = os.pipe
+
+    def pipe() -> tuple[int, int]:
+        read_end, write_end = real_pipe()
+        pipes.append(os.dup(read_end))  # the warm parent's end, read here
+        return read_end, write_end
+
+    monkeypatch.setattr(os, "pipe", pipe)
+    monkeypatch.setattr(os, "fork", lambda: 4321)  # this is the SuperExec, not the fork
+    with caplog.at_level(logging.WARNING, logger="flwr.engine"):
+        warm_superexec.main([*ARGUMENTS, "--app", "fl_app.client_app"])
+    assert caplog.records == []
+    assert superexec.seen["argv"] == ["flower-superexec", *ARGUMENTS]
+    assert isinstance(superexec.seen["subprocess"], warm.WarmPopen)
+    assert superexec.seen["poll_interval"] == "0.05"
+    assert subprocess_executor.subprocess is subprocess
+    with os.fdopen(pipes[0]) as requests:
+        assert json.loads(requests.readline())["quiet"] is True
+
+
+@pytest.mark.parametrize("change", ["untested flower", "moved object"])
+def test_where_the_patches_do_not_fit_it_is_flowers_plain_superexec_after_one_warning(
+    change: str,
+    superexec: FlowersSuperExec,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if change == "untested flower":
+        monkeypatch.setitem(engine.TESTED, "flwr", "0.0.1")
+    else:  # a Flower whose executor no longer starts tasks as the patch expects
+        launch = ("self", "spec", "env")
+        moved = engine.Touch(
+            f"{warm.EXECUTOR}.subprocess_executor", "SubprocessExecutor.launch", launch
+        )
+        monkeypatch.setattr(warm, "TOUCHES", [*warm.TOUCHES, moved])
+    popen = RealSubprocess()
+    monkeypatch.setattr(subprocess_executor, "subprocess", popen)
+
+    def no_fork() -> int:
+        raise AssertionError("Flower's plain SuperExec forks no warm parent")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    with caplog.at_level(logging.WARNING, logger="flwr.engine"):
+        warm_superexec.main(ARGUMENTS)
+    (record,) = caplog.records
+    assert record.message.startswith("running Flower's plain SuperExec (a fresh flwr-clientapp")
+    assert superexec.seen["argv"] == ["flower-superexec", *ARGUMENTS]
+    assert superexec.seen["subprocess"] is popen  # Flower's own: the task is a new process
+    assert popen.started[0][0] == "flwr-clientapp"
+    assert superexec.seen["poll_interval"] is None  # Flower's own timing
+    if change == "moved object":  # the simulation's patches do not depend on these
+        assert engine.problem() is None
+        with engine.engine() as patched:
+            assert patched
+
+
+# ---- end to end: a SuperLink and SuperNodes on loopback -----------------------------------
+
+ONE_ROUND = "num-server-rounds=1 fraction-evaluate=0.0 min-evaluate-clients=0"
+# The warm SuperExec on a Flower the seam was not tested on: the script, run after this.
+UNTESTED = """
+import runpy, sys
+from fl_app import engine
+engine.TESTED["flwr"] = "0.0.1"
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def children(parents: list[int]) -> dict[int, tuple[int, str]]:
+    """``{pid: (parent, command line)}`` of the live children of ``parents``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and stat[0] != "Z" and int(stat[1]) in parents:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(entry.name)] = (int(stat[1]), cmdline.strip())
+        except (OSError, IndexError):  # gone, or no process
+            continue
+    return found
+
+
+@contextmanager
+def watching_children(parents: list[int]) -> Iterator[dict[int, tuple[int, str]]]:
+    """Every child ``parents`` have at any time during the ``with`` block."""
+    seen: dict[int, tuple[int, str]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            seen.update(children(parents))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flower", ["tested", "untested"])
+def test_each_clientapp_is_a_fork_of_the_warm_parent_and_on_another_flower_a_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower: str
+) -> None:
+    """A deployment of two SuperNodes, each beside the script, trains a round. On the tested
+    Flower each SuperExec has one child, the warm parent, and no ClientApp process starts
+    ``flwr-clientapp``; on another, Flower's plain SuperExec starts them, after one warning."""
+    if flower == "untested":
+        wrapper = tmp_path / "scripts"
+        wrapper.mkdir()
+        script = str(warm_superexec.__file__)
+        (wrapper / "warm_superexec.py").write_text(UNTESTED.format(script=script))
+        monkeypatch.setattr(ld, "SCRIPTS", wrapper)
+    directory = tmp_path / "deployment"
+    with isolated_env() as env:
+        deployment = ld.up(directory, 2, env=env, isolation="warm")
+        try:
+            superexecs = deployment.superexec_pids
+            with watching_children(superexecs) as seen:
+                run_id = ld.submit(deployment, ROOT, f"run-name='{flower}' {ONE_ROUND}", env=env)
+                status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)
+            ours = {pid: command_line(pid) for pid in superexecs}
+        finally:
+            ld.down(directory)
+        assert leftovers(env[TAG_VARIABLE]) == []
+    assert status == "finished:completed"
+    rounds = read_history(directory / "outputs" / flower)["rounds"]
+    assert [r["accepted"] for r in rounds[1:]] == [2]
+    parents = [parent for parent, cmdline in seen.values() if cmdline == ours[parent]]
+    # flwr-clientapp started as a new process (a fork of the warm parent keeps its command line)
+    started = [parent for parent, cmdline in seen.values() if "bin/flwr-clientapp" in cmdline]
+    logs = [(directory / "logs" / f"supernode_{i}-superexec.log").read_text() for i in range(2)]
+    warnings = [log.count("running Flower's plain SuperExec") for log in logs]
+    if flower == "tested":
+        assert sorted(parents) == sorted(superexecs)  # one warm parent each
+        assert started == []  # every ClientApp was a fork of the warm parent
+        assert warnings == [0, 0]
+    else:
+        assert parents == []
+        assert set(started) == set(superexecs)  # each SuperExec started its ClientApps
+        assert warnings == [1, 1]

@@ -51,13 +51,22 @@ def modules() -> list[ModuleType]:
     return [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]
 
 
-def problem() -> str | None:
-    """Why the patches cannot be applied to the installed Flower and Ray (None: they can)."""
+def simulation() -> list[ModuleType]:
+    """The modules :func:`engine` applies: all but those with ``SIMULATION = False``, which a
+    caller of their own applies, checking them alone (``problem(modules=...)``)."""
+    return [module for module in modules() if getattr(module, "SIMULATION", True)]
+
+
+def problem(modules: list[ModuleType] | None = None) -> str | None:
+    """Why the patches of ``modules`` (a simulation's by default) cannot be applied to the
+    installed Flower and Ray, of those they touch (None: they can)."""
+    checked = simulation() if modules is None else modules
+    touches = [touch for module in checked for touch in getattr(module, "TOUCHES", ())]
+    touched = {touch.module.partition(".")[0] for touch in touches}
     for package, version in TESTED.items():
-        installed = importlib.import_module(package).__version__
+        installed = importlib.import_module(package).__version__ if package in touched else version
         if installed != version:
             return f"{package} {installed} is installed, the engine seam was tested on {version}"
-    touches = [touch for module in modules() for touch in getattr(module, "TOUCHES", ())]
     return next((p for touch in touches if (p := touch.problem()) is not None), None)
 
 
@@ -70,7 +79,7 @@ def engine(*, joins_ray: bool = False, pollers: int = 1) -> Iterator[bool]:
         yield False
         return
     with contextlib.ExitStack() as stack:
-        for module in modules():
+        for module in simulation():
             if hasattr(module, "PATCH"):
                 stack.enter_context(module.PATCH(joins_ray=joins_ray, pollers=pollers))
         yield True

@@ -100,8 +100,18 @@ def in_process_clients() -> Iterator[None]:
         raybackend.RayBackend = ray_backend  # type: ignore[misc]
 
 
+BACKEND = in_process_clients  # this module's backend: the clients in this process
 RAY = "ray"  # Flower's own backend: its Ray actors
-BACKENDS = (RAY, "inprocess")  # where the clients can run
+
+
+def backends() -> dict[str, Callable[[], AbstractContextManager[None]] | None]:
+    """Where the clients can run: Flower's Ray actors, and the ``BACKEND`` of each module of
+    :mod:`fl_app.engine` by its name (adding a backend is adding such a module)."""
+    found: dict[str, Callable[[], AbstractContextManager[None]] | None] = {RAY: None}
+    for module in engine.modules():
+        if hasattr(module, "BACKEND"):
+            found[module.__name__.rpartition(".")[2]] = module.BACKEND
+    return found
 
 
 @contextmanager
@@ -109,6 +119,6 @@ def on_backend(patches: AbstractContextManager[bool], backend: str) -> Iterator[
     """The engine's ``patches`` (:func:`fl_app.engine.engine`), with the clients on ``backend``
     where they are in place."""
     with patches as patched, ExitStack() as stack:
-        if patched and backend != RAY:
-            stack.enter_context(in_process_clients())
+        if patched and (put_in_place := backends()[backend]) is not None:
+            stack.enter_context(put_in_place())
         yield patched

@@ -23,7 +23,7 @@ class PolledGrid(Grid):
     """``grid`` whose ``send_and_receive`` looks for the replies every ``interval`` s.
 
     Flower's grids wait between looks 0.1 s in memory (``InMemoryGrid.pull_interval``) and
-    3 s over HTTP (``flwr/superlink/grid/http_grid.py``, line 412, no setting): a round
+    3 s over HTTP (``HttpGrid.send_and_receive``'s ``time.sleep(3)``, no setting): a round
     of a deployment waits about 3 s for replies that came in 1 s, twice. Both API halves
     reach the grid through ``send_and_receive`` (the legacy half through Flower's
     ``GridClientProxy``, one call per client), so this is where both wait less.

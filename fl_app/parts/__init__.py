@@ -120,6 +120,7 @@ PARTS: dict[str, Part] = {
             "secagg-clipping-range",
         ),
         words=("legacy", "SecAgg", "SecAgg+", "secure aggregation", "flwr.server.strategy"),
+        requires=("client-wrappers",),
     ),
     "faults": Part(
         "fault injection: clients that fail, straggle, poison their update or lie",
@@ -132,6 +133,7 @@ PARTS: dict[str, Part] = {
         module="fl_app.parts.faults",
         keys=("fault-kind", "fault-fraction", "fault-scale", "straggle-seconds"),
         words=("fault", "faults", "poison", "poisoned", "straggle", "straggler", "faulty"),
+        requires=("client-wrappers",),
     ),
     "dp": Part(
         "differential privacy: central, local and DP-SGD, with their ε accountants",
@@ -154,6 +156,7 @@ PARTS: dict[str, Part] = {
             "dp-clipped-count-stddev",
         ),
         words=("dp", "DP", "privacy", "DP-SGD", "Opacus", "epsilon", "ε", "accountant"),
+        requires=("client-wrappers",),
     ),
     "server-optimizer": Part(
         "the server's optimizer step on the aggregate (FedAvgM: learning rate η, momentum β)",
@@ -236,8 +239,17 @@ PARTS: dict[str, Part] = {
         "it; the Ray nodes the clients trained on, in the records and the summary",
         ("fl_app/parts/ray_cluster.py", "fl_app/parts/ray_nodes.py", "tests/test_ray_cluster.py"),
         module="fl_app.parts.ray_cluster",
-        requires=("cli-extensions",),
+        requires=(
+            "client-wrappers",
+            "cli-extensions",
+        ),
         words=("ray_cluster", "ray-cluster", "ray_node", "ray_nodes", "Ray nodes"),
+    ),
+    "client-wrappers": Part(
+        "the base of the optional parts' clients that wrap the app's NumPyClient",
+        ("fl_app/parts/wrapped_client.py",),
+        module="fl_app.parts.wrapped_client",
+        words=("WrappedClient", "client-wrappers"),
     ),
     "cli-extensions": Part(
         "the hooks through which optional parts add flags and runs to run_simulation.py",
@@ -256,6 +268,7 @@ PARTS: dict[str, Part] = {
         "the warm SuperExec)",
         (
             "scripts",
+            "fl_app/engine/warm.py",
             "tests/test_deployment.py",
             "tests/test_netns_deployment.py",
             "tests/test_warm_superexec.py",

@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Any
 
-from fl_app.engine.inprocess import BACKENDS, RAY
+from fl_app.engine.inprocess import RAY, backends
 from fl_app.kit.extensions import Extension
 from fl_app.kit.keys import ConfigError
 from fl_app.kit.simulation import Simulation
@@ -37,7 +37,7 @@ class BackendFlags(Extension):
         )
         group.add_argument(
             "--backend",
-            choices=(AUTO, *BACKENDS),
+            choices=(AUTO, *backends()),
             default=AUTO,
             help="where Flower's engine runs the clients: Ray actors, in parallel; or this "
             "process, one at a time (no Ray to start: for light workloads and debugging); "

@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays
 
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import train_as_configured
 from fl_app.parts.faults import BEFORE_TRAINING, LIE_SHARDS, is_faulty, little_is_enough, poison
+from fl_app.parts.wrapped_client import Config, FitAnswer, WrappedClient
 from fl_app.task import get_weights, set_weights
 
 
-class FaultyClient(NumPyClient):
+class FaultyClient(WrappedClient):
     """An honest client made to misbehave on purpose (``fault-kind``, see :mod:`fl_app.parts.faults`).
 
     ``raise`` and ``straggle`` act before the wrapped client trains; the poisonings change
@@ -23,16 +24,11 @@ class FaultyClient(NumPyClient):
     """
 
     def __init__(self, client: NumPyClient, honest: Any, kind: str) -> None:
-        self.client = client  # what the honest client sends
+        super().__init__(client)  # what the honest client sends
         self.honest = honest  # and the client itself
         self.kind = kind
 
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return self.client.get_parameters(config)
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    def fit(self, parameters: NDArrays, config: Config) -> FitAnswer:
         cfg = self.honest.cfg
         if self.kind == "raise":
             raise RuntimeError(f"injected fault: client {self.honest.partition_id} fails in fit")
@@ -45,7 +41,7 @@ class FaultyClient(NumPyClient):
             return self.little_is_enough(parameters, config), num_examples, metrics
         return poison(self.kind, parameters, trained, num_examples, metrics, cfg.fault_scale)
 
-    def little_is_enough(self, parameters: NDArrays, config: dict[str, Scalar]) -> NDArrays:
+    def little_is_enough(self, parameters: NDArrays, config: Config) -> NDArrays:
         """Train on each of ``LIE_SHARDS`` disjoint shards of the client's data (seeded as the
         client's training, plus the shard's number), then send
         :func:`fl_app.parts.faults.little_is_enough` of the shard models."""
@@ -60,11 +56,6 @@ class FaultyClient(NumPyClient):
             train_as_configured(cfg, client.model, shard, device=client.device, seed=seed)
             shard_models.append(get_weights(client.model))
         return little_is_enough(parameters, shard_models, cfg.fault_scale)
-
-    def evaluate(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, int, dict[str, Scalar]]:
-        return self.client.evaluate(parameters, config)
 
 
 def faulty(cfg: Any, client: NumPyClient, honest: Any, num_partitions: int) -> NumPyClient:

@@ -8,24 +8,21 @@ from typing import Any
 from flwr.client import NumPyClient
 
 from fl_app.kit.seeds import rng_for
+from fl_app.parts.wrapped_client import Config, FitAnswer, WrappedClient
 from fl_app.task import Weights
 from strategies.accounting import DP_SGD_METRICS, dp_sgd_schedule
 from strategies.privacy import privatize_update
 
 
-class PrivateClient(NumPyClient):
+class PrivateClient(WrappedClient):
     """A client under local DP (it clips and noises its own update: the server never sees
     it) or DP-SGD (it reports its schedule, which the server accounts)."""
 
     def __init__(self, client: Any, cfg: Any, partition_id: int) -> None:
-        self.client, self.cfg, self.partition_id = client, cfg, partition_id
+        super().__init__(client)
+        self.cfg, self.partition_id = cfg, partition_id
 
-    def get_parameters(self, config: dict[str, Any]) -> Weights:
-        return list(self.client.get_parameters(config))
-
-    def fit(
-        self, parameters: Weights, config: dict[str, Any]
-    ) -> tuple[Weights, int, dict[str, Any]]:
+    def fit(self, parameters: Weights, config: Config) -> FitAnswer:
         trained, num_examples, metrics = self.client.fit(parameters, config)
         cfg = self.cfg
         if cfg.dp == "local":
@@ -35,16 +32,9 @@ class PrivateClient(NumPyClient):
                 parameters, trained, cfg.dp_clipping_norm, cfg.dp_noise_multiplier, rng
             )
         else:
-            examples = len(self.client.data.train)
-            schedule = dp_sgd_schedule(examples, cfg.batch_size, cfg.local_epochs)
+            schedule = dp_sgd_schedule(num_examples, cfg.batch_size, cfg.local_epochs)
             metrics = metrics | dict(zip(DP_SGD_METRICS, schedule, strict=True))
         return trained, num_examples, metrics
-
-    def evaluate(
-        self, parameters: Weights, config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
-        loss, num_examples, metrics = self.client.evaluate(parameters, config)
-        return loss, num_examples, metrics
 
 
 def private(cfg: Any, client: Any, partition_id: int) -> NumPyClient:

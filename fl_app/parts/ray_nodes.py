@@ -8,33 +8,25 @@ from __future__ import annotations
 import sys
 
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays
 
+from fl_app.parts.wrapped_client import Config, FitAnswer, WrappedClient
 from strategies.core.update import RoundResult
 
 # The fit metric naming the Ray node a client trained on.
 RAY_NODE = "ray_node"
 
 
-class RayNodeClient(NumPyClient):
+class RayNodeClient(WrappedClient):
     """``client``, whose fit reports the Ray node it trained on."""
 
     def __init__(self, client: NumPyClient, node: str) -> None:
-        self.client, self.node = client, node
+        super().__init__(client)
+        self.node = node
 
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return self.client.get_parameters(config)
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    def fit(self, parameters: NDArrays, config: Config) -> FitAnswer:
         trained, num_examples, metrics = self.client.fit(parameters, config)
         return trained, num_examples, metrics | {RAY_NODE: self.node}
-
-    def evaluate(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, int, dict[str, Scalar]]:
-        return self.client.evaluate(parameters, config)
 
 
 def on_ray_node(client: NumPyClient) -> NumPyClient:

@@ -20,6 +20,7 @@ from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
 
 import strategies
 from fl_app.kit.seeds import seed_for
+from fl_app.parts.wrapped_client import Config, FitAnswer, WrappedClient
 from strategies.sampling import PARTITION_KEY
 from strategies.secure import secure_weight
 
@@ -99,18 +100,14 @@ def answering_legacy(
     )
 
 
-class SecurelyWeighted(NumPyClient):
+class SecurelyWeighted(WrappedClient):
     """``client`` sending, as its example count, the weight SecAgg+ multiplies it by."""
 
     def __init__(self, client: NumPyClient, cfg: Any) -> None:
-        self.client, self.cfg = client, cfg
+        super().__init__(client)
+        self.cfg = cfg
 
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return self.client.get_parameters(config)
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    def fit(self, parameters: NDArrays, config: Config) -> FitAnswer:
         trained, num_examples, metrics = self.client.fit(parameters, config)
         return trained, self.secure_weight(trained, num_examples), metrics
 
