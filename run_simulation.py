@@ -28,7 +28,19 @@ from fl_app.kit import simulation as sim
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import PYPROJECT, ConfigError, key_of, pyproject_table
+from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
+from fl_app.parts.comparisons import ComparisonFlags  # part: comparisons
+from fl_app.parts.presets import PresetFlags  # part: presets
+from fl_app.parts.ray_cluster import ClusterFlags  # part: ray-cluster
 from strategies.core.update import NothingAggregatedError
+
+# What optional parts add to this command line, in the order their hooks run.
+EXTENSIONS: list[extensions.Extension] = [  # part: cli-extensions
+    PresetFlags(),  # part: presets
+    ComparisonFlags(),  # part: comparisons
+    ClusterFlags(),  # part: ray-cluster
+    BackendFlags(),  # part: fast-engine
+]  # part: cli-extensions
 
 
 def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -53,7 +65,7 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
         "(flags still win, e.g. --num-server-rounds to extend it)",
     )
-    extensions.add_flags(flags)  # part: cli-extensions
+    extensions.add_flags(EXTENSIONS, flags)  # part: cli-extensions
     app = parser.add_argument_group("run config (keys of [tool.flwr.app.config])")
     for f in dataclasses.fields(RunConfig):
         key, help_text, choices = key_of(f.name), f.metadata["help"], f.metadata.get("choices")
@@ -94,13 +106,13 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
         raise ConfigError(f"{PYPROJECT.name} [tool.flwr.app.config]: {err}") from None
     if resume is not None:
         defaults = sim.saved_run(resume)
-    defaults |= extensions.defaults(argv)  # part: cli-extensions
+    defaults |= extensions.defaults(EXTENSIONS, argv)  # part: cli-extensions
     args = build_parser(defaults).parse_args(argv)
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose, args.ray_address)
-    simulation = extensions.check(args, cfg, simulation)  # part: cli-extensions
+    simulation = extensions.check(EXTENSIONS, args, cfg, simulation)  # part: cli-extensions
     invocation = Invocation(cfg, simulation, resume)
-    invocation.runner = extensions.runner(args, cfg, simulation)  # part: cli-extensions
+    invocation.runner = extensions.runner(EXTENSIONS, args, cfg, simulation)  # part: cli-extensions
     return invocation
 
 
@@ -108,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
     try:
         invocation = parse(argv)
-        extensions.before(invocation.simulation)  # part: cli-extensions
+        extensions.before(EXTENSIONS, invocation.simulation)  # part: cli-extensions
         invocation.run()
     except (
         ConfigError,

@@ -1,5 +1,6 @@
 """The hooks through which optional parts add flags to ``run_simulation.py`` and what it runs
-instead of one run: each part's :class:`Extension`, called in the order of :func:`registered`."""
+instead of one run: each part's :class:`Extension`, called in the order ``run_simulation.py``
+lists them (its ``EXTENSIONS``)."""
 
 from __future__ import annotations
 
@@ -42,45 +43,40 @@ class Extension:
         return None
 
 
-def registered() -> list[Extension]:
-    """Every part's extension, in the order their hooks run (imported here: they import this)."""
-    from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
-    from fl_app.parts.comparisons import ComparisonFlags  # part: comparisons
-    from fl_app.parts.presets import PresetFlags  # part: presets
-    from fl_app.parts.ray_cluster import ClusterFlags  # part: ray-cluster
-
-    return [
-        PresetFlags(),  # part: presets
-        ComparisonFlags(),  # part: comparisons
-        ClusterFlags(),  # part: ray-cluster
-        BackendFlags(),  # part: fast-engine
-    ]
-
-
-def add_flags(group: argparse._ArgumentGroup) -> None:
-    for extension in registered():
+def add_flags(extensions: Sequence[Extension], group: argparse._ArgumentGroup) -> None:
+    for extension in extensions:
         extension.add_flags(group)
 
 
-def defaults(argv: Sequence[str] | None) -> dict[str, Any]:
+def defaults(extensions: Sequence[Extension], argv: Sequence[str] | None) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for extension in registered():
+    for extension in extensions:
         values |= extension.defaults(sys.argv[1:] if argv is None else argv)
     return values
 
 
-def check(args: argparse.Namespace, cfg: RunConfig, simulation: Simulation) -> Simulation:
-    for extension in registered():
+def check(
+    extensions: Sequence[Extension],
+    args: argparse.Namespace,
+    cfg: RunConfig,
+    simulation: Simulation,
+) -> Simulation:
+    for extension in extensions:
         simulation = extension.check(args, cfg, simulation)
     return simulation
 
 
-def before(simulation: Simulation) -> None:
-    for extension in registered():
+def before(extensions: Sequence[Extension], simulation: Simulation) -> None:
+    for extension in extensions:
         extension.before(simulation)
 
 
-def runner(args: argparse.Namespace, cfg: RunConfig, simulation: Simulation) -> Runner | None:
+def runner(
+    extensions: Sequence[Extension],
+    args: argparse.Namespace,
+    cfg: RunConfig,
+    simulation: Simulation,
+) -> Runner | None:
     """The first part's runner that is not None (None: one run)."""
-    runners = (extension.runner(args, cfg, simulation) for extension in registered())
+    runners = (extension.runner(args, cfg, simulation) for extension in extensions)
     return next((r for r in runners if r is not None), None)
