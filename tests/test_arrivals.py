@@ -9,13 +9,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
 import run_simulation
-from fl_app.engine import arrivals
+from fl_app.engine import arrivals, polled
 from fl_app.kit.simulation import run
 from tests.halves import API_FLAGS
 
@@ -84,3 +86,33 @@ def test_every_message_and_reply_of_a_run_is_counted_and_flowers_code_is_back_af
         vce_api.add_messages_to_queue,
         vce_api.Queue,
     ) == flowers
+
+
+class SlowGrid:
+    """A deployment's grid (no LinkState here): each message's reply is there from the
+    ``ready``-th pull on."""
+
+    def __init__(self, ready: int) -> None:
+        self.ready, self.pulls = ready, 0
+
+    def push_messages(self, messages: list[str]) -> list[str]:
+        return list(messages)
+
+    def pull_messages(self, ids: set[str]) -> list[Any]:
+        self.pulls += 1
+        if self.pulls < self.ready:
+            return []
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids]
+
+
+def test_the_polled_grid_looks_for_replies_every_interval_not_every_3_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(polled.time, "sleep", waits.append)
+    grid = SlowGrid(ready=4)
+    replies = polled.PolledGrid(grid, interval=0.05).send_and_receive(["a", "b"])
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert grid.pulls == 4  # pulled until every reply was in, then stopped
+    assert len(waits) == 3
+    assert all(0 <= wait <= 0.05 for wait in waits)  # Flower's HTTP grid sleeps 3 s here
