@@ -2,8 +2,8 @@
 
 A SuperNode runs each message's ClientApp in a fresh ``flwr-clientapp`` process (Flower's
 ``subprocess_executor.py``: ``subprocess.Popen(["flwr-clientapp", "--token", ...])``), which
-imports Flower, torch and the app's libraries again, about 3-4 s a message here before
-any training. This is Flower's own ``flower-superexec`` (its command line, its task loop,
+imports Flower, torch and the app's libraries again, seconds a message before any training
+(docs/performance.md). This is Flower's own ``flower-superexec`` (its command line, its task loop,
 its tokens) with one difference: each ``flwr-clientapp`` is a fork of a parent that has
 already imported all of that, and then runs Flower's ``flwr-clientapp`` entry point, so
 the protocol with the SuperNode (pull the task, heartbeats, push the reply) is Flower's
@@ -53,7 +53,7 @@ def default_app() -> str:
 
 
 # Imported at first use, not at import: torch's optimizers import torch._dynamo when the
-# first one is built (1 s here), in every task again.
+# first one is built (about a second), in every task again.
 PRELOAD = ("torch._dynamo",)
 
 

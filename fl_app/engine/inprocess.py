@@ -3,9 +3,8 @@ backend ``inprocess``, in the optional part ``fast-engine``).
 
 Flower's engine hands every message to a ``Backend``, and the one it builds is always its
 ``RayBackend`` (``vce_api.start_vce`` imports it when it builds the backend; no setting
-names another). Ray costs a start (Ray's processes,
-client actors importing torch and Flower: 6-9 s here) and, per message, an actor call
-that serialises the message and its context both ways. :class:`InProcessBackend` runs the
+names another). Ray costs a start (Ray's processes, client actors importing torch and
+Flower: seconds, docs/performance.md) and, per message, an actor call that serialises the message and its context both ways. :class:`InProcessBackend` runs the
 ClientApp in the engine's own worker thread instead; everything else is Flower's engine
 as it is: the LinkState, the grid, the nodes' contexts, message ids, error replies.
 

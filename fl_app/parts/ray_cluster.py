@@ -1,9 +1,9 @@
 """One Ray for all the runs of an invocation: a private local head the runs connect to.
 
 Flower's simulation engine starts Ray when no Ray is running and shuts it down after
-each run (``RayBackend.terminate`` calls ``ray.shutdown()``), about 4.5 s per run here
-(3.4 s to start, 1.1 s to stop). Connected to a running cluster, the same calls only
-connect and disconnect (0.02 s and 0.25 s). So a comparison starts one head for all of
+each run (``RayBackend.terminate`` calls ``ray.shutdown()``): seconds per run
+(docs/performance.md). Connected to a running cluster, the same calls only connect and
+disconnect, in a fraction of that. So a comparison starts one head for all of
 its runs and stops it at the end, by its PID: the head is the leader of its own process
 group, and stopping it stops every Ray process it started. Should this process die
 first, the kernel sends the head SIGTERM (Linux's parent-death signal), so no Ray
