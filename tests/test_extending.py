@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import ROOT, read_history, run_python
+from tests.test_new import mypy
 
 pytestmark = pytest.mark.slow
 
@@ -87,9 +88,11 @@ def test_the_recipes_touch_the_files_the_page_says() -> None:
     }
 
 
-def test_the_apps_quick_tests_lint_and_types_pass_with_the_recipes(app: Path) -> None:
+def test_the_apps_quick_tests_lint_and_types_pass_with_the_recipes(
+    app: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     in_app(app, "-m", "ruff", "check", ".")
-    in_app(app, "-m", "mypy")
+    in_app(app, *mypy(tmp_path_factory))
     quick = in_app(app, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow")
     assert " passed" in quick.splitlines()[-1], quick[-500:]
 

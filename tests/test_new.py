@@ -35,10 +35,18 @@ def passes(app: Path, *arguments: str, timeout: float = 600) -> str:
     return done.stdout
 
 
-def test_its_lint_types_layers_and_quick_tests_pass(app: Path) -> None:
+def mypy(factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """mypy's command for a new app, its cache shared by this session's apps (the libraries'
+    types are read once)."""
+    return ("-m", "mypy", "--cache-dir", str(factory.getbasetemp() / "mypy-cache"))
+
+
+def test_its_lint_types_layers_and_quick_tests_pass(
+    app: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     passes(app, "-m", "ruff", "check", ".")
     passes(app, "-m", "ruff", "format", "--check", ".")
-    passes(app, "-m", "mypy")
+    passes(app, *mypy(tmp_path_factory))
     passes(app, "-c", LINT_IMPORTS)
     quick = passes(app, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow")
     assert " passed" in quick.splitlines()[-1], quick[-500:]

@@ -269,14 +269,6 @@ def test_where_the_patches_do_not_fit_it_is_flowers_plain_superexec_after_one_wa
 # ---- end to end: a SuperLink and SuperNodes on loopback -----------------------------------
 
 ONE_ROUND = "num-server-rounds=1 fraction-evaluate=0.0 min-evaluate-clients=0"
-# The warm SuperExec on a Flower the seam was not tested on: the script, run after this.
-UNTESTED = """
-import runpy, sys
-from fl_app import engine
-engine.TESTED["flwr"] = "0.0.1"
-sys.argv[0] = {script!r}
-runpy.run_path({script!r}, run_name="__main__")
-"""
 
 
 def children(parents: list[int]) -> dict[int, tuple[int, str]]:
@@ -317,44 +309,30 @@ def command_line(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flower", ["tested", "untested"])
-def test_each_clientapp_is_a_fork_of_the_warm_parent_and_on_another_flower_a_new_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower: str
-) -> None:
-    """A deployment of two SuperNodes, each beside the script, trains a round. On the tested
-    Flower each SuperExec has one child, the warm parent, and no ClientApp process starts
-    ``flwr-clientapp``; on another, Flower's plain SuperExec starts them, after one warning."""
-    if flower == "untested":
-        wrapper = tmp_path / "scripts"
-        wrapper.mkdir()
-        script = str(warm_superexec.__file__)
-        (wrapper / "warm_superexec.py").write_text(UNTESTED.format(script=script))
-        monkeypatch.setattr(ld, "SCRIPTS", wrapper)
+def test_each_clientapp_is_a_fork_of_the_warm_parent(tmp_path: Path) -> None:
+    """A deployment of two SuperNodes, each beside the script, trains a round: each SuperExec
+    has one child, the warm parent, and no ClientApp process starts ``flwr-clientapp``. (On
+    another Flower it is Flower's plain SuperExec: the quick test above; that one trains in a
+    deployment in tests/test_deployment.py.)"""
     directory = tmp_path / "deployment"
     with isolated_env() as env:
         deployment = ld.up(directory, 2, env=env, isolation="warm")
         try:
             superexecs = deployment.superexec_pids
             with watching_children(superexecs) as seen:
-                run_id = ld.submit(deployment, ROOT, f"run-name='{flower}' {ONE_ROUND}", env=env)
+                run_id = ld.submit(deployment, ROOT, f"run-name='warm' {ONE_ROUND}", env=env)
                 status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)
             ours = {pid: command_line(pid) for pid in superexecs}
         finally:
             ld.down(directory)
         assert leftovers(env[TAG_VARIABLE]) == []
     assert status == "finished:completed"
-    rounds = read_history(directory / "outputs" / flower)["rounds"]
+    rounds = read_history(directory / "outputs" / "warm")["rounds"]
     assert [r["accepted"] for r in rounds[1:]] == [2]
     parents = [parent for parent, cmdline in seen.values() if cmdline == ours[parent]]
     # flwr-clientapp started as a new process (a fork of the warm parent keeps its command line)
     started = [parent for parent, cmdline in seen.values() if "bin/flwr-clientapp" in cmdline]
     logs = [(directory / "logs" / f"supernode_{i}-superexec.log").read_text() for i in range(2)]
-    warnings = [log.count("running Flower's plain SuperExec") for log in logs]
-    if flower == "tested":
-        assert sorted(parents) == sorted(superexecs)  # one warm parent each
-        assert started == []  # every ClientApp was a fork of the warm parent
-        assert warnings == [0, 0]
-    else:
-        assert parents == []
-        assert set(started) == set(superexecs)  # each SuperExec started its ClientApps
-        assert warnings == [1, 1]
+    assert sorted(parents) == sorted(superexecs)  # one warm parent each
+    assert started == []  # every ClientApp was a fork of the warm parent
+    assert [log.count("running Flower's plain SuperExec") for log in logs] == [0, 0]
