@@ -44,6 +44,7 @@ from strategies.pools import PooledProxies  # part: fast-engine
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
 from strategies.secure import secure_aggregation_problem
+from strategies.server_optimizer import flower_optimizers  # part: server-optimizer
 from strategies.simple_average import SimpleAverageRule
 
 MetricsFn = Callable[[list[tuple[int, Metrics]]], Metrics]
@@ -107,6 +108,8 @@ class LegacyStrategy(
         for metrics in ("fit_metrics_aggregation_fn", "evaluate_metrics_aggregation_fn"):
             kwargs.setdefault(metrics, weighted_metrics)
         super().__init__(**kwargs)
+        if self.initial_parameters is not None:  # aggregate_fit may come first, as in Flower's
+            self.rule.global_model = parameters_to_ndarrays(self.initial_parameters)
         if secure_aggregation:
             problem = secure_aggregation_problem(self.rule)
             if problem is not None:
@@ -173,7 +176,9 @@ class LegacyStrategy(
             )
         if result.arrays is None:
             return None, metrics
-        return Parameters(encode_tensors(result.arrays), "numpy.ndarray"), metrics
+        tensors = encode_tensors(result.arrays)
+        self.rule.global_model = decode_tensors(tensors)  # the next round's, as Flower's FedOpt
+        return Parameters(tensors, "numpy.ndarray"), metrics
 
     def _unmasked_mean(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         """SecAgg+'s float64 mean (the same in every result), cast once to the global
@@ -250,3 +255,6 @@ SimpleAverage = LegacyStrategy.of(SimpleAverageRule, "SimpleAverage")
 FedAvg = LegacyStrategy.of(FedAvgRule, "FedAvg")
 QualityWeighted = LegacyStrategy.of(QualityWeightedRule, "QualityWeighted")
 Hybrid = LegacyStrategy.of(HybridRule, "Hybrid")
+# Flower's legacy FedAdagrad and FedAdam default to τ = 1e-9.  # part: server-optimizer
+LEGACY = {"FedAdagrad": {"tau": 1e-9}, "FedAdam": {"tau": 1e-9}}  # part: server-optimizer
+FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg, **LEGACY)  # part: server-optimizer

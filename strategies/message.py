@@ -28,6 +28,7 @@ from strategies.hybrid import HybridRule
 from strategies.pools import PooledMessages  # part: fast-engine
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
+from strategies.server_optimizer import flower_optimizers  # part: server-optimizer
 from strategies.simple_average import SimpleAverageRule
 
 # The ConfigRecord of a train reply holding its text metrics (a MetricRecord holds numbers).
@@ -99,7 +100,10 @@ class MessageStrategy(
         elif result.accepted:
             from_clients = weighted_metrics([(u.num_examples, u.metrics) for u in result.accepted])
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-        return self._array_record(result.arrays), MetricRecord(dict(from_clients) | metrics)
+        record = self._array_record(result.arrays)
+        if record is not None:  # the next round's model, should no configure_train come first
+            self.set_global_model(record)
+        return record, MetricRecord(dict(from_clients) | metrics)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -197,3 +201,4 @@ SimpleAverage = MessageStrategy.of(SimpleAverageRule, "SimpleAverage")
 FedAvg = MessageStrategy.of(FedAvgRule, "FedAvg")
 QualityWeighted = MessageStrategy.of(QualityWeightedRule, "QualityWeighted")
 Hybrid = MessageStrategy.of(HybridRule, "Hybrid")
+FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg)  # part: server-optimizer

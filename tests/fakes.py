@@ -8,7 +8,7 @@ Message-API strategy (``tests/halves.py`` lists the halves this copy has).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import FedAvg as FlowersFedAvg
 
 import strategies
@@ -141,6 +142,24 @@ class MessageHalf:
         arrays, _ = FlowersFedAvg().aggregate_train(1, self.prepare(updates))
         assert arrays is not None
         return arrays.to_numpy_ndarrays()
+
+    def flowers(
+        self, name: str, global_model: Sequence[np.ndarray], **kwargs: Any
+    ) -> tuple[Any, Callable[[int, Sequence[Update]], list[np.ndarray]]]:
+        """Flower's own strategy ``name`` of this half, from ``global_model``, and a function giving
+        its model after a round of updates (the round configured first, as Flower's loop does)."""
+        strategy = getattr(flower_strategies, name)(**kwargs)
+        current = list(global_model)
+
+        def round_(server_round: int, updates: Sequence[Update]) -> list[np.ndarray]:
+            nonlocal current
+            arrays = ArrayRecord(current)
+            strategy.configure_train(server_round, arrays, ConfigRecord(), Nodes(len(updates)))
+            record, _ = strategy.aggregate_train(server_round, self.prepare(updates))
+            current = record.to_numpy_ndarrays()
+            return current
+
+        return strategy, round_
 
     def make(
         self, name: str, global_model: Sequence[np.ndarray] | None = None, **knobs: Any

@@ -19,6 +19,7 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
+from flwr.server import strategy as flower_strategies
 from flwr.server.strategy import FedAvg as FlowersFedAvg
 
 import strategies
@@ -102,6 +103,18 @@ class LegacyHalf:
         parameters, _ = FlowersFedAvg().aggregate_fit(1, *self.prepare(updates))
         assert parameters is not None
         return parameters_to_ndarrays(parameters)
+
+    def flowers(
+        self, name: str, global_model: Sequence[np.ndarray], **kwargs: Any
+    ) -> tuple[Any, Callable[[int, Sequence[Update]], list[np.ndarray]]]:
+        initial = ndarrays_to_parameters(list(global_model))
+        strategy = getattr(flower_strategies, name)(initial_parameters=initial, **kwargs)
+
+        def round_(server_round: int, updates: Sequence[Update]) -> list[np.ndarray]:
+            parameters, _ = strategy.aggregate_fit(server_round, *self.prepare(updates))
+            return parameters_to_ndarrays(parameters)
+
+        return strategy, round_
 
     def make(
         self, name: str, global_model: Sequence[np.ndarray] | None = None, **knobs: Any

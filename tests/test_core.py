@@ -161,6 +161,10 @@ def test_options_read_from_any_config_object() -> None:
     values: dict[str, Any] = {
         "server_learning_rate": 0.5,  # part: server-optimizer
         "server_momentum": 0.9,  # part: server-optimizer
+        "server_optimizer": "sgd",  # part: server-optimizer
+        "server_beta_1": 0.8,  # part: server-optimizer
+        "server_beta_2": 0.9,  # part: server-optimizer
+        "server_tau": 0.01,  # part: server-optimizer
         "max_empty_rounds": 0,
         "dp": "central",  # part: dp
         "dp_noise_multiplier": 0.5,  # part: dp

@@ -4,6 +4,8 @@ its knobs and config keys."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from typing import Any
 
@@ -16,7 +18,7 @@ from fl_app.kit.keys import ConfigError
 from fl_app.parts.server_optimizer_keys import ServerOptimizerKeys
 from strategies.core.options import ServerOptions
 from strategies.core.state import StrategyState
-from strategies.server_optimizer import server_step
+from strategies.server_optimizer import FLOWER_CLASSES, OPTIMIZERS, adaptive_step, server_step
 from tests.fakes import updates_of
 from tests.halves import HALVES
 from tests.test_config import assert_bounds_refused, assert_one_line_error
@@ -106,9 +108,12 @@ def test_server_step_momentum_with_an_integer_layer():
 def test_aggregation_does_not_modify_the_global_model(half):
     global_model = [np.array([1.0, 1.0]), np.array([[1.0, 1.0]])]
     strategy = half.make("fedavg", global_model, server_learning_rate=0.5, server_momentum=0.5)
+    held = strategy.rule.global_model
     half.aggregate(strategy, updates_of([A, B], [1, 3]))
-    np.testing.assert_array_equal(strategy.rule.global_model[0], [1.0, 1.0])
-    np.testing.assert_array_equal(strategy.rule.global_model[1], [[1.0, 1.0]])
+    np.testing.assert_array_equal(held[0], [1.0, 1.0])
+    np.testing.assert_array_equal(held[1], [[1.0, 1.0]])
+    # The new model is the next round's, should no configuration come first (as in Flower).
+    np.testing.assert_array_equal(strategy.rule.global_model[0], [1.75, 3.0])
 
 
 def test_fedavg_server_momentum_two_rounds_by_hand(half):
@@ -184,21 +189,25 @@ def test_every_rule_takes_the_step_knobs(half: Any, name: str) -> None:
 # ---- the velocity in the state and a checkpoint -------------------------------------------
 
 
-def test_the_velocity_round_trips_through_arrays() -> None:
+def test_the_optimizers_state_round_trips_through_arrays() -> None:
     velocity = [np.arange(3, dtype=np.float32), np.ones((2, 2))]
-    state = StrategyState(velocity=velocity, empty_rounds=2)
+    second = [np.full(3, 2.0, dtype=np.float32), np.zeros((2, 2))]
+    state = StrategyState(velocity=velocity, second_moment=second, empty_rounds=2)
     again = StrategyState.from_arrays(state.to_arrays())
     assert again.empty_rounds == 2
-    assert again.velocity is not None
-    for got, want in zip(again.velocity, velocity, strict=True):
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
+    for stored, kept in ((again.velocity, velocity), (again.second_moment, second)):
+        assert stored is not None
+        for got, want in zip(stored, kept, strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
     assert StrategyState.from_arrays({}).velocity is None
+    assert StrategyState.from_arrays({}).second_moment is None
 
 
 @pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("api", list(HALVES))
-def test_server_momentum_state_restores_exactly(api: str) -> None:
+def test_the_optimizers_state_restores_exactly(api: str, optimizer: str) -> None:
     half = HALVES[api]
     rng = np.random.default_rng(0)
     g = [rng.normal(size=(3, 2)).astype(np.float32)]
@@ -208,7 +217,8 @@ def test_server_momentum_state_restores_exactly(api: str) -> None:
     ]
 
     def strategy() -> Any:
-        return half.make("fedavg", g, server_momentum=0.9, server_learning_rate=0.5)
+        step = {"server_momentum": 0.9} if optimizer == "sgd" else {"server_optimizer": optimizer}
+        return half.make("fedavg", g, server_learning_rate=0.5, **step)
 
     uninterrupted = strategy()
     after_one, _ = half.aggregate(uninterrupted, rounds[0], server_round=1)
@@ -260,6 +270,11 @@ def test_every_bounded_step_key_is_refused_out_of_range() -> None:
         ("server-learning-rate", 0.0, "> 0"),
         ("server-momentum", -0.1, ">= 0"),
         ("server-momentum", 1.0, "< 1"),
+        ("server-beta-1", -0.1, ">= 0"),
+        ("server-beta-1", 1.0, "< 1"),
+        ("server-beta-2", -0.1, ">= 0"),
+        ("server-beta-2", 1.0, "< 1"),
+        ("server-tau", 0.0, "> 0"),
     ]
     assert_bounds_refused(ServerOptimizerKeys, rows)
     with pytest.raises(ConfigError) as info:
@@ -267,7 +282,139 @@ def test_every_bounded_step_key_is_refused_out_of_range() -> None:
     assert_one_line_error(info.value, "server-learning-rate", math.inf)
 
 
+@pytest.mark.parametrize("optimizer", [o for o in OPTIMIZERS if o != "sgd"])
+def test_sgds_momentum_with_another_optimizer_is_refused(half: Any, optimizer: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"server-optimizer": optimizer, "server-momentum": 0.9})
+    assert_one_line_error(info.value, "server-momentum", 0.9)
+    assert "β₁" in str(info.value)
+    with pytest.raises(ValueError, match="server_momentum"):
+        half.make("fedavg", server_optimizer=optimizer, server_momentum=0.9)
+
+
+def test_an_unknown_optimizer_is_refused(half: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping({"server-optimizer": "lamb"})
+    assert_one_line_error(info.value, "server-optimizer", "lamb")
+    with pytest.raises(ValueError, match="server_optimizer='lamb'"):
+        half.make("fedavg", server_optimizer="lamb")
+
+
 @pytest.mark.parametrize("value", [0.0, 0.99])
 def test_a_server_momentum_at_the_bound_is_accepted(half: Any, value: float) -> None:
     half.make("hybrid", hybrid_lambda=1.0, server_momentum=value)
     assert RunConfig.from_mapping({"server-momentum": value}).run_config["server-momentum"] == value
+
+
+# ---- the adaptive optimizers, and Flower's FedAdagrad, FedAdam and FedYogi ---------------
+
+
+def test_adam_first_round_by_hand() -> None:
+    # m1 = (1 − β₁)Δ, v1 = (1 − β₂)Δ², η₁ = η √(1 − β₂²) / (1 − β₁²): with Δ = [2, −1], β₁ = 0.5,
+    # β₂ = 0.75, τ = 0: m1 = [1, −0.5], v1 = [1, 0.25], η₁ = 0.1 · √0.4375 / 0.75, and
+    # θ1 = θ0 + η₁ m1 / √v1 = [0, 0] + η₁ · [1, −1].
+    out, (m, v) = adaptive_step(
+        [np.array([2.0, -1.0])],
+        [np.zeros(2)],
+        None,
+        optimizer="adam",
+        server_round=1,
+        learning_rate=0.1,
+        beta_1=0.5,
+        beta_2=0.75,
+        tau=1e-300,
+    )
+    rate = 0.1 * math.sqrt(1 - 0.75**2) / (1 - 0.5**2)
+    np.testing.assert_allclose(out[0], [rate, -rate], rtol=1e-12)
+    np.testing.assert_allclose(m[0], [1.0, -0.5], rtol=1e-15)
+    np.testing.assert_allclose(v[0], [1.0, 0.25], rtol=1e-15)
+
+
+@pytest.mark.parametrize(("optimizer", "second"), [("adagrad", [5.0, 5.0]), ("yogi", [3.5, 3.0])])
+def test_adagrad_and_yogi_second_moments_by_hand(optimizer: str, second: list[float]) -> None:
+    # v0 = [4, 1], Δ = [1, 2], β₂ = 0.5: adagrad v = v0 + Δ² = [5, 5]; yogi
+    # v = v0 − (1 − β₂) Δ² sign(v0 − Δ²) = [4 − 0.5, 1 + 0.5 · 4] = [3.5, 3].
+    moments = ([np.zeros(2)], [np.array([4.0, 1.0])])
+    _, (_, v) = adaptive_step(
+        [np.array([1.0, 2.0])],
+        [np.zeros(2)],
+        moments,
+        optimizer=optimizer,
+        server_round=2,
+        learning_rate=1.0,
+        beta_1=0.0,
+        beta_2=0.5,
+        tau=1.0,
+    )
+    np.testing.assert_allclose(v[0], second, rtol=1e-15)
+    np.testing.assert_array_equal(moments[1][0], [4.0, 1.0])  # the old state is left as it was
+
+
+@pytest.mark.parametrize("optimizer", [o for o in OPTIMIZERS if o != "sgd"])
+@pytest.mark.parametrize("name", sorted(strategies.REGISTRY))
+def test_every_rule_steps_with_every_adaptive_optimizer(
+    half: Any, name: str, optimizer: str
+) -> None:
+    """Round 1 of any rule: m = (1 − β₁)Δ, v = (1 − β₂)Δ² (adagrad: Δ²; yogi from 0: the
+    same as adam), so θ1 = θ0 + η₁ (1 − β₁)Δ / (√v + τ), Δ the rule's own fold minus θ0."""
+    knobs = {"server_learning_rate": 0.1, "server_beta_1": 0.9, "server_beta_2": 0.99}
+    rows = [{"val_accuracy": 0.5}, {"val_accuracy": 0.75}]  # for the rules weighing by quality
+    plain, _ = half.aggregate(half.make(name, GLOBAL), updates_of([A, B], [1, 3], rows))
+    stepped, _ = half.aggregate(
+        half.make(name, GLOBAL, server_optimizer=optimizer, **knobs),
+        updates_of([A, B], [1, 3], rows),
+    )
+    assert plain is not None
+    assert stepped is not None
+    rate = 0.1 * (math.sqrt(1 - 0.99**2) / (1 - 0.9**2) if optimizer == "adam" else 1.0)
+    for got, fold, g in zip(stepped, plain, GLOBAL, strict=True):
+        delta = fold - g
+        v = delta**2 if optimizer == "adagrad" else 0.01 * delta**2
+        np.testing.assert_allclose(got, g + rate * 0.1 * delta / (np.sqrt(v) + 1e-3), rtol=1e-12)
+
+
+def flowers_strategies(half: Any) -> Any:
+    """The module of Flower's own strategies of ``half``."""
+    return importlib.import_module(half.flowers_class.__module__.rpartition(".")[0])
+
+
+def our_class(half: Any, name: str) -> Any:
+    return getattr(importlib.import_module(strategies.ADAPTERS[half.name].rpartition(".")[0]), name)
+
+
+@pytest.mark.parametrize("name", list(FLOWER_CLASSES))
+def test_our_classes_have_flowers_arguments_and_defaults(half: Any, name: str) -> None:
+    flowers, _ = half.flowers(name, GLOBAL)
+    ours = our_class(half, name)()
+    for argument in ("eta", "eta_l", "beta_1", "beta_2", "tau"):
+        assert getattr(ours, argument) == getattr(flowers, argument), argument
+    assert ours.rule.options.server_optimizer == FLOWER_CLASSES[name][0]
+
+
+@pytest.mark.parametrize("name", list(FLOWER_CLASSES))
+def test_flowers_adaptive_strategies_and_ours_step_alike_over_rounds(half: Any, name: str) -> None:
+    """The same replies over four rounds to Flower's class and ours, built with the same
+    arguments (none of them the defaults), ``eta`` changed on both after round 2. Ours takes no
+    configure call between rounds (as Flower's legacy classes) and keeps the model's dtype."""
+    flowers_class = getattr(flowers_strategies(half), name)
+    chosen = {"eta": 0.05, "eta_l": 0.02, "beta_1": 0.8, "beta_2": 0.95, "tau": 0.01}
+    kwargs = {k: v for k, v in chosen.items() if k in inspect.signature(flowers_class).parameters}
+    rng = np.random.default_rng(7)
+    g0 = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
+    flowers, flowers_round = half.flowers(name, g0, **kwargs)
+    ours = our_class(half, name)(**kwargs)
+    half.set_global(ours, g0)
+    for server_round in range(1, 5):
+        if server_round == 3:
+            flowers.eta = ours.eta = 0.2
+        models = [
+            [(g + rng.normal(scale=0.1, size=g.shape)).astype(np.float32) for g in g0]
+            for _ in range(3)
+        ]
+        updates = updates_of(models, [5, 7, 9])
+        want = flowers_round(server_round, updates)
+        got, _ = half.aggregate(ours, updates, server_round=server_round)
+        assert got is not None
+        for mine, theirs in zip(got, want, strict=True):
+            assert mine.dtype == np.float32
+            np.testing.assert_allclose(mine, theirs, rtol=2e-5, atol=1e-6)

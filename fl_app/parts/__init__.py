@@ -159,16 +159,26 @@ PARTS: dict[str, Part] = {
         requires=("client-wrappers",),
     ),
     "server-optimizer": Part(
-        "the server's optimizer step on the aggregate (FedAvgM: learning rate η, momentum β)",
+        "the server's optimizer step on the aggregate: FedAvgM, FedAdagrad, FedAdam, FedYogi",
         (
             "strategies/server_optimizer.py",
             "fl_app/parts/server_optimizer_keys.py",
             "tests/test_server_optimizer.py",
         ),
         module="strategies.server_optimizer",
-        keys=("server-learning-rate", "server-momentum"),
+        keys=(
+            "server-optimizer",
+            "server-learning-rate",
+            "server-momentum",
+            "server-beta-1",
+            "server-beta-2",
+            "server-tau",
+        ),
         words=(
             "FedAvgM",
+            "FedAdam",
+            "FedYogi",
+            "FedAdagrad",
             "server momentum",
             "server learning rate",
             "velocity",
