@@ -3,6 +3,7 @@ app answers the Message API (an ``ArrayRecord`` and a ``MetricRecord`` with ``nu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -56,8 +57,10 @@ class FlowerClient(NumPyClient):
         set_weights(self.model, parameters)
         server_round = int(config.get("server-round", 0))
         seed = seed_for(self.cfg.seed, "local-training", server_round, self.partition_id)
-        train = self.data.train
-        loss = train_as_configured(self.cfg, self.model, train, device=self.device, seed=seed)
+        train, cfg = self.data.train, self.cfg
+        if (mu := config.get("proximal-mu", config.get("proximal_mu"))) is not None:
+            cfg = dataclasses.replace(cfg, proximal_mu=float(mu))  # as Flower's FedProx sends it
+        loss = train_as_configured(cfg, self.model, train, device=self.device, seed=seed)
         val = evaluate(self.model, self.data.val, device=self.device, task=self.task)
         metrics: dict[str, Scalar] = {"train_loss": loss, **{f"val_{k}": v for k, v in val.items()}}
         return get_weights(self.model), len(train), metrics

@@ -146,6 +146,7 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
         raise NewAppError(f"{destination} exists and is not an empty folder")
     kept = with_requirements(parts)
     left_out = [PARTS[p] for p in PARTS if p not in kept] + [TEMPLATE]
+    trimmed: list[str] = []  # the Python files that lost lines
     for path in template_files():
         if any(belongs_to(path, part) for part in left_out):
             continue
@@ -156,25 +157,30 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
         except UnicodeDecodeError:
             shutil.copy2(ROOT / path, target)
             continue
-        text = kept_lines(text, set(kept))
+        kept_text = kept_lines(text, set(kept))
+        if kept_text != text and path.endswith(".py"):
+            trimmed.append(path)
         if path == "pyproject.toml":
-            text = renamed(text, name, publisher)
-        target.write_text(text)
+            kept_text = renamed(kept_text, name, publisher)
+        target.write_text(kept_text)
         shutil.copymode(ROOT / path, target)
     if (destination / "fl_app" / "parts").is_dir():  # the parts table stays behind
         (destination / "fl_app" / "parts" / "__init__.py").write_text(
             '"""The optional parts this app was made with (its README lists them)."""\n'
         )
     (destination / "README.md").write_text(readme(name, kept))
-    tidy(destination)
+    tidy(destination, trimmed)
 
 
-def tidy(destination: Path) -> None:
+def tidy(destination: Path, trimmed: list[str]) -> None:
     """Format the app as its own lint wants it, where ruff is installed: a dropped line may
-    leave a list empty or an import block to re-sort."""
-    for command in (["format"], ["check", "--fix", "--select", "I"]):
+    leave a list empty, imports to re-sort, or (in ``trimmed``) a call split over lines it no
+    longer needs."""
+    joined = ["format", "--config", "format.skip-magic-trailing-comma=true", *trimmed]
+    commands = [joined] if trimmed else []
+    for command in [*commands, ["format", "."], ["check", "--fix", "--select", "I", "."]]:
         subprocess.run(
-            [sys.executable, "-m", "ruff", *command, "--quiet", "."],
+            [sys.executable, "-m", "ruff", *command, "--quiet"],
             cwd=destination,
             capture_output=True,
         )

@@ -185,20 +185,24 @@ def train(
     device: torch.device,
     seed: int,
     task: str = "classification",
+    proximal_mu: float = 0.0,
 ) -> float:
     """SGD on ``data`` for ``epochs``, in place; the mean training loss of the last epoch
-    (NaN when there was none)."""
+    (NaN when there was none). ``proximal_mu`` μ > 0: FedProx (Li et al. 2020), each step's
+    loss plus (μ/2)‖w − w_0‖², w_0 the weights it started from (the global model)."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     criterion = loss_function(task)
     generator = torch.Generator().manual_seed(seed)
+    start = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     loss_sum, seen = 0.0, 0
     for _ in range(epochs):
         loss_sum, seen = 0.0, 0
         for xb, yb in batches(data, batch_size, device, generator):
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(xb), yb)
-            loss.backward()
+            loss = criterion(model(xb), yb)  # reported; the step's adds the proximal term
+            pairs = zip(model.parameters(), start, strict=False)  # none while μ = 0
+            (loss + proximal_mu / 2 * sum((p - p0).square().sum() for p, p0 in pairs)).backward()
             optimizer.step()
             loss_sum, seen = loss_sum + loss.item() * len(yb), seen + len(yb)
     return loss_sum / seen if seen else math.nan

@@ -22,6 +22,7 @@ from typing import Any
 from flwr.common import (
     Code,
     EvaluateRes,
+    FitIns,
     FitRes,
     GetPropertiesIns,
     Metrics,
@@ -255,6 +256,26 @@ SimpleAverage = LegacyStrategy.of(SimpleAverageRule, "SimpleAverage")
 FedAvg = LegacyStrategy.of(FedAvgRule, "FedAvg")
 QualityWeighted = LegacyStrategy.of(QualityWeightedRule, "QualityWeighted")
 Hybrid = LegacyStrategy.of(HybridRule, "Hybrid")
+
+
+class FedProx(LegacyStrategy):
+    """Flower's legacy FedProx: FedAvg whose fit config carries ``proximal_mu`` μ, for the
+    clients' local loss plus (μ/2)‖w − w_global‖² (Li et al. 2020; this app's client reads it)."""
+
+    rule_type = FedAvgRule
+
+    def __init__(self, *, proximal_mu: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proximal_mu = proximal_mu
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        mu = {"proximal_mu": self.proximal_mu}
+        return [(proxy, FitIns(ins.parameters, ins.config | mu)) for proxy, ins in pairs]
+
+
 # Flower's legacy FedAdagrad and FedAdam default to τ = 1e-9.  # part: server-optimizer
 LEGACY = {"FedAdagrad": {"tau": 1e-9}, "FedAdam": {"tau": 1e-9}}  # part: server-optimizer
 FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg, **LEGACY)  # part: server-optimizer

@@ -201,4 +201,23 @@ SimpleAverage = MessageStrategy.of(SimpleAverageRule, "SimpleAverage")
 FedAvg = MessageStrategy.of(FedAvgRule, "FedAvg")
 QualityWeighted = MessageStrategy.of(QualityWeightedRule, "QualityWeighted")
 Hybrid = MessageStrategy.of(HybridRule, "Hybrid")
+
+
+class FedProx(MessageStrategy):
+    """Flower's FedProx: FedAvg whose train config carries ``proximal-mu`` μ, for the clients'
+    local loss plus (μ/2)‖w − w_global‖² (Li et al. 2020; this app's client reads it)."""
+
+    rule_type = FedAvgRule
+
+    def __init__(self, *, proximal_mu: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proximal_mu = proximal_mu
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["proximal-mu"] = self.proximal_mu
+        return super().configure_train(server_round, arrays, config, grid)
+
+
 FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg)  # part: server-optimizer

@@ -161,6 +161,13 @@ class MessageHalf:
 
         return strategy, round_
 
+    @staticmethod
+    def train_config(strategy: Any) -> dict[str, Any]:
+        """The config ``strategy`` (Flower's or ours) sends a client to train in round 1."""
+        arrays = ArrayRecord([np.zeros(1)])
+        message, *_ = strategy.configure_train(1, arrays, ConfigRecord(), Nodes(2))
+        return dict(message.content["config"])
+
     def make(
         self, name: str, global_model: Sequence[np.ndarray] | None = None, **knobs: Any
     ) -> Any:

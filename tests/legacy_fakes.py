@@ -80,6 +80,19 @@ class NoClients:
         return []
 
 
+class OneClient(NoClients):
+    """A client manager with one client connected, ``"1"``."""
+
+    def num_available(self) -> int:
+        return 1
+
+    def all(self) -> dict[str, Any]:
+        return {"1": Proxy("1")}
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):  # type: ignore[no-untyped-def]
+        return [Proxy("1")]
+
+
 class LegacyHalf:
     """The legacy half's strategies (:mod:`strategies.legacy`); the i-th update comes from
     the client ``str(i + 1)``."""
@@ -115,6 +128,11 @@ class LegacyHalf:
             return parameters_to_ndarrays(parameters)
 
         return strategy, round_
+
+    @staticmethod
+    def train_config(strategy: Any) -> dict[str, Any]:
+        (_, ins), *_ = strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(1)]), OneClient())
+        return dict(ins.config)
 
     def make(
         self, name: str, global_model: Sequence[np.ndarray] | None = None, **knobs: Any

@@ -138,6 +138,7 @@ OUT_OF_RANGE = [
     ("learning-rate", -0.001, "> 0"),
     ("momentum", -0.1, ">= 0"),
     ("momentum", 1.0, "< 1"),
+    ("proximal-mu", -0.1, ">= 0"),
     ("dirichlet-alpha", 0.0, "> 0"),
     ("dirichlet-alpha", -1.0, "> 0"),
     ("test-fraction", 0.0, "> 0"),

@@ -237,6 +237,13 @@ def test_dp_sgd_epsilon_equals_dp_accountings_poisson_sampled_gaussian(
     assert sample_epsilon([(rate, steps)] * (rounds + 1), noise, 1e-5) > got
 
 
+def test_dp_sgd_refuses_fedproxs_term() -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig(dp="dp-sgd", proximal_mu=0.1)
+    assert_one_line_error(info.value, "proximal-mu", 0.1)
+    assert "Opacus" in str(info.value)
+
+
 def test_the_dp_sgd_schedule_is_opacus_poisson_loader() -> None:
     for n, batch in ((115, 16), (64, 16), (5, 32), (93 * 16, 16), (117 * 4, 4)):
         data = torch.utils.data.TensorDataset(torch.zeros(n, 2))

@@ -51,6 +51,7 @@ class CoreKeys:
     batch_size: int = option("local mini-batch size", at_least=1)
     learning_rate: float = option("client SGD learning rate", above=0)
     momentum: float = option("client SGD momentum (reset every round)", at_least=0, below=1)
+    proximal_mu: float = option("FedProx: μ of the local loss's (μ/2)‖w − w_global‖²", at_least=0)
     # Data
     dataset: str = option("the data of clients and server (fl_app/task.py)", choices=DATASETS)
     partitioner: str = option("how data is split over clients", choices=Names(data.PARTITIONERS))

@@ -37,6 +37,7 @@ def train_as_configured(
         device=device,
         seed=seed,
         task=task_of(cfg.dataset),
+        proximal_mu=cfg.proximal_mu,
     )
 
 

@@ -99,6 +99,9 @@ class DpKeys:
                     f"(m/20 = {stddev:g} for the {sampled} clients a round samples), or set "
                     "dp-clipped-count-stddev",
                 )
+        if cfg.dp == "dp-sgd" and cfg.proximal_mu:
+            wanted = "0 with dp = 'dp-sgd' (Opacus's per-example gradients leave its term out)"
+            fail("proximal-mu", cfg.proximal_mu, wanted)
         if cfg.dp == "central" and strategies.rule_type(cfg.strategy).combine is not Rule.combine:
             fail("dp", cfg.dp, f"none or local with strategy {cfg.strategy!r}: {NOT_A_SUM}")
 
