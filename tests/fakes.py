@@ -117,7 +117,31 @@ def updates_of(
     ]
 
 
-class MessageHalf:
+class Half:
+    """What every API half's stand-in does the same way."""
+
+    def aggregate(
+        self,
+        strategy: Any,
+        updates: Sequence[Update],
+        failures: Sequence[BaseException] = (),
+        server_round: int = 1,
+    ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
+        """The round's new model (None: nothing aggregated) and its metrics."""
+        return self.run(strategy, self.prepare(updates, failures), server_round)
+
+    def prepare(self, updates: Sequence[Update], failures: Sequence[BaseException] = ()) -> Any:
+        """What the strategy is handed for ``updates`` and ``failures``."""
+        raise NotImplementedError
+
+    def run(
+        self, strategy: Any, prepared: Any, server_round: int = 1
+    ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
+        """The round's new model and its metrics, from what :meth:`prepare` made."""
+        raise NotImplementedError
+
+
+class MessageHalf(Half):
     """The Message API's strategies (:mod:`strategies.message`); the i-th update comes from
     node i + 1, so the results name it ``str(i + 1)``."""
 
@@ -182,16 +206,6 @@ class MessageHalf:
     def set_global(self, strategy: Any, global_model: Sequence[np.ndarray]) -> None:
         """Hand the strategy the current global model, as a round's configuration does."""
         strategy.set_global_model(ArrayRecord(list(global_model)))
-
-    def aggregate(
-        self,
-        strategy: Any,
-        updates: Sequence[Update],
-        failures: Sequence[BaseException] = (),
-        server_round: int = 1,
-    ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
-        """The round's new model (None: nothing aggregated) and its metrics."""
-        return self.run(strategy, self.prepare(updates, failures), server_round)
 
     def prepare(self, updates: Sequence[Update], failures: Sequence[BaseException] = ()) -> Any:
         """What the strategy is handed for ``updates`` and ``failures`` (replies)."""

@@ -24,7 +24,7 @@ from flwr.server.strategy import FedAvg as FlowersFedAvg
 
 import strategies
 from strategies.legacy import LegacyStrategy
-from tests.fakes import Update
+from tests.fakes import Half, Update
 
 OK = Status(code=Code.OK, message="")
 
@@ -93,7 +93,7 @@ class OneClient(NoClients):
         return [Proxy("1")]
 
 
-class LegacyHalf:
+class LegacyHalf(Half):
     """The legacy half's strategies (:mod:`strategies.legacy`); the i-th update comes from
     the client ``str(i + 1)``."""
 
@@ -146,15 +146,6 @@ class LegacyHalf:
 
     def set_global(self, strategy: Any, global_model: Sequence[np.ndarray]) -> None:
         strategy.configure_fit(1, ndarrays_to_parameters(list(global_model)), NoClients())
-
-    def aggregate(
-        self,
-        strategy: Any,
-        updates: Sequence[Update],
-        failures: Sequence[BaseException] = (),
-        server_round: int = 1,
-    ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
-        return self.run(strategy, self.prepare(updates, failures), server_round)
 
     def prepare(self, updates: Sequence[Update], failures: Sequence[BaseException] = ()) -> Any:
         results = [(Proxy(str(u.node or i + 1)), self.fit_res(u)) for i, u in enumerate(updates)]

@@ -42,7 +42,7 @@ from fl_app.parts.legacy.keys import FLOWER_APIS, LegacyKeys
 from strategies.legacy import LegacyStrategy
 from strategies.sampling import PARTITION_KEY
 from tests.fakes import message_with, reply, sent_to, start, updates_of
-from tests.legacy_fakes import OK, LegacyHalf, Proxy, fit_res
+from tests.legacy_fakes import OK, LegacyHalf, NoClients, Proxy, fit_res
 from tests.processes import run_python
 from tests.test_config import assert_bounds_refused, assert_one_line_error
 
@@ -120,7 +120,7 @@ def test_both_halves_give_the_same_model_bit_for_bit(
             (Proxy(str(node)), fit_res(arrays, n, val_accuracy=q))
             for node, (arrays, n, q) in enumerate(replies, start=1)
         ]
-        legacy.configure_fit(server_round, ndarrays_to_parameters(global_model), _NoClients())
+        legacy.configure_fit(server_round, ndarrays_to_parameters(global_model), NoClients())
         start(message, global_model, clients)
         parameters, legacy_metrics = legacy.aggregate_fit(server_round, results, [])
         arrays, message_metrics = message.aggregate_train(
@@ -144,17 +144,6 @@ def test_both_halves_give_the_same_model_bit_for_bit(
         assert message.last_result is not None
         assert message.last_result.metrics["weights"] == legacy_metrics["weights"]
         global_model = want
-
-
-class _NoClients:
-    def num_available(self) -> int:
-        return 0
-
-    def all(self) -> dict[str, Any]:
-        return {}
-
-    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):  # type: ignore[no-untyped-def]
-        return []
 
 
 # ---- evaluate
