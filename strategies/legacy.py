@@ -278,4 +278,5 @@ class FedProx(LegacyStrategy):
 
 # Flower's legacy FedAdagrad and FedAdam default to τ = 1e-9.  # part: server-optimizer
 LEGACY = {"FedAdagrad": {"tau": 1e-9}, "FedAdam": {"tau": 1e-9}}  # part: server-optimizer
-FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg, **LEGACY)  # part: server-optimizer
+NAMED = flower_optimizers(FedAvg, **LEGACY)  # part: server-optimizer
+FedAvgM, FedAdagrad, FedAdam, FedYogi = NAMED  # part: server-optimizer

@@ -18,6 +18,7 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords  # its default
 
 from strategies.core.adapter import RuleAdapter
 from strategies.core.codec import decode_tensors, encode_tensors
@@ -45,11 +46,8 @@ class MessageStrategy(
     scores a model on server-held data; ``sampling_seed``: seeded sampling
     (:mod:`strategies.sampling`). A bad reply is rejected, not the round."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Flower replaces None by its own mean; ours is the default.
-        self.custom_train_metrics = kwargs.get("train_metrics_aggr_fn") is not None
-        self.custom_evaluate_metrics = kwargs.get("evaluate_metrics_aggr_fn") is not None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # Flower's positional arguments too
         self._keys: list[str] = []  # the global model's layer names
         self._sent: list[Message] = []  # this round's train messages
 
@@ -61,8 +59,10 @@ class MessageStrategy(
         self._sent = self._reseeded(server_round, "train", messages, grid)
         return self._sent
 
-    def set_global_model(self, arrays: ArrayRecord) -> None:
+    def set_global_model(self, arrays: ArrayRecord | Mapping[str, Any]) -> None:
         """The model replies are checked against and the step starts from; its keys name layers."""
+        if not isinstance(arrays, ArrayRecord):  # arrays by name, as Flower's FedOpt holds them
+            arrays = ArrayRecord({k: Array(v) for k, v in dict[str, Any](arrays).items()})
         self._keys = list(arrays.keys())
         self.rule.global_model = decode_tensors([a.data for a in arrays.values()])
 
@@ -94,7 +94,7 @@ class MessageStrategy(
                 failures.append(f"{who}: no reply (round timeout)")
         result = self.last_result = self.rule.aggregate(server_round, updates, failures)
         from_clients: Mapping[str, Any] = {}
-        if result.accepted and self.custom_train_metrics:
+        if result.accepted and self.train_metrics_aggr_fn is not aggregate_metricrecords:
             accepted = [contents[u.client_id] for u in result.accepted]
             from_clients = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         elif result.accepted:
@@ -118,7 +118,7 @@ class MessageStrategy(
                 usable.append((content, n, {k: v for k, v in record.items() if k != key}))
         if not usable:
             return None
-        if self.custom_evaluate_metrics:
+        if self.evaluate_metrics_aggr_fn is not aggregate_metricrecords:  # Flower's mean: ours
             return self.evaluate_metrics_aggr_fn([c for c, _, _ in usable], key)
         aggregated: dict[str, Any] = evaluation_metrics([(n, m) for _, n, m in usable])
         return MetricRecord(aggregated)
@@ -220,4 +220,4 @@ class FedProx(MessageStrategy):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg)  # part: server-optimizer
+FedAvgM, FedAdagrad, FedAdam, FedYogi = flower_optimizers(FedAvg)  # part: server-optimizer

@@ -43,11 +43,11 @@ from strategies.sampling import NUM_PARTITIONS_KEY, PARTITION_KEY, Node
 class Pool(RuleAdapter):
     """What both halves' pools share: how many clients, and each round's partitions."""
 
-    def __init__(self, *, num_partitions: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, num_partitions: int | None = None, **kwargs: Any) -> None:
         if num_partitions is not None and num_partitions < 1:
             raise ValueError(f"num_partitions={num_partitions} is not allowed: must be >= 1")
         self.num_partitions = num_partitions
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
 
     def assign(
         self, server_round: int, purpose: str, size: int, nodes: Sequence[Node]
@@ -91,8 +91,8 @@ class PooledMessages(Pool, MessageFedAvg):
     """The Message API's pool: a message per sampled partition, naming it, to the node that
     runs it; a reply is named by the partition its message was for."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._round: list[Message] = []  # this round's train messages
         self._named: dict[str, str] = {}  # their partitions by message id (the grid sets ids)
 

@@ -237,12 +237,22 @@ def _knob(option: str) -> property:
     return property(get, set_)
 
 
+def _current_arrays() -> property:
+    """The global model, where Flower's Message-API FedAvgM and FedOpt keep it."""
+
+    def set_(self: Any, arrays: Any) -> None:
+        self.set_global_model(arrays)
+
+    return property(lambda self: self.rule.global_model, set_)
+
+
 class FlowerOptimizer:
     """Flower's FedAdagrad, FedAdam or FedYogi, before a FedAvg adapter in a class's bases (see
     :func:`flower_optimizers`): Flower's arguments and defaults, and its attributes."""
 
     optimizer: ClassVar[str]
     defaults: ClassVar[dict[str, float]]
+    current_arrays = _current_arrays()
     eta = _knob("server_learning_rate")
     beta_1 = _knob("server_beta_1")
     beta_2 = _knob("server_beta_2")
@@ -258,10 +268,24 @@ class FlowerOptimizer:
         super().__init__(server_optimizer=self.optimizer, **knobs, **kwargs)  # type: ignore[call-arg]
 
 
+class FlowerFedAvgM:
+    """Flower's FedAvgM, before a FedAvg adapter in a class's bases: its server learning rate
+    and momentum as attributes (set, they apply from the next round)."""
+
+    current_arrays = _current_arrays()
+    server_learning_rate = _knob("server_learning_rate")
+    server_momentum = _knob("server_momentum")
+
+
 def flower_optimizers(strategy: type[S], **changed: dict[str, float]) -> tuple[type[S], ...]:
-    """Flower's FedAdagrad, FedAdam and FedYogi as subclasses of ``strategy`` (a FedAvg), with
-    Flower's defaults (``changed``: a class's other ones on that API half)."""
-    return tuple(
+    """Flower's FedAvgM, FedAdagrad, FedAdam and FedYogi as subclasses of ``strategy`` (a
+    FedAvg), with Flower's defaults (``changed``: a class's other ones on that API half)."""
+    namespace = {
+        "__module__": strategy.__module__,
+        "__doc__": f"Flower's FedAvgM: {strategy.__doc__}",
+    }
+    fedavgm = type("FedAvgM", (FlowerFedAvgM, strategy), namespace)
+    return fedavgm, *(
         type(
             name,
             (FlowerOptimizer, strategy),

@@ -141,7 +141,7 @@ def test_build_gives_each_registered_rule_on_the_message_half(name: str) -> None
     assert strategy.rule.options.max_empty_rounds == 5
 
 
-def test_message_classes_take_flowers_message_api_names_keyword_only() -> None:
+def test_message_classes_take_flowers_message_api_arguments() -> None:
     strategy = strategies.message.Hybrid(
         fraction_train=0.3,
         min_train_nodes=4,
@@ -150,10 +150,25 @@ def test_message_classes_take_flowers_message_api_names_keyword_only() -> None:
     )
     assert (strategy.fraction_train, strategy.min_train_nodes) == (0.3, 4)
     assert strategy.rule.options.hybrid_lambda == 0.2
-    with pytest.raises(TypeError):
-        strategies.message.FedAvg(0.5)  # type: ignore[misc]
+    # Flower's FedAvg takes its arguments by position too, in its order.
+    positional = strategies.message.FedAvg(0.5, 0.25, 3)
+    flowers = FlowerMessageFedAvg(0.5, 0.25, 3)
+    for name in ("fraction_train", "fraction_evaluate", "min_train_nodes"):
+        assert getattr(positional, name) == getattr(flowers, name)
     with pytest.raises(TypeError, match="unexpected keyword argument 'fraction_fit'"):
         strategies.message.FedAvg(fraction_fit=0.5)
+
+
+def test_metric_functions_set_after_construction_are_used() -> None:
+    """Flower's FedAvg reads its metric functions at call time; so does ours."""
+    strategy = message_with(GLOBAL, "fedavg", nodes=2)
+    strategy.train_metrics_aggr_fn = lambda contents, key: MetricRecord({"mine": len(contents)})
+    strategy.evaluate_metrics_aggr_fn = lambda contents, key: MetricRecord({"theirs": 1.0})
+    _, metrics = strategy.aggregate_train(1, [reply(1, GLOBAL, 3), reply(2, GLOBAL, 5)])
+    assert metrics is not None
+    assert metrics["mine"] == 2
+    evaluated = strategy.aggregate_evaluate(1, evaluation_replies([(3, 0.5, 0.5)]))
+    assert evaluated == MetricRecord({"theirs": 1.0})
 
 
 def evaluation_replies(answers: list[tuple[int, float, float]]) -> list[Message]:

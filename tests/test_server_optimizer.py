@@ -382,22 +382,29 @@ def our_class(half: Any, name: str) -> Any:
     return getattr(importlib.import_module(strategies.ADAPTERS[half.name].rpartition(".")[0]), name)
 
 
-@pytest.mark.parametrize("name", list(FLOWER_CLASSES))
+# Flower's classes that we name, and what each steps with.
+STEPPING = {"FedAvgM": "sgd"} | {name: optimizer for name, (optimizer, _) in FLOWER_CLASSES.items()}
+
+
+@pytest.mark.parametrize("name", list(STEPPING))
 def test_our_classes_have_flowers_arguments_and_defaults(half: Any, name: str) -> None:
     flowers, _ = half.flowers(name, GLOBAL)
     ours = our_class(half, name)()
-    for argument in ("eta", "eta_l", "beta_1", "beta_2", "tau"):
+    arguments = ["server_learning_rate", "server_momentum"] if name == "FedAvgM" else []
+    for argument in arguments or ["eta", "eta_l", "beta_1", "beta_2", "tau"]:
         assert getattr(ours, argument) == getattr(flowers, argument), argument
-    assert ours.rule.options.server_optimizer == FLOWER_CLASSES[name][0]
+    assert ours.rule.options.server_optimizer == STEPPING[name]
 
 
-@pytest.mark.parametrize("name", list(FLOWER_CLASSES))
-def test_flowers_adaptive_strategies_and_ours_step_alike_over_rounds(half: Any, name: str) -> None:
+@pytest.mark.parametrize("name", list(STEPPING))
+def test_flowers_stepping_strategies_and_ours_step_alike_over_rounds(half: Any, name: str) -> None:
     """The same replies over four rounds to Flower's class and ours, built with the same
-    arguments (none of them the defaults), ``eta`` changed on both after round 2. Ours takes no
-    configure call between rounds (as Flower's legacy classes) and keeps the model's dtype."""
+    arguments (none of them the defaults), the learning rate changed on both after round 2.
+    Ours takes no configure call between rounds (as Flower's legacy classes) and keeps the
+    model's dtype."""
     flowers_class = getattr(flowers_strategies(half), name)
     chosen = {"eta": 0.05, "eta_l": 0.02, "beta_1": 0.8, "beta_2": 0.95, "tau": 0.01}
+    chosen |= {"server_learning_rate": 0.7, "server_momentum": 0.5}  # FedAvgM's
     kwargs = {k: v for k, v in chosen.items() if k in inspect.signature(flowers_class).parameters}
     rng = np.random.default_rng(7)
     g0 = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
@@ -406,7 +413,9 @@ def test_flowers_adaptive_strategies_and_ours_step_alike_over_rounds(half: Any, 
     half.set_global(ours, g0)
     for server_round in range(1, 5):
         if server_round == 3:
-            flowers.eta = ours.eta = 0.2
+            rate = "eta" if "eta" in kwargs else "server_learning_rate"
+            setattr(flowers, rate, 0.2)
+            setattr(ours, rate, 0.2)
         models = [
             [(g + rng.normal(scale=0.1, size=g.shape)).astype(np.float32) for g in g0]
             for _ in range(3)

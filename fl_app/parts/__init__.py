@@ -109,6 +109,7 @@ PARTS: dict[str, Part] = {
             "tests/test_legacy_sampling.py",
             "tests/test_secure_aggregation.py",
             "tests/test_server_loop.py",
+            "tests/test_flower_legacy_fedavg.py",
         ),
         module="fl_app.parts.legacy",
         keys=(
@@ -164,6 +165,8 @@ PARTS: dict[str, Part] = {
             "strategies/server_optimizer.py",
             "fl_app/parts/server_optimizer_keys.py",
             "tests/test_server_optimizer.py",
+            "tests/test_flower_message_fedavgm.py",
+            "tests/test_flower_message_fedopt.py",
         ),
         module="strategies.server_optimizer",
         keys=(

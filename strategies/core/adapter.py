@@ -45,7 +45,7 @@ class RuleAdapter:
 
     def __init__(
         self,
-        *,
+        *args: Any,
         rule: Rule | None = None,
         options: ServerOptions | None = None,
         score_fn: ScoreFn | None = None,
@@ -53,14 +53,15 @@ class RuleAdapter:
         query_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        """``kwargs``: the rule's knobs, then the Flower strategy's arguments. ``sampling_seed``:
-        seeded sampling (None: Flower's), waiting ``query_timeout`` for partition ids."""
+        """``args``, ``kwargs``: the rule's knobs, then the Flower strategy's arguments.
+        ``sampling_seed``: seeded sampling (None: Flower's), waiting ``query_timeout`` for
+        partition ids."""
         self.rule = build_rule(self.rule_type, kwargs, rule, options, score_fn)
         self.last_result: RoundResult | None = None
         self.sampler = None if sampling_seed is None else SeededSampler(sampling_seed)
         self.query_timeout = query_timeout
         self.last_sampled: list[int | str] | None = None  # the last training round's clients
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
 
     def reseed(
         self,
