@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # Before Flower and Ray are imported: no telemetry, no update check, quiet Ray, no task events.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -34,7 +34,7 @@ from fl_app.parts.presets import PresetFlags  # part: presets
 from fl_app.parts.ray_cluster import ClusterFlags  # part: ray-cluster
 from strategies.core.update import NothingAggregatedError
 
-# What optional parts add to this command line, in the order their hooks run.
+# What the parts add to this command line, in the order their hooks run.  # part: cli-extensions
 EXTENSIONS: list[extensions.Extension] = [  # part: cli-extensions
     PresetFlags(),  # part: presets
     ComparisonFlags(),  # part: comparisons
@@ -43,8 +43,13 @@ EXTENSIONS: list[extensions.Extension] = [  # part: cli-extensions
 ]  # part: cli-extensions
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, as a bad config gets (not the usage)
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Run the Flower app on Flower's simulation engine, in this process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
