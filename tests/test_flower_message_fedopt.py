@@ -15,26 +15,14 @@
 """Flower's own tests of its class, run on strategies.message.FedAdagrad, FedAdam and FedYogi:
 adap/flower's framework/py/flwr/serverapp/strategy/fedopt_test.py (commit fdef7af), its
 imports changed only. Its test of FedOpt's private method is left out, and pytest parametrizes
-instead of ``parameterized``. create_mock_reply is Flower's, from strategy_utils_test.py."""
-
-from unittest.mock import Mock
+instead of ``parameterized``."""
 
 import numpy as np
 import pytest
-from flwr.common import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common import ArrayRecord
 
 from strategies.message import FedAdagrad, FedAdam, FedYogi
-
-
-def create_mock_reply(arrays: ArrayRecord, num_examples: float) -> Message:
-    """Create a mock reply Message with default keys."""
-    message = Mock(spec=Message)
-    message.content = RecordDict(
-        {"arrays": arrays, "metrics": MetricRecord({"num-examples": num_examples})}
-    )
-    message.has_error.side_effect = lambda: False
-    message.has_content.side_effect = lambda: True
-    return message
+from tests.test_flower_message_fedavgm import create_mock_reply
 
 
 @pytest.mark.parametrize("strategy_cls", [FedAdagrad, FedAdam, FedYogi])
