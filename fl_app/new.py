@@ -12,6 +12,7 @@ its own name and FAB identity in pyproject.toml and a short README.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -144,6 +145,8 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
         raise NewAppError(f"--publisher {publisher!r} is not allowed: the same form as --name")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise NewAppError(f"{destination} exists and is not an empty folder")
+    if importlib.util.find_spec("ruff") is None:  # the app would fail its own format check
+        raise NewAppError("new formats the app with ruff, not installed: pip install -e '.[dev]'")
     kept = with_requirements(parts)
     left_out = [PARTS[p] for p in PARTS if p not in kept] + [TEMPLATE]
     trimmed: list[str] = []  # the Python files that lost lines
@@ -173,17 +176,20 @@ def make_app(destination: Path, name: str, publisher: str, parts: list[str]) -> 
 
 
 def tidy(destination: Path, trimmed: list[str]) -> None:
-    """Format the app as its own lint wants it, where ruff is installed: a dropped line may
-    leave a list empty, imports to re-sort, or (in ``trimmed``) a call split over lines it no
-    longer needs."""
+    """Format the app as its own lint wants it: a dropped line may leave a list empty, imports
+    to re-sort, or (in ``trimmed``) a call split over lines it no longer needs."""
     joined = ["format", "--config", "format.skip-magic-trailing-comma=true", *trimmed]
     commands = [joined] if trimmed else []
     for command in [*commands, ["format", "."], ["check", "--fix", "--select", "I", "."]]:
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "ruff", *command, "--quiet"],
             cwd=destination,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise NewAppError(f"ruff {command[0]} failed in {destination}: {said[-1]}")
 
 
 def python_lines(root: Path) -> int:
@@ -238,14 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, part in PARTS.items():
             print(f"{name:20} {part.summary}")
         return 0
-    if args.sizes:
-        for name, count in sizes().items():
-            print(f"{name:20} {count:6}")
-        return 0
-    if args.destination is None:
+    if args.destination is None and not args.sizes:
         parser.error("the destination folder is required")
-    name = args.name or re.sub(r"[^a-z0-9]+", "-", args.destination.resolve().name.lower())
     try:
+        if args.sizes:
+            for row, count in sizes().items():
+                print(f"{row:20} {count:6}")
+            return 0
+        name = args.name or re.sub(r"[^a-z0-9]+", "-", args.destination.resolve().name.lower())
         make_app(args.destination, name, args.publisher or name, args.parts)
     except NewAppError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import importlib.util
 import re
 from pathlib import Path
 
@@ -209,6 +210,27 @@ def test_a_bad_argument_of_new_is_one_line_and_writes_nothing(
     (line,) = capsys.readouterr().err.splitlines()
     assert wanted in line
     assert not (tmp_path / "app").exists()
+
+
+@pytest.mark.parametrize("arguments", [["app"], ["--sizes"]])
+def test_without_ruff_new_says_so_in_one_line_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+) -> None:
+    """An unformatted app would fail its own format check (and count lines it need not)."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ruff" else find_spec(name, *a),
+    )
+    monkeypatch.chdir(tmp_path)
+    assert new.main(arguments) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "ruff, not installed: pip install -e '.[dev]'" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_new_refuses_a_folder_that_holds_something(
