@@ -202,7 +202,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)  # reported; the step's adds the proximal term
             pairs = zip(model.parameters(), start, strict=False)  # none while μ = 0
-            (loss + proximal_mu / 2 * sum((p - p0).square().sum() for p, p0 in pairs)).backward()
+            pull = sum((p - p0).square().sum() for p, p0 in pairs)
+            (loss + proximal_mu / 2 * pull if start else loss).backward()
             optimizer.step()
             loss_sum, seen = loss_sum + loss.item() * len(yb), seen + len(yb)
     return loss_sum / seen if seen else math.nan

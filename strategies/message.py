@@ -204,8 +204,7 @@ Hybrid = MessageStrategy.of(HybridRule, "Hybrid")
 
 
 class FedProx(MessageStrategy):
-    """Flower's FedProx: FedAvg whose train config carries ``proximal-mu`` μ, for the clients'
-    local loss plus (μ/2)‖w − w_global‖² (Li et al. 2020; this app's client reads it)."""
+    """Flower's FedProx: FedAvg sending ``proximal-mu`` μ for the clients' (μ/2)‖w − w_global‖²."""
 
     rule_type = FedAvgRule
 
