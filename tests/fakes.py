@@ -8,6 +8,7 @@ Message-API strategy (``tests/halves.py`` lists the halves this copy has).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,14 @@ def updates_of(
 class Half:
     """What every API half's stand-in does the same way."""
 
+    name: str
+    flowers_module: Any  # Flower's own strategies of this half
+
+    def ours(self, name: str) -> Any:
+        """This project's strategy class ``name`` on this half (e.g. Flower's names)."""
+        module, _, _ = strategies.ADAPTERS[self.name].rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
     def aggregate(
         self,
         strategy: Any,
@@ -147,6 +156,7 @@ class MessageHalf(Half):
 
     name = "message"
     flowers_class = FlowersFedAvg  # what every strategy of this half is
+    flowers_module = flower_strategies
     fraction = "fraction_train"  # Flower's name of the share of clients sampled to train
 
     @staticmethod
@@ -172,7 +182,7 @@ class MessageHalf(Half):
     ) -> tuple[Any, Callable[[int, Sequence[Update]], list[np.ndarray]]]:
         """Flower's own strategy ``name`` of this half, from ``global_model``, and a function giving
         its model after a round of updates (the round configured first, as Flower's loop does)."""
-        strategy = getattr(flower_strategies, name)(**kwargs)
+        strategy = getattr(self.flowers_module, name)(**kwargs)
         current = list(global_model)
 
         def round_(server_round: int, updates: Sequence[Update]) -> list[np.ndarray]:

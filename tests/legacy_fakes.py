@@ -99,6 +99,7 @@ class LegacyHalf(Half):
 
     name = "legacy"
     flowers_class = FlowersFedAvg
+    flowers_module = flower_strategies
     fraction = "fraction_fit"
 
     @staticmethod
@@ -121,7 +122,7 @@ class LegacyHalf(Half):
         self, name: str, global_model: Sequence[np.ndarray], **kwargs: Any
     ) -> tuple[Any, Callable[[int, Sequence[Update]], list[np.ndarray]]]:
         initial = ndarrays_to_parameters(list(global_model))
-        strategy = getattr(flower_strategies, name)(initial_parameters=initial, **kwargs)
+        strategy = getattr(self.flowers_module, name)(initial_parameters=initial, **kwargs)
 
         def round_(server_round: int, updates: Sequence[Update]) -> list[np.ndarray]:
             parameters, _ = strategy.aggregate_fit(server_round, *self.prepare(updates))

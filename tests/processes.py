@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
@@ -178,22 +178,29 @@ def on_loopback(address: str) -> bool:
 
 
 @contextmanager
-def watching_sockets(tag: str, every: float = 0.2) -> Iterator[set[tuple[str, int, str]]]:
-    """The sockets the tagged processes listen on at any time during the ``with`` block."""
-    seen: set[tuple[str, int, str]] = set()
+def polling(look: Callable[[], None], every: float) -> Iterator[None]:
+    """``look()`` every ``every`` seconds, in a thread, while the ``with`` block runs."""
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(every):
-            seen.update(listening(tag))
+            look()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        yield seen
+        yield
     finally:
         done.set()
         watcher.join()
+
+
+@contextmanager
+def watching_sockets(tag: str, every: float = 0.2) -> Iterator[set[tuple[str, int, str]]]:
+    """The sockets the tagged processes listen on at any time during the ``with`` block."""
+    seen: set[tuple[str, int, str]] = set()
+    with polling(lambda: seen.update(listening(tag)), every):
+        yield seen
 
 
 def tagged_pids(tag: str) -> list[int]:

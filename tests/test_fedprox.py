@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import strategies
 from fl_app.client_app import app
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
@@ -82,8 +80,7 @@ def flowers_fedprox(half: Any, proximal_mu: float) -> Any:
 
 
 def our_fedprox(half: Any, proximal_mu: float) -> Any:
-    module = importlib.import_module(strategies.ADAPTERS[half.name].rpartition(".")[0])
-    return module.FedProx(proximal_mu=proximal_mu)
+    return half.ours("FedProx")(proximal_mu=proximal_mu)
 
 
 def test_our_fedprox_sends_what_flowers_sends(half: Any) -> None:

@@ -4,7 +4,6 @@ its knobs and config keys."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from typing import Any
@@ -373,15 +372,6 @@ def test_every_rule_steps_with_every_adaptive_optimizer(
         np.testing.assert_allclose(got, g + rate * 0.1 * delta / (np.sqrt(v) + 1e-3), rtol=1e-12)
 
 
-def flowers_strategies(half: Any) -> Any:
-    """The module of Flower's own strategies of ``half``."""
-    return importlib.import_module(half.flowers_class.__module__.rpartition(".")[0])
-
-
-def our_class(half: Any, name: str) -> Any:
-    return getattr(importlib.import_module(strategies.ADAPTERS[half.name].rpartition(".")[0]), name)
-
-
 # Flower's classes that we name, and what each steps with.
 STEPPING = {"FedAvgM": "sgd"} | {name: optimizer for name, (optimizer, _) in FLOWER_CLASSES.items()}
 
@@ -389,7 +379,7 @@ STEPPING = {"FedAvgM": "sgd"} | {name: optimizer for name, (optimizer, _) in FLO
 @pytest.mark.parametrize("name", list(STEPPING))
 def test_our_classes_have_flowers_arguments_and_defaults(half: Any, name: str) -> None:
     flowers, _ = half.flowers(name, GLOBAL)
-    ours = our_class(half, name)()
+    ours = half.ours(name)()
     arguments = ["server_learning_rate", "server_momentum"] if name == "FedAvgM" else []
     for argument in arguments or ["eta", "eta_l", "beta_1", "beta_2", "tau"]:
         assert getattr(ours, argument) == getattr(flowers, argument), argument
@@ -402,14 +392,14 @@ def test_flowers_stepping_strategies_and_ours_step_alike_over_rounds(half: Any, 
     arguments (none of them the defaults), the learning rate changed on both after round 2.
     Ours takes no configure call between rounds (as Flower's legacy classes) and keeps the
     model's dtype."""
-    flowers_class = getattr(flowers_strategies(half), name)
+    flowers_class = getattr(half.flowers_module, name)
     chosen = {"eta": 0.05, "eta_l": 0.02, "beta_1": 0.8, "beta_2": 0.95, "tau": 0.01}
     chosen |= {"server_learning_rate": 0.7, "server_momentum": 0.5}  # FedAvgM's
     kwargs = {k: v for k, v in chosen.items() if k in inspect.signature(flowers_class).parameters}
     rng = np.random.default_rng(7)
     g0 = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
     flowers, flowers_round = half.flowers(name, g0, **kwargs)
-    ours = our_class(half, name)(**kwargs)
+    ours = half.ours(name)(**kwargs)
     half.set_global(ours, g0)
     for server_round in range(1, 5):
         if server_round == 3:

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from fl_app import engine
 from fl_app.engine import warm
 from scripts import local_deployment as ld
 from scripts import warm_superexec
-from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
+from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, polling, read_history
 
 # In a fresh interpreter (warm_up changes sys.modules): warm up, then load the ClientApp
 # the way Flower's flwr-clientapp does, from an installed FAB that differs from the project.
@@ -289,19 +288,8 @@ def children(parents: list[int]) -> dict[int, tuple[int, str]]:
 def watching_children(parents: list[int]) -> Iterator[dict[int, tuple[int, str]]]:
     """Every child ``parents`` have at any time during the ``with`` block."""
     seen: dict[int, tuple[int, str]] = {}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.1):
-            seen.update(children(parents))
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with polling(lambda: seen.update(children(parents)), 0.1):
         yield seen
-    finally:
-        done.set()
-        watcher.join()
 
 
 def command_line(pid: int) -> str:
