@@ -25,7 +25,7 @@ os.environ.setdefault("RAY_task_events_report_interval_ms", "0")
 
 from fl_app.kit import extensions  # part: cli-extensions
 from fl_app.kit import simulation as sim
-from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fl_app.kit.checkpoint import saved_run
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import PYPROJECT, ConfigError, key_of, pyproject_table
 from fl_app.parts.backend_flags import BackendFlags  # part: fast-engine
@@ -56,19 +56,13 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     flags = parser.add_argument_group("simulation")
     flags.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per client")
     flags.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per client, e.g. 0.25")
-    flags.add_argument(
-        "--ray-address",
-        default="",
-        help="run the clients on this running Ray cluster (e.g. 10.0.0.5:6379) instead of "
-        "starting Ray; the cluster is left running",
-    )
     flags.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     flags.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
-        "(flags still win, e.g. --num-server-rounds to extend it)",
+        "(flags still win, e.g. --num-server-rounds to extend it): --resume-from with its config",
     )
     extensions.add_flags(EXTENSIONS, flags)  # part: cli-extensions
     app = parser.add_argument_group("run config (keys of [tool.flwr.app.config])")
@@ -85,18 +79,16 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
 
 @dataclass
 class Invocation:
-    """What a command line asks for: a run (the rest of the one in ``resume``) or a part's."""
+    """What a command line asks for: a run (the rest of one, with ``resume-from``) or a part's."""
 
     cfg: RunConfig
     simulation: sim.Simulation
-    resume: Path | None = None
     runner: extensions.Runner | None = None  # part: cli-extensions
 
     def run(self) -> Any:
         if self.runner is not None:  # part: cli-extensions
             return self.runner()  # part: cli-extensions
-        checkpoint = None if self.resume is None else load_checkpoint(self.resume / CHECKPOINT_FILE)
-        return sim.run(self.cfg, self.simulation, resume=checkpoint)
+        return sim.run(self.cfg, self.simulation)
 
 
 def parse(argv: Sequence[str] | None = None) -> Invocation:
@@ -110,19 +102,20 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     except ConfigError as err:
         raise ConfigError(f"{PYPROJECT.name} [tool.flwr.app.config]: {err}") from None
     if resume is not None:
-        defaults = sim.saved_run(resume)
+        defaults = saved_run(resume) | {"resume-from": str(resume)}
     defaults |= extensions.defaults(EXTENSIONS, argv)  # part: cli-extensions
     args = build_parser(defaults).parse_args(argv)
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
-    simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose, args.ray_address)
+    simulation = sim.Simulation(args.num_cpus, args.num_gpus, args.verbose)
     simulation = extensions.check(EXTENSIONS, args, cfg, simulation)  # part: cli-extensions
-    invocation = Invocation(cfg, simulation, resume)
+    invocation = Invocation(cfg, simulation)
     invocation.runner = extensions.runner(EXTENSIONS, args, cfg, simulation)  # part: cli-extensions
     return invocation
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate)."""
+    """Exit status: 0 done, 2 a bad flag or config, 1 a run stopped (nothing to aggregate, or
+    the machine refused: a missing file, a full disk; the last checkpoint survives it)."""
     try:
         invocation = parse(argv)
         extensions.before(EXTENSIONS, invocation.simulation)  # part: cli-extensions
@@ -130,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         ConfigError,
         NothingAggregatedError,
+        OSError,
         extensions.RunError,  # part: cli-extensions
     ) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,6 +23,7 @@ from pathlib import Path
 from fl_app.parts import PARTS, ROOT, TEMPLATE, Part, registered_part
 
 NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+ASSIGNED = re.compile(r"( +)(\w+) = (.+\n)")  # an unannotated assignment of one line
 # Never copied from a checkout that is not a git work tree (git says what is tracked).
 UNTRACKED = {".git", ".venv", "__pycache__", "outputs", "data", "site", "dist", "build"}
 
@@ -70,15 +71,21 @@ def belongs_to(path: str, part: Part) -> bool:
 
 def kept_lines(text: str, kept: set[str]) -> str:
     """``text`` less the lines that register a part not in ``kept``; where a dropped run of
-    lines stood between two gaps (a function of its own), the gap after it goes too."""
+    lines stood between two gaps (a function of its own), the gap after it goes too, and where
+    it stood between ``name = value`` and ``return name``, the two become ``return value``."""
     out: list[str] = []
-    gap_goes = False
+    gap_goes = dropped = False
     for line in text.splitlines(keepends=True):
         if registered_part(line) not in (None, *kept):
-            gap_goes = bool(out) and not out[-1].strip()
+            gap_goes, dropped = bool(out) and not out[-1].strip(), True
+            continue
+        assigned = ASSIGNED.fullmatch(out[-1]) if dropped and out else None
+        if assigned and line == f"{assigned[1]}return {assigned[2]}\n":
+            out[-1] = f"{assigned[1]}return {assigned[3]}"
         elif not (gap_goes and not line.strip()):
             gap_goes = False
             out.append(line)
+        dropped = False
     return "".join(out).rstrip("\n") + "\n" if out else ""
 
 

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import strategies
 from fl_app.engine.polled import polled_grid  # part: fast-engine
-from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
+from fl_app.kit.checkpoint import CHECKPOINT_FILE, resumed
 from fl_app.kit.config import RunConfig
 from fl_app.kit.results import RunListener, RunWriter, run_directory
 from fl_app.kit.rounds import RoundRecorder, stopped_record, train_record
@@ -45,28 +45,27 @@ def build_strategy(cfg: RunConfig, server: ServerModel) -> MessageStrategy:
 
 @dataclass
 class ServerRun:
-    """One run of the server: config, listeners, resume point, tags for every message's config."""
+    """One run of the server: config, listeners, tags for every message's config."""
 
     cfg: RunConfig
     listeners: Sequence[RunListener] = ()
-    resume: Checkpoint | None = None
     num_partitions: int | None = None  # part: fast-engine
     tags: Mapping[str, Scalar] = field(default_factory=dict)
 
 
 def run_server(grid: Grid, run: ServerRun) -> None:
     """Run ``run.cfg``'s rounds on ``grid``; results and a checkpoint after every round go to
-    ``output-dir/<run-name>``; ``run.resume`` continues from one. Optional parts listen too."""
-    cfg = run.cfg
+    ``output-dir/<run-name>``; ``resume-from`` continues one. Optional parts listen too."""
+    cfg, resume = resumed(run.cfg)
+    server = ServerModel(cfg)  # first: a bad split or device stops the run before it writes
     grid = polled_grid(grid, cfg, run.num_partitions)  # part: fast-engine
     directory = run_directory(cfg)
-    parts = cfg.part_listeners(directory)  # first: a missing package stops the run at once
+    parts = cfg.part_listeners(directory)  # a missing package stops the run at once
     parts.insert(0, RunPlots(cfg, directory))  # part: plots
     try:
-        server = ServerModel(cfg)
         log(INFO, "results of this run: %s", directory)
         listeners = [RunWriter(cfg, directory, server.save), *run.listeners, *parts]
-        recorder = RoundRecorder(listeners, directory / CHECKPOINT_FILE, run.resume)
+        recorder = RoundRecorder(listeners, directory / CHECKPOINT_FILE, resume)
         rounds = message_rounds
         rounds = legacy_rounds(cfg, rounds)  # part: legacy-api
         rounds(grid, run, server, recorder)

@@ -23,12 +23,14 @@ REGISTRY: dict[str, type[Rule]] = {
     "hybrid": HybridRule,
 }
 
-CHOICES: dict[str, type[Rule]] = {  # what a run can name: the registry, then optional parts'
+# What a run can name: the registry, then optional parts'.
+CHOICES: dict[str, type[Rule]] = {
     **REGISTRY,
     **flower_robust.BASELINES,  # part: flower-baselines
 }
 
-ADAPTERS = {  # each Flower API half's adapter class
+# Each Flower API half's adapter class.
+ADAPTERS = {
     "message": "strategies.message.MessageStrategy",
     "legacy": "strategies.legacy.LegacyStrategy",  # part: legacy-api
 }

@@ -37,7 +37,12 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from strategies.core.adapter import RuleAdapter
 from strategies.core.codec import decode_tensors, encode_tensors
-from strategies.core.metrics import canonical_order, evaluation_metrics, weighted_metrics
+from strategies.core.metrics import (
+    canonical_order,
+    evaluation_metrics,
+    train_metrics,
+    weighted_metrics,
+)
 from strategies.core.update import ClientUpdate, RoundResult
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
@@ -147,16 +152,17 @@ class LegacyStrategy(
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not self.accept_failures and failures:
-            metrics: dict[str, Scalar] = {"results": len(results), "failures": len(failures)}
-            metrics |= {"rejected": 0, "accepted": 0}
+            counts: dict[str, Scalar] = {"results": len(results), "failures": len(failures)}
             problem = (
                 f"round {server_round}: nothing aggregated, keeping the previous model: "
                 f"{len(failures)} clients failed and accept_failures=False "
                 f"(first: {describe_failure(failures[0])})"
             )
             log(WARNING, "%s", problem)
-            self.last_result = RoundResult(None, metrics, [], problem)
-            return None, metrics
+            self.last_result = RoundResult(
+                None, counts | {"rejected": 0, "accepted": 0}, [], problem
+            )
+            return None, train_metrics({}, self.last_result.metrics)
         updates = [rule_update(self.client_name(proxy.cid), res) for proxy, res in results]
         if self.secure_aggregation and updates:
             updates = self._unmasked_mean(updates)
@@ -167,14 +173,11 @@ class LegacyStrategy(
             indivisible=self.secure_aggregation,
         )
         self.last_result = result
-        metrics = dict(result.metrics)
+        from_clients: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn is not None and result.accepted:
-            metrics = (
-                self.fit_metrics_aggregation_fn(
-                    [(u.num_examples, u.metrics) for u in result.accepted]  # type: ignore[misc]
-                )
-                | metrics
-            )
+            replies = [(u.num_examples, u.metrics) for u in result.accepted]
+            from_clients = self.fit_metrics_aggregation_fn(replies)  # type: ignore[arg-type]
+        metrics = train_metrics(from_clients, result.metrics)
         if result.arrays is None:
             return None, metrics
         tensors = encode_tensors(result.arrays)

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords  # it
 
 from strategies.core.adapter import RuleAdapter
 from strategies.core.codec import decode_tensors, encode_tensors
-from strategies.core.metrics import evaluation_metrics, weighted_metrics
+from strategies.core.metrics import evaluation_metrics, train_metrics, weighted_metrics
 from strategies.core.update import ClientUpdate
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
@@ -99,11 +99,10 @@ class MessageStrategy(
             from_clients = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         elif result.accepted:
             from_clients = weighted_metrics([(u.num_examples, u.metrics) for u in result.accepted])
-        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
         record = self._array_record(result.arrays)
         if record is not None:  # the next round's model, should no configure_train come first
             self.set_global_model(record)
-        return record, MetricRecord(dict(from_clients) | metrics)
+        return record, MetricRecord(train_metrics(from_clients, result.metrics))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

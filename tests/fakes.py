@@ -9,7 +9,7 @@ Message-API strategy (``tests/halves.py`` lists the halves this copy has).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import FedAvg as FlowersFedAvg
 
 import strategies
+from strategies.core.metrics import ROUND
 from strategies.message import MessageStrategy
 
 
@@ -84,12 +85,19 @@ def aggregated(
     strategy: MessageStrategy, server_round: int, replies: Sequence[Message]
 ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
     """``aggregate_train`` of ``replies``: the new model (None: nothing aggregated) and the
-    metrics, with the weights the round gave (JSON, as a run's record has them)."""
+    metrics, as :func:`own_names` gives them."""
     arrays, metrics = strategy.aggregate_train(server_round, replies)
-    reported = dict(metrics or {})
+    reported = own_names(strategy, metrics or {})
+    return (None if arrays is None else arrays.to_numpy_ndarrays()), reported
+
+
+def own_names(strategy: Any, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Flower's train metrics, the rule's counts under their own names (``results``, ...),
+    with the weights the round gave (JSON, as a run's record has them)."""
+    reported = {key.removeprefix(ROUND): value for key, value in metrics.items()}
     if strategy.last_result is not None and "weights" in strategy.last_result.metrics:
         reported["weights"] = strategy.last_result.metrics["weights"]
-    return (None if arrays is None else arrays.to_numpy_ndarrays()), reported
+    return reported
 
 
 @dataclass

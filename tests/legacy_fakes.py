@@ -24,7 +24,7 @@ from flwr.server.strategy import FedAvg as FlowersFedAvg
 
 import strategies
 from strategies.legacy import LegacyStrategy
-from tests.fakes import Half, Update
+from tests.fakes import Half, Update, own_names
 
 OK = Status(code=Code.OK, message="")
 
@@ -157,7 +157,7 @@ class LegacyHalf(Half):
     ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
         parameters, metrics = self.call(strategy, prepared, server_round)
         arrays = None if parameters is None else parameters_to_ndarrays(parameters)
-        return arrays, dict(metrics)
+        return arrays, own_names(strategy, metrics)
 
     def call(self, strategy: Any, prepared: Any, server_round: int = 1) -> Any:
         results, failures = prepared

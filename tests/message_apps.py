@@ -30,6 +30,7 @@ from fl_app.client_app import client_app_for
 from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec, load_client_data, load_server_data
 from fl_app.task import build_model, evaluate, get_weights, set_weights
+from strategies.core.metrics import ROUND
 
 NUM_CLIENTS = 4
 ROUNDS = 3
@@ -108,7 +109,8 @@ def quickstart_server(results: dict[str, Any]) -> ServerApp:
             results[name] = {
                 "loss": [result.evaluate_metrics_serverapp[r]["loss"] for r in range(ROUNDS + 1)],
                 "accepted": [
-                    result.train_metrics_clientapp[r]["accepted"] for r in range(1, ROUNDS + 1)
+                    result.train_metrics_clientapp[r][ROUND + "accepted"]
+                    for r in range(1, ROUNDS + 1)
                 ],
             }
 

@@ -24,8 +24,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from pathlib import Path
 from typing import Any
 
-from fl_app.kit.local import flower_env, free_port
-
 TAG_VARIABLE = "FL_TEMPLATE_TEST_TAG"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +105,7 @@ def read_history(run_dir: Path) -> dict[str, Any]:
 # times, what an optional part says of where it ran, and where the run was written.
 CIRCUMSTANCES = ["seconds", "elapsed"]
 CIRCUMSTANCES += ["ray_nodes"]  # part: ray-cluster
-PLACES = ("run-name", "output-dir")
+PLACES = ("run-name", "output-dir", "resume-from")
 
 
 def without_timings(history: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +127,8 @@ def flwr_run_local(
 
     ``flwr`` starts a detached local SuperLink on ports picked here and leaves it running:
     stop it afterwards (:func:`stop_tagged`)."""
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(loopback_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(loopback_port())
     command = [
         str(Path(sys.executable).with_name("flwr")), "run", ".",
         "--run-config", run_config,
@@ -263,28 +261,34 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def isolated_env() -> Iterator[dict[str, str]]:
-    """An environment for Flower/Ray subprocesses: private homes, offline, a tag.
-
-    It is :func:`fl_app.kit.local.flower_env` (this venv's Flower commands first
-    on PATH, no telemetry, no runtime dependency install) plus private Flower and Ray
-    folders and a tag. On exit every process started with it is stopped, also when the
-    test failed.
+    """An environment for Flower/Ray subprocesses: this venv's Flower commands first on PATH,
+    private Flower and Ray folders, offline, no telemetry, no runtime dependency install (the
+    SuperLink would `uv sync` the app: a CUDA torch), a task poll of 0.05 s and a tag. On exit
+    every process started with it is stopped, also when the test failed.
     """
     tag = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="flwr") as home:
-        env = flower_env()
-        env.update(
-            {
-                TAG_VARIABLE: tag,
-                "FLWR_HOME": str(Path(home) / "flwr"),
-                "RAY_TMPDIR": str(Path(home) / "ray"),
-                "HF_DATASETS_OFFLINE": "1",
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        env = os.environ | {
+            TAG_VARIABLE: tag,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(Path(home) / "flwr"),
+            "RAY_TMPDIR": str(Path(home) / "ray"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         Path(env["RAY_TMPDIR"]).mkdir()
         try:
             yield env

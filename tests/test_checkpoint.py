@@ -1,19 +1,35 @@
-"""Checkpoints: atomic per-round state, and a killed run resumed to the same result."""
+"""Checkpoints: atomic per-round state (a failed write keeps the last one), and a killed run
+resumed to the same result."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+import run_simulation
+from fl_app.kit import rounds
+from fl_app.kit.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    resumed,
+    save_checkpoint,
+)
+from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
+from fl_app.kit.results import run_directory
 from tests.halves import API_FLAGS
 from tests.processes import (
     ROOT,
@@ -123,3 +139,86 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, api: s
     assert resumed_history == whole_history
     epsilons = [r["epsilon"] for r in resumed_history["rounds"][1:]]  # part: dp
     assert epsilons == sorted(set(epsilons))  # part: dp
+
+
+@pytest.fixture
+def no_sigxfsz() -> Iterator[None]:
+    """A write past the file size limit fails with an error instead of killing the process."""
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGXFSZ, previous)
+
+
+@contextmanager
+def files_limited_to(size: int) -> Iterator[None]:
+    """This process may write no file past ``size`` bytes (the kernel answers ``EFBIG``, as a
+    full disk answers ``ENOSPC``): a real failed write, without root."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.usefixtures("no_sigxfsz")
+def test_a_write_that_fails_midway_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    small = Checkpoint(1, [np.zeros(10, dtype=np.float32)], {}, [{"round": 1}])
+    save_checkpoint(path, small)
+    big = Checkpoint(2, [np.ones(100_000, dtype=np.float32)], {}, [{"round": 1}, {"round": 2}])
+    with files_limited_to(path.stat().st_size + 1000), pytest.raises(OSError, match="too large"):
+        save_checkpoint(path, big)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]  # no half file left
+    kept = load_checkpoint(path)
+    assert kept.round == 1
+    np.testing.assert_array_equal(kept.global_model[0], small.global_model[0])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_sigxfsz")
+def test_a_checkpoint_the_disk_refuses_stops_the_run_in_one_line_and_it_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Round 2's checkpoint hits the limit: the run stops (exit 1, one line), round 1's
+    checkpoint is whole, and ``--resume`` runs rounds 2 and 3 from it."""
+
+    def save_or_fail(path: Path, checkpoint: Checkpoint) -> None:
+        if checkpoint.round < 2:
+            return save_checkpoint(path, checkpoint)
+        with files_limited_to(path.stat().st_size):
+            return save_checkpoint(path, checkpoint)
+
+    flags = ["--num-server-rounds", "3", "--num-clients", "3", "--local-epochs", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr(rounds, "save_checkpoint", save_or_fail)
+        assert run_simulation.main([*flags, "--output-dir", str(tmp_path), "--run-name", "r"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: [Errno 27] File too large"), error
+    assert "\n" not in error
+    assert load_checkpoint(tmp_path / "r" / CHECKPOINT_FILE).round == 1
+    assert run_simulation.main(["--resume", str(tmp_path / "r")]) == 0
+    assert "round   2/3" in capsys.readouterr().out
+    assert [r["round"] for r in read_history(tmp_path / "r")["rounds"]] == [0, 1, 2, 3]
+
+
+def test_resume_from_continues_in_its_folder_and_refuses_what_is_not_a_run(
+    tmp_path: Path,
+) -> None:
+    """``resume-from`` (``flwr run --run-config``, and ``run_simulation.py --resume``) names a
+    run folder: the run writes there, from its checkpoint; anything else is one line."""
+    folder = tmp_path / "somewhere" / "run-7"
+    cfg = RunConfig.from_mapping({"resume-from": str(folder), "output-dir": "elsewhere"})
+    with pytest.raises(ConfigError, match=r"'resume-from' .* not a run folder") as refused:
+        resumed(cfg)
+    assert "\n" not in str(refused.value)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg.run_config))
+    with pytest.raises(ConfigError, match=f"it has no {CHECKPOINT_FILE}"):
+        resumed(cfg)
+    save_checkpoint(folder / CHECKPOINT_FILE, Checkpoint(4, [np.ones(3)], {}, [{"round": 4}]))
+    continued, checkpoint = resumed(cfg)
+    assert run_directory(continued) == folder
+    assert checkpoint is not None
+    assert checkpoint.round == 4
+    assert resumed(RunConfig.from_mapping({})) == (RunConfig.from_mapping({}), None)

@@ -1,7 +1,8 @@
 """Bad values for every config key, drawn from the key's own declaration (its type, its bounds,
 its choices), not from a list: each is refused in one line that names the key, through
 ``RunConfig.from_mapping`` (what ``flwr run`` hands the apps) and through ``run_simulation.py``
-(exit 2, nothing written)."""
+(exit 2, nothing written). Then values each key accepts but not together (more clients than
+examples, on each dataset and partitioner), and what the machine refuses (exit 1, one line)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import run_simulation
+from fl_app import task
+from fl_app.kit import data
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import BOUNDS, ConfigError, key_of
+from fl_app.server_app import ServerRun, run_server
 
 FIELDS = {key_of(f.name): f for f in dataclasses.fields(RunConfig)}
 NUMBERS = {"allow_nan": False, "allow_infinity": False}
@@ -117,3 +122,77 @@ def test_any_declared_bad_flag_exits_2_with_one_line_and_writes_nothing(
     error = capsys.readouterr().err
     assert error.startswith("error: ")
     assert_one_line(error, key)
+
+
+# ---- values each key accepts, refused across keys or by the machine ----------------------
+def main_says(argv: list[str], capsys: pytest.CaptureFixture[str], output: Path) -> tuple[int, str]:
+    """``run_simulation.py ARGV --output-dir OUTPUT``'s exit code and its stderr, which is one
+    line; it wrote nothing."""
+    capsys.readouterr()
+    code = run_simulation.main([*argv, "--output-dir", str(output)])
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: "), error
+    assert "\n" not in error, error
+    assert not output.exists()
+    return code, error
+
+
+def loadable(dataset: str) -> RunConfig | None:
+    """A config of ``dataset`` that keeps every client (None: its files are not here)."""
+    cfg = RunConfig.from_mapping({"dataset": dataset, "min-fit-clients": 1})
+    cfg = dataclasses.replace(cfg, min_available_clients=1, min_evaluate_clients=0)
+    try:
+        data.pool(cfg)
+    except OSError:
+        return None
+    return cfg
+
+
+POOLED = sorted(name for name, d in task.DATASETS.items() if isinstance(d, task.Pooled))
+SPLITS = [(name, p) for name in POOLED for p in data.PARTITIONERS if loadable(name) is not None]
+
+
+@pytest.mark.parametrize(("dataset", "partitioner"), SPLITS)
+def test_more_clients_than_examples_is_one_line_on_each_dataset_and_partitioner(
+    dataset: str, partitioner: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Each client needs two examples, one to train and one to validate: one more client than
+    the pooled data gives two each is refused before Flower starts, on both paths."""
+    cfg = loadable(dataset)
+    assert cfg is not None
+    most = len(data.pool(cfg).clients) // 2
+    flags = ["--dataset", dataset, "--partitioner", partitioner, "--min-fit-clients", "1"]
+    flags += ["--min-available-clients", "1", "--min-evaluate-clients", "0"]
+    try:
+        RunConfig.from_mapping({"dataset": dataset, "partitioner": partitioner})
+    except ConfigError as refused:  # a split the config refuses for this dataset, in one line
+        assert_one_line(refused, "partitioner")
+        return
+    code, error = main_says([*flags, "--num-clients", str(most + 1)], capsys, tmp_path / "out")
+    assert code == 2
+    assert f"'num-clients' = {most + 1} is not allowed: must be at most {most}" in error
+    too_many = dataclasses.replace(cfg, partitioner=partitioner, num_clients=most + 1)
+    with pytest.raises(ConfigError, match="num-clients"):  # the ServerApp of `flwr run`
+        run_server(None, ServerRun(too_many))  # type: ignore[arg-type]
+
+
+def test_a_partition_the_partitioner_cannot_make_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    flags = ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.01", "--num-clients", "200"]
+    code, error = main_says(flags, capsys, tmp_path / "out")
+    assert code == 2
+    assert "'num-clients' = 200 is not allowed: must be a number dirichlet can split into" in error
+
+
+def test_a_device_that_is_not_there_and_a_folder_that_cannot_be_written_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if not torch.cuda.is_available():
+        code, error = main_says(["--device", "cuda"], capsys, tmp_path / "out")
+        assert code == 2
+        assert "config 'device' = 'cuda' is not allowed" in error
+    (tmp_path / "a-file").write_text("")
+    code, error = main_says([], capsys, tmp_path / "a-file" / "out")
+    assert code == 2
+    assert "config 'output-dir'" in error

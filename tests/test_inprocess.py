@@ -14,7 +14,6 @@ from flwr.server.superlink.fleet.vce.backend import BackendConfig
 
 import run_simulation
 from fl_app.engine.inprocess import InProcessBackend
-from fl_app.kit.keys import ConfigError
 from tests.halves import API_FLAGS
 from tests.processes import IN_PROCESS, SHARED_CLIENTS, SHARED_ROUNDS, simulate, without_timings
 
@@ -70,7 +69,7 @@ def test_clients_in_this_process_give_the_ray_runs_results_bit_for_bit(
         (8, ["--num-cpus", "2"], "ray"),
         (8, ["--num-cpus", "4"], "inprocess"),
         (2, ["--num-gpus", "0.5"], "ray"),  # only Ray places clients on GPUs
-        (2, ["--ray-address", "127.0.0.1:6379"], "ray"),  # a cluster is Ray's
+        (2, ["--ray-address", "127.0.0.1:6379"], "ray"),  # part: ray-cluster
         (2, ["--fault-kind", "straggle", "--fault-fraction", "0.2"], "ray"),  # part: faults
         (16, ["--backend", "inprocess"], "inprocess"),  # asked for: kept
         (2, ["--backend", "ray"], "ray"),
@@ -81,12 +80,3 @@ def test_the_auto_backend_runs_ray_where_clients_side_by_side_pay(
 ) -> None:
     monkeypatch.setattr(run_simulation.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     assert run_simulation.parse(flags).simulation.backend == backend
-
-
-def test_a_ray_cluster_is_refused_with_the_clients_in_this_process() -> None:
-    with pytest.raises(ConfigError) as info:
-        run_simulation.parse(["--backend", "inprocess", "--ray-address", "10.0.0.5:6379"])
-    assert str(info.value) == (
-        "--ray-address '10.0.0.5:6379' is not allowed with --backend inprocess: "
-        "the clients run in this process (use --backend ray)"
-    )

@@ -137,12 +137,12 @@ def test_both_halves_give_the_same_model_bit_for_bit(
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype
             assert g.tobytes() == w.tobytes()
-        # The same round metrics; a MetricRecord cannot hold the weights' JSON string,
-        # which stays in last_result.
+        # The same round metrics, and the same weights (a JSON string, in last_result).
         assert message_metrics is not None
-        assert dict(message_metrics) == {k: v for k, v in legacy_metrics.items() if k != "weights"}
+        assert dict(message_metrics) == legacy_metrics
         assert message.last_result is not None
-        assert message.last_result.metrics["weights"] == legacy_metrics["weights"]
+        assert legacy.last_result is not None
+        assert message.last_result.metrics["weights"] == legacy.last_result.metrics["weights"]
         global_model = want
 
 

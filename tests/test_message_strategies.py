@@ -17,9 +17,10 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg as FlowerMessageFedAvg
 
 import strategies
+from strategies.core.metrics import ROUND
 from strategies.core.update import NothingAggregatedError
 from strategies.message import MessageStrategy
-from tests.fakes import Nodes, message_with, reply, sent_to
+from tests.fakes import Nodes, message_with, reply, sent_to, start
 
 SHAPES = [(3, 2), (2,)]
 
@@ -53,7 +54,11 @@ def test_one_bad_reply_is_rejected_and_the_others_aggregated(name: str, bad: str
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert metrics is not None
-    assert (metrics["results"], metrics["rejected"], metrics["accepted"]) == (3, 1, 2)
+    assert (
+        metrics[ROUND + "results"],
+        metrics[ROUND + "rejected"],
+        metrics[ROUND + "accepted"],
+    ) == (3, 1, 2)
     # Equal sizes and equal quality: every rule averages the two good replies to 2.
     for layer in arrays.to_numpy_ndarrays():
         np.testing.assert_allclose(layer, 2.0, rtol=1e-6)
@@ -77,7 +82,11 @@ def test_error_replies_and_missing_replies_are_failures() -> None:
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert metrics is not None
-    assert (metrics["results"], metrics["failures"], metrics["accepted"]) == (2, 2, 2)
+    assert (
+        metrics[ROUND + "results"],
+        metrics[ROUND + "failures"],
+        metrics[ROUND + "accepted"],
+    ) == (2, 2, 2)
 
 
 def named(arrays: Sequence[np.ndarray], names: Sequence[str]) -> ArrayRecord:
@@ -103,7 +112,7 @@ def test_layers_are_matched_by_name_and_the_result_keeps_the_names() -> None:
     assert arrays is not None
     assert metrics is not None
     assert list(arrays.keys()) == names
-    assert (metrics["accepted"], metrics["rejected"]) == (2, 1)
+    assert (metrics[ROUND + "accepted"], metrics[ROUND + "rejected"]) == (2, 1)
     for layer in arrays.to_numpy_ndarrays():
         np.testing.assert_allclose(layer, 2.0, rtol=1e-6)
 
@@ -114,7 +123,7 @@ def test_the_message_half_stops_after_max_empty_rounds() -> None:
     arrays, metrics = strategy.aggregate_train(1, no_quality)
     assert arrays is None
     assert metrics is not None
-    assert metrics["rejected"] == 2
+    assert metrics[ROUND + "rejected"] == 2
     assert strategy.last_result is not None
     assert "[train_loss]" in str(strategy.last_result.problem)
     with pytest.raises(NothingAggregatedError, match="max-empty-rounds=2"):
@@ -208,3 +217,22 @@ def test_a_non_finite_client_loss_shows_in_the_federated_loss() -> None:
     assert record is not None
     assert record["loss"] == math.inf  # as Flower's weighted_loss_avg reports it
     assert record["accuracy"] == pytest.approx((9 + 2 + 24) / 60)
+
+
+def test_list_metrics_are_averaged_element_by_element_and_counts_keep_their_own_keys() -> None:
+    """As Flower's ``aggregate_metricrecords``: a list metric is averaged element by element;
+    the rule's counts sit under their own keys, so a client's ``accepted`` keeps its value."""
+    replies = [
+        reply(1, ONES, 1, per_class=[1.0, 0.0], accepted=7.0),
+        reply(2, THREES, 3, per_class=[0.0, 1.0], accepted=3.0),
+    ]
+    strategy = message_with(GLOBAL, "fedavg", nodes=2)
+    flowers = FlowerMessageFedAvg()
+    start(flowers, GLOBAL, 2)  # type: ignore[arg-type]
+    _, ours = strategy.aggregate_train(1, replies)
+    _, theirs = flowers.aggregate_train(1, replies)
+    assert ours is not None
+    assert theirs is not None
+    assert ours["per_class"] == pytest.approx(theirs["per_class"]) == [0.25, 0.75]
+    assert ours["accepted"] == theirs["accepted"] == (7.0 + 3 * 3.0) / 4
+    assert (ours[ROUND + "accepted"], ours[ROUND + "results"]) == (2, 2)

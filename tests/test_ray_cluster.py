@@ -3,6 +3,7 @@ nodes the clients trained on, in the records and the summary."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import run_simulation
 import strategies
 from fl_app.client_app import make_client
 from fl_app.kit.config import RunConfig
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import describe, summarize
 from fl_app.kit.rounds import train_record
 from fl_app.parts.ray_cluster import ray_node
@@ -140,3 +142,16 @@ def test_flwr_run_joins_the_cluster_named_by_ray_address(tmp_path: Path) -> None
     history = read_history(tmp_path / "joined")
     assert len(history["summary"]["ray_nodes"]) == 2
     assert [r["accepted"] for r in history["rounds"][1:]] == [4, 4]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("fl_app.engine.inprocess") is None,
+    reason="--backend is the fast-engine part's",
+)
+def test_a_ray_cluster_is_refused_with_the_clients_in_this_process() -> None:
+    with pytest.raises(ConfigError) as info:
+        run_simulation.parse(["--backend", "inprocess", "--ray-address", "10.0.0.5:6379"])
+    assert str(info.value) == (
+        "--ray-address '10.0.0.5:6379' is not allowed with --backend inprocess: "
+        "the clients run in this process (use --backend ray)"
+    )

@@ -20,6 +20,7 @@ import strategies
 from fl_app.client_app import make_client
 from fl_app.kit.config import RunConfig
 from fl_app.kit.keys import ConfigError
+from strategies.core.metrics import ROUND
 from strategies.core.state import StrategyState
 from strategies.secure import secure_weight
 from tests.legacy_fakes import make, results_of
@@ -81,9 +82,9 @@ def test_the_unmasked_float64_mean_is_cast_once_and_stands_for_every_client() ->
     assert [a.dtype for a in got] == [np.float32, np.float32]
     for a, m in zip(got, mean, strict=True):
         np.testing.assert_array_equal(a, m.astype(np.float32))
-    assert (metrics["accepted"], metrics["rejected"]) == (3, 0)
+    assert (metrics[ROUND + "accepted"], metrics[ROUND + "rejected"]) == (3, 0)
     # Each client's own example count (and release: local DP accounts every client).
-    assert metrics["weights"] == '{"c0": 0.1, "c1": 0.3, "c2": 0.6}'
+    assert strategy.last_result.metrics["weights"] == '{"c0": 0.1, "c1": 0.3, "c2": 0.6}'
     state = StrategyState.from_arrays(strategy.get_state().to_arrays())
     assert sorted(c for c, _, _ in state.releases) == ["c0", "c1", "c2"]  # part: dp
 
@@ -92,7 +93,7 @@ def test_a_wrong_layout_under_secure_aggregation_is_rejected_not_cast() -> None:
     strategy = make(strategies.FedAvg, GLOBAL, secure_aggregation=True, max_empty_rounds=0)
     (proxy, res), *_ = results_of([GLOBAL[:1]], [5])  # one layer of two
     _, metrics = strategy.aggregate_fit(1, [(proxy, res)], [])
-    assert (metrics["accepted"], metrics["rejected"]) == (0, 1)
+    assert (metrics[ROUND + "accepted"], metrics[ROUND + "rejected"]) == (0, 1)
 
 
 def test_one_rejected_update_rejects_the_masked_sum_it_is_inside() -> None:
@@ -100,7 +101,7 @@ def test_one_rejected_update_rejects_the_masked_sum_it_is_inside() -> None:
     results = results_of([GLOBAL] * 3, [10, 0, 30])  # a client that claims no examples
     parameters, metrics = strategy.aggregate_fit(1, results, [])
     assert parameters is None
-    assert (metrics["accepted"], metrics["rejected"]) == (0, 3)
+    assert (metrics[ROUND + "accepted"], metrics[ROUND + "rejected"]) == (0, 3)
     assert "inside a masked sum with a rejected update" in strategy.last_result.problem
 
 

@@ -28,6 +28,7 @@ from tests.test_data import (
     rows,
     total_variation,
 )
+from tests.test_fuzz_config import POOLED, loadable, main_says
 
 IMAGE_MODELS = [name for name, model in MODELS.items() if model.images_only]
 
@@ -294,3 +295,18 @@ def test_image_models_refuse_non_image_shapes(name: str, shape: tuple[int, ...])
     with pytest.raises(ConfigError) as info:
         build_model(name, shape, 10, seed=0)
     assert str(shape) in str(info.value)
+
+
+def test_dataset_files_that_are_missing_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """torchvision's datasets read files this machine does not have: exit 1, one line that
+    says where they were looked for and what to do."""
+    missing = [name for name in POOLED if loadable(name) is None]
+    assert missing
+    for name in missing:
+        flags = ["--dataset", name, "--data-dir", str(tmp_path / "empty")]
+        code, error = main_says(flags, capsys, tmp_path / "out")
+        assert code == 1
+        assert f"dataset {name!r} not found under data-dir" in error
+        assert "put the files there or set download=true" in error

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fl_app.kit.files import atomic_file, json_default
+from fl_app.kit.keys import ConfigError
 from fl_app.kit.results import NDArrays, RoundRecord
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -45,3 +48,26 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
         states = {name: layers(f"state/{name}/") for name in meta["state"]}
         return Checkpoint(int(meta["round"]), layers("global/"), states, list(meta["rounds"]))
+
+
+def saved_run(directory: Path) -> dict[str, Any]:
+    """The config the run in ``directory`` was started with, once it has a checkpoint."""
+    refused = f"config 'resume-from' = {str(directory)!r} is not allowed"
+    try:
+        config: dict[str, Any] = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{refused}: not a run folder of this app ({err})") from err
+    if not (directory / CHECKPOINT_FILE).is_file():
+        raise ConfigError(f"{refused}: it has no {CHECKPOINT_FILE} (no round finished)")
+    return config
+
+
+def resumed(cfg: Any) -> tuple[Any, Checkpoint | None]:
+    """``cfg`` writing to the run folder ``resume-from`` names, and that run's last checkpoint
+    (``cfg`` and None where it names none). The config's keys win over the saved ones."""
+    if not cfg.resume_from:
+        return cfg, None
+    directory = Path(cfg.resume_from).expanduser().resolve()
+    saved_run(directory)
+    folder = {"output_dir": str(directory.parent), "run_name": directory.name}
+    return dataclasses.replace(cfg, **folder), load_checkpoint(directory / CHECKPOINT_FILE)

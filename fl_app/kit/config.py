@@ -65,6 +65,7 @@ class CoreKeys:
     device: str = option("torch device (auto: cuda if available)", choices=("auto", "cpu", "cuda"))
     output_dir: str = option("folder that receives <run-name>/history.json")
     run_name: str = option("name of this run's output folder (empty: strategy and time)")
+    resume_from: str = option("a run folder to continue from its last checkpoint (empty: none)")
     # Strategy knobs (each strategy reads the fields of its options dataclass)
     max_empty_rounds: int = option("empty rounds in a row that stop the run (0: never)", at_least=0)
     quality_source: str = option("from the clients or the server", choices=quality.QUALITY_SOURCES)
@@ -92,23 +93,6 @@ class CoreKeys:
         if self.test_fraction + self.server_val_fraction >= 0.9:
             wanted = f"test-fraction + server-val-fraction below 0.9 (test-fraction is {self.test_fraction})"
             fail("server-val-fraction", self.server_val_fraction, wanted)
-        dataset = task.dataset_of(self.dataset)
-        with_dataset = f"with dataset {self.dataset!r}"
-        if dataset.features != "images" and task.MODELS[self.model].images_only:
-            vectors = ", ".join(name for name, m in task.MODELS.items() if not m.images_only)
-            wanted = f"one of {vectors} {with_dataset} ({dataset.features}, not images)"
-            fail("model", self.model, wanted)
-        if not dataset.partitioned and self.partitioner != "iid":
-            wanted = f"iid {with_dataset} (each client's data comes from its own generator)"
-            fail("partitioner", self.partitioner, wanted)
-        regression = dataset.task == "regression"
-        if regression and self.partitioner != "iid":
-            wanted = f"iid with regression dataset {self.dataset!r} (the others split by class)"
-            fail("partitioner", self.partitioner, wanted)
-        uses_quality = issubclass(strategies.rule_type(self.strategy), quality.QualityWeightedRule)
-        if regression and uses_quality and "accuracy" in self.quality_metric:
-            wanted = "a loss (e.g. val_loss) for a regression dataset"
-            fail("quality-metric", self.quality_metric, wanted)
         lower_is_better = not quality.higher_is_better(self.quality_metric, self.quality_direction)
         if self.quality_weighting == "linear" and lower_is_better and self.quality_floor <= 0:
             why = "> 0 for a lower-is-better metric (it is the worst loss that still gets weight)"

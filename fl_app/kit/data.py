@@ -4,6 +4,7 @@ and validation sets and a pool the partitioner splits over clients, alike in eve
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fl_app.kit.keys import fail
 from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.task import ArrayDataset, DataSpec, Pooled, ServerData, dataset_of
 
@@ -100,8 +102,24 @@ def partition_indices(cfg: Settings, partition_id: int, num_partitions: int) -> 
     """Rows of the client pool that belong to ``partition_id``."""
     if cfg.partitioner == "iid":
         return iid_rows(len(pool(cfg).clients), partition_id, num_partitions)
-    partitioner = _partitioner(cfg, num_partitions)
-    return np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+    with warnings.catch_warnings(action="ignore"):  # flwr-datasets' retries, each a warning
+        rows = _partitioner(cfg, num_partitions).load_partition(partition_id)["row"]
+    return np.asarray(rows, dtype=np.int64)
+
+
+def check_split(cfg: Settings) -> None:
+    """Refuse in one line a split of a pooled dataset that leaves a client fewer than two
+    examples (one to train, one to validate), or that its partitioner cannot make."""
+    if not isinstance(dataset_of(cfg.dataset), Pooled):
+        return
+    size, clients = len(pool(cfg).clients), cfg.num_clients
+    wanted = f"at most {size // 2} with dataset {cfg.dataset!r} ({size} client examples, 2 each)"
+    if size < 2 * clients:
+        fail("num-clients", clients, wanted)
+    try:
+        partition_indices(cfg, 0, clients)  # the partitioner splits them all at once
+    except ValueError as err:
+        fail("num-clients", clients, f"a number {cfg.partitioner} can split into: {err}")
 
 
 @functools.lru_cache(maxsize=2)

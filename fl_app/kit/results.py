@@ -15,6 +15,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from fl_app.kit.files import atomic_file, json_default
+from fl_app.kit.keys import fail
 
 RoundRecord = dict[str, Any]  # one flat record per round: fl_app.kit.rounds.RoundRecorder
 NDArrays = list[NDArray[Any]]
@@ -67,9 +68,15 @@ METRICS_COLUMNS = (
 
 
 def run_directory(cfg: Any) -> Path:
-    """``output-dir/<run-name>`` as an absolute path (run-name defaults to strategy-time)."""
+    """``output-dir/<run-name>`` as an absolute path (run-name defaults to strategy-time), made
+    if need be; one line if this process cannot write there."""
     name = cfg.run_name or f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return (Path(cfg.output_dir).expanduser() / name).resolve()
+    directory = (Path(cfg.output_dir).expanduser() / name).resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail("output-dir", cfg.output_dir, f"a folder this process can write ({err.strerror})")
+    return directory
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -13,6 +13,7 @@ from fl_app.kit.checkpoint import Checkpoint, save_checkpoint
 from fl_app.kit.results import NDArrays, RoundRecord, RunListener, format_round
 from fl_app.parts.ray_nodes import trained_on  # part: ray-cluster
 from strategies.core.adapter import RuleAdapter
+from strategies.core.metrics import ROUND
 from strategies.core.state import Stateful, StrategyState
 from strategies.core.update import NothingAggregatedError
 
@@ -70,7 +71,8 @@ def train_record(
     whole round result, ``weights`` and ``problem`` too), then the loop's ``counts`` (sampled,
     results, failures), which win."""
     last = strategy.last_result if isinstance(strategy, RuleAdapter) else None
-    record: RoundRecord = {"round": server_round, **metrics, **(last.metrics if last else {})}
+    clients = {k: v for k, v in metrics.items() if not k.startswith(ROUND)}  # the rule's: last
+    record: RoundRecord = {"round": server_round, **clients, **(last.metrics if last else {})}
     if last is not None and last.problem is not None:
         record["problem"] = last.problem
     record.setdefault("accepted", counts["results"] if aggregated else 0)

@@ -4,7 +4,6 @@ engine's start. ``run_simulation.py`` is the command line over this."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from fl_app.client_app import client_app_for
 from fl_app.engine import engine
 from fl_app.engine.inprocess import RAY, on_backend  # part: fast-engine
 from fl_app.kit import results
-from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint
+from fl_app.kit.checkpoint import resumed
 from fl_app.kit.config import RunConfig
-from fl_app.kit.keys import ConfigError
+from fl_app.kit.data import check_split
 from fl_app.kit.results import RoundRecord, RunListener
+from fl_app.kit.training import pick_device
 from fl_app.parts.pools import pool_runs, pool_size  # part: fast-engine
 from fl_app.server_app import ServerRun, server_app_for
 
@@ -35,32 +35,19 @@ class Simulation:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     verbose: bool = False
-    ray_address: str = ""  # a running Ray cluster to connect to ("": Flower starts Ray)
+    ray_address: str = ""  # a Ray cluster to join ("": Flower starts Ray)  # part: ray-cluster
     num_nodes: str = "auto"  # part: fast-engine
     backend: str = RAY  # part: fast-engine
 
 
-def saved_run(directory: Path) -> dict[str, Any]:
-    """The config a run in ``directory`` was started with."""
-    refused = f"--resume {str(directory)!r} is not allowed"
-    try:
-        config: dict[str, Any] = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{refused}: not a run folder of this app ({err})") from err
-    if not (directory / CHECKPOINT_FILE).is_file():
-        raise ConfigError(f"{refused}: it has no {CHECKPOINT_FILE}")
-    return config
-
-
 @dataclass
 class PlannedRun(RunListener):
-    """A run about to start (config with its run name fixed, folder, listeners, resume point);
-    it keeps the server's records and prints a line per round (``header`` first, when set)."""
+    """A run about to start (config with its run name fixed, folder, listeners); it keeps the
+    server's records and prints a line per round (``header`` first, when set)."""
 
     cfg: RunConfig
     directory: Path
     listeners: list[RunListener]
-    resume: Checkpoint | None = None
     header: str | None = None
     rounds: Sequence[RoundRecord] = ()
 
@@ -76,12 +63,14 @@ def plan(
     cfg: RunConfig,
     simulation: Simulation,
     *,
-    resume: Checkpoint | None = None,
     listeners: Sequence[RunListener] = (),
     announce: bool = True,
 ) -> PlannedRun:
-    """Fix the run's name and folder, save its simulation flags; print its header line now
-    when ``announce``, else before its first round."""
+    """Fix the run's name and folder (``resume-from``'s, if set), save its simulation flags;
+    print its header line now when ``announce``, else before its first round."""
+    cfg, resume = resumed(cfg)
+    check_split(cfg)  # what the server refuses, refused before Flower's engine starts
+    pick_device(cfg.device)
     directory = results.run_directory(cfg)
     cfg = dataclasses.replace(cfg, run_name=cfg.run_name or directory.name)  # fix the time stamp
     header = (
@@ -93,7 +82,7 @@ def plan(
     saved = {k: v for k, v in vars(simulation).items() if k not in ("verbose", "ray_address")}
     results.write_json_atomically(directory / "simulation.json", saved)  # beside the config
     rounds = resume.rounds if resume is not None else ()
-    return PlannedRun(cfg, directory, [*listeners], resume, None if announce else header, rounds)
+    return PlannedRun(cfg, directory, [*listeners], None if announce else header, rounds)
 
 
 def finish(planned: PlannedRun) -> list[RoundRecord]:
@@ -110,21 +99,17 @@ def finish(planned: PlannedRun) -> list[RoundRecord]:
 
 
 def run(
-    cfg: RunConfig,
-    simulation: Simulation,
-    *,
-    resume: Checkpoint | None = None,
-    listeners: Sequence[RunListener] = (),
+    cfg: RunConfig, simulation: Simulation, *, listeners: Sequence[RunListener] = ()
 ) -> list[RoundRecord]:
     """One simulation (or the rest of one), a line per round and a summary; its records."""
-    planned = plan(cfg, simulation, resume=resume, listeners=listeners)
+    planned = plan(cfg, simulation, listeners=listeners)
     simulate([planned], simulation)
     return finish(planned)
 
 
 def server_runs(runs: Sequence[PlannedRun], simulation: Simulation) -> list[ServerRun]:
     """What the ServerApp runs for ``runs`` (and what an optional part adds for ``simulation``)."""
-    served = [ServerRun(r.cfg, [r, *r.listeners], r.resume) for r in runs]
+    served = [ServerRun(r.cfg, [r, *r.listeners]) for r in runs]
     pool_runs(served, simulation.num_nodes)  # part: fast-engine
     return served
 
@@ -134,7 +119,7 @@ def simulate(runs: Sequence[PlannedRun], simulation: Simulation, apps: Apps | No
     ``run_simulation``, deprecated since Flower 1.41 for ``flwr run``."""
     from flwr.simulation import run_simulation
 
-    verbose, address = simulation.verbose, simulation.ray_address  # address: the user's Ray
+    verbose = simulation.verbose
     if not verbose:  # after Flower's import, which sets its logger's level
         logging.getLogger("flwr").setLevel(logging.ERROR)
     if apps is None:
@@ -146,12 +131,13 @@ def simulate(runs: Sequence[PlannedRun], simulation: Simulation, apps: Apps | No
         apps = server_app_for(only), client_app
     nodes = runs[0].cfg.num_clients  # one virtual node per client
     nodes = pool_size(simulation.num_nodes, [r.cfg for r in runs]) or nodes  # part: fast-engine
-    ray_init = {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}
-    backend_config: dict[str, dict[str, Any]] = {
-        "client_resources": {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus},
-        "init_args": ray_init | ({"address": address} if address else {}),
-    }
-    patches = engine(joins_ray=bool(address), pollers=nodes)
+    level = "INFO" if verbose else "ERROR"
+    ray_init: dict[str, Any] = {"logging_level": level, "log_to_driver": verbose}
+    if simulation.ray_address:  # part: ray-cluster
+        ray_init["address"] = simulation.ray_address  # part: ray-cluster
+    resources: dict[str, Any] = {"num_cpus": simulation.num_cpus, "num_gpus": simulation.num_gpus}
+    backend_config = {"client_resources": resources, "init_args": ray_init}
+    patches = engine(joins_ray="address" in ray_init, pollers=nodes)  # a user's Ray: left alone
     patches = on_backend(patches, simulation.backend)  # part: fast-engine
     with patches:
         run_simulation(*apps, nodes, backend_config=backend_config, verbose_logging=verbose)

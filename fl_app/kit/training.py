@@ -11,12 +11,15 @@ import torch
 from torch import nn
 
 from fl_app import task
-from fl_app.kit.data import Settings, load_server_data, task_of
+from fl_app.kit.data import Settings, check_split, load_server_data, task_of
+from fl_app.kit.keys import fail
 from fl_app.parts.privacy import dp_sgd_train  # part: dp
 from fl_app.task import ArrayDataset, Weights, build_model, evaluate, get_weights, set_weights
 
 
 def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        fail("device", name, "auto or cpu: torch finds no CUDA device on this machine")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(auto if name == "auto" else name)
 
@@ -45,6 +48,7 @@ class ServerModel:
     """The server's model and data: the initial global model, central evaluation, scoring."""
 
     def __init__(self, cfg: Settings) -> None:
+        check_split(cfg)
         self.data, self.device = load_server_data(cfg), pick_device(cfg.device)
         shape, classes = self.data.spec.input_shape, self.data.spec.num_classes
         self.model = build_model(cfg.model, shape, classes, cfg.seed).to(self.device)

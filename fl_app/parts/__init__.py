@@ -252,10 +252,8 @@ PARTS: dict[str, Part] = {
         "it; the Ray nodes the clients trained on, in the records and the summary",
         ("fl_app/parts/ray_cluster.py", "fl_app/parts/ray_nodes.py", "tests/test_ray_cluster.py"),
         module="fl_app.parts.ray_cluster",
-        requires=(
-            "client-wrappers",
-            "cli-extensions",
-        ),
+        flags=("--ray-address",),
+        requires=("client-wrappers", "cli-extensions", "local-commands"),
         words=("ray_cluster", "ray-cluster", "ray_node", "ray_nodes", "Ray nodes"),
     ),
     "client-wrappers": Part(
@@ -286,7 +284,14 @@ PARTS: dict[str, Part] = {
             "tests/test_netns_deployment.py",
             "tests/test_warm_superexec.py",
         ),
+        requires=("local-commands",),
         words=("local_deployment", "netns", "warm_superexec", "generate_certs", "scripts/"),
+    ),
+    "local-commands": Part(
+        "Flower's commands on this machine: free loopback ports and their environment",
+        ("fl_app/kit/local.py",),
+        module="fl_app.kit.local",
+        words=("flower_env", "free_port"),
     ),
 }
 

@@ -54,11 +54,11 @@ class BackendFlags(Extension):
             )
         if cfg.secure_aggregation and nodes not in (AUTO_NODES, PER_CLIENT):  # part: legacy-api
             raise ConfigError(f"--num-nodes {nodes} {NO_SECURE_POOL}")  # part: legacy-api
-        if args.backend not in (AUTO, RAY) and args.ray_address:
-            raise ConfigError(
-                f"--ray-address {args.ray_address!r} is not allowed with --backend "
-                f"{args.backend}: the clients run in this process (use --backend ray)"
-            )
+        if args.backend not in (AUTO, RAY) and args.ray_address:  # part: ray-cluster
+            raise ConfigError(  # part: ray-cluster
+                f"--ray-address {args.ray_address!r} is not allowed with --backend "  # part: ray-cluster
+                f"{args.backend}: the clients run in this process (use --backend ray)"  # part: ray-cluster
+            )  # part: ray-cluster
         backend = pick_backend(args.backend, cfg, simulation)
         return Simulation(**{**vars(simulation), "backend": backend, "num_nodes": nodes})
 
@@ -79,4 +79,5 @@ def pick_backend(backend: str, cfg: Any, simulation: Simulation) -> str:
     workers = cpus / per_client if per_client > 0 else float(cpus)  # 0: Ray reserves nothing
     side_by_side = workers >= RAY_FROM_WORKERS or simulation.num_gpus > 0
     side_by_side |= cfg.fault_kind == "straggle"  # part: faults
-    return RAY if side_by_side or simulation.ray_address else "inprocess"
+    side_by_side |= bool(simulation.ray_address)  # part: ray-cluster
+    return RAY if side_by_side else "inprocess"

@@ -12,7 +12,9 @@ outlives the invocation.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from typing import IO
+from typing import IO, Any
 
 from fl_app.kit.extensions import Extension
 from fl_app.kit.keys import ConfigError
@@ -159,8 +161,19 @@ def _stop(head: subprocess.Popen[bytes]) -> None:
 
 
 class ClusterFlags(Extension):
-    """Before any run on the cluster ``--ray-address`` names: one line about it, or one
-    line saying why the runs cannot use it."""
+    """``--ray-address``: the runs join that Ray cluster; before any run, one line about it, or
+    one line saying why the runs cannot use it."""
+
+    def add_flags(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--ray-address",
+            default="",
+            help="run the clients on this running Ray cluster (e.g. 10.0.0.5:6379) instead of "
+            "starting Ray; the cluster is left running",
+        )
+
+    def check(self, args: argparse.Namespace, cfg: Any, simulation: Simulation) -> Simulation:
+        return dataclasses.replace(simulation, ray_address=args.ray_address)
 
     def before(self, simulation: Simulation) -> None:
         if simulation.ray_address:

@@ -21,11 +21,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+import strategies
 from fl_app import task
 from fl_app.kit.data import PARTITIONERS, Partitioning, load_server_data, make_partitioner
-from fl_app.kit.keys import ConfigError, keys, option
+from fl_app.kit.keys import ConfigError, fail, keys, option
 from fl_app.kit.seeds import rng_for, seed_for
 from fl_app.task import Architecture, ArrayDataset, Dataset, DataSpec, Pooled, ServerData
+from strategies import quality_weighted as quality
 
 Loaded = tuple[ArrayDataset, ArrayDataset | None]
 
@@ -42,6 +44,28 @@ class ZooKeys:
     )
     synthetic_alpha: float = option("Synthetic(α, β): model heterogeneity α", at_least=0)
     synthetic_beta: float = option("Synthetic(α, β): data heterogeneity β", at_least=0)
+
+    def check(self) -> None:
+        """The rules across keys for the part's kinds of data: vectors, generated, regression."""
+        super().check()  # type: ignore[misc]
+        cfg: Any = self  # the whole RunConfig
+        dataset = task.dataset_of(cfg.dataset)
+        with_dataset = f"with dataset {cfg.dataset!r}"
+        if dataset.features != "images" and task.MODELS[cfg.model].images_only:
+            vectors = ", ".join(name for name, m in task.MODELS.items() if not m.images_only)
+            wanted = f"one of {vectors} {with_dataset} ({dataset.features}, not images)"
+            fail("model", cfg.model, wanted)
+        if not dataset.partitioned and cfg.partitioner != "iid":
+            wanted = f"iid {with_dataset} (each client's data comes from its own generator)"
+            fail("partitioner", cfg.partitioner, wanted)
+        regression = dataset.task == "regression"
+        if regression and cfg.partitioner != "iid":
+            wanted = f"iid with regression dataset {cfg.dataset!r} (the others split by class)"
+            fail("partitioner", cfg.partitioner, wanted)
+        uses_quality = issubclass(strategies.rule_type(cfg.strategy), quality.QualityWeightedRule)
+        if regression and uses_quality and "accuracy" in cfg.quality_metric:
+            wanted = "a loss (e.g. val_loss) for a regression dataset"
+            fail("quality-metric", cfg.quality_metric, wanted)
 
 
 def images_of(pixels: Any) -> NDArray[np.float32]:
