@@ -2,6 +2,7 @@
 
     python scripts/local_deployment.py up --supernodes 3 [--tls] [--auth]
     flwr run . local-deployment --stream
+    python scripts/local_deployment.py restart-superlink    # after a SuperLink crash
     python scripts/local_deployment.py down
 
 ``up`` starts ``flower-superlink`` and ``flower-supernode`` processes (each SuperNode with
@@ -260,16 +261,10 @@ def start_supernode(
     return process
 
 
-def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> None:
-    """Start the SuperLink of ``deployment`` on ``deployment.address`` and ``num_supernodes``
-    SuperNodes (each where ``deployment.on`` puts it); register the connection.
-
-    The state file is written before the first process starts and after each one, so
-    ``down`` can stop what was started even when this fails half-way.
-    """
+def start_superlink(deployment: Deployment, env: dict[str, str]) -> None:
+    """Start the SuperLink of ``deployment`` on ``deployment.address`` with its state in
+    ``<dir>/state.db`` (a restart finds the runs there); register the connection."""
     directory = Path(deployment.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    deployment.save()
     host, port = deployment.superlink_host, deployment.superlink_port
     command = [
         str(BIN / "flower-superlink"),
@@ -279,13 +274,14 @@ def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> N
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
     if deployment.tls:
-        # The certificate must name the address SuperNodes and the flwr CLI dial.
-        names = [] if host in ("127.0.0.1", "localhost") else [host]
-        subprocess.run(
-            ["bash", str(SCRIPTS / "generate_certs.sh"), str(deployment.certificates), *names],
-            check=True, capture_output=True,
-        )  # fmt: skip
         certs = deployment.certificates
+        if not (certs / "ca.crt").is_file():
+            # The certificate must name the address SuperNodes and the flwr CLI dial.
+            names = [] if host in ("127.0.0.1", "localhost") else [host]
+            subprocess.run(
+                ["bash", str(SCRIPTS / "generate_certs.sh"), str(certs), *names],
+                check=True, capture_output=True,
+            )  # fmt: skip
         command += [
             "--ssl-ca-certfile", str(certs / "ca.crt"),
             "--ssl-certfile", str(certs / "server.pem"),
@@ -307,6 +303,25 @@ def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> N
         deployment.address,
         deployment.certificates / "ca.crt" if deployment.tls else None,
     )
+
+
+def restart_superlink(deployment: Deployment, env: dict[str, str] | None = None) -> None:
+    """Start the SuperLink again, as after a crash: same address, same ``state.db``. The
+    SuperNodes reconnect by themselves; a run it lost is continued with ``resume-from``."""
+    stop_process_group(deployment.superlink_pid)  # if some of it is still there
+    start_superlink(deployment, flower_env(env))
+
+
+def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> None:
+    """Start the SuperLink of ``deployment`` and ``num_supernodes`` SuperNodes (each where
+    ``deployment.on`` puts it); register the connection.
+
+    The state file is written before the first process starts and after each one, so
+    ``down`` can stop what was started even when this fails half-way.
+    """
+    Path(deployment.directory).mkdir(parents=True, exist_ok=True)
+    deployment.save()
+    start_superlink(deployment, env)
     for partition_id in range(num_supernodes):
         node = start_supernode(deployment, partition_id, num_supernodes, env)
         deployment.supernode_pids.append(node.pid)
@@ -392,22 +407,29 @@ def submit(
 def wait_for_run(
     deployment: Deployment, run_id: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> str:
-    """Poll ``flwr list --run-id`` until the run is finished; return its status.
+    """Poll ``flwr list --run-id`` until the run is finished; return its status. A SuperLink
+    that cannot be reached is asked again (it may be restarting) until ``timeout``.
 
     ``flwr run`` returns once the run is submitted (and exits 0 even for a run that
     fails), so the run's own status is what tells how it ended.
     """
     deadline = time.monotonic() + timeout
+    unreachable: DeploymentError | None = None
     while time.monotonic() < deadline:
-        runs = flwr(
-            flower_env(env), "list", deployment.connection, "--run-id", run_id,
-            on=deployment.on("user"),
-        )["runs"]  # fmt: skip
-        status = str(runs[0]["status"])
-        if status.startswith("finished"):
-            return status
+        try:
+            runs = flwr(
+                flower_env(env), "list", deployment.connection, "--run-id", run_id,
+                on=deployment.on("user"),
+            )["runs"]  # fmt: skip
+        except DeploymentError as err:  # e.g. "Connection to the SuperLink is unavailable"
+            unreachable = err
+        else:
+            unreachable, status = None, str(runs[0]["status"])
+            if status.startswith("finished"):
+                return status
         time.sleep(2)
-    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s")
+    why = f"; the SuperLink was unreachable: {unreachable}" if unreachable else ""
+    raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s{why}")
 
 
 def run_app(deployment: Deployment, app: Path, run_config: str) -> int:
@@ -425,7 +447,7 @@ def command_parser(doc: str | None, directory: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "down", "run"))
+    parser.add_argument("command", choices=("up", "down", "run", "restart-superlink"))
     parser.add_argument(
         "--dir", type=Path, default=Path(directory), help="state, logs, certificates, keys"
     )
@@ -467,6 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "down":
             d = down(args.dir)
             print(f"stopped SuperLink {d.superlink_pid} and SuperNodes {d.supernode_pids}")
+        elif args.command == "restart-superlink":
+            d = Deployment.load(args.dir.resolve())
+            restart_superlink(d)
+            print(f"SuperLink {d.address} (PID {d.superlink_pid}) restarted on its state.db")
         else:
             return run_app(Deployment.load(args.dir.resolve()), args.app, args.run_config)
     except DeploymentError as err:

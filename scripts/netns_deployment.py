@@ -201,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"stopped SuperLink {d.superlink_pid} and SuperNodes {d.supernode_pids}; "
                 f"deleted namespaces {d.switch.removesuffix('-switch')}-*"
             )
+        elif args.command == "restart-superlink":
+            d = NetnsDeployment.load(args.dir.resolve())
+            ld.restart_superlink(d)
+            print(f"SuperLink {d.address} (PID {d.superlink_pid}) restarted on its state.db")
         else:
             return ld.run_app(NetnsDeployment.load(args.dir.resolve()), args.app, args.run_config)
     except ld.DeploymentError as err:

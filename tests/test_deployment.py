@@ -6,6 +6,7 @@ docs/deployment.md and the README use) and stops them by PID, also when it fails
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,10 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from scripts import local_deployment as ld
 from tests.halves import API_RUN_CONFIG
-from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, read_history
+from tests.processes import (
+    ROOT,
+    TAG_VARIABLE,
+    isolated_env,
+    leftovers,
+    read_history,
+    tagged_pids,
+    without_timings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +120,49 @@ def test_an_insecure_deployment_stops_when_frozen_trains_and_outlives_a_killed_s
     assert [r["round"] for r in stopped] == [0, 1]
     assert stopped[1]["rejected"] == 3
     assert "quality metric 'val_f1' missing" in stopped[1]["problem"]
+
+
+def crash_the_superlink(deployment: ld.Deployment, env: dict[str, str]) -> None:
+    """SIGKILL the SuperLink's process group and the ServerApp it ran, as a crash of its
+    machine would (no process has a chance to clean up)."""
+    os.killpg(deployment.superlink_pid, signal.SIGKILL)
+    for pid in tagged_pids(env[TAG_VARIABLE]):
+        with contextlib.suppress(OSError):
+            if b"serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_goes_on_after_a_superlink_crash_as_if_never_stopped(
+    tmp_path: Path, env: dict[str, str], api: str
+) -> None:
+    """The SuperLink and its ServerApp are killed after round 2 of 3 and the SuperLink started
+    again on its state.db; `flwr run` with `resume-from` loses no finished round and ends
+    with the rounds and the model of an uninterrupted run."""
+    deployment = ld.up(tmp_path / "deployment", 3, env=env)
+    outputs = Path(deployment.directory) / "outputs"
+    checkpoint = outputs / "broken" / CHECKPOINT_FILE
+    config = f"num-server-rounds=3 {FAST} {api}"
+    try:
+        whole = run_to_completion(deployment, env, f"{config} run-name='whole'")
+        broken = ld.submit(deployment, ROOT, f"{config} run-name='broken'", env=env)
+        deadline = time.monotonic() + 300
+        while not checkpoint.is_file() or load_checkpoint(checkpoint).round < 2:
+            assert time.monotonic() < deadline, "the run never finished round 2"
+            time.sleep(0.05)
+        crash_the_superlink(deployment, env)
+        killed_at = load_checkpoint(checkpoint).round
+        ld.restart_superlink(deployment, env)
+        resumed = run_to_completion(deployment, env, f"{config} resume-from='{checkpoint.parent}'")
+        lost = ld.wait_for_run(deployment, broken, env=env, timeout=120)  # its restart failed it
+    finally:
+        ld.down(tmp_path / "deployment")
+    assert (whole, lost, resumed) == ("finished:completed", "finished:failed", "finished:completed")
+    assert killed_at == 2  # at most the round in flight is lost
+    history = without_timings(read_history(outputs / "broken"))
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3]
+    assert history == without_timings(read_history(outputs / "whole"))
+    want, got = (torch.load(outputs / name / "final_model.pt") for name in ("whole", "broken"))
+    assert all(torch.equal(got[key], tensor) for key, tensor in want.items())
 
 
 def test_flowers_own_subprocess_isolation_runs_too(tmp_path: Path, env: dict[str, str]) -> None:
