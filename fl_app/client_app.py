@@ -19,6 +19,7 @@ from fl_app.kit.config import RunConfig
 from fl_app.kit.data import data_spec, load_client_data, task_of
 from fl_app.kit.seeds import seed_for
 from fl_app.kit.training import pick_device, train_as_configured
+from fl_app.parts.client_state import entering, leaving, personal  # part: client-state
 from fl_app.parts.faulty_client import faulty  # part: faults
 from fl_app.parts.legacy.client import answering_legacy, securely_weighted  # part: legacy-api
 from fl_app.parts.private_client import private  # part: dp
@@ -79,6 +80,7 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     num_partitions = int(node_config[NUM_PARTITIONS_KEY])
     client: NumPyClient = FlowerClient(cfg, partition_id, num_partitions)
     honest = client  # part: faults
+    client = personal(cfg, client)  # part: client-state
     client = on_ray_node(client)  # part: ray-cluster
     client = private(cfg, client, partition_id)  # part: dp
     client = faulty(cfg, client, honest, num_partitions)  # part: faults
@@ -135,6 +137,7 @@ def client_app_for(
     def train_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
         keys, arrays, sent = received(message)
+        state = entering(message)  # part: client-state
         trained, num_examples, metrics = numpy_client.fit(arrays, sent)
         # The server's layer names come back (a torch state_dict's names survive the round).
         names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
@@ -146,12 +149,14 @@ def client_app_for(
         content = RecordDict({"arrays": record, "metrics": MetricRecord(numbers)})
         if text:
             content[TEXT_METRICS] = ConfigRecord(text)
+        content.update(leaving(state))  # part: client-state
         return Message(content=content, reply_to=message)
 
     @client_app.evaluate()
     def evaluate_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
         _, arrays, sent = received(message)
+        entering(message)  # part: client-state
         loss, num_examples, metrics = numpy_client.evaluate(arrays, sent)
         reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
         return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)

@@ -31,6 +31,7 @@ from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
 from strategies.server_optimizer import flower_optimizers  # part: server-optimizer
 from strategies.simple_average import SimpleAverageRule
+from strategies.stateful_messages import StatefulMessages  # part: client-state
 
 # The ConfigRecord of a train reply holding its text metrics (a MetricRecord holds numbers).
 TEXT_METRICS = "text-metrics"
@@ -38,6 +39,7 @@ TEXT_METRICS = "text-metrics"
 
 class MessageStrategy(
     PooledMessages,  # part: fast-engine
+    StatefulMessages,  # part: client-state
     RuleAdapter,
     FlowerFedAvg,
 ):
@@ -57,6 +59,7 @@ class MessageStrategy(
         self.set_global_model(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent = self._reseeded(server_round, "train", messages, grid)
+        self.attach_states(self._sent)  # part: client-state
         return self._sent
 
     def set_global_model(self, arrays: ArrayRecord | Mapping[str, Any]) -> None:
@@ -70,7 +73,9 @@ class MessageStrategy(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        return self._reseeded(server_round, "evaluate", messages, grid)
+        messages = self._reseeded(server_round, "evaluate", messages, grid)
+        self.attach_states(messages)  # part: client-state
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -86,6 +91,7 @@ class MessageStrategy(
                 failures.append(f"{who}: {msg.error.reason}")
                 continue
             update = self._update_of(name, msg.content)
+            self.keep_state(name, msg.content)  # part: client-state
             contents[update.client_id] = msg.content
             updates.append(update)
         for sent in self._sent:

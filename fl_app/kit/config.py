@@ -16,6 +16,7 @@ from fl_app.kit import data
 from fl_app.kit.keys import BOUNDS, ConfigError, Names, fail, key_of, keys, option
 from fl_app.kit.results import RunListener
 from fl_app.parts.baseline_keys import BaselineKeys  # part: flower-baselines
+from fl_app.parts.client_state_keys import ClientStateKeys  # part: client-state
 from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
 from fl_app.parts.privacy import DpKeys  # part: dp
@@ -110,6 +111,7 @@ class CoreKeys:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig(
     TrackingKeys,  # part: tracking
+    ClientStateKeys,  # part: client-state
     BaselineKeys,  # part: flower-baselines
     ZooKeys,  # part: zoo
     DpKeys,  # part: dp

@@ -287,6 +287,21 @@ PARTS: dict[str, Part] = {
         requires=("local-commands",),
         words=("local_deployment", "netns", "warm_superexec", "generate_certs", "scripts/"),
     ),
+    "client-state": Part(
+        "each logical client's own state, kept between its rounds whatever node runs it, "
+        "in checkpoints too; personal layers (a client's own head)",
+        (
+            "fl_app/parts/client_state.py",
+            "fl_app/parts/client_state_keys.py",
+            "strategies/client_states.py",
+            "strategies/stateful_messages.py",
+            "tests/test_client_state.py",
+        ),
+        module="fl_app.parts.client_state",
+        keys=("personal-layers",),
+        requires=("client-wrappers",),
+        words=("client_state", "client-state", "personal layers", "StatefulMessages"),
+    ),
     "local-commands": Part(
         "Flower's commands on this machine: free loopback ports and their environment",
         ("fl_app/kit/local.py",),

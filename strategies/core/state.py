@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from strategies.aggregate import Array
+from strategies.client_states import ClientStatesState  # part: client-state
 from strategies.privacy import PrivacyState  # part: dp
 from strategies.server_optimizer import ServerOptimizerState  # part: server-optimizer
 
@@ -28,6 +29,7 @@ class CoreState:
 
 @dataclass
 class StrategyState(
+    ClientStatesState,  # part: client-state
     PrivacyState,  # part: dp
     ServerOptimizerState,  # part: server-optimizer
     CoreState,

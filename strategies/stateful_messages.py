@@ -1,0 +1,70 @@
+"""The Message API's side of the optional part ``client-state``: a client's own records travel
+with its train and evaluate messages (each named ``client-state.<name>``) and come back, changed,
+in its train reply. The strategy keeps them by client id, the partition the client reported (or
+that a pool named), not by node: so a client's state follows the logical client, whichever node
+of a pool runs it, and its checkpoint holds every client's state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from strategies.client_states import Records
+from strategies.core.rule import Rule
+from strategies.sampling import PARTITION_KEY
+
+STATE_PREFIX = "client-state."  # the content records that hold a client's own state
+KINDS = {"arrays": ArrayRecord, "config": ConfigRecord, "metrics": MetricRecord}
+
+
+def state_records(content: RecordDict) -> Records:
+    """The client-state records of a message's content, as the strategy keeps them."""
+    records: Records = {}
+    for name, record in content.items():
+        if not name.startswith(STATE_PREFIX):
+            continue
+        kind = next(k for k, record_type in KINDS.items() if isinstance(record, record_type))
+        items: dict[str, Any] = dict(record)
+        if isinstance(record, ArrayRecord):
+            items = {key: array.numpy() for key, array in record.items()}
+        records[name.removeprefix(STATE_PREFIX)] = (kind, items)
+    return records
+
+
+def as_content(records: Records) -> dict[str, Any]:
+    """``records`` as content records of a message, named ``client-state.<name>``."""
+    content: dict[str, Any] = {}
+    for name, (kind, items) in records.items():
+        if kind == "arrays":
+            items = {key: Array(np.asarray(value)) for key, value in items.items()}
+        content[STATE_PREFIX + name] = KINDS[kind](items)
+    return content
+
+
+class StatefulMessages:
+    """Keeps each client's state between its rounds (a base of the Message-API strategy, whose
+    marked lines call these)."""
+
+    rule: Rule
+    configrecord_key: str
+    client_name: Callable[[Hashable], str]
+
+    def attach_states(self, messages: list[Message]) -> None:
+        """Each message carries its client's state (none before the client's first reply)."""
+        states = self.rule.state.client_states
+        for message in messages:
+            config: Any = message.content.config_records.get(self.configrecord_key) or {}
+            named = config.get(PARTITION_KEY)  # a pool's message names its client
+            client = (
+                str(named) if named is not None else self.client_name(message.metadata.dst_node_id)
+            )
+            for name, record in as_content(states.get(client, {})).items():
+                message.content[name] = record
+
+    def keep_state(self, client: str, content: RecordDict) -> None:
+        """The state a client's train reply carries replaces the one kept for it."""
+        if records := state_records(content):
+            self.rule.state.client_states[client] = records
