@@ -91,7 +91,6 @@ class MessageStrategy(
                 failures.append(f"{who}: {msg.error.reason}")
                 continue
             update = self._update_of(name, msg.content)
-            self.keep_state(name, msg.content)  # part: client-state
             contents[update.client_id] = msg.content
             updates.append(update)
         for sent in self._sent:
@@ -99,6 +98,7 @@ class MessageStrategy(
             if key not in answered:
                 failures.append(f"{who}: no reply (round timeout)")
         result = self.last_result = self.rule.aggregate(server_round, updates, failures)
+        self.keep_states(result.accepted, contents)  # part: client-state
         from_clients: Mapping[str, Any] = {}
         if result.accepted and self.train_metrics_aggr_fn is not aggregate_metricrecords:
             accepted = [contents[u.client_id] for u in result.accepted]

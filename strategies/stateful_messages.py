@@ -1,12 +1,12 @@
 """The Message API's side of the optional part ``client-state``: a client's own records travel
 with its train and evaluate messages (each named ``client-state.<name>``) and come back, changed,
-in its train reply. The strategy keeps them by client id, the partition the client reported (or
-that a pool named), not by node: so a client's state follows the logical client, whichever node
-of a pool runs it, and its checkpoint holds every client's state."""
+in its train reply, kept if its update is accepted. The strategy keeps them by client id, the
+partition the client reported (or that a pool named), not by node: so a client's state follows
+the logical client, whichever node of a pool runs it, and its checkpoint holds every client's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from strategies.client_states import Records
 from strategies.core.rule import Rule
+from strategies.core.update import ClientUpdate
 from strategies.sampling import PARTITION_KEY
 
 STATE_PREFIX = "client-state."  # the content records that hold a client's own state
@@ -64,7 +65,9 @@ class StatefulMessages:
             for name, record in as_content(states.get(client, {})).items():
                 message.content[name] = record
 
-    def keep_state(self, client: str, content: RecordDict) -> None:
-        """The state a client's train reply carries replaces the one kept for it."""
-        if records := state_records(content):
-            self.rule.state.client_states[client] = records
+    def keep_states(self, accepted: list[ClientUpdate], contents: Mapping[str, RecordDict]) -> None:
+        """The state each accepted client's reply carries replaces the one kept for it (a
+        rejected update's state, NaN or from a wrong model, is not kept)."""
+        for update in accepted:
+            if records := state_records(contents[update.client_id]):
+                self.rule.state.client_states[update.client_id] = records
