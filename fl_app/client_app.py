@@ -24,6 +24,7 @@ from fl_app.parts.faulty_client import faulty  # part: faults
 from fl_app.parts.legacy.client import answering_legacy, securely_weighted  # part: legacy-api
 from fl_app.parts.private_client import private  # part: dp
 from fl_app.parts.ray_nodes import on_ray_node  # part: ray-cluster
+from fl_app.parts.scaffold import scaffold  # part: scaffold
 from fl_app.task import DataSpec, build_model, evaluate, get_weights, set_weights
 from strategies.message import TEXT_METRICS
 from strategies.pools import named_partition  # part: fast-engine
@@ -80,6 +81,7 @@ def make_client(cfg: RunConfig, node_config: dict[str, Any]) -> NumPyClient:
     num_partitions = int(node_config[NUM_PARTITIONS_KEY])
     client: NumPyClient = FlowerClient(cfg, partition_id, num_partitions)
     honest = client  # part: faults
+    client = scaffold(cfg, client)  # part: scaffold
     client = personal(cfg, client)  # part: client-state
     client = on_ray_node(client)  # part: ray-cluster
     client = private(cfg, client, partition_id)  # part: dp

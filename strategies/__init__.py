@@ -14,6 +14,7 @@ from strategies.core.update import ScoreFn
 from strategies.fedavg import FedAvgRule
 from strategies.hybrid import HybridRule
 from strategies.quality_weighted import QualityWeightedRule
+from strategies.scaffold import ScaffoldRule  # part: scaffold
 from strategies.simple_average import SimpleAverageRule
 
 REGISTRY: dict[str, type[Rule]] = {
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Rule]] = {
 CHOICES: dict[str, type[Rule]] = {
     **REGISTRY,
     **flower_robust.BASELINES,  # part: flower-baselines
+    "scaffold": ScaffoldRule,  # part: scaffold
 }
 
 # Each Flower API half's adapter class.

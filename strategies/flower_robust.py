@@ -1,4 +1,5 @@
-"""Flower's own robust aggregators as rules, to compare against (not part of the four).
+"""Flower's own robust aggregators as rules, to compare against (not part of the four), and
+Flower's FedAvg and FedAdam as reference rows (``flower-fedavg``, ``flower-fedadam``).
 
 Krum, MultiKrum, Bulyan, FedMedian and FedTrimmedAvg combine the updates with the very
 functions Flower's legacy strategies call in ``aggregate_fit``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -145,10 +147,43 @@ class TrimmedMeanRule(FlowerRobustRule):
         return aggregate_trimmed_avg(results, self.options.trimmed_beta)
 
 
+class FedAvgReferenceRule(FlowerRobustRule):
+    """Flower's FedAvg as a reference row: the example-weighted mean by Flower's own
+    ``aggregate`` (with ``proximal-mu``, Flower's FedProx)."""
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.server.strategy.aggregate import aggregate
+
+        return aggregate(results)
+
+
+class FedAdamReferenceRule(FlowerRobustRule):
+    """Flower's legacy ``FedAdam`` itself, with its defaults (η = 0.1, β₁ = 0.9, β₂ = 0.99,
+    τ = 1e-9), fed each round's accepted updates: a reference row. Its moments live in that
+    object, not in the checkpoint: a resumed run starts them again."""
+
+    flower_strategy: Any = None
+
+    def flower(self, results: Results) -> list[Array]:
+        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.server.strategy import FedAdam
+
+        if self.flower_strategy is None:
+            start = ndarrays_to_parameters(self.require_global())
+            self.flower_strategy = FedAdam(initial_parameters=start)
+        self.rounds = getattr(self, "rounds", 0) + 1
+        ok = Status(Code.OK, "")
+        fits = [(None, FitRes(ok, ndarrays_to_parameters(a), n, {})) for a, n in results]
+        parameters, _ = self.flower_strategy.aggregate_fit(self.rounds, fits, [])
+        return parameters_to_ndarrays(parameters)
+
+
 BASELINES: dict[str, type[FlowerRobustRule]] = {
     "flower-krum": KrumRule,
     "flower-multikrum": MultiKrumRule,
     "flower-bulyan": BulyanRule,
     "flower-median": MedianRule,
     "flower-trimmed-mean": TrimmedMeanRule,
+    "flower-fedavg": FedAvgReferenceRule,
+    "flower-fedadam": FedAdamReferenceRule,
 }

@@ -29,6 +29,7 @@ from strategies.hybrid import HybridRule
 from strategies.pools import PooledMessages  # part: fast-engine
 from strategies.quality_weighted import QualityWeightedRule
 from strategies.sampling import PARTITION_KEY
+from strategies.scaffold_messages import ScaffoldMessages  # part: scaffold
 from strategies.server_optimizer import flower_optimizers  # part: server-optimizer
 from strategies.simple_average import SimpleAverageRule
 from strategies.stateful_messages import StatefulMessages  # part: client-state
@@ -39,6 +40,7 @@ TEXT_METRICS = "text-metrics"
 
 class MessageStrategy(
     PooledMessages,  # part: fast-engine
+    ScaffoldMessages,  # part: scaffold
     StatefulMessages,  # part: client-state
     RuleAdapter,
     FlowerFedAvg,

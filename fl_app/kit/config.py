@@ -21,6 +21,7 @@ from fl_app.parts.faults import FaultKeys  # part: faults
 from fl_app.parts.legacy.keys import LegacyKeys  # part: legacy-api
 from fl_app.parts.privacy import DpKeys  # part: dp
 from fl_app.parts.robust_keys import RobustKeys  # part: robust
+from fl_app.parts.scaffold_keys import ScaffoldKeys  # part: scaffold
 from fl_app.parts.server_optimizer_keys import ServerOptimizerKeys  # part: server-optimizer
 from fl_app.parts.tracking import TrackingKeys  # part: tracking
 from fl_app.parts.zoo import ZooKeys  # part: zoo
@@ -112,6 +113,7 @@ class CoreKeys:
 class RunConfig(
     TrackingKeys,  # part: tracking
     ClientStateKeys,  # part: client-state
+    ScaffoldKeys,  # part: scaffold
     BaselineKeys,  # part: flower-baselines
     ZooKeys,  # part: zoo
     DpKeys,  # part: dp

@@ -229,7 +229,8 @@ PARTS: dict[str, Part] = {
         words=("matplotlib", "accuracy.png", "loss.png", "plot", "plots"),
     ),
     "flower-baselines": Part(
-        "Flower's robust aggregators (flower-krum, flower-median, ...) as baselines",
+        "Flower's robust aggregators (flower-krum, flower-median, ...) as baselines, and "
+        "Flower's FedAvg and FedAdam (flower-fedavg, flower-fedadam) as reference rows",
         (
             "strategies/flower_robust.py",
             "fl_app/parts/baseline_keys.py",
@@ -301,6 +302,20 @@ PARTS: dict[str, Part] = {
         keys=("personal-layers",),
         requires=("client-wrappers",),
         words=("client_state", "client-state", "personal layers", "StatefulMessages"),
+    ),
+    "scaffold": Part(
+        "SCAFFOLD (Karimireddy et al. 2020): control variates that correct each client's drift",
+        (
+            "fl_app/parts/scaffold.py",
+            "fl_app/parts/scaffold_keys.py",
+            "strategies/scaffold.py",
+            "strategies/scaffold_messages.py",
+            "strategies/scaffold_state.py",
+            "tests/test_scaffold.py",
+        ),
+        module="fl_app.parts.scaffold",
+        requires=("client-state", "client-wrappers"),
+        words=("scaffold", "SCAFFOLD", "control variate"),
     ),
     "local-commands": Part(
         "Flower's commands on this machine: free loopback ports and their environment",

@@ -28,6 +28,7 @@ from strategies.stateful_messages import STATE_PREFIX
 
 PERSONAL = "personal-layers"  # the record of a client's own last layers
 _CURRENT: ContextVar[RecordDict] = ContextVar("client_state")
+_MESSAGE: ContextVar[Message] = ContextVar("client_message")
 
 
 def client_state() -> RecordDict:
@@ -50,7 +51,14 @@ def entering(message: Message) -> RecordDict:
         {k.removeprefix(STATE_PREFIX): r for k, r in content.items() if k.startswith(STATE_PREFIX)}
     )
     _CURRENT.set(state)
+    _MESSAGE.set(message)
     return state
+
+
+def received(name: str) -> Any:
+    """The record ``name`` the server sent with this client's message (None: none)."""
+    client_state()  # the same refusal outside a client's fit or evaluate
+    return _MESSAGE.get().content.get(name)
 
 
 def leaving(state: RecordDict) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import numpy as np
 from strategies.aggregate import Array
 from strategies.client_states import ClientStatesState  # part: client-state
 from strategies.privacy import PrivacyState  # part: dp
+from strategies.scaffold_state import ScaffoldState  # part: scaffold
 from strategies.server_optimizer import ServerOptimizerState  # part: server-optimizer
 
 
@@ -31,6 +32,7 @@ class CoreState:
 class StrategyState(
     ClientStatesState,  # part: client-state
     PrivacyState,  # part: dp
+    ScaffoldState,  # part: scaffold
     ServerOptimizerState,  # part: server-optimizer
     CoreState,
 ):
