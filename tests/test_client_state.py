@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from fl_app.kit.config import RunConfig
-from fl_app.kit.keys import ConfigError
+from fl_app.kit.config import RunConfig  # part: legacy-api
+from fl_app.kit.keys import ConfigError  # part: legacy-api
 from strategies.core.state import StrategyState
 from tests.processes import read_history, run_simulation_cli, without_timings
 
