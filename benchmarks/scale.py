@@ -85,8 +85,8 @@ class RoundRow:
     processes: int
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its live descendants, from the parent PIDs in /proc/*/stat."""
+def process_tree(*roots: int) -> list[int]:
+    """``roots`` and all their live descendants, from the parent PIDs in /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -95,7 +95,7 @@ def process_tree(root: int) -> list[int]:
             continue
         if state != "Z":
             children.setdefault(int(ppid), []).append(int(stat.parent.name))
-    tree, pending = [], [root]
+    tree, pending = [], list(roots)
     while pending:
         pid = pending.pop()
         tree.append(pid)

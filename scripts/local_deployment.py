@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import tomli_w
 
@@ -40,6 +40,8 @@ from fl_app.kit.local import BIN, flower_env, free_port
 SCRIPTS = Path(__file__).resolve().parent
 STATE_FILE = "deployment.json"
 CONNECTION = "local-deployment"
+# The Unix socket of the warm parent, in the deployment's folder (every process's cwd).
+WARM_PARENT = "warm-parent.sock"
 # How a SuperNode starts the ClientApp process of each message: "subprocess" is Flower's
 # default (SuperNode's own flower-superexec starts a fresh flwr-clientapp); "warm" runs
 # the SuperNode with --isolation process beside scripts/warm_superexec.py, which forks
@@ -67,9 +69,15 @@ class Deployment:
     superlink_pid: int = 0
     supernode_pids: list[int] = field(default_factory=list)
     # How the SuperNodes start their ClientApp processes (ISOLATIONS), and the warm
-    # SuperExec beside each SuperNode under "warm".
+    # SuperExec beside each SuperNode under "warm", with the warm parent they all share.
     isolation: str = "subprocess"
     superexec_pids: list[int] = field(default_factory=list)
+    warm_parent_pid: int = 0
+    # The SuperLink's state in <dir>/state.db (a restarted SuperLink finds the runs it lost
+    # there) instead of Flower's in-memory default.
+    database: bool = False
+    # Whether every process runs on this machine (a shared warm parent serves them all).
+    ONE_MACHINE: ClassVar[bool] = True
 
     @property
     def certificates(self) -> Path:
@@ -217,21 +225,20 @@ def describe_isolation(isolation: str) -> str:
     return "Flower's default: a fresh flwr-clientapp process per message"
 
 
-def start_supernode(
+def launch_supernode(
     deployment: Deployment, partition_id: int, num_partitions: int, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    """Start SuperNode ``partition_id`` (with its key when authentication is on), and its
-    warm SuperExec under ``isolation = "warm"``."""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start SuperNode ``partition_id`` (with its key when authentication is on); return its
+    process and the port of its Runtime API, which listens once it is up."""
     directory = Path(deployment.directory)
     host = f"supernode_{partition_id}"
     port = free_port()
-    warm = deployment.isolation == "warm"
     command = [
         str(BIN / "flower-supernode"),
         "--superlink", deployment.address,
         "--port", str(port),
         "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
-        "--isolation", "process" if warm else "subprocess",
+        "--isolation", "process" if deployment.isolation == "warm" else "subprocess",
     ]  # fmt: skip
     if deployment.tls:
         command += ["--root-certificates", str(deployment.certificates / "ca.crt")]
@@ -246,33 +253,52 @@ def start_supernode(
         )  # fmt: skip
         command += ["--auth-supernode-private-key", str(key)]
     log = directory / "logs" / f"{host}.log"
-    process = spawn([*deployment.on(host), *command], log, env, directory)
-    _wait_for_port(port, process, log, on=deployment.on(host))
-    if warm:  # its Runtime API is on the SuperNode's own loopback, without TLS
-        superexec = [
-            sys.executable, str(SCRIPTS / "warm_superexec.py"),
-            "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
-            "--parent-pid", str(process.pid),
-        ]  # fmt: skip
-        log = directory / "logs" / f"{host}-superexec.log"
-        deployment.superexec_pids.append(
-            spawn([*deployment.on(host), *superexec], log, env, directory).pid
-        )
-    return process
+    return spawn([*deployment.on(host), *command], log, env, directory), port
+
+
+def start_superexec(
+    deployment: Deployment,
+    partition_id: int,
+    supernode: subprocess.Popen[bytes],
+    port: int,
+    env: dict[str, str],
+) -> None:
+    """Wait for SuperNode ``partition_id`` to listen on ``port``; under ``isolation = "warm"``,
+    start its warm SuperExec (Flower's own SuperExec runs inside the SuperNode otherwise)."""
+    directory = Path(deployment.directory)
+    host = f"supernode_{partition_id}"
+    log = directory / "logs" / f"{host}.log"
+    _wait_for_port(port, supernode, log, timeout=180, on=deployment.on(host))
+    if deployment.isolation != "warm":
+        return
+    # Its Runtime API is on the SuperNode's own loopback, without TLS.
+    superexec = [
+        sys.executable, str(SCRIPTS / "warm_superexec.py"),
+        "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
+        "--parent-pid", str(supernode.pid),
+    ]  # fmt: skip
+    if deployment.warm_parent_pid:
+        superexec += ["--warm-parent", WARM_PARENT]
+    log = directory / "logs" / f"{host}-superexec.log"
+    deployment.superexec_pids.append(
+        spawn([*deployment.on(host), *superexec], log, env, directory).pid
+    )
 
 
 def start_superlink(deployment: Deployment, env: dict[str, str]) -> None:
-    """Start the SuperLink of ``deployment`` on ``deployment.address`` with its state in
-    ``<dir>/state.db`` (a restart finds the runs there); register the connection."""
+    """Start the SuperLink of ``deployment`` on ``deployment.address``, with its state in
+    ``<dir>/state.db`` if ``deployment.database`` (a restart finds the runs there), else in
+    memory; register the connection."""
     directory = Path(deployment.directory)
     host, port = deployment.superlink_host, deployment.superlink_port
     command = [
         str(BIN / "flower-superlink"),
         "--host", host,
         "--port", str(port),
-        "--database", str(directory / "state.db"),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
+    if deployment.database:
+        command += ["--database", str(directory / "state.db")]
     if deployment.tls:
         certs = deployment.certificates
         if not (certs / "ca.crt").is_file():
@@ -306,10 +332,41 @@ def start_superlink(deployment: Deployment, env: dict[str, str]) -> None:
 
 
 def restart_superlink(deployment: Deployment, env: dict[str, str] | None = None) -> None:
-    """Start the SuperLink again, as after a crash: same address, same ``state.db``. The
-    SuperNodes reconnect by themselves; a run it lost is continued with ``resume-from``."""
+    """Start the SuperLink again, as after a crash: same address, same ``state.db`` if it has
+    one; a run it lost is continued with ``resume-from``. The SuperNodes reconnect by
+    themselves to a SuperLink on its database. One without has forgotten them, and they do
+    not register again (Flower answers their requests 401): they are restarted too."""
+    env = flower_env(env)
     stop_process_group(deployment.superlink_pid)  # if some of it is still there
-    start_superlink(deployment, flower_env(env))
+    supernodes = len(deployment.supernode_pids)
+    if not deployment.database:
+        for pid in [*deployment.superexec_pids, *deployment.supernode_pids]:
+            stop_process_group(pid)
+    start_superlink(deployment, env)
+    if not deployment.database:
+        deployment.superexec_pids, deployment.supernode_pids = [], []
+        start_supernodes(deployment, supernodes, env)
+
+
+def start_warm_parent(deployment: Deployment, env: dict[str, str], timeout: float = 60) -> None:
+    """One warm parent for the SuperExecs of every SuperNode here: the imports of Flower, torch
+    and the app are held once on this machine instead of once per SuperNode."""
+    directory = Path(deployment.directory)
+    command = [sys.executable, str(SCRIPTS / "warm_superexec.py"), "--serve", WARM_PARENT]
+    log = directory / "logs" / "warm-parent.log"
+    process = spawn(command, log, env, directory)
+    deployment.warm_parent_pid = process.pid
+    deployment.save()
+    deadline = time.monotonic() + timeout
+    while not (directory / WARM_PARENT).is_socket():  # it listens before it warms up
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise DeploymentError(f"the warm parent did not start; see {log}")
+        time.sleep(0.05)
+
+
+def describe_restart(deployment: Deployment) -> str:
+    state = "on its state.db" if deployment.database else "with a new state in memory"
+    return f"SuperLink {deployment.address} (PID {deployment.superlink_pid}) restarted {state}"
 
 
 def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> None:
@@ -322,9 +379,23 @@ def start(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> N
     Path(deployment.directory).mkdir(parents=True, exist_ok=True)
     deployment.save()
     start_superlink(deployment, env)
+    if deployment.isolation == "warm" and deployment.ONE_MACHINE:
+        start_warm_parent(deployment, env)
+    start_supernodes(deployment, num_supernodes, env)
+
+
+def start_supernodes(deployment: Deployment, num_supernodes: int, env: dict[str, str]) -> None:
+    """Start SuperNodes 0..``num_supernodes``-1 (and their warm SuperExecs), recording each."""
+    # All SuperNodes start side by side (each a Python importing Flower, CPU-bound): on a
+    # small machine the start-up of N nodes one after the other is N times the slowest.
+    supernodes = []
     for partition_id in range(num_supernodes):
-        node = start_supernode(deployment, partition_id, num_supernodes, env)
-        deployment.supernode_pids.append(node.pid)
+        process, port = launch_supernode(deployment, partition_id, num_supernodes, env)
+        supernodes.append((process, port))
+        deployment.supernode_pids.append(process.pid)
+        deployment.save()
+    for partition_id, (process, port) in enumerate(supernodes):
+        start_superexec(deployment, partition_id, process, port, env)
         deployment.save()
 
 
@@ -337,9 +408,11 @@ def up(
     env: dict[str, str] | None = None,
     connection: str = CONNECTION,
     isolation: str | None = None,
+    database: bool = False,
 ) -> Deployment:
     """Start a SuperLink and ``num_supernodes`` SuperNodes on loopback; register the
-    connection. ``isolation``: one of ISOLATIONS (None: the fastest that works here)."""
+    connection. ``isolation``: one of ISOLATIONS (None: the fastest that works here);
+    ``database``: the SuperLink's state in ``<dir>/state.db``, not in memory."""
     directory = directory.resolve()
     deployment = Deployment(
         str(directory),
@@ -348,6 +421,7 @@ def up(
         tls=tls or auth,
         auth=auth,
         isolation=isolation or fastest_isolation(),
+        database=database,
     )
     try:
         start(deployment, num_supernodes, flower_env(env))
@@ -382,7 +456,12 @@ def _reap(pid: int) -> None:
 
 def stop(deployment: Deployment) -> None:
     """Stop every process of ``deployment`` by PID, SuperExecs and SuperNodes first."""
-    for pid in [*deployment.superexec_pids, *deployment.supernode_pids, deployment.superlink_pid]:
+    for pid in [
+        *deployment.superexec_pids,
+        *deployment.supernode_pids,
+        deployment.warm_parent_pid,
+        deployment.superlink_pid,
+    ]:
         if pid:
             stop_process_group(pid)
 
@@ -407,20 +486,27 @@ def submit(
 def wait_for_run(
     deployment: Deployment, run_id: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> str:
-    """Poll ``flwr list --run-id`` until the run is finished; return its status. A SuperLink
-    that cannot be reached is asked again (it may be restarting) until ``timeout``.
+    """Wait until the run is finished; return its status. A SuperLink that cannot be reached
+    is asked again (it may be restarting) until ``timeout``.
 
     ``flwr run`` returns once the run is submitted (and exits 0 even for a run that
-    fails), so the run's own status is what tells how it ended.
+    fails), so the run's own status is what tells how it ended. One ``flwr log --stream``
+    waits for the end (the SuperLink closes the stream when the run finishes); polling
+    ``flwr list`` instead would start a CLI process every few seconds, each a second or more
+    of CPU taken from the deployment on a small machine.
     """
+    env = flower_env(env)
+    on = deployment.on("user")
     deadline = time.monotonic() + timeout
     unreachable: DeploymentError | None = None
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then the deadline has passed
+            subprocess.run(
+                [*on, str(BIN / "flwr"), "log", run_id, deployment.connection, "--stream"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=left,
+            )  # fmt: skip
         try:
-            runs = flwr(
-                flower_env(env), "list", deployment.connection, "--run-id", run_id,
-                on=deployment.on("user"),
-            )["runs"]  # fmt: skip
+            runs = flwr(env, "list", deployment.connection, "--run-id", run_id, on=on)["runs"]
         except DeploymentError as err:  # e.g. "Connection to the SuperLink is unavailable"
             unreachable = err
         else:
@@ -463,6 +549,13 @@ def command_parser(doc: str | None, directory: str) -> argparse.ArgumentParser:
         default=None,
         help="up: how SuperNodes start ClientApp processes (default: warm where it works)",
     )
+    parser.add_argument(
+        "--database",
+        action="store_true",
+        help="up: the SuperLink's state in <dir>/state.db, not in memory (a restarted "
+        "SuperLink then marks the run it lost as failed; SQLite may answer 'database is "
+        "locked' to many SuperNodes on a small machine: docs/deployment.md)",
+    )
     parser.add_argument("--app", type=Path, default=Path("."), help="run: the app folder")
     parser.add_argument(
         "--run-config", default="", help="run: e.g. \"num-server-rounds=3 strategy='hybrid'\""
@@ -477,7 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             d = up(
-                args.dir, args.supernodes, tls=args.tls, auth=args.auth, isolation=args.isolation
+                args.dir,
+                args.supernodes,
+                tls=args.tls,
+                auth=args.auth,
+                isolation=args.isolation,
+                database=args.database,
             )
             print(
                 f"SuperLink {d.address} (PID {d.superlink_pid}), SuperNodes PIDs {d.supernode_pids}"
@@ -492,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "restart-superlink":
             d = Deployment.load(args.dir.resolve())
             restart_superlink(d)
-            print(f"SuperLink {d.address} (PID {d.superlink_pid}) restarted on its state.db")
+            print(describe_restart(d))
         else:
             return run_app(Deployment.load(args.dir.resolve()), args.app, args.run_config)
     except DeploymentError as err:

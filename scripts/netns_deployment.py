@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 if not __package__:  # run as a script: import `scripts.` from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,6 +65,7 @@ class NetnsDeployment(ld.Deployment):
 
     namespaces: dict[str, str] = field(default_factory=dict)
     switch: str = ""
+    ONE_MACHINE: ClassVar[bool] = False  # each SuperNode a host of its own, warm on its own
 
     def on(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[host]]
@@ -135,11 +137,12 @@ def up(
     env: dict[str, str] | None = None,
     connection: str = CONNECTION,
     isolation: str | None = None,
+    database: bool = False,
 ) -> NetnsDeployment:
     """Make the namespaces, start a SuperLink and ``num_supernodes`` SuperNodes in theirs,
-    over TLS; register the connection for the user's namespace. ``isolation``: as
-    :func:`scripts.local_deployment.up` (each warm SuperExec runs in its SuperNode's
-    namespace)."""
+    over TLS; register the connection for the user's namespace. ``isolation`` and
+    ``database``: as :func:`scripts.local_deployment.up` (each warm SuperExec runs in its
+    SuperNode's namespace)."""
     if not 1 <= num_supernodes <= MAX_SUPERNODES:
         raise ld.DeploymentError(f"--supernodes must be in 1..{MAX_SUPERNODES}")
     directory = directory.resolve()
@@ -155,6 +158,7 @@ def up(
         namespaces={host: f"{run}-{host}" for host in hosts},
         switch=f"{run}-switch",
         isolation=isolation or ld.fastest_isolation(),
+        database=database,
     )
     deployment.save()  # before the first namespace: `down` removes what exists of it
     try:
@@ -184,7 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = unavailable()
             if reason is not None:
                 raise ld.DeploymentError(reason)
-            d = up(args.dir, args.supernodes, auth=args.auth, isolation=args.isolation)
+            d = up(
+                args.dir,
+                args.supernodes,
+                auth=args.auth,
+                isolation=args.isolation,
+                database=args.database,
+            )
             print(f"SuperLink {d.address} (PID {d.superlink_pid}) in {d.namespaces['superlink']}")
             print(f"ClientApp processes: {d.isolation} ({ld.describe_isolation(d.isolation)})")
             for i, pid in enumerate(d.supernode_pids):
@@ -204,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "restart-superlink":
             d = NetnsDeployment.load(args.dir.resolve())
             ld.restart_superlink(d)
-            print(f"SuperLink {d.address} (PID {d.superlink_pid}) restarted on its state.db")
+            print(ld.describe_restart(d))
         else:
             return ld.run_app(NetnsDeployment.load(args.dir.resolve()), args.app, args.run_config)
     except ld.DeploymentError as err:

@@ -14,13 +14,18 @@ and the SuperNode is unchanged. Run it beside a SuperNode started with
     python scripts/warm_superexec.py --runtime-api-address 127.0.0.1:9094 --insecure \\
         --parent-pid <the SuperNode's PID>
 
-The warm parent (the *zygote*) is forked from this process before it imports the app or
-starts a thread; it imports the app's ClientApp module (``--app``, by default the
+On a machine with several SuperNodes, one warm parent can serve them all: start it with
+``--serve SOCKET`` (it listens on that Unix socket and runs no SuperExec), and each SuperExec
+with ``--warm-parent SOCKET``; the imports are then held once per machine, not once per
+SuperNode (``scripts/local_deployment.py`` does this). Without ``--warm-parent``, the warm
+parent (the *zygote*) is this SuperExec's own, forked from this process before it imports the
+app or starts a thread; it imports the app's ClientApp module (``--app``, by default the
 ``clientapp`` of ``pyproject.toml``) and then forgets the app's own modules, keeping every
 library they imported: each task imports the app fresh from the FAB the SuperNode
 installs (so a resubmitted app runs its new code), on top of a warm Flower and torch.
-``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's setting: how often SuperExec asks for a
-task, 1 s by default) is 0.05 s here unless set.
+SuperExec asks its SuperNode for a task at Flower's interval
+(``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, 1 s): a shorter one starts a task sooner but costs
+every SuperNode CPU while it waits (docs/performance.md).
 
 Its patches of Flower are :mod:`fl_app.engine.warm`, checked first: where the installed Flower
 is not the one they were tested on, this is Flower's plain ``flower-superexec`` (a fresh
@@ -31,19 +36,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import os
+import selectors
 import signal
+import socket
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from fl_app.engine import warm
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL_INTERVAL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 def default_app() -> str:
@@ -113,37 +121,97 @@ def _run_clientapp(arguments: list[str], quiet: bool) -> None:  # pragma: no cov
         os._exit(code)
 
 
-def serve(requests: int, app_module: str, project: Path) -> None:  # pragma: no cover
-    """The zygote: warm up, then fork one ClientApp process per request line (JSON:
-    the arguments and whether to silence it), retrying sooner; exits when the pipe closes."""
+class Requests:
+    """The request lines the zygote reads: from the pipe of its one SuperExec (they end when
+    the pipe closes), or from every SuperExec that connects to ``source``, a listening Unix
+    socket (they never end: a shared warm parent runs until it is stopped)."""
+
+    def __init__(self, source: int | socket.socket) -> None:
+        self._listener = source if isinstance(source, socket.socket) else None
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(source, selectors.EVENT_READ)
+        self._pending: dict[int, bytes] = {}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self._selector.get_map():
+            for key, _ in self._selector.select():
+                if key.fileobj is self._listener:
+                    connection, _ = self._listener.accept()
+                    self._selector.register(connection, selectors.EVENT_READ)
+                    continue
+                fd = key.fd
+                data = os.read(fd, 1 << 16)
+                if not data:  # that SuperExec is gone
+                    self._selector.unregister(key.fileobj)
+                    os.close(fd)
+                    self._pending.pop(fd, None)
+                    continue
+                *lines, self._pending[fd] = (self._pending.get(fd, b"") + data).split(b"\n")
+                yield from (json.loads(line) for line in lines)
+
+    def close(self) -> None:
+        """In a fork: let go of the pipe, the socket and the SuperExecs' connections."""
+        for key in list(self._selector.get_map().values()):
+            os.close(key.fd)
+
+
+def serve(source: int | socket.socket, app_module: str, project: Path) -> None:  # pragma: no cover
+    """The zygote: warm up, then fork one ClientApp process per request (JSON: the arguments
+    and whether to silence it), retrying sooner."""
     warm_up(app_module, project)
+    # Collections in the forks would write to every warm object and so copy its memory page.
+    gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished tasks
-    with warm.retry_sooner(FIRST_RETRY), os.fdopen(requests, "r") as lines:
-        for line in lines:
-            request = json.loads(line)
+    requests = Requests(source)
+    with warm.retry_sooner(FIRST_RETRY):
+        for request in requests:
             if os.fork() == 0:
+                requests.close()
                 _run_clientapp(request["arguments"], request["quiet"])
     os._exit(0)
+
+
+def serve_machine(path: str, app_module: str) -> None:  # pragma: no cover - a process of its own
+    """One warm parent for every SuperExec of this machine, on the Unix socket ``path``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a warm parent that was killed
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    serve(listener, app_module, ROOT)
+
+
+def requests_to(warm_parent: str | None, app_module: str) -> IO[str]:
+    """Where this SuperExec writes its tasks: the shared warm parent at the Unix socket
+    ``warm_parent``, or a zygote of its own, forked here (before any import of the app)."""
+    if warm_parent:
+        connection = socket.socket(socket.AF_UNIX)
+        connection.connect(warm_parent)
+        return connection.makefile("w")
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - the zygote
+        os.close(write_end)
+        serve(read_end, app_module, ROOT)
+    os.close(read_end)
+    return os.fdopen(write_end, "w")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--app", default=None)
+    parser.add_argument("--serve", default=None, help="be the warm parent on this Unix socket")
+    parser.add_argument("--warm-parent", default=None, help="the socket of --serve")
     ours, flowers = parser.parse_known_args(argv)
     app_module = ours.app or default_app()
+    if ours.serve:
+        serve_machine(ours.serve, app_module)
     sys.argv = ["flower-superexec", *flowers]
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
     if not warm.fits():  # Flower's own SuperExec, as flower-superexec runs it
         flower_superexec()
         return
-    read_end, write_end = os.pipe()
-    if os.fork() == 0:  # pragma: no cover - the zygote
-        os.close(write_end)
-        serve(read_end, app_module, ROOT)
-    os.close(read_end)
-    os.environ.setdefault(POLL_INTERVAL, "0.05")
-    with os.fdopen(write_end, "w") as requests, warm.tasks_through(requests):
+    with requests_to(ours.warm_parent, app_module) as requests, warm.tasks_through(requests):
         flower_superexec()
 
 

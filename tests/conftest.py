@@ -12,6 +12,26 @@ from flwr.supercore.task_identity import TaskIdentity
 from tests.halves import API_FLAGS, HALVES
 from tests.processes import ON_RAY, SHARED_CLIENTS, SHARED_ROUNDS, simulate
 
+pytest_plugins = ["tests.deployments"]  # part: deployment-scripts
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep each module on one xdist worker (its module fixtures are made once), and every
+    user of ``shared_runs`` on the same one (the runs are made once); hand out the modules
+    with end-to-end runs first, so the long ones do not start last and run alone."""
+    groups = {
+        item: "shared_runs"
+        if "shared_runs" in getattr(item, "fixturenames", ())
+        else item.nodeid.split("::")[0]
+        for item in items
+    }
+    slow = {groups[item] for item in items if item.get_closest_marker("slow")}
+    first_seen = {group: index for index, group in reversed(list(enumerate(groups.values())))}
+    items.sort(key=lambda item: (groups[item] not in slow, first_seen[groups[item]]))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:

@@ -271,8 +271,8 @@ def loopback_port() -> int:
 def isolated_env() -> Iterator[dict[str, str]]:
     """An environment for Flower/Ray subprocesses: this venv's Flower commands first on PATH,
     private Flower and Ray folders, offline, no telemetry, no runtime dependency install (the
-    SuperLink would `uv sync` the app: a CUDA torch), a task poll of 0.05 s and a tag. On exit
-    every process started with it is stopped, also when the test failed.
+    SuperLink would `uv sync` the app: a CUDA torch) and a tag. On exit every process started
+    with it is stopped, also when the test failed.
     """
     tag = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="flwr") as home:
@@ -284,7 +284,6 @@ def isolated_env() -> Iterator[dict[str, str]]:
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
             "HF_DATASETS_OFFLINE": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",

@@ -65,16 +65,15 @@ def certificate_addresses(path: Path) -> list[str]:
 
 
 def test_supernodes_on_other_hosts_train_over_tls(
-    tmp_path: Path, env: dict[str, str], api: str
+    tmp_path: Path, env: dict[str, str], api: str, app_copy: Path
 ) -> None:
     directory = tmp_path / "netns"
     try:
         started = script(env, "up", "--supernodes", "2", "--dir", str(directory))
         assert started.returncode == 0, started.stdout + started.stderr
         deployment = nd.NetnsDeployment.load(directory)
-        status = run_to_completion(
-            deployment, env, f"num-server-rounds=2 strategy='fedavg' run-name='hosts' {FAST} {api}"
-        )
+        config = f"num-server-rounds=2 strategy='fedavg' run-name='hosts' {FAST} {api}"
+        status = run_to_completion(deployment, env, config, app_copy)
     finally:
         stopped = script(env, "down", "--dir", str(directory))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

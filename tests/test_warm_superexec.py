@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -184,7 +185,6 @@ class FlowersSuperExec:
         self.seen = {
             "argv": list(sys.argv),
             "subprocess": subprocess_executor.subprocess,
-            "poll_interval": os.environ.get(warm_superexec.POLL_INTERVAL),
         }
         # A task: in the warm SuperExec, a request line to the warm parent.
         SubprocessExecutor().launch(clientapp_task(suppress_output=True))
@@ -195,7 +195,6 @@ def superexec(monkeypatch: pytest.MonkeyPatch) -> FlowersSuperExec:
     started = FlowersSuperExec()
     cli = importlib.import_module("flwr.supercore.cli.flower_superexec")  # the package's
     monkeypatch.setattr(cli, "flower_superexec", started)  # name is the function's
-    monkeypatch.delenv(warm_superexec.POLL_INTERVAL, raising=False)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     return started
 
@@ -223,10 +222,46 @@ def test_the_warm_superexec_forks_its_parent_and_sends_it_flowers_tasks(
     assert caplog.records == []
     assert superexec.seen["argv"] == ["flower-superexec", *ARGUMENTS]
     assert isinstance(superexec.seen["subprocess"], warm.WarmPopen)
-    assert superexec.seen["poll_interval"] == "0.05"
     assert subprocess_executor.subprocess is subprocess
     with os.fdopen(pipes[0]) as requests:
         assert json.loads(requests.readline())["quiet"] is True
+
+
+def test_with_a_shared_warm_parent_the_tasks_go_to_its_socket_and_nothing_forks(
+    superexec: FlowersSuperExec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_fork() -> int:
+        raise AssertionError("a SuperExec with --warm-parent forks no parent of its own")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "warm.sock"))
+        listener.listen()
+        warm_superexec.main([*ARGUMENTS, "--warm-parent", str(tmp_path / "warm.sock")])
+        connection, _ = listener.accept()
+        with connection, connection.makefile() as requests:
+            assert json.loads(requests.readline())["quiet"] is True
+    assert superexec.seen["argv"] == ["flower-superexec", *ARGUMENTS]
+
+
+def test_a_shared_warm_parent_reads_whole_requests_from_every_superexec(tmp_path: Path) -> None:
+    """Lines from several connections, split anywhere, each come out whole; a SuperExec that
+    goes away leaves the others served."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "warm.sock"))
+        listener.listen()
+        requests = iter(warm_superexec.Requests(listener))
+        first, second = (socket.socket(socket.AF_UNIX) for _ in range(2))
+        for connection in (first, second):
+            connection.connect(str(tmp_path / "warm.sock"))
+        first.sendall(b'{"arguments": ["a"], "quiet": true}\n{"argum')
+        assert next(requests) == {"arguments": ["a"], "quiet": True}
+        second.sendall(b'{"arguments": ["b"], "quiet": false}\n')
+        assert next(requests) == {"arguments": ["b"], "quiet": False}
+        second.close()
+        first.sendall(b'ents": ["c"], "quiet": true}\n')
+        assert next(requests) == {"arguments": ["c"], "quiet": True}
+        first.close()
 
 
 @pytest.mark.parametrize("change", ["untested flower", "moved object"])
@@ -258,7 +293,6 @@ def test_where_the_patches_do_not_fit_it_is_flowers_plain_superexec_after_one_wa
     assert superexec.seen["argv"] == ["flower-superexec", *ARGUMENTS]
     assert superexec.seen["subprocess"] is popen  # Flower's own: the task is a new process
     assert popen.started[0][0] == "flwr-clientapp"
-    assert superexec.seen["poll_interval"] is None  # Flower's own timing
     if change == "moved object":  # the simulation's patches do not depend on these
         assert engine.problem() is None
         with engine.engine() as patched:
@@ -297,30 +331,32 @@ def command_line(pid: int) -> str:
 
 
 @pytest.mark.slow
-def test_each_clientapp_is_a_fork_of_the_warm_parent(tmp_path: Path) -> None:
-    """A deployment of two SuperNodes, each beside the script, trains a round: each SuperExec
-    has one child, the warm parent, and no ClientApp process starts ``flwr-clientapp``. (On
-    another Flower it is Flower's plain SuperExec: the quick test above; that one trains in a
-    deployment in tests/test_deployment.py.)"""
+def test_each_clientapp_is_a_fork_of_the_warm_parent(tmp_path: Path, app_copy: Path) -> None:
+    """A deployment of two SuperNodes, each beside the script, trains a round: every ClientApp
+    process is a fork of the one warm parent they share (it keeps its command line), none
+    starts ``flwr-clientapp``, and no SuperExec has a child. (On another Flower it is Flower's
+    plain SuperExec: the quick test above; that one trains in a deployment in
+    tests/test_deployment.py.)"""
     directory = tmp_path / "deployment"
     with isolated_env() as env:
         deployment = ld.up(directory, 2, env=env, isolation="warm")
         try:
-            superexecs = deployment.superexec_pids
-            with watching_children(superexecs) as seen:
-                run_id = ld.submit(deployment, ROOT, f"run-name='warm' {ONE_ROUND}", env=env)
+            parent, superexecs = deployment.warm_parent_pid, deployment.superexec_pids
+            with watching_children([parent, *superexecs]) as seen:
+                run_id = ld.submit(deployment, app_copy, f"run-name='warm' {ONE_ROUND}", env=env)
                 status = ld.wait_for_run(deployment, run_id, env=env, timeout=400)
-            ours = {pid: command_line(pid) for pid in superexecs}
+            ours = command_line(parent)
         finally:
             ld.down(directory)
         assert leftovers(env[TAG_VARIABLE]) == []
     assert status == "finished:completed"
     rounds = read_history(directory / "outputs" / "warm")["rounds"]
     assert [r["accepted"] for r in rounds[1:]] == [2]
-    parents = [parent for parent, cmdline in seen.values() if cmdline == ours[parent]]
     # flwr-clientapp started as a new process (a fork of the warm parent keeps its command line)
-    started = [parent for parent, cmdline in seen.values() if "bin/flwr-clientapp" in cmdline]
+    started = [pid for pid, (_, cmdline) in seen.items() if "bin/flwr-clientapp" in cmdline]
+    forks = [pid for pid, (of, cmdline) in seen.items() if of == parent and cmdline == ours]
     logs = [(directory / "logs" / f"supernode_{i}-superexec.log").read_text() for i in range(2)]
-    assert sorted(parents) == sorted(superexecs)  # one warm parent each
-    assert started == []  # every ClientApp was a fork of the warm parent
+    assert started == []
+    assert len(forks) >= 2  # a training task on each SuperNode, at least
+    assert [of for of, _ in seen.values()] == [parent] * len(seen)  # SuperExecs start none
     assert [log.count("running Flower's plain SuperExec") for log in logs] == [0, 0]

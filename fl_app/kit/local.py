@@ -17,9 +17,9 @@ def free_port() -> int:
 
 
 def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for Flower processes: no telemetry, a task poll of 0.05 s (not 1 s), no
-    runtime dependency install (the SuperLink would `uv sync` the app: a CUDA torch)."""
+    """The environment for Flower processes: no telemetry, no runtime dependency install (the
+    SuperLink would `uv sync` the app: a CUDA torch)."""
     env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    env |= {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", **(os.environ if base is None else base)}
+    env |= os.environ if base is None else base
     path = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env | {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": path}

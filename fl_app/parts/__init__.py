@@ -281,6 +281,7 @@ PARTS: dict[str, Part] = {
         (
             "scripts",
             "fl_app/engine/warm.py",
+            "tests/deployments.py",
             "tests/test_deployment.py",
             "tests/test_netns_deployment.py",
             "tests/test_warm_superexec.py",
