@@ -35,7 +35,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from typing import Any
 
 from benchmarks.scale import MIB, process_tree, pss_and_rss
 from scripts import local_deployment as ld
-from tests.processes import isolated_env, read_history, run_simulation_cli
+from tests.processes import isolated_env, polling, read_history, run_simulation_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,30 +93,12 @@ def idle_cores(deployment: ld.Deployment, settle: float = 30.0, seconds: float =
     return (cpu_seconds(process_tree(*roots)) - before) / (time.perf_counter() - start)
 
 
-class SuperNodeMemory:
-    """Samples, every ``interval`` s in a thread, the PSS of the SuperNodes' process trees
-    (their shared warm parent and its ClientApp forks included)."""
-
-    def __init__(self, deployment: ld.Deployment, interval: float = 1.0) -> None:
-        self.roots = supernode_side(deployment)
-        self.nodes = len(deployment.supernode_pids)
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
-
-    def __enter__(self) -> SuperNodeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self, interval: float) -> None:
-        while not self._stop.is_set():
-            kib = sum(m[0] for pid in process_tree(*self.roots) if (m := pss_and_rss(pid)))
-            self.samples.append(kib / MIB / self.nodes)
-            self._stop.wait(interval)
+def pss_per_supernode(deployment: ld.Deployment) -> float:
+    """MiB of PSS of the SuperNodes' process trees (their shared warm parent and its
+    ClientApp forks included), divided by their number."""
+    roots = supernode_side(deployment)
+    kib = sum(m[0] for pid in process_tree(*roots) if (m := pss_and_rss(pid)))
+    return kib / MIB / len(deployment.supernode_pids)
 
 
 def deployed(isolation: str, supernodes: int, rounds: int, out: Path, options: Any) -> Run:
@@ -138,7 +119,8 @@ def deployed(isolation: str, supernodes: int, rounds: int, out: Path, options: A
                 f"num-server-rounds={rounds} num-clients={supernodes} round-timeout=300.0 "
                 f"min-available-clients={supernodes} output-dir='{out}' run-name='{isolation}'"
             )
-            with SuperNodeMemory(deployment) as memory:
+            pss: list[float] = []
+            with polling(lambda: pss.append(pss_per_supernode(deployment)), every=1.0):
                 start = time.perf_counter()
                 run_id = ld.submit(deployment, ROOT, config, env)
                 status = ld.wait_for_run(deployment, run_id, env, timeout=3600)
@@ -147,7 +129,7 @@ def deployed(isolation: str, supernodes: int, rounds: int, out: Path, options: A
             ld.stop(deployment)
     if status != "finished:completed":
         raise ld.DeploymentError(f"the {isolation} deployment's run ended {status}")
-    return Run(read_history(out / isolation)["rounds"], wall, startup, memory.samples, idle)
+    return Run(read_history(out / isolation)["rounds"], wall, startup, pss, idle)
 
 
 def simulated(clients: int, rounds: int, out: Path) -> Run:

@@ -563,20 +563,18 @@ def command_parser(doc: str | None, directory: str) -> argparse.ArgumentParser:
     return parser
 
 
+def up_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``up`` that both deployment scripts take from ``command_parser``."""
+    return {"auth": args.auth, "isolation": args.isolation, "database": args.database}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser(__doc__, "deployment")
     parser.add_argument("--tls", action="store_true", help="up: TLS with a generated CA")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            d = up(
-                args.dir,
-                args.supernodes,
-                tls=args.tls,
-                auth=args.auth,
-                isolation=args.isolation,
-                database=args.database,
-            )
+            d = up(args.dir, args.supernodes, tls=args.tls, **up_options(args))
             print(
                 f"SuperLink {d.address} (PID {d.superlink_pid}), SuperNodes PIDs {d.supernode_pids}"
             )

@@ -188,13 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = unavailable()
             if reason is not None:
                 raise ld.DeploymentError(reason)
-            d = up(
-                args.dir,
-                args.supernodes,
-                auth=args.auth,
-                isolation=args.isolation,
-                database=args.database,
-            )
+            d = up(args.dir, args.supernodes, **ld.up_options(args))
             print(f"SuperLink {d.address} (PID {d.superlink_pid}) in {d.namespaces['superlink']}")
             print(f"ClientApp processes: {d.isolation} ({ld.describe_isolation(d.isolation)})")
             for i, pid in enumerate(d.supernode_pids):
