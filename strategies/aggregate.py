@@ -27,22 +27,22 @@ def accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 def weighted_sum(
     updates: Terms, template: Sequence[Array], *, relative_to: Sequence[Array] | None = None
 ) -> Model:
-    """``Σ c_i θ_i`` over ``(θ_i, c_i)``, or ``Σ c_i (θ_i − θ_ref)`` (differenced chunk by chunk:
-    no cancellation between two large sums); integer layers of ``template`` summed in float64."""
+    """``Σ c_i θ_i`` over ``(θ_i, c_i)``, or ``Σ c_i (θ_i − θ_ref)`` (no cancellation of two large
+    sums); each c_i θ_i rounded once (c_i in float64, as Flower); integer layers summed in float64."""
     acc = [np.zeros(t.shape, dtype=accumulator_dtype(t.dtype)) for t in template]
     scratch = {a.dtype: np.empty(CHUNK_ELEMENTS, a.dtype) for a in acc}  # one reused buffer each
     references = [None] * len(acc) if relative_to is None else [r.reshape(-1) for r in relative_to]
-    for arrays, coefficient in updates:
+    for arrays, weight in ((a, np.float64(c)) for a, c in updates):
         for layer_acc, layer, ref in zip(acc, arrays, references, strict=True):
             flat_acc, flat_layer = layer_acc.reshape(-1), layer.reshape(-1)
             for start in range(0, flat_acc.size, CHUNK_ELEMENTS):
                 stop = min(start + CHUNK_ELEMENTS, flat_acc.size)
                 buf = scratch[flat_acc.dtype][: stop - start]
                 if ref is None:
-                    np.multiply(flat_layer[start:stop], coefficient, out=buf, casting="unsafe")
+                    np.multiply(flat_layer[start:stop], weight, out=buf, casting="unsafe")
                 else:
                     np.subtract(flat_layer[start:stop], ref[start:stop], out=buf, casting="unsafe")
-                    buf *= coefficient
+                    buf *= weight
                 flat_acc[start:stop] += buf
     return [cast_like(a, t.dtype) for a, t in zip(acc, template, strict=True)]
 

@@ -110,6 +110,7 @@ PARTS: dict[str, Part] = {
             "tests/test_secure_aggregation.py",
             "tests/test_server_loop.py",
             "tests/test_flower_legacy_fedavg.py",
+            "tests/test_flower_legacy_fedavgm.py",  # also server-optimizer's: needs both
         ),
         module="fl_app.parts.legacy",
         keys=(
@@ -167,6 +168,7 @@ PARTS: dict[str, Part] = {
             "tests/test_server_optimizer.py",
             "tests/test_flower_message_fedavgm.py",
             "tests/test_flower_message_fedopt.py",
+            "tests/test_flower_legacy_fedavgm.py",  # also legacy-api's: needs both
         ),
         module="strategies.server_optimizer",
         keys=(
