@@ -139,7 +139,7 @@ def client_app_for(
     def train_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
         keys, arrays, sent = received(message)
-        state = entering(message)  # part: client-state
+        state = entering(message, sent, config_of(context, message), context)  # part: client-state
         trained, num_examples, metrics = numpy_client.fit(arrays, sent)
         # The server's layer names come back (a torch state_dict's names survive the round).
         names = keys if len(keys) == len(trained) else [str(i) for i in range(len(trained))]
@@ -158,7 +158,7 @@ def client_app_for(
     def evaluate_message(message: Message, context: Context) -> Message:
         numpy_client = client(context, message)
         _, arrays, sent = received(message)
-        entering(message)  # part: client-state
+        entering(message, sent, config_of(context, message), context)  # part: client-state
         loss, num_examples, metrics = numpy_client.evaluate(arrays, sent)
         reported: dict[str, Any] = {"loss": loss, **metrics, "num-examples": num_examples}
         return Message(content=RecordDict({"metrics": MetricRecord(reported)}), reply_to=message)

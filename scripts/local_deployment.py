@@ -233,11 +233,13 @@ def launch_supernode(
     directory = Path(deployment.directory)
     host = f"supernode_{partition_id}"
     port = free_port()
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    node_config += f" client-state-dir='{directory / host / 'client-state'}'"  # part: client-state
     command = [
         str(BIN / "flower-supernode"),
         "--superlink", deployment.address,
         "--port", str(port),
-        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--node-config", node_config,
         "--isolation", "process" if deployment.isolation == "warm" else "subprocess",
     ]  # fmt: skip
     if deployment.tls:

@@ -1,8 +1,8 @@
 """SCAFFOLD (Karimireddy et al. 2020, option II control variates), the optional part
 ``scaffold``: control variates correct each client's drift from the global direction. The
-server keeps c and folds into it the change of each accepted client's own c_i; a client keeps
-c_i in its own state (part ``client-state``) and steps along g(y) − c_i + c
-(``fl_app/parts/scaffold.py``)::
+server keeps c and folds into it the change c_i⁺ − c_i each accepted client sends; a client
+keeps c_i in its own state (part ``client-state``; the server never needs it) and steps along
+g(y) − c_i + c (``fl_app/parts/scaffold.py``)::
 
     client, K steps of SGD at rate η_l:  y ← y − η_l (g(y) − c_i + c)
     then:                                c_i⁺ = c_i − c + (θ_g − y) / (K η_l)
@@ -27,6 +27,7 @@ from strategies.core.update import ClientUpdate, Coefficients
 
 CONTROL = "scaffold-control"  # the record of a train message holding the server's c
 VARIATE = "scaffold-variate"  # the client's own state record holding its c_i
+CHANGE = "scaffold-variate-change"  # the record of a train reply holding c_i⁺ − c_i
 
 
 class ScaffoldRule(Rule):

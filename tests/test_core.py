@@ -175,6 +175,7 @@ def test_options_read_from_any_config_object() -> None:
         "dp_clip_learning_rate": 0.1,  # part: dp
         "dp_clipped_count_stddev": 2.0,  # part: dp
         "seed": 3,  # part: dp
+        "client_state_on": "node",  # part: client-state
     }
     assert set(values) == set(ServerOptions.field_names())  # every knob, none defaulted
     config = type("Config", (), values | {"unrelated": "ignored"})()

@@ -11,51 +11,25 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from scripts import local_deployment as ld
+from tests.deployments import FAST, history_of, run_to_completion
 from tests.halves import API_RUN_CONFIG
 from tests.processes import (
     ROOT,
     TAG_VARIABLE,
     isolated_env,
-    leftovers,
     read_history,
     tagged_pids,
     without_timings,
 )
 
 pytestmark = pytest.mark.slow
-
-# Federated evaluation off: each phase of a deployment round costs seconds (the
-# SuperNodes' 3 s polls; under Flower's subprocess isolation a process start as well).
-FAST = "fraction-evaluate=0.0 min-evaluate-clients=0"
-
-
-@pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    with isolated_env() as environment:
-        yield environment
-        # Before isolated_env stops whatever is left: ld.down must have stopped it all.
-        assert leftovers(environment[TAG_VARIABLE]) == []
-
-
-def history_of(deployment: ld.Deployment, run_name: str) -> dict[str, Any]:
-    # A relative output-dir lands beside the SuperLink, in the deployment's folder.
-    return read_history(Path(deployment.directory) / "outputs" / run_name)
-
-
-def run_to_completion(
-    deployment: ld.Deployment, env: dict[str, str], run_config: str, app: Path
-) -> str:
-    run_id = ld.submit(deployment, app, run_config, env=env)
-    return ld.wait_for_run(deployment, run_id, env=env, timeout=400)
 
 
 @pytest.fixture(params=list(API_RUN_CONFIG))

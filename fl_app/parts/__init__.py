@@ -287,22 +287,24 @@ PARTS: dict[str, Part] = {
             "tests/test_deployment.py",
             "tests/test_netns_deployment.py",
             "tests/test_warm_superexec.py",
+            "tests/test_client_state_deployment.py",  # also client-state's: needs both
         ),
         requires=("local-commands",),
         words=("local_deployment", "netns", "warm_superexec", "generate_certs", "scripts/"),
     ),
     "client-state": Part(
         "each logical client's own state, kept between its rounds whatever node runs it, "
-        "in checkpoints too; personal layers (a client's own head)",
+        "by the server (in checkpoints too) or on its node; personal layers (a client's own head)",
         (
             "fl_app/parts/client_state.py",
             "fl_app/parts/client_state_keys.py",
             "strategies/client_states.py",
             "strategies/stateful_messages.py",
             "tests/test_client_state.py",
+            "tests/test_client_state_deployment.py",  # also deployment-scripts': needs both
         ),
         module="fl_app.parts.client_state",
-        keys=("personal-layers",),
+        keys=("personal-layers", "client-state-on"),
         requires=("client-wrappers",),
         words=("client_state", "client-state", "personal layers", "StatefulMessages"),
     ),

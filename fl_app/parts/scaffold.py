@@ -13,9 +13,9 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.client import NumPyClient
 
-from fl_app.parts.client_state import client_state, received
+from fl_app.parts.client_state import client_state, received, reply_with
 from fl_app.parts.wrapped_client import Config, FitAnswer, WrappedClient
-from strategies.scaffold import CONTROL, VARIATE
+from strategies.scaffold import CHANGE, CONTROL, VARIATE
 
 
 def arrays_of(record: Any, like: list[Any]) -> list[Any]:
@@ -51,6 +51,7 @@ class ScaffoldClient(WrappedClient):
             for c_i, c, g, y in zip(own, control, parameters, trained, strict=True)
         ]
         client_state()[VARIATE] = ArrayRecord(updated)
+        reply_with(CHANGE, ArrayRecord([n - o for n, o in zip(updated, own, strict=True)]))
         return trained, num_examples, metrics
 
 

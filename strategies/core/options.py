@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
+from strategies.client_states import ClientStateOptions  # part: client-state
 from strategies.privacy import PrivacyOptions  # part: dp
 from strategies.server_optimizer import ServerOptimizerOptions  # part: server-optimizer
 
@@ -21,6 +22,7 @@ class CoreOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class ServerOptions(
+    ClientStateOptions,  # part: client-state
     PrivacyOptions,  # part: dp
     ServerOptimizerOptions,  # part: server-optimizer
     CoreOptions,
