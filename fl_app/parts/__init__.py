@@ -110,6 +110,7 @@ PARTS: dict[str, Part] = {
             "tests/test_secure_aggregation.py",
             "tests/test_server_loop.py",
             "tests/test_flower_legacy_fedavg.py",
+            "tests/test_flower_legacy_fedavg_on_every_rule.py",
             "tests/test_flower_legacy_fedavgm.py",  # also server-optimizer's: needs both
         ),
         module="fl_app.parts.legacy",
