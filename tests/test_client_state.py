@@ -5,18 +5,35 @@ advanced-pytorch example keeps a client's classification head."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from fl_app.kit.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fl_app.kit.config import RunConfig  # part: legacy-api
 from fl_app.kit.keys import ConfigError  # part: legacy-api
-from fl_app.parts.client_state import KEPT_ROUNDS, read_newest, round_file, save_newest
+from fl_app.parts.client_state import (
+    KEPT_ROUNDS,
+    NODE_FOLDER_KEY,
+    entering,
+    read_newest,
+    round_file,
+    save_newest,
+)
 from strategies.client_states import CLIENT_STATE_PLACES
 from strategies.core.state import StrategyState
+from strategies.sampling import PARTITION_KEY
 from strategies.stateful_messages import RUN_KEY, STATE_PREFIX
 from tests.fakes import Nodes, message_with
 from tests.processes import read_history, run_simulation_cli, without_timings
@@ -66,6 +83,16 @@ def test_a_node_keeps_a_clients_newest_states_and_reads_the_one_before_the_round
     assert len(read_newest(folder, 3)) == 0  # round 1's file went: only the newest two stay
     save_newest(round_file(folder, 5), RecordDict())  # a client that keeps nothing
     assert len(read_newest(folder, 6)) == 0
+
+
+def test_a_node_refuses_a_run_name_that_is_a_path(tmp_path: Path, task_identity: None) -> None:
+    node = {PARTITION_KEY: 0, NODE_FOLDER_KEY: str(tmp_path / "state")}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    message = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    cfg = SimpleNamespace(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="is not a run's name"):
+        entering(message, {RUN_KEY: "../../elsewhere", "server-round": 1}, cfg, context)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("place", CLIENT_STATE_PLACES)

@@ -26,6 +26,7 @@ model's before training and evaluation, and are kept after training.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -77,9 +78,11 @@ def entering(message: Message, sent: Config, cfg: Any, context: Context) -> Reco
         }
         state, save_to = RecordDict(sent_state), None
     else:
+        if not re.fullmatch("[0-9a-f]{32}", str(run)):  # a folder's name: no path from a server
+            raise ValueError(f"{RUN_KEY} = {run!r} is not a run's name (32 hex digits)")
         node_config = context.node_config
-        partition = sent.get(PARTITION_KEY, node_config.get(PARTITION_KEY))
-        folder = node_folder(cfg.output_dir, node_config) / str(run) / str(partition)
+        partition: Any = sent.get(PARTITION_KEY, node_config.get(PARTITION_KEY))
+        folder = node_folder(cfg.output_dir, node_config) / str(run) / str(int(partition))
         server_round = int(sent.get("server-round", 0))
         training = message.metadata.message_type == MessageType.TRAIN
         state = read_newest(folder, server_round if training else server_round + 1)
@@ -114,7 +117,8 @@ def read_newest(folder: Path, before_round: int) -> RecordDict:
 
 
 def save_newest(path: Path, state: RecordDict) -> None:
-    """``state`` as ``path`` (atomically), and of older rounds' files the newest only."""
+    """``state`` as ``path`` (atomically); of the files beside it, the newest ``KEPT_ROUNDS``
+    stay."""
     own = StrategyState(client_states={"own": state_records(state, prefix="")})
     with atomic_file(path, "wb") as f:
         np.savez(f, *own.to_arrays().get("client_states", []), allow_pickle=False)
