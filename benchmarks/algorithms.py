@@ -3,17 +3,18 @@ each rule × server optimizer, FedProx, SCAFFOLD, and Flower's own FedAvg, FedPr
 as references. Prints a Markdown table of the final central accuracy (%), each cell the mean
 and the 95 % interval (Student's t) over the seeds.
 
-Setups: digits split IID, digits with Dirichlet(0.3) and Dirichlet(0.1) label skew, and
-Synthetic(1, 1) (Li et al. 2020, the ``linear`` model; its central test set pools 100 devices
-of their own models, so its central accuracy stays low). 10 clients, all of them every round.
-Local steps are plain SGD (momentum 0) in every row, as SCAFFOLD's variates need: every row
-takes the same local steps. The adaptive optimizers take Flower's defaults (η = 0.1,
-β₁ = 0.9, β₂ = 0.99, τ = 1e-9), as the ``flower-fedadam`` row does. Every run of every setup
-and seed runs in one start of Flower's engine (``comparisons.sweep``).
+Setups: digits split IID, digits with Dirichlet(0.3) and Dirichlet(0.1) label skew, digits
+with 2 classes per client (Pathological(2), like the pathological non-IID split of McMahan et
+al. 2017), and Synthetic(1, 1) (Li et al. 2020, the ``linear`` model; its central test set
+pools 100 devices of their own models, so its central accuracy stays low). 10 clients, all
+of them every round. Local steps are plain SGD (momentum 0) in every row, as SCAFFOLD's
+variates need: every row takes the same local steps. The adaptive optimizers take Flower's
+defaults (η = 0.1, β₁ = 0.9, β₂ = 0.99, τ = 1e-9), as the ``flower-fedadam`` row does. Every
+run of every setup and seed runs in one start of Flower's engine (``comparisons.sweep``).
 
-    python benchmarks/algorithms.py                  # about 7 minutes on 2 cores
+    python benchmarks/algorithms.py                  # about 9 minutes on 2 cores
     python benchmarks/algorithms.py --rounds 10 --local-epochs 10 --rows "fedavg + sgd" \
-        "simple + sgd" SCAFFOLD --setups "Dirichlet(0.1)" "Dirichlet(0.3)"
+        SCAFFOLD --setups "Pathological(2)" --versus "fedavg + sgd"
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SETUPS = {
     "IID": ["--partitioner", "iid"],
     "Dirichlet(0.3)": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.3"],
     "Dirichlet(0.1)": ["--partitioner", "dirichlet", "--dirichlet-alpha", "0.1"],
+    "Pathological(2)": ["--partitioner", "pathological", "--classes-per-client", "2"],
     "Synthetic(1, 1)": ["--dataset", "synthetic", "--model", "linear"],
 }
 ADAPTIVE = ["--server-learning-rate", "0.1", "--server-tau", "1e-9"]  # Flower's defaults
