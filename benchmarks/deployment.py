@@ -43,7 +43,7 @@ from typing import Any
 
 from benchmarks.scale import MIB, process_tree, pss_and_rss
 from scripts import local_deployment as ld
-from tests.processes import isolated_env, polling, read_history, run_simulation_cli
+from tests.processes import isolated_env, polling, read_history, run_simulation_cli, stat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def cpu_seconds(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
         with contextlib.suppress(OSError):  # gone meanwhile
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(pid)
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 

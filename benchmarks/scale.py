@@ -47,7 +47,7 @@ import run_simulation
 from fl_app.kit import simulation as simulation_kit
 from fl_app.kit.results import RoundRecord, RunListener
 from strategies.sampling import SAMPLINGS
-from tests.processes import TAG_VARIABLE, isolated_env, leftovers
+from tests.processes import TAG_VARIABLE, isolated_env, leftovers, stat_fields
 
 ROLES = ("driver", "actors", "ray")  # this process; Ray's Python workers; Ray's services
 # Ray names a Python worker "ray::IDLE" or after its actor once it has started; before, it
@@ -88,13 +88,13 @@ class RoundRow:
 def process_tree(*roots: int) -> list[int]:
     """``roots`` and all their live descendants, from the parent PIDs in /proc/*/stat."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            state, ppid = stat_fields(entry.name)[:2]
         except OSError:  # exited meanwhile
             continue
         if state != "Z":
-            children.setdefault(int(ppid), []).append(int(stat.parent.name))
+            children.setdefault(int(ppid), []).append(int(entry.name))
     tree, pending = [], list(roots)
     while pending:
         pid = pending.pop()

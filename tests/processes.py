@@ -258,7 +258,14 @@ def _alive(pids: list[int]) -> bool:
 
 def _state(pid: int) -> str:
     """The one-letter state of ``pid`` ("Z": zombie, waiting for its parent to reap it)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return stat_fields(pid)[0]
+
+
+def stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces and
+    parentheses): [0] the state, [1] the parent's PID, [11] and [12] user and system CPU
+    ticks. OSError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def loopback_port() -> int:

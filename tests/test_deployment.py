@@ -156,10 +156,8 @@ def test_a_run_goes_on_after_a_superlink_crash_as_if_never_stopped(
         ld.restart_superlink(deployment, env)
         resume = f"{config} resume-from='{checkpoint.parent}'"
         resumed = run_to_completion(deployment, env, resume, app_copy)
-        if database:
-            lost = ld.wait_for_run(
-                deployment, broken, env=env, timeout=120
-            )  # its restart failed it
+        if database:  # its restart failed it
+            lost = ld.wait_for_run(deployment, broken, env=env, timeout=120)
         else:
             with pytest.raises(ld.DeploymentError) as unknown:
                 ld.flwr(ld.flower_env(env), "list", deployment.connection, "--run-id", broken)

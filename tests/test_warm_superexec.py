@@ -36,7 +36,15 @@ from fl_app import engine
 from fl_app.engine import warm
 from scripts import local_deployment as ld
 from scripts import warm_superexec
-from tests.processes import ROOT, TAG_VARIABLE, isolated_env, leftovers, polling, read_history
+from tests.processes import (
+    ROOT,
+    TAG_VARIABLE,
+    isolated_env,
+    leftovers,
+    polling,
+    read_history,
+    stat_fields,
+)
 
 # In a fresh interpreter (warm_up changes sys.modules): warm up, then load the ClientApp
 # the way Flower's flwr-clientapp does, from an installed FAB that differs from the project.
@@ -307,10 +315,10 @@ ONE_ROUND = "num-server-rounds=1 fraction-evaluate=0.0 min-evaluate-clients=0"
 def children(parents: list[int]) -> dict[int, tuple[int, str]]:
     """``{pid: (parent, command line)}`` of the live children of ``parents``."""
     found = {}
-    for entry in Path("/proc").iterdir():
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if entry.name.isdigit() and stat[0] != "Z" and int(stat[1]) in parents:
+            stat = stat_fields(entry.name)
+            if stat[0] != "Z" and int(stat[1]) in parents:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                 found[int(entry.name)] = (int(stat[1]), cmdline.strip())
         except (OSError, IndexError):  # gone, or no process
